@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install the system packages the tests and the local backend need, if they are missing:
+# gVisor's runsc (data plane, local backend) and etcd (control-plane tier). Idempotent.
+set -euo pipefail
+
+need=()
+command -v runsc >/dev/null 2>&1 || need+=(runsc)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+
+[ ${#need[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" != 0 ]; then
+  echo "missing ${need[*]}: run as root or: sudo apt-get install -y ${need[*]}" >&2
+  exit 1
+fi
+echo "installing ${need[*]} with apt-get"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
