@@ -1,0 +1,100 @@
+"""Render the CRDs under manifests/crds/ from schemas/*.json (`make manifests`).
+
+schemas/ is the only place a field is described; the CRDs' openAPIV3Schema, printer columns
+and subresources are derived here. `--check` exits 1 when the committed CRDs are stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMAS = REPO / "schemas"
+CRDS = REPO / "manifests" / "crds"
+# JSON Schema keywords that are not part of a Kubernetes structural schema.
+NOT_OPENAPI = ("$schema", "$id", "title", "x-crd")
+HEADER = "# Generated from schemas/{source} by `make manifests`; edit the schema, not this file.\n"
+
+
+def openapi_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    body = {k: copy.deepcopy(v) for k, v in schema.items() if k not in NOT_OPENAPI}
+    body["properties"] = {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+        **body["properties"],
+    }
+    return body
+
+
+def crd(schema: dict[str, Any]) -> dict[str, Any]:
+    meta = schema["x-crd"]
+    subresources: dict[str, Any] = {"status": {}}
+    if "scale" in meta:
+        subresources["scale"] = meta["scale"]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{meta['plural']}.{meta['group']}"},
+        "spec": {
+            "group": meta["group"],
+            "scope": "Namespaced",
+            "names": {
+                "kind": meta["kind"],
+                "listKind": f"{meta['kind']}List",
+                "plural": meta["plural"],
+                "singular": meta["singular"],
+                "shortNames": meta["shortNames"],
+                "categories": meta["categories"],
+            },
+            "versions": [{
+                "name": meta["version"],
+                "served": True,
+                "storage": True,
+                "subresources": subresources,
+                "additionalPrinterColumns": meta["printerColumns"],
+                "schema": {"openAPIV3Schema": openapi_schema(schema)},
+            }],
+        },
+    }
+
+
+def rendered() -> dict[Path, str]:
+    out: dict[Path, str] = {}
+    for source in sorted(SCHEMAS.glob("*.json")):
+        schema = json.loads(source.read_text())
+        doc = crd(schema)
+        path = CRDS / f"{doc['metadata']['name']}.yaml"
+        out[path] = HEADER.format(source=source.name) + yaml.safe_dump(doc, sort_keys=False)
+    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                     "resources": sorted(p.name for p in out)}
+    out[CRDS / "kustomization.yaml"] = yaml.safe_dump(kustomization, sort_keys=False)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--check", action="store_true", help="fail if manifests/crds is stale")
+    args = parser.parse_args()
+    files = rendered()
+    stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
+    if args.check:
+        for path in stale:
+            print(f"stale: {path.relative_to(REPO)} (run `make manifests`)", file=sys.stderr)
+        return 1 if stale else 0
+    CRDS.mkdir(parents=True, exist_ok=True)
+    for path in stale:
+        path.write_text(files[path])
+        print(f"wrote {path.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
