@@ -1,0 +1,115 @@
+"""The router's aiohttp application: ``create_app(config) -> web.Application``.
+
+Called by ``__main__`` (the ``sandbox-router`` script) and by tests. It wires config, the
+resolution source, the address policy, the token check, metrics and the forwarding handler,
+and serves the router's own GET /healthz, /readyz and /metrics. A request that carries
+``X-Sandbox-ID`` is always forwarded (so a sandbox's own /healthz stays reachable); anything
+else that is not one of those three endpoints gets 401 or 400. It must not read the
+environment at import time, and it refuses to start without a token unless told
+``insecure_no_auth``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sandbox_router.addresses import AddressPolicy
+from sandbox_router.config import Config, load_config
+from sandbox_router.headers import SANDBOX_ID
+from sandbox_router.metrics import create_metrics
+from sandbox_router.proxy import Forwarder, TokenCheck
+from sandbox_router.resolve import KubernetesSource, Resolver, Source, StaticSource
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = web.AppKey("config", Config)
+FORWARDER_KEY = web.AppKey("forwarder", Forwarder)
+# Never auto-added to a forwarded request: the sandbox sees the caller's headers, not ours.
+_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+def build_source(config: Config) -> Source:
+    if config.source == "static" or (not config.source and config.static_file):
+        return StaticSource.from_file(config.static_file)
+    return KubernetesSource(namespaces=config.namespaces)
+
+
+def create_app(config: Mapping[str, Any] | None = None, *,
+               source: Source | None = None) -> web.Application:
+    """The router app. `config` overrides SANDBOX_ROUTER_* settings; `source` replaces the
+    configured resolution source (a test's own KubernetesSource, for instance)."""
+    settings = load_config(config)
+    tokens = TokenCheck(token=settings.token, token_file=settings.token_file)
+    if not tokens.configured:
+        if not settings.insecure_no_auth:
+            raise ValueError("no bearer token: set SANDBOX_ROUTER_TOKEN_FILE (or "
+                             "SANDBOX_ROUTER_TOKEN), or pass --insecure-no-auth explicitly")
+        log.warning("authentication disabled (insecure_no_auth): anyone who reaches this "
+                    "port can reach every sandbox")
+    chosen = source if source is not None else build_source(settings)
+    policy = AddressPolicy.build(allow_loopback=chosen.allow_loopback,
+                                 allowed_cidrs=settings.allowed_cidrs)
+    if policy.allow_loopback:
+        log.warning("loopback sandbox addresses allowed (local/test configuration)")
+    resolver = Resolver(chosen, policy, cluster_domain=settings.cluster_domain)
+    metrics = create_metrics()
+    metrics.sandboxes.set_function(lambda: len(chosen))
+
+    def session_factory() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=settings.max_connections, limit_per_host=0,
+            keepalive_timeout=settings.keepalive_timeout, use_dns_cache=False)
+        # No cookie jar: one sandbox's Set-Cookie must never travel to another sandbox.
+        # No decompression: bytes pass through as the sandbox sent them, length included.
+        return aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
+            skip_auto_headers=_SKIP_AUTO_HEADERS, trust_env=False, read_bufsize=256 * 1024)
+
+    forwarder = Forwarder(config=settings, resolver=resolver, metrics=metrics,
+                          tokens=tokens if tokens.configured else None,
+                          session_factory=session_factory)
+    app = web.Application()
+    app[CONFIG_KEY] = settings
+    app[FORWARDER_KEY] = forwarder
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "synced": chosen.ready,
+                                  "sandboxes": len(chosen)})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if chosen.ready:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"error": "sandbox cache not synced yet"}, status=503)
+
+    async def metrics_view(request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(metrics.registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    own = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_view}
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        if SANDBOX_ID not in request.headers and request.method in ("GET", "HEAD"):
+            view = own.get(request.raw_path)
+            if view is not None:
+                return await view(request)
+        return await forwarder.handle(request)
+
+    async def on_startup(app: web.Application) -> None:
+        chosen.start()
+        await forwarder.start()
+
+    async def on_cleanup(app: web.Application) -> None:
+        await forwarder.close()
+        chosen.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    return app

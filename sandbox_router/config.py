@@ -1,0 +1,119 @@
+"""Router settings: defaults, then ``SANDBOX_ROUTER_*`` environment, then an explicit mapping.
+
+Called by ``app.create_app`` (and so by ``__main__``). It only parses and checks values: it
+opens no file (``app`` reads the token file, ``resolve`` the static file) and never reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ENV_PREFIX = "SANDBOX_ROUTER_"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every knob of the router; each field F can be set by the env var SANDBOX_ROUTER_<F>."""
+
+    # All interfaces: in a pod the router is the cluster's front door; tests pass 127.0.0.1.
+    host: str = "0.0.0.0"
+    port: int = 8080
+    # Bearer token: the file wins over the literal (a mounted Secret rotates in place).
+    token: str = ""
+    token_file: str = ""
+    insecure_no_auth: bool = False
+    # Resolution source: "kubernetes" (watch cache) or "static" (a YAML/JSON file).
+    source: str = ""
+    static_file: str = ""
+    # Kubernetes source: namespaces to watch ("" = all namespaces the RBAC allows).
+    namespaces: tuple[str, ...] = ()
+    cluster_domain: str = "cluster.local"
+    # Extra allow-list: when set, a sandbox address must also fall in one of these CIDRs.
+    allowed_cidrs: tuple[str, ...] = ()
+    default_port: int = 8888
+    default_namespace: str = "default"
+    # Timeouts in seconds: connect, and the wait for headers / between body chunks.
+    connect_timeout: float = 5.0
+    default_timeout: float = 60.0
+    max_timeout: float = 3600.0
+    max_body_bytes: int = 1024 * 1024 * 1024
+    # Bodies up to this size are read whole and sent with Content-Length in one write.
+    buffer_body_bytes: int = 64 * 1024
+    max_connections: int = 4096
+    keepalive_timeout: float = 30.0
+    access_log: bool = True
+    log_level: str = "INFO"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def auth_required(self) -> bool:
+        return not self.insecure_no_auth
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    """Turn an env string (or a mapping value) into the field's type, or raise ValueError."""
+    if kind in (bool, "bool"):
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+    if kind in (int, "int"):
+        if isinstance(raw, bool):
+            raise ValueError(f"{name}: expected an integer, got {raw!r}")
+        return int(raw)
+    if kind in (float, "float"):
+        return float(raw)
+    if kind in ("tuple[str, ...]",):
+        if isinstance(raw, str):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return tuple(str(part) for part in raw)
+    if kind in (str, "str"):
+        return str(raw)
+    return raw
+
+
+def load_config(overrides: Mapping[str, Any] | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
+    """Defaults, then SANDBOX_ROUTER_* from `environ` (os.environ), then `overrides`."""
+    env = os.environ if environ is None else environ
+    known = {f.name: f for f in fields(Config) if f.name != "extra"}
+    values: dict[str, Any] = {}
+    for name, spec in known.items():
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _coerce(name, spec.type, raw)
+    extra: dict[str, Any] = {}
+    for key, raw in (overrides or {}).items():
+        name = key.lower()
+        if name in known:
+            values[name] = _coerce(name, known[name].type, raw)
+        else:
+            extra[key] = raw
+    config = Config(**values, extra=extra)
+    check(config)
+    return config
+
+
+def check(config: Config) -> None:
+    """Refuse settings that make no sense, so a typo fails at start, not on a request."""
+    if config.source not in ("", "kubernetes", "static"):
+        raise ValueError(f"source must be 'kubernetes' or 'static', not {config.source!r}")
+    if config.source == "static" and not config.static_file:
+        raise ValueError("source 'static' needs static_file")
+    for name in ("connect_timeout", "default_timeout", "max_timeout", "keepalive_timeout"):
+        if not getattr(config, name) > 0:
+            raise ValueError(f"{name} must be positive")
+    if config.default_timeout > config.max_timeout:
+        raise ValueError("default_timeout must not exceed max_timeout")
+    if not 0 < config.port < 65536 or not 0 < config.default_port < 65536:
+        raise ValueError("ports must be within 1..65535")
+    if config.max_body_bytes < 0 or config.buffer_body_bytes < 0 or config.max_connections < 1:
+        raise ValueError("size limits must be non-negative")

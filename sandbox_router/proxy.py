@@ -1,0 +1,305 @@
+"""The forwarding handler: one client request in, one request to one sandbox out, streamed.
+
+Installed by ``app.create_app`` as the handler of every request that carries X-Sandbox-ID.
+Order matters and is the security argument: authenticate, parse routing headers, resolve
+through ``resolve.Resolver`` (which applies the address policy), and only then connect, to a
+``Target`` address and never to anything the caller wrote. Refusals answer before any
+connection is opened. Bodies stream both ways; nothing here buffers a whole body beyond
+``buffer_body_bytes``. It must not follow redirects, decode content, or forward the caller's
+credentials or hop-by-hop headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from sandbox_router.config import Config
+from sandbox_router.headers import ROUTING_HEADERS, BadRoute, parse_route
+from sandbox_router.metrics import Metrics, method_label
+from sandbox_router.resolve import ResolveError, Resolver, Target
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("sandbox_router.access")
+
+# RFC 9110 section 7.6.1 hop-by-hop fields, plus the ones a proxy re-creates itself.
+HOP_BY_HOP = frozenset(h.lower() for h in (
+    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
+    "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+))
+# Never forwarded upstream: our own routing headers, the caller's credential for the router,
+# and headers aiohttp sets from the request it builds (Host, Content-Length, Expect).
+_DROP_REQUEST = HOP_BY_HOP | frozenset(h.lower() for h in (
+    *ROUTING_HEADERS, "Authorization", "Host", "Content-Length", "Expect",
+))
+# Set by our own response writer; the upstream's Content-Length is applied separately.
+_DROP_RESPONSE = HOP_BY_HOP | frozenset(("content-length",))
+_NO_BODY_STATUS = frozenset((204, 304))
+_CHUNK = 256 * 1024
+
+
+class TokenCheck:
+    """Bearer-token check in constant time; the token file is re-read when it changes."""
+
+    def __init__(self, *, token: str = "", token_file: str = "",
+                 reload_interval: float = 10.0) -> None:
+        self._literal = token.strip()
+        self._file = token_file
+        self._interval = reload_interval
+        self._checked_at = 0.0
+        self._mtime: float | None = None
+        self._token = self._literal.encode()
+        if token_file:
+            self._reload(force=True)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self._token)
+
+    def _reload(self, *, force: bool = False) -> None:
+        import os
+
+        now = time.monotonic()
+        if not force and now - self._checked_at < self._interval:
+            return
+        self._checked_at = now
+        try:
+            mtime = os.stat(self._file).st_mtime
+            if force or mtime != self._mtime:
+                with open(self._file, "rb") as handle:
+                    text = handle.read(4096).strip()
+                self._mtime = mtime
+                self._token = text or self._literal.encode()
+        except OSError:
+            if force:
+                raise
+            log.warning("token file unreadable; keeping the previous token",
+                        extra={"token_file": self._file})
+
+    def allows(self, authorization: str | None) -> bool:
+        if self._file:
+            self._reload()
+        if not self._token or not authorization:
+            return False
+        scheme, _, presented = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(presented.strip().encode(), self._token)
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@dataclass
+class Forwarder:
+    """Holds the pooled upstream session; `handle` is the aiohttp handler."""
+
+    config: Config
+    resolver: Resolver
+    metrics: Metrics
+    tokens: TokenCheck | None
+    session_factory: Callable[[], aiohttp.ClientSession]
+    session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self.session = self.session_factory()
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        method = method_label(request.method)
+        self.metrics.in_flight.inc()
+        response: web.StreamResponse | None = None
+        status = 500
+        try:
+            response = await self._forward(request, started)
+            status = response.status
+            return response
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.requests.labels(method, str(status)).inc()
+            if self.config.access_log:
+                access_log.info("request", extra={
+                    "method": request.method, "path": request.path, "status": status,
+                    "sandbox": request.headers.get("X-Sandbox-ID", ""),
+                    "namespace": request.headers.get("X-Sandbox-Namespace", ""),
+                    "ms": round((time.perf_counter() - started) * 1e3, 3)})
+
+    def _refuse(self, reason: str, status: int, message: str) -> web.Response:
+        self.metrics.refusals.labels(reason).inc()
+        return error(status, message)
+
+    async def _forward(self, request: web.Request, started: float) -> web.StreamResponse:
+        if self.tokens is not None and not self.tokens.allows(
+                request.headers.get("Authorization")):
+            response = self._refuse("unauthenticated", 401, "missing or invalid bearer token")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="sandbox-router"'
+            return response
+        config = self.config
+        try:
+            route = parse_route(request.headers, default_namespace=config.default_namespace,
+                                default_port=config.default_port,
+                                default_timeout=config.default_timeout,
+                                max_timeout=config.max_timeout)
+        except BadRoute as exc:
+            return self._refuse("bad_route", 400, str(exc))
+        raw_path = request.raw_path
+        if not raw_path.startswith("/"):
+            # Absolute-form or authority-form targets name a host: never ours to follow.
+            return self._refuse("bad_target", 400, "request target must be an absolute path")
+        length = request.content_length
+        if length is not None and length > config.max_body_bytes:
+            return self._refuse("too_large", 413, "request body too large")
+        try:
+            target = await self.resolver.resolve(route)
+        except ResolveError as exc:
+            reason = type(exc).__name__
+            if exc.status >= 500:
+                self.metrics.upstream_errors.labels(str(exc.status)).inc()
+            return self._refuse(reason, exc.status, str(exc))
+        return await self._send(request, target, route.timeout, raw_path, started)
+
+    def _upstream_headers(self, request: web.Request) -> CIMultiDict[str]:
+        named = {token.strip().lower() for value in request.headers.getall("Connection", [])
+                 for token in value.split(",")}
+        headers: CIMultiDict[str] = CIMultiDict()
+        for key, value in request.headers.items():
+            lower = key.lower()
+            if lower in _DROP_REQUEST or lower in named:
+                continue
+            headers.add(key, value)
+        peer = request.remote or ""
+        prior = request.headers.get("X-Forwarded-For")
+        headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+        if request.host:
+            headers.setdefault("X-Forwarded-Host", request.host)
+        return headers
+
+    async def _body(self, request: web.Request) -> bytes | AsyncIterator[bytes] | None:
+        if not request.body_exists:
+            return None
+        length = request.content_length
+        if length is not None and length <= self.config.buffer_body_bytes:
+            return await request.read()
+        return self._stream_body(request)
+
+    async def _stream_body(self, request: web.Request) -> AsyncIterator[bytes]:
+        limit, seen = self.config.max_body_bytes, 0
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            seen += len(chunk)
+            if seen > limit:
+                raise BodyTooLarge()
+            yield chunk
+
+    async def _send(self, request: web.Request, target: Target, timeout: float, raw_path: str,
+                    started: float) -> web.StreamResponse:
+        assert self.session is not None
+        headers = self._upstream_headers(request)
+        if request.content_length is not None:
+            headers["Content-Length"] = str(request.content_length)
+        body = await self._body(request)
+        client_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=min(self.config.connect_timeout, timeout), sock_read=timeout)
+        upstream: aiohttp.ClientResponse | None = None
+        last_error: Exception | None = None
+        for address in target.addresses:
+            host = f"[{address}]" if ":" in address else address
+            # encoded=True: the caller's raw path and query go out byte for byte.
+            url = URL(f"http://{host}:{target.port}{raw_path}", encoded=True)
+            try:
+                upstream = await self.session.request(
+                    request.method, url, headers=headers, data=body, allow_redirects=False,
+                    timeout=client_timeout, compress=None, chunked=None)
+                break
+            except aiohttp.ClientConnectorError as exc:
+                # Nothing was sent: the next address of the same sandbox may answer.
+                last_error = exc
+                continue
+            except BodyTooLarge:
+                return self._upstream_failed(413, "request body too large", count=False)
+            except aiohttp.ConnectionTimeoutError:
+                return self._upstream_failed(504, "connecting to the sandbox timed out")
+            except TimeoutError:
+                return self._upstream_failed(504, f"sandbox did not answer within {timeout:g}s")
+            except (aiohttp.ClientError, OSError) as exc:
+                log.info("upstream failed", extra={"error": repr(exc)})
+                return self._upstream_failed(502, "sandbox closed the connection")
+        if upstream is None:
+            log.info("upstream unreachable", extra={"error": repr(last_error)})
+            return self._upstream_failed(502, "sandbox unreachable")
+        try:
+            return await self._relay(request, upstream, started)
+        finally:
+            upstream.release()
+
+    def _upstream_failed(self, status: int, message: str, *, count: bool = True) -> web.Response:
+        if count:
+            self.metrics.upstream_errors.labels(str(status)).inc()
+        return error(status, message)
+
+    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse,
+                     started: float) -> web.StreamResponse:
+        named = {token.strip().lower() for value in upstream.headers.getall("Connection", [])
+                 for token in value.split(",")}
+        headers: CIMultiDict[str] = CIMultiDict()
+        for key, value in upstream.headers.items():
+            lower = key.lower()
+            if lower not in _DROP_RESPONSE and lower not in named:
+                headers.add(key, value)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                      headers=CIMultiDictProxy(headers))
+        length = upstream.content_length
+        bodiless = request.method == "HEAD" or upstream.status in _NO_BODY_STATUS
+        if length is not None and not bodiless:
+            response.content_length = length
+        elif request.method == "HEAD" and length is not None:
+            response.headers["Content-Length"] = str(length)
+        method = method_label(request.method)
+        try:
+            if not bodiless and length is not None and length <= self.config.buffer_body_bytes:
+                # A small body goes out in the same write as the headers: one segment.
+                data = await upstream.content.readexactly(length) if length else b""
+                await response.prepare(request)
+                self.metrics.latency.labels(method).observe(time.perf_counter() - started)
+                await response.write_eof(data)
+                return response
+            await response.prepare(request)
+            self.metrics.latency.labels(method).observe(time.perf_counter() - started)
+            if not bodiless:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+            await response.write_eof()
+        except (aiohttp.ClientError, asyncio.IncompleteReadError, TimeoutError, OSError) as exc:
+            if not response.prepared:
+                if isinstance(exc, TimeoutError):
+                    return self._upstream_failed(504, "sandbox stopped answering")
+                return self._upstream_failed(502, "sandbox closed the connection")
+            return self._abort(request, response, exc)
+        return response
+
+    def _abort(self, request: web.Request, response: web.StreamResponse,
+               exc: BaseException) -> web.StreamResponse:
+        """The stream broke after the answer began: cut the client's connection too, so a
+        truncated body can never look complete (no final chunk is written)."""
+        self.metrics.upstream_errors.labels("aborted").inc()
+        log.info("stream aborted", extra={"error": repr(exc)})
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+
+
+class BodyTooLarge(Exception):
+    """The caller's streamed body passed max_body_bytes."""
