@@ -51,8 +51,10 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def table(results: list[Result]) -> str:
-    head = ("| component | benchmark | p50 | p95 | p99 | throughput | peak RSS MiB | goal | met "
-            "| floor | ratio to floor |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| component | benchmark | p50 | p95 | p99 | throughput | peak RSS MiB | goal | met "
+        "| floor | ratio to floor |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     rows = []
     for r in results:
         unit = f" {r.unit}" if r.p50 is not None else ""
@@ -61,7 +63,8 @@ def table(results: list[Result]) -> str:
         rows.append(
             f"| {r.component} | {r.name} | {fmt(r.p50)}{unit} | {fmt(r.p95)} | {fmt(r.p99)} "
             f"| {throughput} | {fmt(r.peak_rss_mib, 1)} | {r.goal} | {met} | {r.floor_name} "
-            f"| {fmt(r.ratio_to_floor)} |")
+            f"| {fmt(r.ratio_to_floor)} |"
+        )
     return head + "\n".join(rows) + "\n"
 
 
@@ -71,12 +74,14 @@ def write_report(info: dict[str, object], results: list[Result], errors: dict[st
     notes = "".join(f"- {r.component} / {r.name}: {r.notes}\n" for r in results if r.notes)
     text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n"
     start, end = "<!-- bench:begin -->", "<!-- bench:end -->"
-    body = (f"{start}\nMachine: {machine_line}\n\n{table(results)}\n"
-            + (f"Notes:\n\n{notes}\n" if notes else "")
-            + (f"Benchmarks that did not finish:\n\n{failures}\n" if failures else "")
-            + end)
+    body = (
+        f"{start}\nMachine: {machine_line}\n\n{table(results)}\n"
+        + (f"Notes:\n\n{notes}\n" if notes else "")
+        + (f"Benchmarks that did not finish:\n\n{failures}\n" if failures else "")
+        + end
+    )
     if start in text and end in text:
-        text = text[: text.index(start)] + body + text[text.index(end) + len(end):]
+        text = text[: text.index(start)] + body + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + body + "\n"
     REPORT.write_text(text)
@@ -103,16 +108,25 @@ def main() -> int:
             errors[name] = f"{type(exc).__name__}: {exc}"
             continue
         for r in got:
-            print(f"   {r.name}: p50={fmt(r.p50)} p99={fmt(r.p99)} {r.unit} "
-                  f"throughput={fmt(r.throughput, 0)} {r.throughput_unit} goal={r.goal} met={r.met}",
-                  flush=True)
+            print(
+                f"   {r.name}: p50={fmt(r.p50)} p99={fmt(r.p99)} {r.unit} "
+                f"throughput={fmt(r.throughput, 0)} {r.throughput_unit} goal={r.goal} met={r.met}",
+                flush=True,
+            )
         results.extend(got)
     # Keep figures of components not run this time, so a partial run does not erase them.
-    kept = [Result(**r) for r in previous["results"] if r["component"] not in
-            {res.component for res in results} | set(errors)]
+    kept = [
+        Result(**r)
+        for r in previous["results"]
+        if r["component"] not in {res.component for res in results} | set(errors)
+    ]
     merged = sorted(kept + results, key=lambda r: (r.component, r.name))
-    RESULTS.write_text(json.dumps({"machine": info, "results": [r.to_json() for r in merged],
-                                   "errors": errors}, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {"machine": info, "results": [r.to_json() for r in merged], "errors": errors}, indent=2
+        )
+        + "\n"
+    )
     write_report(info, merged, errors)
     print(f"wrote {RESULTS.relative_to(REPO)} and {REPORT.relative_to(REPO)}")
     return 1 if errors else 0

@@ -66,8 +66,10 @@ class Latencies:
 
     def add_round(self, samples: list[float]) -> None:
         ordered = sorted(samples)
-        self.rounds.append({q: percentile(ordered, float(q[1:])) for q in ("p50", "p95", "p99")}
-                           | {"n": float(len(samples))})
+        self.rounds.append(
+            {q: percentile(ordered, float(q[1:])) for q in ("p50", "p95", "p99")}
+            | {"n": float(len(samples))}
+        )
 
     def median(self, key: str) -> float:
         return statistics.median(r[key] for r in self.rounds)
@@ -77,8 +79,9 @@ class Latencies:
         return int(sum(r["n"] for r in self.rounds))
 
 
-def time_calls(call: Callable[[], object], *, iterations: int, rounds: int,
-               warmup: int = 20) -> Latencies:
+def time_calls(
+    call: Callable[[], object], *, iterations: int, rounds: int, warmup: int = 20
+) -> Latencies:
     """Time `call` `iterations` times per round, after a warm-up; seconds per call."""
     for _ in range(warmup):
         call()
@@ -95,10 +98,17 @@ def time_calls(call: Callable[[], object], *, iterations: int, rounds: int,
 
 def latency_result(component: str, name: str, lat: Latencies, **kwargs: Any) -> Result:
     """A Result in milliseconds from round medians of p50/p95/p99."""
-    return Result(component=component, name=name, unit="ms",
-                  p50=lat.median("p50") * 1e3, p95=lat.median("p95") * 1e3,
-                  p99=lat.median("p99") * 1e3, samples=lat.samples, rounds=len(lat.rounds),
-                  **kwargs)
+    return Result(
+        component=component,
+        name=name,
+        unit="ms",
+        p50=lat.median("p50") * 1e3,
+        p95=lat.median("p95") * 1e3,
+        p99=lat.median("p99") * 1e3,
+        samples=lat.samples,
+        rounds=len(lat.rounds),
+        **kwargs,
+    )
 
 
 def rss_mib(pid: int) -> float:

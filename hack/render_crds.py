@@ -54,14 +54,16 @@ def crd(schema: dict[str, Any]) -> dict[str, Any]:
                 "shortNames": meta["shortNames"],
                 "categories": meta["categories"],
             },
-            "versions": [{
-                "name": meta["version"],
-                "served": True,
-                "storage": True,
-                "subresources": subresources,
-                "additionalPrinterColumns": meta["printerColumns"],
-                "schema": {"openAPIV3Schema": openapi_schema(schema)},
-            }],
+            "versions": [
+                {
+                    "name": meta["version"],
+                    "served": True,
+                    "storage": True,
+                    "subresources": subresources,
+                    "additionalPrinterColumns": meta["printerColumns"],
+                    "schema": {"openAPIV3Schema": openapi_schema(schema)},
+                }
+            ],
         },
     }
 
@@ -73,8 +75,11 @@ def rendered() -> dict[Path, str]:
         doc = crd(schema)
         path = CRDS / f"{doc['metadata']['name']}.yaml"
         out[path] = HEADER.format(source=source.name) + yaml.safe_dump(doc, sort_keys=False)
-    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                     "resources": sorted(p.name for p in out)}
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": sorted(p.name for p in out),
+    }
     out[CRDS / "kustomization.yaml"] = yaml.safe_dump(kustomization, sort_keys=False)
     return out
 

@@ -23,8 +23,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, *, host: str = "127.0.0.1", timeout: float = 15.0,
-                  process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    timeout: float = 15.0,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
     """Block until something accepts TCP connections on host:port."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -51,12 +56,16 @@ def stop_process(process: subprocess.Popen[bytes], *, grace: float = 5.0) -> Non
 
 
 @contextlib.contextmanager
-def serve(argv: Sequence[str], port: int, *, env: dict[str, str] | None = None,
-          timeout: float = 15.0) -> Iterator[subprocess.Popen[bytes]]:
+def serve(
+    argv: Sequence[str], port: int, *, env: dict[str, str] | None = None, timeout: float = 15.0
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run a server command in its own process group until the block ends."""
     process = subprocess.Popen(
-        list(argv), env={**os.environ, **(env or {})}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=None,
+        list(argv),
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=None,
     )
     try:
         wait_for_port(port, timeout=timeout, process=process)

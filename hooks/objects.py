@@ -1,0 +1,288 @@
+"""Builders and readers shared by the hook modules: names, labels, conditions, child maps.
+
+Pure and deterministic: no clock (callers pass `now`), no I/O, never mutates its inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from hooks.typedefs import KubeObject, ObjectMap, SyncRequest, SyncResponse
+
+# Keys of Metacontroller's children/related maps.
+POD = "Pod.v1"
+SERVICE = "Service.v1"
+PVC = "PersistentVolumeClaim.v1"
+NETWORK_POLICY = "NetworkPolicy.networking.k8s.io/v1"
+SANDBOX = "Sandbox.agents.x-k8s.io/v1alpha1"
+TEMPLATE = "SandboxTemplate.extensions.agents.x-k8s.io/v1alpha1"
+POOL = "SandboxWarmPool.extensions.agents.x-k8s.io/v1alpha1"
+
+SANDBOX_API = "agents.x-k8s.io/v1alpha1"
+EXTENSIONS_API = "extensions.agents.x-k8s.io/v1alpha1"
+
+# Labels and annotations we own. Users cannot set keys under RESERVED_SUFFIX (any subdomain).
+RESERVED_SUFFIX = "agents.x-k8s.io"
+SANDBOX_LABEL = "agents.x-k8s.io/sandbox"  # on the pod serving a sandbox; its Service selects it
+TEMPLATE_LABEL = "agents.x-k8s.io/sandbox-template"
+POOL_LABEL = "agents.x-k8s.io/warm-pool"
+CLAIM_LABEL = "agents.x-k8s.io/claim"
+POD_NAME_ANNOTATION = "agents.x-k8s.io/pod-name"
+TEMPLATE_HASH_ANNOTATION = "agents.x-k8s.io/template-hash"
+METACONTROLLER_UID_LABEL = "controller-uid"  # generateSelector: Metacontroller's own label
+LAST_APPLIED = "metacontroller.k8s.io/last-applied-configuration"
+
+# Condition types and reasons, shared by hooks, client and tests.
+READY = "Ready"
+INVALID_SPEC = "InvalidSpec"
+SANDBOX_READY = "SandboxReady"
+SANDBOX_NOT_READY = "SandboxNotReady"
+SANDBOX_EXPIRED = "SandboxExpired"
+POD_NOT_READY = "PodNotReady"
+SCALED_TO_ZERO = "ScaledToZero"
+WAITING_FOR_WARM_POD = "WaitingForWarmPod"
+TEMPLATE_NOT_FOUND = "TemplateNotFound"
+POOL_NOT_FOUND = "WarmPoolNotFound"
+EXPIRED = "Expired"
+POOL_READY = "PoolReady"
+POOL_NOT_READY = "PoolNotReady"
+NETWORK_POLICY_READY = "NetworkPolicyReady"
+NETWORK_POLICY_DISABLED = "NetworkPolicyDisabled"
+
+DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+# ---- reading requests -------------------------------------------------------------------
+
+
+def observed(request: SyncRequest, key: str, section: str = "children") -> list[KubeObject]:
+    """Objects of one kind from `children` or `related`, sorted by name (deterministic)."""
+    groups: ObjectMap = request.get(section) or {}  # type: ignore[assignment]
+    return sorted((groups.get(key) or {}).values(), key=lambda o: o["metadata"]["name"])
+
+
+def by_name(objects: Iterable[KubeObject]) -> dict[str, KubeObject]:
+    return {o["metadata"]["name"]: o for o in objects}
+
+
+def labels_of(obj: KubeObject) -> dict[str, str]:
+    return obj.get("metadata", {}).get("labels") or {}
+
+
+def is_deleting(obj: KubeObject) -> bool:
+    return bool(obj.get("metadata", {}).get("deletionTimestamp"))
+
+
+def is_controlled_by(obj: KubeObject, owner: KubeObject) -> bool:
+    uid = owner.get("metadata", {}).get("uid")
+    return any(
+        ref.get("controller") and ref.get("uid") == uid
+        for ref in obj.get("metadata", {}).get("ownerReferences") or []
+    )
+
+
+def pod_is_ready(pod: KubeObject) -> bool:
+    if is_deleting(pod):
+        return False
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in pod.get("status", {}).get("conditions") or []
+    )
+
+
+def pod_ips(pod: KubeObject) -> list[str]:
+    status = pod.get("status", {})
+    ips = [entry["ip"] for entry in status.get("podIPs") or [] if entry.get("ip")]
+    if not ips and status.get("podIP"):
+        ips = [status["podIP"]]
+    return ips
+
+
+def parse_time(value: str) -> datetime:
+    """RFC 3339 timestamp -> aware datetime (raises ValueError)."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"{value!r} has no time zone")
+    return parsed
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def age_seconds(obj: KubeObject, now: datetime) -> float:
+    created = obj.get("metadata", {}).get("creationTimestamp")
+    return (now - parse_time(created)).total_seconds() if created else 0.0
+
+
+# ---- names and labels -------------------------------------------------------------------
+
+
+def is_reserved(key: str) -> bool:
+    prefix = key.split("/", 1)[0] if "/" in key else ""
+    return (
+        prefix == RESERVED_SUFFIX
+        or prefix.endswith("." + RESERVED_SUFFIX)
+        or key == METACONTROLLER_UID_LABEL
+    )
+
+
+def user_keys(mapping: dict[str, str] | None) -> dict[str, str]:
+    """A user's labels or annotations without the keys we own."""
+    return {k: v for k, v in sorted((mapping or {}).items()) if not is_reserved(k)}
+
+
+def name_problems(name: str, *, service: bool) -> list[str]:
+    """Why `name` cannot name our children (a Service needs a DNS-1035 label)."""
+    pattern, kind = (DNS1035_LABEL, "DNS-1035") if service else (DNS1123_LABEL, "DNS-1123")
+    if len(name) > 63 or not pattern.match(name):
+        return [f"metadata.name: {name!r} must be a {kind} label of at most 63 characters"]
+    return []
+
+
+def short_hash(*parts: str, length: int = 5) -> str:
+    digest = hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+    return digest[:length]
+
+
+def spec_hash(value: Any) -> str:
+    return short_hash(json.dumps(value, sort_keys=True, separators=(",", ":")), length=10)
+
+
+# ---- building children ------------------------------------------------------------------
+
+
+def pod_from_template(
+    pod_template: KubeObject,
+    *,
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    annotations: dict[str, str] | None = None,
+) -> KubeObject:
+    """A Pod from a template's podTemplate, with our labels and the secure defaults.
+
+    Defaults apply only where the template is silent: no service-account token, no
+    privilege escalation in any container.
+    """
+    template = copy.deepcopy(pod_template)
+    meta = template.get("metadata") or {}
+    spec = template.get("spec") or {}
+    spec.setdefault("automountServiceAccountToken", False)
+    for group in ("initContainers", "containers"):
+        for container in spec.get(group) or []:
+            security = container.setdefault("securityContext", {})
+            security.setdefault("allowPrivilegeEscalation", False)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**user_keys(meta.get("labels")), **labels},
+            "annotations": {**user_keys(meta.get("annotations")), **(annotations or {})},
+        },
+        "spec": spec,
+    }
+
+
+def as_desired(obj: KubeObject) -> KubeObject:
+    """An observed child as we would have asked for it: what was last applied, if recorded.
+
+    Used to keep a child unchanged: Metacontroller deletes children missing from a 200 answer.
+    """
+    last = obj.get("metadata", {}).get("annotations", {}).get(LAST_APPLIED)
+    if last:
+        try:
+            return json.loads(last)
+        except ValueError:
+            pass
+    meta = obj.get("metadata", {})
+    kept = {k: copy.deepcopy(v) for k, v in obj.items() if k not in ("metadata", "status")}
+    kept["metadata"] = {
+        k: copy.deepcopy(meta[k])
+        for k in ("name", "namespace", "labels", "annotations")
+        if k in meta
+    }
+    kept["metadata"].get("annotations", {}).pop(LAST_APPLIED, None)
+    return kept
+
+
+def all_children(request: SyncRequest) -> list[KubeObject]:
+    groups: ObjectMap = request.get("children") or {}  # type: ignore[assignment]
+    return [as_desired(obj) for key in sorted(groups) for obj in observed(request, key)]
+
+
+# ---- status -----------------------------------------------------------------------------
+
+
+def condition(
+    type_: str,
+    ok: bool,
+    reason: str,
+    message: str,
+    *,
+    previous: KubeObject | None,
+    now: datetime,
+    generation: int | None = None,
+) -> KubeObject:
+    """A standard condition. lastTransitionTime moves only when the status flips, so the
+    same observed state gives the same status (a changing status would resync forever)."""
+    status = "True" if ok else "False"
+    old = next(
+        (c for c in (previous or {}).get("conditions") or [] if c.get("type") == type_), None
+    )
+    since = (
+        old["lastTransitionTime"]
+        if old and old.get("status") == status and old.get("lastTransitionTime")
+        else format_time(now)
+    )
+    cond: KubeObject = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+    }
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    return cond
+
+
+def keep_children(
+    request: SyncRequest,
+    *,
+    reason: str,
+    message: str,
+    now: datetime,
+    extra_status: dict[str, Any] | None = None,
+) -> SyncResponse:
+    """Answer for a spec we cannot act on: every observed child kept, the problem in status."""
+    parent = request["parent"]
+    previous = parent.get("status") or {}
+    status = {**{k: v for k, v in previous.items() if k != "conditions"}, **(extra_status or {})}
+    status["conditions"] = [
+        condition(
+            READY,
+            False,
+            reason,
+            message,
+            previous=previous,
+            now=now,
+            generation=parent["metadata"].get("generation"),
+        )
+    ]
+    return {"status": status, "children": all_children(request)}
+
+
+def merge_resync(*delays: float | None) -> float | None:
+    """The soonest of several optional resync delays (seconds), at least one second."""
+    pending = [d for d in delays if d is not None]
+    return max(1.0, min(pending)) if pending else None

@@ -1,0 +1,41 @@
+"""Spec validation against schemas/*.json, the same schemas the CRDs are rendered from.
+
+The API server already rejects invalid specs at admission; the hooks check again because a
+parent may predate a schema change, and a hook must never act on a spec it cannot read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+
+def schema_dir() -> Path:
+    return Path(os.environ.get("SANDBOX_HOOKS_SCHEMA_DIR", DEFAULT_DIR))
+
+
+@cache
+def spec_validator(kind: str) -> Draft202012Validator:
+    """Validator for `spec` of one kind (lower-case Kubernetes singular: "sandbox", ...)."""
+    document = json.loads((schema_dir() / f"{kind}.json").read_text())
+    spec_schema = document["properties"]["spec"]
+    Draft202012Validator.check_schema(spec_schema)
+    return Draft202012Validator(spec_schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def validate(kind: str, spec: Any) -> list[str]:
+    """Problems with a spec, each naming its field (`spec.replicas: ...`); empty when valid."""
+    if not isinstance(spec, dict):
+        return ["spec: must be an object"]
+    problems = []
+    for error in sorted(spec_validator(kind).iter_errors(spec), key=lambda e: list(e.path)):
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.path)
+        problems.append(f"spec{path}: {error.message}")
+    return problems
