@@ -45,7 +45,8 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     """The router app. `config` overrides SANDBOX_ROUTER_* settings; `source` replaces the
     configured resolution source (a test's own KubernetesSource, for instance)."""
     settings = load_config(config)
-    tokens = TokenCheck(token=settings.token, token_file=settings.token_file)
+    tokens = TokenCheck(token=settings.token, token_file=settings.token_file,
+                        reload_interval=settings.token_reload_seconds)
     if not tokens.configured:
         if not settings.insecure_no_auth:
             raise ValueError("no bearer token: set SANDBOX_ROUTER_TOKEN_FILE (or "

@@ -25,6 +25,7 @@ class Config:
     # Bearer token: the file wins over the literal (a mounted Secret rotates in place).
     token: str = ""
     token_file: str = ""
+    token_reload_seconds: float = 10.0
     insecure_no_auth: bool = False
     # Resolution source: "kubernetes" (watch cache) or "static" (a YAML/JSON file).
     source: str = ""
@@ -108,7 +109,8 @@ def check(config: Config) -> None:
         raise ValueError(f"source must be 'kubernetes' or 'static', not {config.source!r}")
     if config.source == "static" and not config.static_file:
         raise ValueError("source 'static' needs static_file")
-    for name in ("connect_timeout", "default_timeout", "max_timeout", "keepalive_timeout"):
+    for name in ("connect_timeout", "default_timeout", "max_timeout", "keepalive_timeout",
+                 "token_reload_seconds"):
         if not getattr(config, name) > 0:
             raise ValueError(f"{name} must be positive")
     if config.default_timeout > config.max_timeout:

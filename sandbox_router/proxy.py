@@ -235,10 +235,10 @@ class Forwarder:
             except TimeoutError:
                 return self._upstream_failed(504, f"sandbox did not answer within {timeout:g}s")
             except (aiohttp.ClientError, OSError) as exc:
-                log.info("upstream failed", extra={"error": repr(exc)})
+                log.info("upstream failed", extra={"error": _brief(exc)})
                 return self._upstream_failed(502, "sandbox closed the connection")
         if upstream is None:
-            log.info("upstream unreachable", extra={"error": repr(last_error)})
+            log.info("upstream unreachable", extra={"error": _brief(last_error)})
             return self._upstream_failed(502, "sandbox unreachable")
         try:
             return await self._relay(request, upstream, started)
@@ -295,10 +295,16 @@ class Forwarder:
         """The stream broke after the answer began: cut the client's connection too, so a
         truncated body can never look complete (no final chunk is written)."""
         self.metrics.upstream_errors.labels("aborted").inc()
-        log.info("stream aborted", extra={"error": repr(exc)})
+        log.info("stream aborted", extra={"error": _brief(exc)})
         if request.transport is not None:
             request.transport.abort()
         return response
+
+
+def _brief(exc: BaseException | None) -> str:
+    """An exception for a log line: its type and the start of its message (which may quote
+    whole upstream bytes)."""
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 class BodyTooLarge(Exception):
