@@ -84,6 +84,10 @@ def rendered() -> dict[Path, str]:
     return out
 
 
+def shown(path: Path) -> Path:
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if manifests/crds is stale")
@@ -92,12 +96,12 @@ def main() -> int:
     stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
     if args.check:
         for path in stale:
-            print(f"stale: {path.relative_to(REPO)} (run `make manifests`)", file=sys.stderr)
+            print(f"stale: {shown(path)} (run `make manifests`)", file=sys.stderr)
         return 1 if stale else 0
     CRDS.mkdir(parents=True, exist_ok=True)
     for path in stale:
         path.write_text(files[path])
-        print(f"wrote {path.relative_to(REPO)}")
+        print(f"wrote {shown(path)}")
     return 0
 
 
