@@ -1,0 +1,15 @@
+"""sandbox_runtime: the HTTP server that runs inside every sandbox pod (port 8888).
+
+It runs model-written shell commands and moves files in one workspace directory, and it
+must stay up and stay confined under hostile input. Map of the package:
+
+- config.py   defaults, SANDBOX_RUNTIME_* environment, validation of settings
+- app.py      create_app(config) -> Flask: the route table, JSON errors, metrics
+- execute.py  one command: spawn under rlimits, read capped output, deadline, kill the tree
+- procs.py    process-tree hygiene: subreaper, orphan reaping, finding a command's survivors
+- files.py    upload/download/list/exists, confined to the workspace
+- stdio.py    the same app over stdin/stdout (for runsc --network=none)
+- __main__.py the `sandbox-runtime` console script (gunicorn or --stdio)
+
+Nothing here imports the client, the router or the hooks.
+"""

@@ -1,0 +1,327 @@
+"""The runtime's Flask app: create_app(config) and its route table.
+
+Served by gunicorn (`sandbox-runtime --port N`, see __main__.py) or over stdin/stdout
+(`sandbox-runtime --stdio`, see stdio.py). Views only parse, validate and shape JSON; the work
+is in execute.py and files.py. Every error answers `{"error": "<message>"}` with its status
+and never a stack trace. No module-level app: the environment is read when the factory runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+from flask import Flask, Response, request
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    NotFound,
+    RequestEntityTooLarge,
+    ServiceUnavailable,
+    TooManyRequests,
+)
+from werkzeug.wsgi import wrap_file
+
+from sandbox_runtime import config as config_mod
+from sandbox_runtime import files, procs
+from sandbox_runtime.execute import Command, Limits, StreamDecoder, choose_limits
+
+log = logging.getLogger("sandbox_runtime")
+
+EXECUTE_FIELDS = {"command", "timeout", "env", "cwd"}
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+MAX_ENV_VALUE = 128 * 1024
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
+DOWNLOAD_CHUNK = 1024 * 1024
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body), status=status, mimetype=JSON)
+
+
+class Metrics:
+    """The app's own registry, so two apps in one process (tests) never collide."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.commands = Counter("sandbox_runtime_commands_total",
+                                "Commands finished, by outcome", ["outcome"],
+                                registry=self.registry)
+        self.duration = Histogram("sandbox_runtime_command_duration_seconds",
+                                  "Wall time of commands", registry=self.registry,
+                                  buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600))
+        self.running = Gauge("sandbox_runtime_commands_running", "Commands running now",
+                             registry=self.registry)
+        self.rejected = Counter("sandbox_runtime_commands_rejected_total",
+                                "Commands refused because the concurrency bound was reached",
+                                registry=self.registry)
+        self.killed = Counter("sandbox_runtime_processes_killed_total",
+                              "Processes killed when commands timed out or were abandoned",
+                              registry=self.registry)
+        self.truncated = Counter("sandbox_runtime_output_truncated_total",
+                                 "Streams cut at the output cap", ["stream"],
+                                 registry=self.registry)
+        self.uploaded = Counter("sandbox_runtime_upload_bytes_total", "Bytes uploaded",
+                                registry=self.registry)
+        self.downloaded = Counter("sandbox_runtime_download_bytes_total",
+                                  "Bytes offered for download", registry=self.registry)
+        self.errors = Counter("sandbox_runtime_http_errors_total", "Error answers, by status",
+                              ["status"], registry=self.registry)
+
+
+class Runtime:
+    """What the views share: settings, the command slots, the rlimit mechanism, metrics."""
+
+    def __init__(self, cfg: config_mod.Config) -> None:
+        self.cfg = cfg
+        self.slots = threading.BoundedSemaphore(cfg.max_concurrent_commands)
+        self.limits: Limits = choose_limits(cfg)
+        self.metrics = Metrics()
+        # Commands see the pod's environment, minus the server's own settings.
+        self.base_env = {k: v for k, v in os.environ.items()
+                         if not k.startswith(config_mod.ENV_PREFIX)}
+        self._owner_pid = -1
+        self._lock = threading.Lock()
+
+    def prepare_process(self) -> None:
+        """Per-process set-up (after gunicorn's fork): subreaper and reaper thread."""
+        if self._owner_pid == os.getpid():
+            return
+        with self._lock:
+            if self._owner_pid != os.getpid():
+                if self.cfg.subreaper and procs.become_subreaper():
+                    procs.start_reaper()
+                self._owner_pid = os.getpid()
+
+    def record(self, command: Command) -> None:
+        out = command.outcome
+        m = self.metrics
+        m.commands.labels("timeout" if out.timed_out else "exit").inc()
+        m.duration.observe(out.duration_s)
+        if out.killed:
+            m.killed.inc(out.killed)
+        for name in ("stdout", "stderr"):
+            if getattr(out, f"{name}_truncated"):
+                m.truncated.labels(name).inc()
+        if out.timed_out or out.killed or out.stdout_truncated or out.stderr_truncated:
+            log.info("command %s", json.dumps({
+                "id": command.id, "exit_code": out.exit_code, "timed_out": out.timed_out,
+                "killed": out.killed, "duration_s": round(out.duration_s, 3),
+                "stdout_truncated": out.stdout_truncated,
+                "stderr_truncated": out.stderr_truncated}))
+
+
+def _read_json_body(limit: int) -> dict[str, Any]:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise RequestEntityTooLarge(f"body: larger than {limit} bytes")
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise RequestEntityTooLarge(f"body: larger than {limit} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("body: expected a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body: expected a JSON object")
+    return body
+
+
+def parse_execute(body: Mapping[str, Any], rt: Runtime) -> tuple[str, float, dict[str, str], str]:
+    """Validate an /execute body; every message names the field at fault."""
+    cfg = rt.cfg
+    unknown = sorted(set(body) - EXECUTE_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}; "
+                         f"allowed: {', '.join(sorted(EXECUTE_FIELDS))}")
+    command = body.get("command")
+    if not isinstance(command, str):
+        raise BadRequest("command: required, must be a string")
+    if "\0" in command or len(command.encode()) > cfg.max_command_bytes:
+        raise BadRequest(f"command: must hold no NUL and at most {cfg.max_command_bytes} bytes")
+    timeout = body.get("timeout", cfg.default_timeout_s)
+    if timeout is None:
+        timeout = cfg.default_timeout_s
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise BadRequest("timeout: must be a number of seconds")
+    if not 0 < timeout <= cfg.max_timeout_s:
+        raise BadRequest(f"timeout: must be > 0 and at most {cfg.max_timeout_s} seconds")
+    env = body.get("env") or {}
+    if not isinstance(env, dict):
+        raise BadRequest("env: must be an object of string to string")
+    if len(env) > cfg.max_env_entries:
+        raise BadRequest(f"env: at most {cfg.max_env_entries} entries")
+    for key, value in env.items():
+        if not ENV_NAME.match(key) or key == procs.MARKER_ENV:
+            raise BadRequest(f"env: invalid variable name {key[:100]!r}")
+        if not isinstance(value, str) or "\0" in value or len(value) > MAX_ENV_VALUE:
+            raise BadRequest(f"env: value of {key!r} must be a string without NUL, "
+                             f"at most {MAX_ENV_VALUE} characters")
+    cwd_arg = body.get("cwd")
+    if cwd_arg is None:
+        cwd = cfg.base_dir
+    elif not isinstance(cwd_arg, str):
+        raise BadRequest("cwd: must be a path string")
+    else:
+        cwd = files.resolve(cfg.base_dir, cwd_arg, what="cwd")
+        if not os.path.exists(cwd):
+            raise NotFound(f"cwd: {cwd_arg!r} does not exist")
+        if not os.path.isdir(cwd):
+            raise BadRequest(f"cwd: {cwd_arg!r} is not a directory")
+    return command, float(timeout), env, cwd
+
+
+class CommandStream:
+    """The NDJSON body of /execute/stream; closing it early kills the command."""
+
+    def __init__(self, rt: Runtime, command: Command) -> None:
+        self.rt = rt
+        self.command = command
+        self._released = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        decoder = StreamDecoder()
+        try:
+            for name, data in self.command.chunks():
+                text = decoder.decode(name, data)
+                if text:
+                    yield (json.dumps({"stream": name, "data": text}) + "\n").encode()
+            for name in ("stdout", "stderr"):
+                text = decoder.flush(name)
+                if text:
+                    yield (json.dumps({"stream": name, "data": text}) + "\n").encode()
+            out = self.command.outcome
+            final = {k: v for k, v in out.to_json().items() if k not in ("stdout", "stderr")}
+            yield (json.dumps(final) + "\n").encode()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        try:
+            self.command.close()  # no-op when finished; kills the tree when abandoned
+        finally:
+            self.rt.metrics.running.dec()
+            self.rt.slots.release()
+            self.rt.record(self.command)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Defaults, then SANDBOX_RUNTIME_* (and SANDBOX_BASE_DIR), then `config`."""
+    cfg = config_mod.load(config)
+    if not os.path.isdir(cfg.base_dir):
+        raise ValueError(f"workspace {cfg.base_dir!r} is not a directory")
+    app = Flask("sandbox_runtime")
+    app.config.from_mapping(RUNTIME=cfg)
+    rt = Runtime(cfg)
+    app.extensions["sandbox_runtime"] = rt
+    log.info("sandbox-runtime settings %s rlimits=%s", config_mod.describe(cfg), rt.limits.kind)
+
+    def start(command: str, timeout: float, env: dict[str, str], cwd: str) -> Command:
+        rt.prepare_process()
+        if not rt.slots.acquire(blocking=False):
+            rt.metrics.rejected.inc()
+            raise TooManyRequests(f"busy: {cfg.max_concurrent_commands} commands already "
+                                  "running; retry later")
+        try:
+            cmd = Command(command, timeout_s=timeout, cwd=cwd, env=env, config=cfg,
+                          limits=rt.limits, base_env=rt.base_env)
+        except OSError as exc:
+            rt.slots.release()
+            # EAGAIN: the process limit is reached (a fork bomb is still being cleaned up).
+            raise ServiceUnavailable(f"cannot start the command: {exc.strerror}") from None
+        except BaseException:
+            rt.slots.release()
+            raise
+        rt.metrics.running.inc()
+        return cmd
+
+    def body_limit() -> int:
+        return cfg.max_command_bytes * 2 + cfg.max_env_entries * (MAX_ENV_VALUE + 256) + 4096
+
+    @app.get("/")
+    def index() -> Response:
+        return _json({"status": "ok", "service": "sandbox-runtime"})
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(rt.metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.post("/execute")
+    def execute() -> Response:
+        cmd = start(*parse_execute(_read_json_body(body_limit()), rt))
+        try:
+            outcome = cmd.run()
+        finally:
+            rt.metrics.running.dec()
+            rt.slots.release()
+        rt.record(cmd)
+        return _json(outcome.to_json())
+
+    @app.post("/execute/stream")
+    def execute_stream() -> Response:
+        cmd = start(*parse_execute(_read_json_body(body_limit()), rt))
+        return Response(CommandStream(rt, cmd), mimetype=NDJSON,
+                        headers={"X-Accel-Buffering": "no", "Cache-Control": "no-store"})
+
+    @app.post("/upload")
+    def upload() -> Response:
+        up = files.Upload(cfg.base_dir, cfg.max_upload_bytes)
+        result = up.receive(request.content_type, request.content_length, request.stream.read)
+        rt.metrics.uploaded.inc(up.size)
+        return _json(result)
+
+    @app.get("/download/<path:path>")
+    def download(path: str) -> Response:
+        file, size = files.open_for_download(cfg.base_dir, path)
+        rt.metrics.downloaded.inc(size)
+        name = os.path.basename(path)
+        response = Response(wrap_file(request.environ, file, DOWNLOAD_CHUNK),
+                            mimetype="application/octet-stream", direct_passthrough=True)
+        response.content_length = size
+        response.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(name)}"
+        return response
+
+    @app.get("/list")
+    @app.get("/list/")
+    @app.get("/list/<path:path>")
+    def list_path(path: str = "") -> Response:
+        return _json(files.list_dir(cfg.base_dir, path, max_entries=cfg.max_list_entries))
+
+    @app.get("/exists")
+    @app.get("/exists/")
+    @app.get("/exists/<path:path>")
+    def exists(path: str = "") -> Response:
+        return _json({"path": path, "exists": files.exists(cfg.base_dir, path)})
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        rt.metrics.errors.labels(str(status)).inc()
+        response = _json({"error": exc.description or exc.name}, status)
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        rt.metrics.errors.labels("500").inc()
+        return _json({"error": "internal error"}, 500)
+
+    return app
