@@ -75,10 +75,6 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     forwarder = Forwarder(config=settings, resolver=resolver, metrics=metrics,
                           tokens=tokens if tokens.configured else None,
                           session_factory=session_factory)
-    app = web.Application()
-    app[CONFIG_KEY] = settings
-    app[FORWARDER_KEY] = forwarder
-
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "synced": chosen.ready,
                                   "sandboxes": len(chosen)})
@@ -95,12 +91,20 @@ def create_app(config: Mapping[str, Any] | None = None, *,
 
     own = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_view}
 
-    async def dispatch(request: web.Request) -> web.StreamResponse:
+    # A middleware rather than a route: it sees every request, including targets the URL
+    # dispatcher cannot match (CONNECT authority-form, absolute-form without a path), so each
+    # one gets our JSON answer instead of aiohttp's own 404.
+    @web.middleware
+    async def dispatch(request: web.Request, handler: Any) -> web.StreamResponse:
         if SANDBOX_ID not in request.headers and request.method in ("GET", "HEAD"):
             view = own.get(request.raw_path)
             if view is not None:
                 return await view(request)
         return await forwarder.handle(request)
+
+    app = web.Application(middlewares=[dispatch])
+    app[CONFIG_KEY] = settings
+    app[FORWARDER_KEY] = forwarder
 
     async def on_startup(app: web.Application) -> None:
         chosen.start()
@@ -112,5 +116,4 @@ def create_app(config: Mapping[str, Any] | None = None, *,
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
-    app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
