@@ -25,7 +25,7 @@ from prometheus_client import (
 )
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from hooks import sandbox
+from hooks import sandbox, sandboxclaim, sandboxtemplate, sandboxwarmpool
 from hooks.typedefs import DEFAULT_SETTINGS, HookSettings
 
 log = logging.getLogger("hooks")
@@ -35,6 +35,12 @@ log = logging.getLogger("hooks")
 ROUTES: dict[tuple[str, str], Callable[..., Any]] = {
     ("sync", "sandbox"): sandbox.sync,
     ("customize", "sandbox"): sandbox.customize,
+    ("sync", "sandboxclaim"): sandboxclaim.sync,
+    ("customize", "sandboxclaim"): sandboxclaim.customize,
+    ("sync", "sandboxwarmpool"): sandboxwarmpool.sync,
+    ("customize", "sandboxwarmpool"): sandboxwarmpool.customize,
+    ("finalize", "sandboxwarmpool"): sandboxwarmpool.finalize,
+    ("sync", "sandboxtemplate"): sandboxtemplate.sync,
 }
 
 REQUESTS = Counter(

@@ -54,6 +54,7 @@ POOL_READY = "PoolReady"
 POOL_NOT_READY = "PoolNotReady"
 NETWORK_POLICY_READY = "NetworkPolicyReady"
 NETWORK_POLICY_DISABLED = "NetworkPolicyDisabled"
+NETWORK_POLICY_PENDING = "NetworkPolicyPending"
 
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -97,6 +98,10 @@ def pod_is_ready(pod: KubeObject) -> bool:
     )
 
 
+def pod_has_finished(pod: KubeObject) -> bool:
+    return pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
+
+
 def pod_ips(pod: KubeObject) -> list[str]:
     status = pod.get("status", {})
     ips = [entry["ip"] for entry in status.get("podIPs") or [] if entry.get("ip")]
@@ -120,6 +125,32 @@ def format_time(moment: datetime) -> str:
 def age_seconds(obj: KubeObject, now: datetime) -> float:
     created = obj.get("metadata", {}).get("creationTimestamp")
     return (now - parse_time(created)).total_seconds() if created else 0.0
+
+
+# ---- sandboxes (read by the sandbox and warm-pool hooks alike) ---------------------------
+
+
+def sandbox_replicas(sandbox: KubeObject) -> int:
+    return int(sandbox.get("spec", {}).get("replicas", 1))
+
+
+def sandbox_shutdown_at(sandbox: KubeObject) -> datetime | None:
+    value = sandbox.get("spec", {}).get("shutdownTime")
+    return parse_time(value) if value else None
+
+
+def sandbox_is_expired(sandbox: KubeObject, now: datetime) -> bool:
+    deadline = sandbox_shutdown_at(sandbox)
+    return deadline is not None and now >= deadline
+
+
+def sandbox_wants_pod(sandbox: KubeObject, now: datetime) -> bool:
+    """Whether a pod should serve this sandbox now."""
+    return (
+        not is_deleting(sandbox)
+        and sandbox_replicas(sandbox) > 0
+        and not sandbox_is_expired(sandbox, now)
+    )
 
 
 # ---- names and labels -------------------------------------------------------------------

@@ -33,27 +33,6 @@ def pvc_name(claim_template: KubeObject, sandbox: KubeObject) -> str:
     return f"{claim_template['metadata']['name']}-{sandbox['metadata']['name']}"
 
 
-def replicas(sandbox: KubeObject) -> int:
-    return int(sandbox["spec"].get("replicas", 1))
-
-
-def shutdown_at(sandbox: KubeObject) -> datetime | None:
-    value = sandbox["spec"].get("shutdownTime")
-    return objects.parse_time(value) if value else None
-
-
-def is_expired(sandbox: KubeObject, now: datetime) -> bool:
-    deadline = shutdown_at(sandbox)
-    return deadline is not None and now >= deadline
-
-
-def wants_pod(sandbox: KubeObject, now: datetime) -> bool:
-    """Whether a pod should serve this sandbox now (also read by the warm pool's hook)."""
-    return (
-        not objects.is_deleting(sandbox) and replicas(sandbox) > 0 and not is_expired(sandbox, now)
-    )
-
-
 def spec_problems(sandbox: KubeObject) -> list[str]:
     return objects.name_problems(sandbox["metadata"]["name"], service=True) + schemas.validate(
         KIND, sandbox.get("spec")
@@ -193,7 +172,7 @@ def sync(
             )
         ]
 
-    if is_expired(sandbox, now):
+    if objects.sandbox_is_expired(sandbox, now):
         # Past shutdownTime the pod and Service go; volumes stay for whoever needs the data.
         ready(
             False,
@@ -205,12 +184,12 @@ def sync(
     children.append(desired_service(sandbox))
     status["service"] = name
     status["serviceFQDN"] = f"{name}.{namespace}.svc.{settings['cluster_domain']}"
-    deadline = shutdown_at(sandbox)
+    deadline = objects.sandbox_shutdown_at(sandbox)
     resync = [(deadline - now).total_seconds() if deadline else None]
 
     own_pod = objects.by_name(objects.observed(request, POD)).get(name)
     pod: KubeObject | None = None
-    if replicas(sandbox) == 0:
+    if objects.sandbox_replicas(sandbox) == 0:
         ready(False, objects.SCALED_TO_ZERO, "spec.replicas is 0: the pod is stopped")
     elif own_pod is not None:
         children.append(desired_pod(sandbox))

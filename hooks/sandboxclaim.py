@@ -1,0 +1,255 @@
+"""Sync and customize hooks for SandboxClaim: one Sandbox, named exactly like the claim.
+
+Served at POST /{sync,customize}/sandboxclaim by hooks/app.py. Pure: the answer depends only
+on the request and `now`.
+
+The walkthrough's client waits for a Sandbox of the claim's name and routes with
+`X-Sandbox-ID: <claim name>`, so the name is fixed whichever pod serves it. The claim picks a
+warm pool (spec.warmPoolRef, else the first pool of its template) and labels its Sandbox with
+it; the pool binds a warm pod, or the Sandbox starts its own after a short grace. The claim
+forwards the Sandbox's readiness and names the serving pod (status and the Sandbox's
+`agents.x-k8s.io/pod-name` annotation).
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from typing import Any
+
+from hooks import objects, schemas
+from hooks.objects import CLAIM_LABEL, POOL, POOL_LABEL, SANDBOX, TEMPLATE, TEMPLATE_LABEL
+from hooks.typedefs import (
+    DEFAULT_SETTINGS,
+    CustomizeRequest,
+    CustomizeResponse,
+    HookSettings,
+    KubeObject,
+    SyncRequest,
+    SyncResponse,
+)
+
+KIND = "sandboxclaim"
+
+
+def spec_problems(claim: KubeObject) -> list[str]:
+    spec = claim.get("spec")
+    problems = objects.name_problems(claim["metadata"]["name"], service=True) + schemas.validate(
+        KIND, spec
+    )
+    if isinstance(spec, dict) and not (spec.get("sandboxTemplateRef") or spec.get("warmPoolRef")):
+        problems.append("spec: spec.sandboxTemplateRef or spec.warmPoolRef is required")
+    return problems
+
+
+def lifecycle(claim: KubeObject) -> tuple[datetime | None, str]:
+    given = claim["spec"].get("lifecycle") or {}
+    deadline = given.get("shutdownTime")
+    return (
+        objects.parse_time(deadline) if deadline else None,
+        given.get("shutdownPolicy", "Delete"),
+    )
+
+
+def choose_pool(claim: KubeObject, pools: list[KubeObject]) -> KubeObject | None:
+    """The named pool, else the first pool (by name) of the claim's template."""
+    spec = claim["spec"]
+    if spec.get("warmPoolRef"):
+        wanted = spec["warmPoolRef"]["name"]
+        return next((p for p in pools if p["metadata"]["name"] == wanted), None)
+    template = spec["sandboxTemplateRef"]["name"]
+    return next(
+        (
+            p
+            for p in pools
+            if p.get("spec", {}).get("sandboxTemplateRef", {}).get("name") == template
+        ),
+        None,
+    )
+
+
+def desired_sandbox(claim: KubeObject, template: KubeObject, pool: KubeObject | None) -> KubeObject:
+    meta = claim["metadata"]
+    labels = {CLAIM_LABEL: meta["name"], TEMPLATE_LABEL: template["metadata"]["name"]}
+    if pool is not None:
+        labels[POOL_LABEL] = pool["metadata"]["name"]
+    spec: dict[str, Any] = {"podTemplate": copy.deepcopy(template["spec"]["podTemplate"])}
+    deadline = (claim["spec"].get("lifecycle") or {}).get("shutdownTime")
+    if deadline:
+        spec["shutdownTime"] = deadline
+    return {
+        "apiVersion": objects.SANDBOX_API,
+        "kind": "Sandbox",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta.get("namespace", "default"),
+            "labels": labels,
+        },
+        "spec": spec,
+    }
+
+
+def with_pod_annotation(sandbox: KubeObject, pod_name: str | None) -> KubeObject:
+    annotations = sandbox["metadata"].setdefault("annotations", {})
+    if pod_name:
+        annotations[objects.POD_NAME_ANNOTATION] = pod_name
+    return sandbox
+
+
+def sandbox_ready(sandbox: KubeObject | None) -> KubeObject | None:
+    conditions = (sandbox or {}).get("status", {}).get("conditions") or []
+    return next((c for c in conditions if c.get("type") == objects.READY), None)
+
+
+def sync(
+    request: SyncRequest, *, now: datetime, settings: HookSettings = DEFAULT_SETTINGS
+) -> SyncResponse:
+    claim = request["parent"]
+    name = claim["metadata"]["name"]
+    previous = claim.get("status") or {}
+    generation = claim["metadata"].get("generation")
+
+    def answer(
+        children: list[KubeObject],
+        ok: bool,
+        reason: str,
+        message: str,
+        sandbox_status: dict[str, Any] | None = None,
+    ) -> SyncResponse:
+        status: dict[str, Any] = {
+            "conditions": [
+                objects.condition(
+                    objects.READY,
+                    ok,
+                    reason,
+                    message,
+                    previous=previous,
+                    now=now,
+                    generation=generation,
+                )
+            ]
+        }
+        if sandbox_status:
+            status["sandbox"] = sandbox_status
+        return {"children": children, "status": status}
+
+    problems = spec_problems(claim)
+    if problems:
+        return objects.keep_children(
+            request, reason=objects.INVALID_SPEC, message="; ".join(problems), now=now
+        )
+
+    deadline, policy = lifecycle(claim)
+    existing = objects.by_name(objects.observed(request, SANDBOX)).get(name)
+    if deadline is not None and now >= deadline:
+        if policy == "Delete" or existing is None:
+            return answer(
+                [],
+                False,
+                objects.EXPIRED,
+                f"lifecycle.shutdownTime {claim['spec']['lifecycle']['shutdownTime']} "
+                f"has passed; the sandbox was deleted",
+            )
+        kept = objects.as_desired(existing)
+        return answer(
+            [kept],
+            False,
+            objects.EXPIRED,
+            "lifecycle.shutdownTime has passed; the sandbox is retained, its pod stopped",
+            {"name": name},
+        )
+
+    if existing is not None:
+        # The Sandbox keeps the spec it was made with; only the pod-name annotation follows it.
+        pod_name = (existing.get("status") or {}).get("podName")
+        sandbox = with_pod_annotation(copy.deepcopy(objects.as_desired(existing)), pod_name)
+        cond = sandbox_ready(existing)
+        sandbox_status = {"name": name, **({"podName": pod_name} if pod_name else {})}
+        if cond is not None and cond.get("status") == "True":
+            response = answer(
+                [sandbox],
+                True,
+                objects.SANDBOX_READY,
+                f"sandbox {name} is ready (pod {pod_name})",
+                sandbox_status,
+            )
+        else:
+            detail = f"{cond.get('reason')}: {cond.get('message')}" if cond else "no status yet"
+            response = answer(
+                [sandbox],
+                False,
+                objects.SANDBOX_NOT_READY,
+                f"sandbox {name} is not ready: {detail}",
+                sandbox_status,
+            )
+    else:
+        pools = objects.observed(request, POOL, "related")
+        pool = choose_pool(claim, pools)
+        spec = claim["spec"]
+        if spec.get("warmPoolRef") and pool is None and not spec.get("sandboxTemplateRef"):
+            return answer(
+                [],
+                False,
+                objects.POOL_NOT_FOUND,
+                f"SandboxWarmPool {spec['warmPoolRef']['name']} not found",
+            )
+        template_name = (spec.get("sandboxTemplateRef") or {}).get("name") or pool["spec"][
+            "sandboxTemplateRef"
+        ]["name"]  # type: ignore[index]
+        template = next(
+            (
+                t
+                for t in objects.observed(request, TEMPLATE, "related")
+                if t["metadata"]["name"] == template_name
+            ),
+            None,
+        )
+        if template is None:
+            return answer(
+                [], False, objects.TEMPLATE_NOT_FOUND, f"SandboxTemplate {template_name} not found"
+            )
+        response = answer(
+            [desired_sandbox(claim, template, pool)],
+            False,
+            objects.SANDBOX_NOT_READY,
+            f"sandbox {name} is being created",
+            {"name": name},
+        )
+
+    if deadline is not None:
+        response["resyncAfterSeconds"] = max(1.0, (deadline - now).total_seconds())
+    return response
+
+
+def customize(request: CustomizeRequest) -> CustomizeResponse:
+    """The claim's template and the namespace's warm pools (to find one of the template)."""
+    claim = request["parent"]
+    namespace = claim["metadata"].get("namespace", "default")
+    spec = claim.get("spec") or {}
+    template_ref = (spec.get("sandboxTemplateRef") or {}).get("name")
+    pool_ref = (spec.get("warmPoolRef") or {}).get("name")
+    everything: dict[str, Any] = {"matchLabels": {}}
+    return {
+        "relatedResources": [
+            {
+                "apiVersion": objects.EXTENSIONS_API,
+                "resource": "sandboxtemplates",
+                "namespace": namespace,
+                **(
+                    {"names": [template_ref]}
+                    if isinstance(template_ref, str)
+                    else {"labelSelector": everything}
+                ),
+            },
+            {
+                "apiVersion": objects.EXTENSIONS_API,
+                "resource": "sandboxwarmpools",
+                "namespace": namespace,
+                **(
+                    {"names": [pool_ref]}
+                    if isinstance(pool_ref, str)
+                    else {"labelSelector": everything}
+                ),
+            },
+        ]
+    }

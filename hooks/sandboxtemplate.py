@@ -1,0 +1,162 @@
+"""Sync hook for SandboxTemplate: the NetworkPolicy that fences every pod of the template.
+
+Served at POST /sync/sandboxtemplate by hooks/app.py. Pure: the answer depends only on the
+request. Pods made from a template (warm pods and claim sandboxes) carry the label
+`agents.x-k8s.io/sandbox-template=<template>`, which the policy selects.
+
+The default policy: ingress only from the sandbox-router pods; egress only to public
+addresses (no RFC 1918, carrier-grade NAT, link-local, loopback or IPv6 private ranges),
+plus cluster DNS unless the template turns it off.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from hooks import objects, schemas
+from hooks.objects import NETWORK_POLICY, TEMPLATE_LABEL
+from hooks.typedefs import DEFAULT_SETTINGS, HookSettings, KubeObject, SyncRequest, SyncResponse
+
+KIND = "sandboxtemplate"
+ROUTER_POD_LABELS = {"app.kubernetes.io/name": "sandbox-router"}
+PRIVATE_IPV4 = [
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+]
+PRIVATE_IPV6 = ["::1/128", "fc00::/7", "fe80::/10"]
+
+
+def network_policy_name(template: KubeObject) -> str:
+    return f"{template['metadata']['name']}-sandboxes"
+
+
+def policy_settings(template: KubeObject) -> dict[str, Any]:
+    given = template["spec"].get("networkPolicy") or {}
+    return {
+        "enabled": given.get("enabled", True),
+        "allowClusterDNS": given.get("allowClusterDNS", True),
+        "routerNamespace": given.get("routerNamespace", "default"),
+    }
+
+
+def container_ports(template: KubeObject) -> list[KubeObject]:
+    ports = {
+        (p["containerPort"], p.get("protocol", "TCP"))
+        for c in template["spec"]["podTemplate"]["spec"].get("containers", [])
+        for p in c.get("ports") or []
+        if isinstance(p.get("containerPort"), int)
+    }
+    return [{"port": port, "protocol": protocol} for port, protocol in sorted(ports)]
+
+
+def desired_network_policy(template: KubeObject) -> KubeObject:
+    settings = policy_settings(template)
+    meta = template["metadata"]
+    router = {
+        "namespaceSelector": {
+            "matchLabels": {"kubernetes.io/metadata.name": settings["routerNamespace"]}
+        },
+        "podSelector": {"matchLabels": dict(ROUTER_POD_LABELS)},
+    }
+    ingress: KubeObject = {"from": [router]}
+    ports = container_ports(template)
+    if ports:
+        ingress["ports"] = ports
+    egress: list[KubeObject] = [
+        {
+            "to": [
+                {"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_IPV4}},
+                {"ipBlock": {"cidr": "::/0", "except": PRIVATE_IPV6}},
+            ]
+        }
+    ]
+    if settings["allowClusterDNS"]:
+        egress.append(
+            {
+                "to": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                        },
+                        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                    }
+                ],
+                "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+            }
+        )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": network_policy_name(template),
+            "namespace": meta.get("namespace", "default"),
+            "labels": {TEMPLATE_LABEL: meta["name"]},
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {TEMPLATE_LABEL: meta["name"]}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [ingress],
+            "egress": egress,
+        },
+    }
+
+
+def sync(
+    request: SyncRequest, *, now: datetime, settings: HookSettings = DEFAULT_SETTINGS
+) -> SyncResponse:
+    template = request["parent"]
+    previous = template.get("status") or {}
+    generation = template["metadata"].get("generation")
+    problems = objects.name_problems(
+        template["metadata"]["name"], service=False
+    ) + schemas.validate(KIND, template.get("spec"))
+    if problems:
+        return objects.keep_children(
+            request, reason=objects.INVALID_SPEC, message="; ".join(problems), now=now
+        )
+    if not policy_settings(template)["enabled"]:
+        return {
+            "children": [],
+            "status": {
+                "conditions": [
+                    objects.condition(
+                        objects.READY,
+                        True,
+                        objects.NETWORK_POLICY_DISABLED,
+                        "spec.networkPolicy.enabled is false: pods of this template are not fenced",
+                        previous=previous,
+                        now=now,
+                        generation=generation,
+                    )
+                ]
+            },
+        }
+    policy = desired_network_policy(template)
+    applied = bool(objects.observed(request, NETWORK_POLICY))
+    message = (
+        f"NetworkPolicy {policy['metadata']['name']} fences pods of this template"
+        if applied
+        else f"NetworkPolicy {policy['metadata']['name']} is being created"
+    )
+    return {
+        "children": [policy],
+        "status": {
+            "networkPolicy": policy["metadata"]["name"],
+            "conditions": [
+                objects.condition(
+                    objects.READY,
+                    applied,
+                    objects.NETWORK_POLICY_READY if applied else objects.NETWORK_POLICY_PENDING,
+                    message,
+                    previous=previous,
+                    now=now,
+                    generation=generation,
+                )
+            ],
+        },
+    }

@@ -1,0 +1,243 @@
+"""Sync, customize and finalize hooks for SandboxWarmPool: pre-warmed pods, bound one-to-one.
+
+Served at POST /{sync,customize,finalize}/sandboxwarmpool by hooks/app.py. Pure: the answer
+depends only on the request and `now`.
+
+The pool is the single writer of its pods for their whole life (Metacontroller cannot hand a
+child to another parent). It keeps `spec.replicas` free pods of its template running. A
+Sandbox that wants one carries the label `agents.x-k8s.io/warm-pool=<pool>` and arrives here as
+a related object; the pool binds a free, Ready pod to it by adding the label
+`agents.x-k8s.io/sandbox=<sandbox>`, which the Sandbox's Service selects. A bound pod is never
+re-labelled: when its Sandbox goes (or stops wanting it, or chose another pod) the pool deletes
+it and refills, so a warm pod serves at most one Sandbox, ever.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from typing import Any
+
+from hooks import objects, schemas
+from hooks.objects import POD, POOL_LABEL, SANDBOX, SANDBOX_LABEL, TEMPLATE, TEMPLATE_LABEL
+from hooks.typedefs import (
+    DEFAULT_SETTINGS,
+    CustomizeRequest,
+    CustomizeResponse,
+    HookSettings,
+    KubeObject,
+    SyncRequest,
+    SyncResponse,
+)
+
+KIND = "sandboxwarmpool"
+
+
+def template_name(pool: KubeObject) -> str:
+    return str(pool["spec"]["sandboxTemplateRef"]["name"])
+
+
+def pod_name(pool: KubeObject, index: int) -> str:
+    """Concrete and deterministic; the uid hash keeps two pools' pods (and sandboxes) apart."""
+    meta = pool["metadata"]
+    return f"{meta['name']}-{objects.short_hash(meta.get('uid', ''), length=4)}-{index}"
+
+
+def template_hash(template: KubeObject) -> str:
+    return objects.spec_hash(template["spec"]["podTemplate"])
+
+
+def desired_pod(pool: KubeObject, template: KubeObject, name: str) -> KubeObject:
+    meta = pool["metadata"]
+    return objects.pod_from_template(
+        template["spec"]["podTemplate"],
+        name=name,
+        namespace=meta.get("namespace", "default"),
+        labels={POOL_LABEL: meta["name"], TEMPLATE_LABEL: template["metadata"]["name"]},
+        annotations={objects.TEMPLATE_HASH_ANNOTATION: template_hash(template)},
+    )
+
+
+def bind(pod: KubeObject, sandbox_name: str) -> KubeObject:
+    """The pod as we last asked for it, plus the binding label (labels are mutable)."""
+    desired = copy.deepcopy(objects.as_desired(pod))
+    desired["metadata"].setdefault("labels", {})[SANDBOX_LABEL] = sandbox_name
+    return desired
+
+
+def keeps_binding(pod: KubeObject, sandbox: KubeObject | None, now: datetime) -> bool:
+    """A bound pod stays while its Sandbox exists, wants a pod and has not chosen another."""
+    if sandbox is None or not objects.sandbox_wants_pod(sandbox, now):
+        return False
+    serving = (sandbox.get("status") or {}).get("podName")
+    return serving in (None, "", pod["metadata"]["name"])
+
+
+def wants_binding(sandbox: KubeObject, pool: KubeObject, now: datetime) -> bool:
+    labels = objects.labels_of(sandbox)
+    return (
+        labels.get(POOL_LABEL) == pool["metadata"]["name"]
+        and labels.get(TEMPLATE_LABEL, template_name(pool)) == template_name(pool)
+        and objects.sandbox_wants_pod(sandbox, now)
+        and not (sandbox.get("status") or {}).get("podName")
+    )
+
+
+def arrival(obj: KubeObject) -> tuple[str, str]:
+    return (obj["metadata"].get("creationTimestamp", ""), obj["metadata"]["name"])
+
+
+def status_of(
+    pool: KubeObject,
+    free: list[KubeObject],
+    bound: int,
+    *,
+    previous: KubeObject,
+    now: datetime,
+    template_missing: bool = False,
+) -> dict[str, Any]:
+    ready = sum(1 for p in free if objects.pod_is_ready(p))
+    wanted = int(pool["spec"].get("replicas", 1))
+    if template_missing:
+        ok, reason = False, objects.TEMPLATE_NOT_FOUND
+        message = f"SandboxTemplate {template_name(pool)} not found; existing pods are kept"
+    else:
+        ok = ready >= wanted
+        reason = objects.POOL_READY if ok else objects.POOL_NOT_READY
+        message = f"{ready}/{wanted} warm pods ready, {bound} serving sandboxes"
+    return {
+        "replicas": len(free),
+        "readyReplicas": ready,
+        "boundReplicas": bound,
+        "selector": f"{POOL_LABEL}={pool['metadata']['name']},!{SANDBOX_LABEL}",
+        "conditions": [
+            objects.condition(
+                objects.READY,
+                ok,
+                reason,
+                message,
+                previous=previous,
+                now=now,
+                generation=pool["metadata"].get("generation"),
+            )
+        ],
+    }
+
+
+def sync(
+    request: SyncRequest, *, now: datetime, settings: HookSettings = DEFAULT_SETTINGS
+) -> SyncResponse:
+    pool = request["parent"]
+    previous = pool.get("status") or {}
+    problems = objects.name_problems(pool["metadata"]["name"], service=False) + schemas.validate(
+        KIND, pool.get("spec")
+    )
+    if problems:
+        return objects.keep_children(
+            request, reason=objects.INVALID_SPEC, message="; ".join(problems), now=now
+        )
+
+    finalizing = bool(request.get("finalizing"))
+    sandboxes = objects.by_name(objects.observed(request, SANDBOX, "related"))
+    pods = [p for p in objects.observed(request, POD) if not objects.is_deleting(p)]
+    in_use = {p["metadata"]["name"] for p in objects.observed(request, POD)}
+
+    # Bound pods: kept exactly as they are while their Sandbox holds them, deleted after.
+    children: list[KubeObject] = []
+    served: set[str] = set()
+    for pod in pods:
+        owner = objects.labels_of(pod).get(SANDBOX_LABEL)
+        if owner is not None and keeps_binding(pod, sandboxes.get(owner), now):
+            children.append(objects.as_desired(pod))
+            served.add(owner)
+    bound = len(children)
+
+    template = next(iter(objects.observed(request, TEMPLATE, "related")), None)
+    free = [p for p in pods if SANDBOX_LABEL not in objects.labels_of(p)]
+    if finalizing:
+        # Pool deletion: free pods go now; bound pods stay until their Sandbox lets go.
+        response: SyncResponse = {
+            "children": children,
+            "finalized": bound == 0,
+            "status": status_of(pool, [], bound, previous=previous, now=now),
+        }
+        return response
+    if template is None:
+        # Nothing to build from: keep every pod, report why the pool cannot fill.
+        children += [objects.as_desired(p) for p in free]
+        return {
+            "children": children,
+            "status": status_of(
+                pool, free, bound, previous=previous, now=now, template_missing=True
+            ),
+        }
+
+    # Free pods of the current template, Ready first, up to spec.replicas; older ones go.
+    # Pods that finished (Failed, Succeeded) can never warm up again: replace them too.
+    current = template_hash(template)
+    free = [
+        p
+        for p in free
+        if p["metadata"].get("annotations", {}).get(objects.TEMPLATE_HASH_ANNOTATION) == current
+        and not objects.pod_has_finished(p)
+    ]
+    free.sort(key=lambda p: (not objects.pod_is_ready(p), p["metadata"]["name"]))
+
+    # Bind free Ready pods to waiting Sandboxes, oldest Sandbox first.
+    waiting = [
+        s
+        for s in sorted(sandboxes.values(), key=arrival)
+        if s["metadata"]["name"] not in served and wants_binding(s, pool, now)
+    ]
+    ready_free = [p for p in free if objects.pod_is_ready(p)]
+    for sandbox, pod in zip(waiting, ready_free, strict=False):
+        children.append(bind(pod, sandbox["metadata"]["name"]))
+        free.remove(pod)
+        bound += 1
+
+    wanted = int(pool["spec"].get("replicas", 1))
+    kept = free[:wanted]
+    children += [objects.as_desired(p) for p in kept]
+    index = 0
+    for _ in range(wanted - len(kept)):
+        while pod_name(pool, index) in in_use:
+            index += 1
+        in_use.add(pod_name(pool, index))
+        children.append(desired_pod(pool, template, pod_name(pool, index)))
+    return {
+        "children": children,
+        "status": status_of(pool, kept, bound, previous=previous, now=now),
+    }
+
+
+def finalize(
+    request: SyncRequest, *, now: datetime, settings: HookSettings = DEFAULT_SETTINGS
+) -> SyncResponse:
+    return sync({**request, "finalizing": True}, now=now, settings=settings)
+
+
+def customize(request: CustomizeRequest) -> CustomizeResponse:
+    """The pool's template (by name) and the Sandboxes that want one of its pods (by label)."""
+    pool = request["parent"]
+    namespace = pool["metadata"].get("namespace", "default")
+    rules: CustomizeResponse = {
+        "relatedResources": [
+            {
+                "apiVersion": "agents.x-k8s.io/v1alpha1",
+                "resource": "sandboxes",
+                "namespace": namespace,
+                "labelSelector": {"matchLabels": {POOL_LABEL: pool["metadata"]["name"]}},
+            }
+        ]
+    }
+    ref = (pool.get("spec") or {}).get("sandboxTemplateRef") or {}
+    if isinstance(ref.get("name"), str):
+        rules["relatedResources"].append(
+            {
+                "apiVersion": objects.EXTENSIONS_API,
+                "resource": "sandboxtemplates",
+                "namespace": namespace,
+                "names": [ref["name"]],
+            }
+        )
+    return rules
