@@ -115,9 +115,11 @@ class Upstream:
             return web.json_response({"slept": float(query["s"])})
         if path == "/__stall":
             response = web.StreamResponse()
-            response.content_length = 1000
+            # By default larger than the router's whole-body buffer, so the answer has begun.
+            length = int(query.get("len", "1000000"))
+            response.content_length = length
             await response.prepare(request)
-            await response.write(b"x" * 10)
+            await response.write(b"x" * (length // 10))
             await asyncio.sleep(float(query.get("s", "30")))
             return response
         if path == "/__status":
@@ -211,6 +213,9 @@ class RawUpstream:
             with contextlib.suppress(OSError):
                 if b" /cut " in line:
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"y" * 100)
+                elif b" /cut-big " in line:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n"
+                                 + b"y" * 100_000)
                 elif b" /cut-chunked " in line:
                     conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                                  b"a\r\n0123456789\r\n")
