@@ -87,6 +87,12 @@ class Upstream:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         digest, size = hashlib.sha256(), 0
+        if request.path == "/__upload_gate":
+            # Tell the test the first bytes arrived while the client is still sending.
+            first = await request.content.readany()
+            digest.update(first)
+            size += len(first)
+            self.gate(request.query["gate"]).set()
         async for chunk in request.content.iter_any():
             digest.update(chunk)
             size += len(chunk)
