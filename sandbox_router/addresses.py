@@ -33,6 +33,8 @@ _EMBEDDING_V6 = tuple(ipaddress.IPv6Network(net) for net in (
     "2002::/16",          # 6to4
     "2001::/32",          # Teredo
 ))
+# "::" and "::1" sit inside ::/96 but are named by their own rules (unspecified, loopback).
+_PLAIN_V6 = (ipaddress.IPv6Address("::"), ipaddress.IPv6Address("::1"))
 _EXTRA_V4 = tuple(ipaddress.IPv4Network(net) for net in (
     "0.0.0.0/8",          # "this network": 0.x.y.z reaches the local host on Linux
     "255.255.255.255/32",
@@ -80,17 +82,20 @@ class AddressPolicy:
 
     def refusal(self, address: IPAddress) -> str:
         """Why `address` is refused ("" when it is allowed)."""
+        if isinstance(address, ipaddress.IPv6Address):
+            if address.scope_id:
+                return "scoped IPv6"
+            # Before the loopback rule: some Python versions call ::ffff:127.0.0.1 loopback,
+            # and allow_loopback must never open an IPv4-embedding form.
+            if address not in _PLAIN_V6 and any(address in net for net in _EMBEDDING_V6):
+                return "IPv4-embedding IPv6"
         if address.is_loopback:
             if not self.allow_loopback:
                 return "loopback"
-        elif isinstance(address, ipaddress.IPv6Address):
-            if any(address in net for net in _EMBEDDING_V6):
-                return "IPv4-embedding IPv6"
-            if address.scope_id:
-                return "scoped IPv6"
-        reason = _category(address)
-        if reason:
-            return reason
+        else:
+            reason = _category(address)
+            if reason:
+                return reason
         if self.allowed_networks and not any(
                 address.version == net.version and address in net
                 for net in self.allowed_networks):
@@ -107,6 +112,6 @@ def _category(address: IPAddress) -> str:
         return "multicast"
     if isinstance(address, ipaddress.IPv4Address) and any(address in n for n in _EXTRA_V4):
         return "reserved"
-    if address.is_reserved and not address.is_loopback:
+    if address.is_reserved:
         return "reserved"
     return ""
