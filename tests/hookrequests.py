@@ -20,41 +20,66 @@ SEED_POD_TEMPLATE: dict[str, Any] = {
     "metadata": {"labels": {"sandbox": "python-sandbox-example"}},
     "spec": {
         "runtimeClassName": "gvisor",
-        "containers": [{
-            "name": "python-runtime",
-            "image": "registry.k8s.io/agent-sandbox/python-runtime-sandbox:v0.1.0",
-            "ports": [{"containerPort": 8888}],
-            "readinessProbe": {"httpGet": {"path": "/", "port": 8888},
-                               "initialDelaySeconds": 0, "periodSeconds": 1},
-            "resources": {"requests": {"cpu": "250m", "memory": "512Mi",
-                                       "ephemeral-storage": "512Mi"}},
-        }],
+        "containers": [
+            {
+                "name": "python-runtime",
+                "image": "registry.k8s.io/agent-sandbox/python-runtime-sandbox:v0.1.0",
+                "ports": [{"containerPort": 8888}],
+                "readinessProbe": {
+                    "httpGet": {"path": "/", "port": 8888},
+                    "initialDelaySeconds": 0,
+                    "periodSeconds": 1,
+                },
+                "resources": {
+                    "requests": {"cpu": "250m", "memory": "512Mi", "ephemeral-storage": "512Mi"}
+                },
+            }
+        ],
         "restartPolicy": "OnFailure",
     },
 }
 
 KEYS = {
-    "Pod": "Pod.v1", "Service": "Service.v1", "PersistentVolumeClaim": "PersistentVolumeClaim.v1",
+    "Pod": "Pod.v1",
+    "Service": "Service.v1",
+    "PersistentVolumeClaim": "PersistentVolumeClaim.v1",
     "NetworkPolicy": "NetworkPolicy.networking.k8s.io/v1",
     "Sandbox": "Sandbox.agents.x-k8s.io/v1alpha1",
     "SandboxTemplate": "SandboxTemplate.extensions.agents.x-k8s.io/v1alpha1",
     "SandboxWarmPool": "SandboxWarmPool.extensions.agents.x-k8s.io/v1alpha1",
     "SandboxClaim": "SandboxClaim.extensions.agents.x-k8s.io/v1alpha1",
 }
-API = {"Sandbox": "agents.x-k8s.io/v1alpha1", "SandboxTemplate": "extensions.agents.x-k8s.io/v1alpha1",
-       "SandboxWarmPool": "extensions.agents.x-k8s.io/v1alpha1",
-       "SandboxClaim": "extensions.agents.x-k8s.io/v1alpha1"}
+API = {
+    "Sandbox": "agents.x-k8s.io/v1alpha1",
+    "SandboxTemplate": "extensions.agents.x-k8s.io/v1alpha1",
+    "SandboxWarmPool": "extensions.agents.x-k8s.io/v1alpha1",
+    "SandboxClaim": "extensions.agents.x-k8s.io/v1alpha1",
+}
 
 
-def resource(kind: str, name: str, spec: dict[str, Any], *, namespace: str = "default",
-             labels: dict[str, str] | None = None, created: str = CREATED,
-             generation: int = 1, status: dict[str, Any] | None = None) -> dict[str, Any]:
+def resource(
+    kind: str,
+    name: str,
+    spec: dict[str, Any],
+    *,
+    namespace: str = "default",
+    labels: dict[str, str] | None = None,
+    created: str = CREATED,
+    generation: int = 1,
+    status: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One of our custom resources as the API server returns it."""
     obj: dict[str, Any] = {
-        "apiVersion": API[kind], "kind": kind,
-        "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{kind.lower()}-{name}",
-                     "generation": generation, "resourceVersion": "1000",
-                     "creationTimestamp": created},
+        "apiVersion": API[kind],
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": f"uid-{kind.lower()}-{name}",
+            "generation": generation,
+            "resourceVersion": "1000",
+            "creationTimestamp": created,
+        },
         "spec": copy.deepcopy(spec),
     }
     if labels:
@@ -65,14 +90,18 @@ def resource(kind: str, name: str, spec: dict[str, Any], *, namespace: str = "de
 
 
 def sandbox(name: str = "my-sandbox", **spec_and_meta: Any) -> dict[str, Any]:
-    meta = {k: spec_and_meta.pop(k) for k in ("namespace", "labels", "created", "status")
-            if k in spec_and_meta}
+    meta = {
+        k: spec_and_meta.pop(k)
+        for k in ("namespace", "labels", "created", "status")
+        if k in spec_and_meta
+    }
     spec = {"podTemplate": copy.deepcopy(SEED_POD_TEMPLATE), **spec_and_meta}
     return resource("Sandbox", name, spec, **meta)
 
 
-def owned(child: dict[str, Any], owner: dict[str, Any], *, uid: str | None = None,
-          created: str = CREATED) -> dict[str, Any]:
+def owned(
+    child: dict[str, Any], owner: dict[str, Any], *, uid: str | None = None, created: str = CREATED
+) -> dict[str, Any]:
     """A desired child as the API server would return it once applied."""
     obj = copy.deepcopy(child)
     meta = obj["metadata"]
@@ -81,19 +110,31 @@ def owned(child: dict[str, Any], owner: dict[str, Any], *, uid: str | None = Non
     meta["creationTimestamp"] = created
     meta["resourceVersion"] = "2000"
     meta.setdefault("labels", {})["controller-uid"] = owner["metadata"]["uid"]
-    meta["ownerReferences"] = [{
-        "apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
-        "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]
-    meta.setdefault("annotations", {})["metacontroller.k8s.io/last-applied-configuration"] = \
+    meta["ownerReferences"] = [
+        {
+            "apiVersion": owner["apiVersion"],
+            "kind": owner["kind"],
+            "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    meta.setdefault("annotations", {})["metacontroller.k8s.io/last-applied-configuration"] = (
         json.dumps(child, sort_keys=True)
+    )
     return obj
 
 
 def with_pod_status(pod: dict[str, Any], *, ready: bool, ip: str = "10.0.0.7") -> dict[str, Any]:
     """A pod as the kubelet reports it."""
     pod = copy.deepcopy(pod)
-    pod["status"] = {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-                     "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+    pod["status"] = {
+        "phase": "Running",
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+    }
     return pod
 
 
@@ -105,16 +146,28 @@ def group(objects: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]
 
 
 def controller(name: str) -> dict[str, Any]:
-    return {"apiVersion": "metacontroller.k8s.io/v1alpha1", "kind": "CompositeController",
-            "metadata": {"name": name, "uid": f"uid-{name}"}, "spec": {"generateSelector": True}}
+    return {
+        "apiVersion": "metacontroller.k8s.io/v1alpha1",
+        "kind": "CompositeController",
+        "metadata": {"name": name, "uid": f"uid-{name}"},
+        "spec": {"generateSelector": True},
+    }
 
 
-def sync_request(parent: dict[str, Any], children: list[dict[str, Any]] = (),  # type: ignore[assignment]
-                 related: list[dict[str, Any]] = (),  # type: ignore[assignment]
-                 *, finalizing: bool = False) -> dict[str, Any]:
-    return {"controller": controller(f"{parent['kind'].lower()}-controller"), "parent": parent,
-            "children": group(list(children)), "related": group(list(related)),
-            "finalizing": finalizing}
+def sync_request(
+    parent: dict[str, Any],
+    children: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    related: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    *,
+    finalizing: bool = False,
+) -> dict[str, Any]:
+    return {
+        "controller": controller(f"{parent['kind'].lower()}-controller"),
+        "parent": parent,
+        "children": group(list(children)),
+        "related": group(list(related)),
+        "finalizing": finalizing,
+    }
 
 
 def load(name: str) -> dict[str, Any]:

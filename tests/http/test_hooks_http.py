@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from tests.hookrequests import sandbox, sync_request
-from tests.support import free_port, serve, script
+from tests.support import free_port, script, serve
 
 
 @pytest.fixture(scope="module")
@@ -22,37 +22,52 @@ def hooks_url() -> Iterator[str]:
 
 
 def test_gunicorn_config_is_valid():
-    result = subprocess.run([script("sandbox-hooks"), "--check-config"], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [script("sandbox-hooks"), "--check-config"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_sync_sandbox_over_tcp(hooks_url: str):
-    answer = requests.post(f"{hooks_url}/sync/sandbox", json=sync_request(sandbox("web")), timeout=5)
+    answer = requests.post(
+        f"{hooks_url}/sync/sandbox", json=sync_request(sandbox("web")), timeout=5
+    )
     assert answer.status_code == 200
     body = answer.json()
     assert sorted(f"{c['kind']}/{c['metadata']['name']}" for c in body["children"]) == [
-        "Pod/web", "Service/web"]
+        "Pod/web",
+        "Service/web",
+    ]
     assert body["status"]["serviceFQDN"] == "web.default.svc.cluster.local"
 
 
 def test_customize_sandbox_over_tcp(hooks_url: str):
-    answer = requests.post(f"{hooks_url}/customize/sandbox",
-                           json={"controller": {}, "parent": sandbox("web")}, timeout=5)
+    answer = requests.post(
+        f"{hooks_url}/customize/sandbox",
+        json={"controller": {}, "parent": sandbox("web")},
+        timeout=5,
+    )
     assert answer.status_code == 200
     assert answer.json() == {"relatedResources": []}
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    (b"not json", "not JSON"),
-    (b"[1, 2]", "JSON object"),
-    (b'{"parent": {"spec": {}}}', "metadata.name"),
-    (b'{"parent": {"metadata": {"name": "a"}}, "children": {"Pod.v1": []}}', "children"),
-    (b'{"parent": {"metadata": {"name": "a"}}, "finalizing": "yes"}', "finalizing"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"parent": {"spec": {}}}', "metadata.name"),
+        (b'{"parent": {"metadata": {"name": "a"}}, "children": {"Pod.v1": []}}', "children"),
+        (b'{"parent": {"metadata": {"name": "a"}}, "finalizing": "yes"}', "finalizing"),
+    ],
+)
 def test_malformed_requests_get_400_with_a_json_error(hooks_url: str, body: bytes, message: str):
-    answer = requests.post(f"{hooks_url}/sync/sandbox", data=body,
-                           headers={"Content-Type": "application/json"}, timeout=5)
+    answer = requests.post(
+        f"{hooks_url}/sync/sandbox",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        timeout=5,
+    )
     assert answer.status_code == 400
     assert message in answer.json()["error"]
 
@@ -64,8 +79,12 @@ def test_unknown_hook_is_404(hooks_url: str):
 
 
 def test_oversized_body_is_413(hooks_url: str):
-    answer = requests.post(f"{hooks_url}/sync/sandbox", data=b"x" * (33 * 1024 * 1024),
-                           headers={"Content-Type": "application/json"}, timeout=30)
+    answer = requests.post(
+        f"{hooks_url}/sync/sandbox",
+        data=b"x" * (33 * 1024 * 1024),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
     assert answer.status_code == 413
     assert "error" in answer.json()
 
@@ -73,8 +92,9 @@ def test_oversized_body_is_413(hooks_url: str):
 def test_a_hook_that_crashes_answers_500_never_200(hooks_url: str):
     request = sync_request(sandbox("web"))
     # A pod whose status.conditions is not a list: the hook cannot read it and must not guess.
-    request["children"]["Pod.v1"] = {"web": {"metadata": {"name": "web"},
-                                             "status": {"conditions": "broken"}}}
+    request["children"]["Pod.v1"] = {
+        "web": {"metadata": {"name": "web"}, "status": {"conditions": "broken"}}
+    }
     answer = requests.post(f"{hooks_url}/sync/sandbox", json=request, timeout=5)
     assert answer.status_code == 500
     assert answer.json() == {"error": "sync hook for sandbox failed; see the hooks' log"}
@@ -87,15 +107,29 @@ def test_healthz_and_metrics(hooks_url: str):
     for _ in range(3):
         requests.post(f"{hooks_url}/sync/sandbox", json=sync_request(sandbox()), timeout=5)
     metrics = requests.get(f"{hooks_url}/metrics", timeout=5).text
-    line = next(line for line in metrics.splitlines() if line.startswith(
-        'sandbox_hooks_requests_total{code="200",hook="sync",resource="sandbox"}'))
+    line = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith(
+            'sandbox_hooks_requests_total{code="200",hook="sync",resource="sandbox"}'
+        )
+    )
     assert float(line.split()[-1]) >= 3
     assert "sandbox_hooks_request_seconds_bucket" in metrics
 
 
 def test_answers_are_deterministic_over_the_wire(hooks_url: str):
-    previous = {"conditions": [{"type": "Ready", "status": "False", "reason": "PodNotReady",
-                                "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+    previous = {
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "PodNotReady",
+                "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ]
+    }
     request = sync_request(sandbox("web", shutdownTime="2099-01-01T00:00:00Z", status=previous))
     first = requests.post(f"{hooks_url}/sync/sandbox", json=request, timeout=5).json()
     second = requests.post(f"{hooks_url}/sync/sandbox", json=request, timeout=5).json()

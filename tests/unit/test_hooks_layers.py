@@ -8,11 +8,25 @@ from pathlib import Path
 import pytest
 
 HOOKS = Path(__file__).resolve().parents[2] / "hooks"
-PURE = sorted(p for p in HOOKS.glob("*.py")
-              if p.stem not in {"app", "gunicorn_conf", "__main__", "__init__"})
+PURE = sorted(
+    p for p in HOOKS.glob("*.py") if p.stem not in {"app", "gunicorn_conf", "__main__", "__init__"}
+)
 ALLOWED_LOCAL = {"hooks", "hooks.objects", "hooks.schemas", "hooks.typedefs"}
-FORBIDDEN = {"flask", "werkzeug", "gunicorn", "kubernetes", "requests", "urllib3", "aiohttp",
-             "http", "socket", "subprocess", "random", "time", "prometheus_client"}
+FORBIDDEN = {
+    "flask",
+    "werkzeug",
+    "gunicorn",
+    "kubernetes",
+    "requests",
+    "urllib3",
+    "aiohttp",
+    "http",
+    "socket",
+    "subprocess",
+    "random",
+    "time",
+    "prometheus_client",
+}
 
 
 def imported_modules(path: Path) -> set[str]:

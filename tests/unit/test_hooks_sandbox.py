@@ -41,14 +41,19 @@ def test_creates_pod_and_headless_service_named_like_the_sandbox():
     assert service["spec"]["selector"] == {objects.SANDBOX_LABEL: "my-sandbox"}
     assert got["Pod/my-sandbox"]["metadata"]["labels"][objects.SANDBOX_LABEL] == "my-sandbox"
     assert service["spec"]["ports"] == [
-        {"name": "tcp-8888", "port": 8888, "targetPort": 8888, "protocol": "TCP"}]
+        {"name": "tcp-8888", "port": 8888, "targetPort": 8888, "protocol": "TCP"}
+    ]
 
 
 def test_pod_honours_template_labels_and_annotations_but_not_reserved_keys():
     parent = make_sandbox()
     parent["spec"]["podTemplate"]["metadata"] = {
-        "labels": {"team": "a", objects.SANDBOX_LABEL: "someone-else", "controller-uid": "x",
-                   "extensions.agents.x-k8s.io/warm-pool": "evil"},
+        "labels": {
+            "team": "a",
+            objects.SANDBOX_LABEL: "someone-else",
+            "controller-uid": "x",
+            "extensions.agents.x-k8s.io/warm-pool": "evil",
+        },
         "annotations": {"note": "kept", "agents.x-k8s.io/pod-name": "forged"},
     }
     pod = kinds(sandbox.sync(sync_request(parent), now=NOW))["Pod/my-sandbox"]
@@ -65,15 +70,18 @@ def test_pod_gets_secure_defaults_unless_the_template_says_otherwise():
 
     parent["spec"]["podTemplate"]["spec"]["automountServiceAccountToken"] = True
     parent["spec"]["podTemplate"]["spec"]["containers"][0]["securityContext"] = {
-        "allowPrivilegeEscalation": True}
+        "allowPrivilegeEscalation": True
+    }
     pod = kinds(sandbox.sync(sync_request(parent), now=NOW))["Pod/my-sandbox"]
     assert pod["spec"]["automountServiceAccountToken"] is True
     assert pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is True
 
 
 def test_volume_claim_templates_become_pvcs_mounted_as_volumes():
-    vct = {"metadata": {"name": "workspace", "labels": {"tier": "fast"}},
-           "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+    vct = {
+        "metadata": {"name": "workspace", "labels": {"tier": "fast"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
     parent = make_sandbox(volumeClaimTemplates=[vct])
     parent["spec"]["podTemplate"]["spec"]["volumes"] = [{"name": "workspace", "emptyDir": {}}]
     got = kinds(sandbox.sync(sync_request(parent), now=NOW))
@@ -81,7 +89,8 @@ def test_volume_claim_templates_become_pvcs_mounted_as_volumes():
     assert pvc["spec"] == vct["spec"]
     assert pvc["metadata"]["labels"] == {"tier": "fast", objects.SANDBOX_LABEL: "my-sandbox"}
     assert got["Pod/my-sandbox"]["spec"]["volumes"] == [
-        {"name": "workspace", "persistentVolumeClaim": {"claimName": "workspace-my-sandbox"}}]
+        {"name": "workspace", "persistentVolumeClaim": {"claimName": "workspace-my-sandbox"}}
+    ]
 
 
 def test_replicas_zero_keeps_service_and_pvcs_and_drops_the_pod():
@@ -117,12 +126,18 @@ def test_status_reports_the_observed_pod():
     first = sandbox.sync(sync_request(parent), now=NOW)
     assert ready(first)["status"] == "False"
     settings = {"cluster_domain": "corp.example", "warm_pod_grace_seconds": 5.0}
-    got = sandbox.sync(sync_request(parent, applied(parent, first, pod_ready=True)), now=NOW,
-                       settings=settings)
+    got = sandbox.sync(
+        sync_request(parent, applied(parent, first, pod_ready=True)), now=NOW, settings=settings
+    )
     assert got["status"] | {"conditions": None} == {
-        "replicas": 1, "selector": "agents.x-k8s.io/sandbox=my-sandbox", "podIPs": ["10.0.0.7"],
-        "podName": "my-sandbox", "service": "my-sandbox",
-        "serviceFQDN": "my-sandbox.default.svc.corp.example", "conditions": None}
+        "replicas": 1,
+        "selector": "agents.x-k8s.io/sandbox=my-sandbox",
+        "podIPs": ["10.0.0.7"],
+        "podName": "my-sandbox",
+        "service": "my-sandbox",
+        "serviceFQDN": "my-sandbox.default.svc.corp.example",
+        "conditions": None,
+    }
     assert ready(got)["status"] == "True"
     assert ready(got)["reason"] == objects.SANDBOX_READY
 
@@ -133,8 +148,9 @@ def test_invalid_spec_keeps_every_observed_child_and_names_the_field():
     children = applied(parent, first, pod_ready=True)
     parent["spec"]["replicas"] = 2
     got = sandbox.sync(sync_request(parent, children), now=NOW)
-    assert sorted(json.dumps(c, sort_keys=True) for c in got["children"]) == \
-        sorted(json.dumps(c, sort_keys=True) for c in first["children"])
+    assert sorted(json.dumps(c, sort_keys=True) for c in got["children"]) == sorted(
+        json.dumps(c, sort_keys=True) for c in first["children"]
+    )
     assert ready(got)["reason"] == objects.INVALID_SPEC
     assert "spec.replicas" in ready(got)["message"]
 
@@ -167,13 +183,23 @@ def test_condition_transition_time_moves_only_when_status_flips():
 
 
 def warm_pod(name: str, pool: str = "pool", *, bound_to: str | None = None, ready_: bool = True):
-    pool_owner = {"apiVersion": "extensions.agents.x-k8s.io/v1alpha1", "kind": "SandboxWarmPool",
-                  "metadata": {"name": pool, "uid": f"uid-pool-{pool}", "namespace": "default"}}
+    pool_owner = {
+        "apiVersion": "extensions.agents.x-k8s.io/v1alpha1",
+        "kind": "SandboxWarmPool",
+        "metadata": {"name": pool, "uid": f"uid-pool-{pool}", "namespace": "default"},
+    }
     labels = {objects.POOL_LABEL: pool}
     if bound_to:
         labels[objects.SANDBOX_LABEL] = bound_to
-    pod = owned({"apiVersion": "v1", "kind": "Pod",
-                 "metadata": {"name": name, "labels": labels}, "spec": {}}, pool_owner)
+    pod = owned(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {},
+        },
+        pool_owner,
+    )
     return with_pod_status(pod, ready=ready_, ip="10.0.0.9")
 
 
@@ -209,16 +235,23 @@ def test_own_pod_wins_over_a_late_warm_binding():
     parent = make_sandbox(labels={objects.POOL_LABEL: "pool"})
     first = sandbox.sync(sync_request(parent), now=NOW)
     children = applied(parent, first, pod_ready=True)
-    got = sandbox.sync(sync_request(parent, children, [warm_pod("p-1", bound_to="my-sandbox")]),
-                       now=NOW)
+    got = sandbox.sync(
+        sync_request(parent, children, [warm_pod("p-1", bound_to="my-sandbox")]), now=NOW
+    )
     assert "Pod/my-sandbox" in kinds(got)
     assert got["status"]["podName"] == "my-sandbox"
 
 
 def test_customize_asks_for_the_pool_pods_only_when_pool_served():
     assert sandbox.customize({"controller": {}, "parent": make_sandbox()}) == {
-        "relatedResources": []}
+        "relatedResources": []
+    }
     parent = make_sandbox(labels={objects.POOL_LABEL: "pool"})
-    assert sandbox.customize({"controller": {}, "parent": parent})["relatedResources"] == [{
-        "apiVersion": "v1", "resource": "pods", "namespace": "default",
-        "labelSelector": {"matchLabels": {objects.POOL_LABEL: "pool"}}}]
+    assert sandbox.customize({"controller": {}, "parent": parent})["relatedResources"] == [
+        {
+            "apiVersion": "v1",
+            "resource": "pods",
+            "namespace": "default",
+            "labelSelector": {"matchLabels": {objects.POOL_LABEL: "pool"}},
+        }
+    ]

@@ -1,0 +1,135 @@
+"""Rules every sync hook obeys: deterministic answers, and a bad spec keeps every child."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from hooks import objects, sandbox, sandboxclaim, sandboxtemplate, sandboxwarmpool
+from tests.hookrequests import SEED_POD_TEMPLATE, owned, resource, sync_request, with_pod_status
+
+NOW = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
+TEMPLATE = resource(
+    "SandboxTemplate", "python-runtime-template", {"podTemplate": SEED_POD_TEMPLATE}
+)
+POOL = resource(
+    "SandboxWarmPool",
+    "pool",
+    {"replicas": 2, "sandboxTemplateRef": {"name": "python-runtime-template"}},
+)
+CLAIM = resource(
+    "SandboxClaim", "claim", {"sandboxTemplateRef": {"name": "python-runtime-template"}}
+)
+SANDBOX = resource("Sandbox", "sbx", {"podTemplate": SEED_POD_TEMPLATE})
+
+# (module, valid parent, related objects, a spec change that makes it invalid)
+CASES = {
+    "sandbox": (sandbox, SANDBOX, [], {"replicas": 7}),
+    "sandboxtemplate": (sandboxtemplate, TEMPLATE, [], {"podTemplate": {"spec": {}}}),
+    "sandboxwarmpool": (sandboxwarmpool, POOL, [TEMPLATE], {"replicas": -3}),
+    "sandboxclaim": (sandboxclaim, CLAIM, [TEMPLATE, POOL], {"sandboxTemplateRef": {}}),
+}
+
+
+def answer_json(module, request) -> str:
+    return json.dumps(module.sync(request, now=NOW), sort_keys=True)
+
+
+@pytest.mark.parametrize("kind", CASES)
+def test_same_request_gives_byte_identical_answers(kind):
+    module, parent, related, _ = CASES[kind]
+    request = sync_request(parent, related=related)
+    assert answer_json(module, request) == answer_json(module, request)
+    # Determinism must not hinge on dict order either.
+    reordered = json.loads(json.dumps(request))
+    reordered["related"] = dict(reversed(list(reordered["related"].items())))
+    assert answer_json(module, reordered) == answer_json(module, request)
+
+
+@pytest.mark.parametrize("kind", CASES)
+def test_bad_spec_keeps_every_observed_child_and_says_why(kind):
+    module, parent, related, breakage = CASES[kind]
+    first = module.sync(sync_request(parent, related=related), now=NOW)
+    assert first["children"], "the valid parent should have children to keep"
+    observed = [
+        with_pod_status(owned(c, parent), ready=True) if c["kind"] == "Pod" else owned(c, parent)
+        for c in first["children"]
+    ]
+    broken = json.loads(json.dumps(parent))
+    broken["spec"].update(breakage)
+    got = module.sync(sync_request(broken, observed, related), now=NOW)
+    assert sorted(json.dumps(c, sort_keys=True) for c in got["children"]) == sorted(
+        json.dumps(c, sort_keys=True) for c in first["children"]
+    )
+    (ready,) = [c for c in got["status"]["conditions"] if c["type"] == objects.READY]
+    assert (ready["status"], ready["reason"]) == ("False", objects.INVALID_SPEC)
+    assert ready["message"].startswith("spec")
+
+
+def test_template_network_policy_fences_ingress_and_private_egress():
+    got = sandboxtemplate.sync(sync_request(TEMPLATE), now=NOW)
+    (policy,) = got["children"]
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "sandbox-router"
+    }
+    assert spec["ingress"][0]["ports"] == [{"port": 8888, "protocol": "TCP"}]
+    blocked = spec["egress"][0]["to"][0]["ipBlock"]["except"]
+    for cidr in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+    ):
+        assert cidr in blocked
+    no_dns = resource(
+        "SandboxTemplate",
+        "t",
+        {"podTemplate": SEED_POD_TEMPLATE, "networkPolicy": {"allowClusterDNS": False}},
+    )
+    assert (
+        len(sandboxtemplate.sync(sync_request(no_dns), now=NOW)["children"][0]["spec"]["egress"])
+        == 1
+    )
+    off = resource(
+        "SandboxTemplate",
+        "t",
+        {"podTemplate": SEED_POD_TEMPLATE, "networkPolicy": {"enabled": False}},
+    )
+    got = sandboxtemplate.sync(sync_request(off), now=NOW)
+    assert got["children"] == []
+    assert got["status"]["conditions"][0]["reason"] == objects.NETWORK_POLICY_DISABLED
+
+
+def test_pool_pod_names_are_concrete_deterministic_and_distinct_per_pool():
+    first = sandboxwarmpool.sync(sync_request(POOL, related=[TEMPLATE]), now=NOW)
+    names = [c["metadata"]["name"] for c in first["children"]]
+    assert len(set(names)) == 2
+    assert all(n.startswith("pool-") for n in names)
+    other = resource("SandboxWarmPool", "pool", POOL["spec"])
+    other["metadata"]["uid"] = "another-uid"
+    again = sandboxwarmpool.sync(sync_request(other, related=[TEMPLATE]), now=NOW)
+    assert not set(names) & {c["metadata"]["name"] for c in again["children"]}
+
+
+def test_customize_hooks_depend_on_the_parent_only():
+    assert sandboxclaim.customize({"controller": {}, "parent": CLAIM})["relatedResources"] == [
+        {
+            "apiVersion": "extensions.agents.x-k8s.io/v1alpha1",
+            "resource": "sandboxtemplates",
+            "namespace": "default",
+            "names": ["python-runtime-template"],
+        },
+        {
+            "apiVersion": "extensions.agents.x-k8s.io/v1alpha1",
+            "resource": "sandboxwarmpools",
+            "namespace": "default",
+            "labelSelector": {"matchLabels": {}},
+        },
+    ]
+    rules = sandboxwarmpool.customize({"controller": {}, "parent": POOL})["relatedResources"]
+    assert [r["resource"] for r in rules] == ["sandboxes", "sandboxtemplates"]

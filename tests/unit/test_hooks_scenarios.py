@@ -1,0 +1,313 @@
+"""Template, warm pool and claim hooks together, replayed as Metacontroller would apply them."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from hooks import objects
+from hooks.objects import POOL_LABEL, SANDBOX_LABEL
+from tests.hookrequests import SEED_POD_TEMPLATE
+from tests.metacontroller_sim import Cluster
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+X = "extensions.agents.x-k8s.io/v1alpha1"
+
+
+def template(name: str = "python-runtime-template", pod_template: dict | None = None) -> dict:
+    return {
+        "apiVersion": X,
+        "kind": "SandboxTemplate",
+        "metadata": {"name": name},
+        "spec": {"podTemplate": copy.deepcopy(pod_template or SEED_POD_TEMPLATE)},
+    }
+
+
+def pool(
+    replicas: int = 2,
+    name: str = "python-sandbox-warmpool",
+    template_name: str = "python-runtime-template",
+) -> dict:
+    return {
+        "apiVersion": X,
+        "kind": "SandboxWarmPool",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "sandboxTemplateRef": {"name": template_name}},
+    }
+
+
+def claim(name: str, template_name: str = "python-runtime-template", **spec) -> dict:
+    return {
+        "apiVersion": X,
+        "kind": "SandboxClaim",
+        "metadata": {"name": name},
+        "spec": {"sandboxTemplateRef": {"name": template_name}, **spec},
+    }
+
+
+def ready_reason(obj: dict) -> tuple[str, str]:
+    cond = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+    return cond["status"], cond["reason"]
+
+
+def free_pods(cluster: Cluster) -> list[dict]:
+    return [
+        p
+        for p in cluster.list("Pod")
+        if POOL_LABEL in objects.labels_of(p) and SANDBOX_LABEL not in objects.labels_of(p)
+    ]
+
+
+@pytest.fixture
+def seeded() -> Cluster:
+    cluster = Cluster(now=START)
+    cluster.create(template())
+    cluster.create(pool(2))
+    cluster.settle()
+    return cluster
+
+
+def test_seed_walkthrough_warms_two_pods_and_fences_them(seeded: Cluster):
+    assert len(free_pods(seeded)) == 2
+    assert all(objects.pod_is_ready(p) for p in free_pods(seeded))
+    status = seeded.get("SandboxWarmPool", "python-sandbox-warmpool")["status"]
+    assert (status["replicas"], status["readyReplicas"]) == (2, 2)
+    assert ready_reason(seeded.get("SandboxWarmPool", "python-sandbox-warmpool")) == (
+        "True",
+        objects.POOL_READY,
+    )
+    (policy,) = seeded.list("NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"] == {
+        objects.TEMPLATE_LABEL: "python-runtime-template"
+    }
+    pod = free_pods(seeded)[0]
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert pod["spec"]["runtimeClassName"] == "gvisor"
+
+
+def test_a_claim_is_served_by_a_warm_pod_at_once_and_the_pool_refills(seeded: Cluster):
+    warm = {p["metadata"]["name"] for p in free_pods(seeded)}
+    seeded.create(claim("my-claim"))
+    seeded.settle()
+    sandbox = seeded.get("Sandbox", "my-claim")
+    assert sandbox is not None, "the claim's Sandbox is named exactly like the claim"
+    assert sandbox["status"]["podName"] in warm
+    assert seeded.get("Pod", "my-claim") is None, "no cold pod when a warm one was free"
+    assert (
+        sandbox["metadata"]["annotations"][objects.POD_NAME_ANNOTATION]
+        == sandbox["status"]["podName"]
+    )
+    assert ready_reason(sandbox) == ("True", objects.SANDBOX_READY)
+    claim_obj = seeded.get("SandboxClaim", "my-claim")
+    assert ready_reason(claim_obj) == ("True", objects.SANDBOX_READY)
+    assert claim_obj["status"]["sandbox"] == {
+        "name": "my-claim",
+        "podName": sandbox["status"]["podName"],
+    }
+    served = seeded.get("Pod", sandbox["status"]["podName"])
+    assert objects.labels_of(served)[SANDBOX_LABEL] == "my-claim"
+    assert seeded.get("Service", "my-claim")["spec"]["selector"] == {SANDBOX_LABEL: "my-claim"}
+    assert len(free_pods(seeded)) == 2, "the pool refilled"
+
+
+def test_many_claims_at_once_never_share_a_pod(seeded: Cluster):
+    for i in range(6):
+        seeded.create(claim(f"c{i}"))
+    seeded.settle()
+    seeded.advance(10)  # past the warm-pod grace: the rest start cold pods
+    seeded.settle()
+    served = [seeded.get("Sandbox", f"c{i}")["status"]["podName"] for i in range(6)]
+    assert len(set(served)) == 6
+    warm_served = [name for name in served if not name.startswith("c")]
+    assert len(warm_served) >= 2
+    assert all(len(names) <= 1 for names in seeded.bindings.values()), seeded.bindings
+    assert all(ready_reason(seeded.get("SandboxClaim", f"c{i}"))[0] == "True" for i in range(6))
+
+
+def test_empty_pool_means_a_cold_pod_without_waiting():
+    cluster = Cluster(now=START)
+    cluster.create(template())
+    cluster.create(pool(0))
+    cluster.create(claim("solo"))
+    cluster.settle()
+    assert cluster.get("Sandbox", "solo")["status"]["podName"] == "solo"
+    assert cluster.get("Pod", "solo") is not None
+
+
+def test_scale_down_and_template_change_keep_pods_that_serve_sandboxes(seeded: Cluster):
+    seeded.create(claim("keep-me"))
+    seeded.settle()
+    serving = seeded.get("Sandbox", "keep-me")["status"]["podName"]
+    seeded.update_spec("SandboxWarmPool", "python-sandbox-warmpool", pool(0)["spec"])
+    seeded.settle()
+    assert seeded.get("Pod", serving) is not None
+    assert free_pods(seeded) == []
+    changed = copy.deepcopy(SEED_POD_TEMPLATE)
+    changed["spec"]["containers"][0]["image"] = "runtime:v2"
+    seeded.update_spec(
+        "SandboxTemplate", "python-runtime-template", template(pod_template=changed)["spec"]
+    )
+    seeded.update_spec("SandboxWarmPool", "python-sandbox-warmpool", pool(1)["spec"])
+    seeded.settle()
+    assert seeded.get("Pod", serving) is not None
+    (fresh,) = free_pods(seeded)
+    assert fresh["spec"]["containers"][0]["image"] == "runtime:v2"
+
+
+def test_deleting_the_claim_deletes_its_sandbox_and_the_pod_that_served_it(seeded: Cluster):
+    seeded.create(claim("bye"))
+    seeded.settle()
+    serving = seeded.get("Sandbox", "bye")["status"]["podName"]
+    seeded.delete("SandboxClaim", "bye")
+    seeded.settle()
+    assert seeded.get("Sandbox", "bye") is None
+    assert seeded.get("Pod", serving) is None
+    assert len(free_pods(seeded)) == 2
+
+
+def test_pool_deletion_waits_for_bound_pods_to_be_released(seeded: Cluster):
+    seeded.create(claim("holder"))
+    seeded.settle()
+    serving = seeded.get("Sandbox", "holder")["status"]["podName"]
+    seeded.delete("SandboxWarmPool", "python-sandbox-warmpool")
+    seeded.settle()
+    assert seeded.get("SandboxWarmPool", "python-sandbox-warmpool") is not None
+    assert free_pods(seeded) == []
+    assert seeded.get("Pod", serving) is not None
+    seeded.delete("SandboxClaim", "holder")
+    seeded.settle()
+    assert seeded.get("SandboxWarmPool", "python-sandbox-warmpool") is None
+    assert seeded.list("Pod") == []
+
+
+def test_missing_template_is_a_condition_until_the_template_appears():
+    cluster = Cluster(now=START)
+    cluster.create(claim("early", template_name="later"))
+    cluster.settle()
+    assert ready_reason(cluster.get("SandboxClaim", "early")) == (
+        "False",
+        objects.TEMPLATE_NOT_FOUND,
+    )
+    assert cluster.get("Sandbox", "early") is None
+    cluster.create(template("later"))
+    cluster.settle()
+    assert ready_reason(cluster.get("SandboxClaim", "early")) == ("True", objects.SANDBOX_READY)
+
+
+def test_missing_pool_is_a_condition():
+    cluster = Cluster(now=START)
+    cluster.create(
+        {
+            "apiVersion": X,
+            "kind": "SandboxClaim",
+            "metadata": {"name": "c"},
+            "spec": {"warmPoolRef": {"name": "nope"}},
+        }
+    )
+    cluster.settle()
+    assert ready_reason(cluster.get("SandboxClaim", "c")) == ("False", objects.POOL_NOT_FOUND)
+
+
+@pytest.mark.parametrize(("policy", "sandbox_kept"), [("Delete", False), ("Retain", True)])
+def test_claim_expiry_follows_its_shutdown_policy(seeded: Cluster, policy: str, sandbox_kept: bool):
+    seeded.create(
+        claim("temp", lifecycle={"shutdownTime": "2026-01-01T00:01:00Z", "shutdownPolicy": policy})
+    )
+    seeded.settle()
+    serving = seeded.get("Sandbox", "temp")["status"]["podName"]
+    seeded.advance(120)
+    seeded.settle()
+    assert ready_reason(seeded.get("SandboxClaim", "temp")) == ("False", objects.EXPIRED)
+    assert (seeded.get("Sandbox", "temp") is not None) == sandbox_kept
+    assert seeded.get("Pod", serving) is None, "an expired sandbox's pod goes either way"
+
+
+def test_a_pool_of_a_thousand_settles(seeded: Cluster):
+    seeded.update_spec("SandboxWarmPool", "python-sandbox-warmpool", pool(1000)["spec"])
+    seeded.settle()
+    assert len(free_pods(seeded)) == 1000
+    assert len({p["metadata"]["name"] for p in free_pods(seeded)}) == 1000
+
+
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("claim"), st.integers(0, 3)),
+        st.tuples(st.just("unclaim"), st.integers(0, 3)),
+        st.tuples(st.just("scale"), st.integers(0, 4)),
+        st.tuples(st.just("template"), st.integers(0, 2)),
+        st.tuples(st.just("wait"), st.sampled_from([1, 3, 10])),
+        st.tuples(st.just("stall"), st.just(0)),  # a round with no kubelet: pods stay unready
+    ),
+    min_size=1,
+    max_size=16,
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(operations=OPERATIONS)
+@example(operations=[("claim", 0), ("unclaim", 0), ("claim", 1)])
+@example(
+    operations=[
+        ("claim", 0),
+        ("claim", 1),
+        ("claim", 2),
+        ("scale", 0),
+        ("unclaim", 1),
+        ("template", 1),
+        ("scale", 3),
+        ("claim", 3),
+        ("wait", 10),
+    ]
+)
+def test_property_warm_pods_serve_one_sandbox_ever_and_are_never_pulled_from_a_live_claim(
+    operations,
+):
+    cluster = Cluster(now=START)
+    violations: list[str] = []
+
+    def check_delete(obj: dict) -> None:
+        bound = objects.labels_of(obj).get(SANDBOX_LABEL)
+        if obj["kind"] != "Pod" or not bound:
+            return
+        sandbox = cluster.get("Sandbox", bound)
+        if (
+            cluster.get("SandboxClaim", bound) is not None
+            and sandbox is not None
+            and sandbox.get("status", {}).get("podName") == obj["metadata"]["name"]
+        ):
+            violations.append(f"pod {obj['metadata']['name']} deleted while serving {bound}")
+
+    cluster.on_delete.append(check_delete)
+    cluster.create(template())
+    cluster.create(pool(2))
+    cluster.settle()
+    for op, arg in operations:
+        if op == "claim" and cluster.get("SandboxClaim", f"c{arg}") is None:
+            cluster.create(claim(f"c{arg}"))
+        elif op == "unclaim":
+            cluster.delete("SandboxClaim", f"c{arg}")
+        elif op == "scale":
+            cluster.update_spec("SandboxWarmPool", "python-sandbox-warmpool", pool(arg)["spec"])
+        elif op == "template":
+            changed = copy.deepcopy(SEED_POD_TEMPLATE)
+            changed["spec"]["containers"][0]["image"] = f"runtime:v{arg}"
+            cluster.update_spec(
+                "SandboxTemplate", "python-runtime-template", template(pod_template=changed)["spec"]
+            )
+        elif op == "wait":
+            cluster.advance(arg)
+        cluster.settle(kubelet=op != "stall")
+    cluster.make_pods_ready()
+    cluster.advance(10)
+    cluster.settle()
+    assert violations == []
+    assert all(len(names) <= 1 for names in cluster.bindings.values()), cluster.bindings
+    live = [s for s in cluster.list("Sandbox")]
+    served = [s["status"].get("podName") for s in live]
+    assert len(served) == len(set(served)), "two sandboxes share a pod"
+    for sandbox in live:
+        assert ready_reason(sandbox) == ("True", objects.SANDBOX_READY), sandbox["status"]
