@@ -28,6 +28,7 @@ from werkzeug.exceptions import (
     ServiceUnavailable,
     TooManyRequests,
 )
+from werkzeug.routing import PathConverter
 from werkzeug.wsgi import wrap_file
 
 from sandbox_runtime import config as config_mod
@@ -42,6 +43,13 @@ MAX_ENV_VALUE = 128 * 1024
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
 DOWNLOAD_CHUNK = 1024 * 1024
+
+
+class AnyPath(PathConverter):
+    """Like `path`, but also takes a leading slash, so absolute paths reach resolve()."""
+
+    regex = ".*"
+    part_isolating = False  # may span slashes (werkzeug infers True from a regex without "/")
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -124,9 +132,21 @@ def _read_json_body(limit: int) -> dict[str, Any]:
     length = request.content_length
     if length is not None and length > limit:
         raise RequestEntityTooLarge(f"body: larger than {limit} bytes")
-    raw = request.stream.read(limit + 1)
-    if len(raw) > limit:
-        raise RequestEntityTooLarge(f"body: larger than {limit} bytes")
+    # Read in bounded pieces: RawIOBase.read(n) allocates n bytes up front.
+    parts: list[bytes] = []
+    size = 0
+    want = length if length is not None else 65536
+    while True:
+        part = request.stream.read(max(1, min(want - size if length else 65536, limit + 1 - size)))
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+        if size > limit:
+            raise RequestEntityTooLarge(f"body: larger than {limit} bytes")
+        if length is not None and size >= length:
+            break
+    raw = b"".join(parts)
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -223,6 +243,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if not os.path.isdir(cfg.base_dir):
         raise ValueError(f"workspace {cfg.base_dir!r} is not a directory")
     app = Flask("sandbox_runtime")
+    # A path like /download//etc/passwd must reach the confinement check (403), not a redirect.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+    app.url_map.converters["anypath"] = AnyPath
     app.config.from_mapping(RUNTIME=cfg)
     rt = Runtime(cfg)
     app.extensions["sandbox_runtime"] = rt
@@ -286,7 +310,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         rt.metrics.uploaded.inc(up.size)
         return _json(result)
 
-    @app.get("/download/<path:path>")
+    @app.get("/download/<anypath:path>")
     def download(path: str) -> Response:
         file, size = files.open_for_download(cfg.base_dir, path)
         rt.metrics.downloaded.inc(size)
@@ -299,13 +323,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.get("/list")
     @app.get("/list/")
-    @app.get("/list/<path:path>")
+    @app.get("/list/<anypath:path>")
     def list_path(path: str = "") -> Response:
         return _json(files.list_dir(cfg.base_dir, path, max_entries=cfg.max_list_entries))
 
     @app.get("/exists")
     @app.get("/exists/")
-    @app.get("/exists/<path:path>")
+    @app.get("/exists/<anypath:path>")
     def exists(path: str = "") -> Response:
         return _json({"path": path, "exists": files.exists(cfg.base_dir, path)})
 

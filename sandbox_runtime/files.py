@@ -129,8 +129,10 @@ class Upload:
     """Streams one multipart request body into the workspace; the file appears only when whole.
 
     The part is written to a hidden temporary file in the destination directory and renamed
-    over the destination at the end, so a failed or oversized upload leaves nothing behind and
-    the rename replaces (never follows) a symlink at the destination.
+    over the destination at the end, so a failed or oversized upload leaves nothing behind.
+    A symlink at the destination is resolved first (403 if it leads outside); the final
+    rename is relative to the opened directory, so a symlink swapped in meanwhile is replaced,
+    not followed.
     """
 
     def __init__(self, base: str, max_bytes: int) -> None:

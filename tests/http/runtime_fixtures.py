@@ -1,0 +1,120 @@
+"""Fixtures for the runtime's HTTP-tier tests: a real `sandbox-runtime` process on loopback.
+
+Used by tests/http/test_runtime_*.py. Settings reach the server through SANDBOX_RUNTIME_*
+variables, exactly as in a pod. Nothing here fakes the server or the processes it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support import free_port, script, stop_process, wait_for_port
+
+SMALL_LIMITS = {
+    "SANDBOX_RUNTIME_DEFAULT_TIMEOUT_S": "20",
+    "SANDBOX_RUNTIME_MAX_TIMEOUT_S": "30",
+    "SANDBOX_RUNTIME_MAX_OUTPUT_BYTES": str(64 * 1024),
+    "SANDBOX_RUNTIME_MAX_UPLOAD_BYTES": str(1024 * 1024),
+    "SANDBOX_RUNTIME_MAX_CONCURRENT_COMMANDS": "4",
+    "SANDBOX_RUNTIME_COMMAND_ADDRESS_SPACE_MIB": "256",
+    "SANDBOX_RUNTIME_COMMAND_FILE_SIZE_MIB": "2",
+    "SANDBOX_RUNTIME_COMMAND_MAX_PROCESSES": "128",
+}
+
+
+class Runtime:
+    """A running server: its base URL, workspace and process, plus small request helpers."""
+
+    def __init__(self, url: str, workspace: Path, process: subprocess.Popen[bytes]) -> None:
+        self.url = url
+        self.workspace = workspace
+        self.process = process
+        self.http = requests.Session()
+
+    def run(self, command: str, **fields: object) -> dict:
+        response = self.http.post(f"{self.url}/execute", json={"command": command, **fields},
+                                  timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def post(self, path: str, **kwargs: object) -> requests.Response:
+        return self.http.post(f"{self.url}{path}", timeout=60, **kwargs)
+
+    def get(self, path: str, **kwargs: object) -> requests.Response:
+        return self.http.get(f"{self.url}{path}", timeout=60, **kwargs)
+
+    def raw_get(self, path: str) -> tuple[int, dict]:
+        """GET with the path sent exactly as given (requests would normalise `..` away)."""
+        host, port = self.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, json.loads(response.read() or b"null")
+        finally:
+            conn.close()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None and self.get("/").json()["status"] == "ok"
+
+
+@contextlib.contextmanager
+def runtime_server(workspace: Path, env: dict[str, str] | None = None,
+                   user: int | None = None) -> Iterator[Runtime]:
+    """`sandbox-runtime --port N --host 127.0.0.1` on `workspace`, optionally as another uid."""
+    port = free_port()
+    argv = [script("sandbox-runtime"), "--port", str(port), "--host", "127.0.0.1",
+            "--base-dir", str(workspace)]
+    full_env = {**os.environ, **SMALL_LIMITS, **(env or {})}
+    if user is not None:
+        full_env["HOME"] = str(workspace)
+    process = subprocess.Popen(argv, env=full_env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, user=user, cwd=str(workspace))
+    try:
+        wait_for_port(port, process=process)
+        yield Runtime(f"http://127.0.0.1:{port}", workspace, process)
+    finally:
+        stop_process(process)
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    workspace = tmp_path_factory.mktemp("workspace")
+    with runtime_server(workspace) as server:
+        yield server
+
+
+def processes_with(token: str) -> list[int]:
+    """Live (non-zombie) pids whose command line contains `token`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if token.encode() in cmdline and state not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+def wait_until_gone(token: str, timeout: float = 5.0) -> list[int]:
+    """Survivors carrying `token` after up to `timeout` seconds (kills take a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = processes_with(token)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
