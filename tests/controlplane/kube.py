@@ -14,6 +14,8 @@ Choices, so the cluster behaves like a real one while staying on 127.0.0.1 only:
 - The API server's default admission chain (ServiceAccount, RuntimeClass, PodSecurity, ...), so
   objects our hooks emit meet the same admission checks as on a cluster.
 - No endpoint reconciler: the `kubernetes` Service would need a non-loopback address.
+- A RuntimeClass `gvisor` (handler runsc), as on a cluster with gVisor installed: the
+  RuntimeClass admission plugin rejects pods naming a RuntimeClass that does not exist.
 
 It must not: listen on anything but 127.0.0.1, touch ~/.kube, or leave a process running
 (each component runs in its own process group and stop() kills the groups).
@@ -22,6 +24,7 @@ It must not: listen on anything but 127.0.0.1, touch ~/.kube, or leave a process
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -42,6 +45,9 @@ K8S_CACHE = Path(os.environ.get("K8S_CACHE", Path.home() / ".cache" / "agent-san
 BIN_DIR = K8S_CACHE / K8S_VERSION
 CRD_DIR = REPO / "manifests" / "crds"
 START_TIMEOUT = 90.0
+# What a cluster with gVisor installed has (GKE Sandbox and the gVisor docs name it so).
+GVISOR_RUNTIME_CLASS = {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+                        "metadata": {"name": "gvisor"}, "handler": "runsc"}
 
 
 def etcd_path() -> str | None:
@@ -341,6 +347,8 @@ def start(workdir: Path, *, crds: Iterable[Path] = (), controller_manager: bool 
             _wait("the default ServiceAccount (kube-controller-manager running)",
                   lambda: plane.get("/api/v1/namespaces/default/serviceaccounts/default").ok,
                   plane, timeout)
+        plane.kubectl("apply", "--server-side", "--field-manager=agent-sandbox-test-cluster",
+                      "-f", "-", input=json.dumps(GVISOR_RUNTIME_CLASS))
         plane.install_crds(crds)
         plane.startup_seconds = time.monotonic() - began
         return plane
