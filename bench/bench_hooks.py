@@ -17,16 +17,19 @@ import time
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from bench.harness import Context, Result, latency_result, rss_mib, time_calls, tree_pids
+from tests.hookrequests import (
+    SEED_POD_TEMPLATE,
+    owned,
+    resource,
+    sandbox,
+    sync_request,
+    with_pod_status,
+)
+from tests.support import free_port, stop_process, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tests.hookrequests import SEED_POD_TEMPLATE, owned, resource, sandbox, sync_request  # noqa: E402
-from tests.hookrequests import with_pod_status  # noqa: E402
-from tests.support import free_port, stop_process, wait_for_port  # noqa: E402
 
 WORKERS = 2
 
