@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.hookrequests import sandbox, sync_request
+from tests.hookrequests import EXAMPLES, sandbox, sync_request
 from tests.support import free_port, script, serve
 
 
@@ -135,3 +135,36 @@ def test_answers_are_deterministic_over_the_wire(hooks_url: str):
     second = requests.post(f"{hooks_url}/sync/sandbox", json=request, timeout=5).json()
     first.pop("resyncAfterSeconds"), second.pop("resyncAfterSeconds")  # counts down with the clock
     assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
+
+
+EXPECTED_CHILDREN = {
+    "sandbox-sync.json": ("/sync/sandbox", ["Pod/my-sandbox", "Service/my-sandbox"]),
+    "sandboxtemplate-sync.json": (
+        "/sync/sandboxtemplate", ["NetworkPolicy/python-runtime-template-sandboxes"]),
+    "sandboxclaim-sync.json": ("/sync/sandboxclaim", ["Sandbox/my-claim"]),
+}
+
+
+@pytest.mark.parametrize("example", sorted(EXPECTED_CHILDREN))
+def test_documented_curl_examples_answer_as_documented(hooks_url: str, example: str):
+    path, children = EXPECTED_CHILDREN[example]
+    answer = requests.post(f"{hooks_url}{path}", data=load_example(example),
+                           headers={"Content-Type": "application/json"}, timeout=5)
+    assert answer.status_code == 200
+    assert sorted(f"{c['kind']}/{c['metadata']['name']}" for c in answer.json()["children"]) == \
+        children
+
+
+def test_documented_pool_example_binds_a_warm_pod_to_the_waiting_sandbox(hooks_url: str):
+    answer = requests.post(f"{hooks_url}/sync/sandboxwarmpool",
+                           data=load_example("sandboxwarmpool-sync.json"),
+                           headers={"Content-Type": "application/json"}, timeout=5).json()
+    bound = [c for c in answer["children"]
+             if c["metadata"]["labels"].get("agents.x-k8s.io/sandbox") == "my-claim"]
+    assert len(bound) == 1
+    assert len(answer["children"]) == 3, "two pods kept (one now bound) and one refill"
+    assert answer["status"]["boundReplicas"] == 1
+
+
+def load_example(name: str) -> bytes:
+    return (EXAMPLES / name).read_bytes()
