@@ -334,12 +334,16 @@ class KubernetesSource:
                     finally:
                         self._watches.remove(w)
             except ApiException as exc:
+                if self._stopping.is_set():
+                    return
                 # 410 Gone: our resourceVersion is too old; relist at once.
                 if exc.status != 410:
                     log.warning("sandbox watch failed", extra={"status": exc.status})
                     self._stopping.wait(delay)
                     delay = min(delay * 2, 30.0)
             except Exception:
+                if self._stopping.is_set():
+                    return  # the connection was cut because we are stopping
                 log.exception("sandbox watch failed")
                 self._stopping.wait(delay)
                 delay = min(delay * 2, 30.0)
