@@ -203,15 +203,16 @@ def parse_execute(body: Mapping[str, Any], rt: Runtime) -> tuple[str, float, dic
 class CommandStream:
     """The NDJSON body of /execute/stream; closing it early kills the command."""
 
-    def __init__(self, rt: Runtime, command: Command) -> None:
+    def __init__(self, rt: Runtime, command: Command, client_fd: int | None) -> None:
         self.rt = rt
         self.command = command
+        self.client_fd = client_fd
         self._released = False
 
     def __iter__(self) -> Iterator[bytes]:
         decoder = StreamDecoder()
         try:
-            for name, data in self.command.chunks():
+            for name, data in self.command.chunks(self.client_fd):
                 text = decoder.decode(name, data)
                 if text:
                     yield (json.dumps({"stream": name, "data": text}) + "\n").encode()
@@ -271,6 +272,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         rt.metrics.running.inc()
         return cmd
 
+    def client_fd() -> int | None:
+        # gunicorn hands the client socket to the app; a hang-up then kills the command.
+        sock = request.environ.get("gunicorn.socket")
+        try:
+            return sock.fileno() if sock is not None else None
+        except OSError:
+            return None
+
     def body_limit() -> int:
         return cfg.max_command_bytes * 2 + cfg.max_env_entries * (MAX_ENV_VALUE + 256) + 4096
 
@@ -290,7 +299,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def execute() -> Response:
         cmd = start(*parse_execute(_read_json_body(body_limit()), rt))
         try:
-            outcome = cmd.run()
+            outcome = cmd.run(client_fd())
         finally:
             rt.metrics.running.dec()
             rt.slots.release()
@@ -300,7 +309,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.post("/execute/stream")
     def execute_stream() -> Response:
         cmd = start(*parse_execute(_read_json_body(body_limit()), rt))
-        return Response(CommandStream(rt, cmd), mimetype=NDJSON,
+        return Response(CommandStream(rt, cmd, client_fd()), mimetype=NDJSON,
                         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-store"})
 
     @app.post("/upload")

@@ -17,7 +17,7 @@ import resource
 import select
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from sandbox_runtime import procs
@@ -166,11 +166,15 @@ class Command:
             self._pidfd = None  # old kernel or gVisor without pidfd: fall back to polling
         self._done = False
 
-    def chunks(self) -> Iterator[tuple[str, bytes]]:
-        """Yield (stream, bytes) as output arrives (only bytes under the cap), until the end."""
+    def chunks(self, client_fd: int | None = None) -> Iterator[tuple[str, bytes]]:
+        """Yield (stream, bytes) as output arrives (only bytes under the cap), until the end.
+
+        `client_fd` is the client's socket, when known: if the client hangs up, the command
+        is killed at once rather than left running until its deadline.
+        """
         try:
-            yield from self._pump()
-            self._finish()
+            if (yield from self._pump(client_fd)):
+                self._finish()
         finally:
             self.close()
 
@@ -180,24 +184,29 @@ class Command:
             self._timeout(reason="abandoned")
             self._finish()
 
-    def run(self) -> Outcome:
+    def run(self, client_fd: int | None = None) -> Outcome:
         """Drive the command to its end and return the collected outcome."""
-        for _ in self.chunks():
+        for _ in self.chunks(client_fd):
             pass
         return self.outcome
 
-    def _pump(self) -> Iterator[tuple[str, bytes]]:
+    def _pump(self, client_fd: int | None) -> Generator[tuple[str, bytes], None, bool]:
+        """Read until both pipes close and the shell exits (True), or the deadline passes
+        (killed, True), or the client hangs up (False: the caller kills it as abandoned)."""
         poller = select.poll()
         for fd in self._files:
             poller.register(fd, select.POLLIN)
         if self._pidfd is not None:
             poller.register(self._pidfd, select.POLLIN)
+        if client_fd is not None:
+            # Hang-up only: a pipelined next request (POLLIN) must not count as leaving.
+            poller.register(client_fd, getattr(select, "POLLRDHUP", 0x2000))
         exited = False
         while self._files or not exited:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 self._timeout(reason="deadline")
-                return
+                return True
             if self._pidfd is None and not self._files:
                 # No pidfd: wait for the exit with the deadline, without reaping too early.
                 try:
@@ -207,6 +216,8 @@ class Command:
                 exited = True
                 continue
             for fd, _ in poller.poll(remaining * 1000):
+                if fd == client_fd:
+                    return False
                 if fd == self._pidfd:
                     poller.unregister(fd)
                     exited = True
@@ -224,6 +235,7 @@ class Command:
                 kept = data[:room]
                 self._kept[name].append(kept)
                 yield name, kept
+        return True
 
     def _timeout(self, *, reason: str) -> None:
         # The shell is not reaped yet, so its pid (= session id) cannot have been reused.

@@ -70,16 +70,17 @@ class Runtime:
 
 @contextlib.contextmanager
 def runtime_server(workspace: Path, env: dict[str, str] | None = None,
-                   user: int | None = None) -> Iterator[Runtime]:
-    """`sandbox-runtime --port N --host 127.0.0.1` on `workspace`, optionally as another uid."""
+                   cgroup: Path | None = None) -> Iterator[Runtime]:
+    """`sandbox-runtime --port N --host 127.0.0.1` on `workspace`, optionally in a cgroup."""
     port = free_port()
     argv = [script("sandbox-runtime"), "--port", str(port), "--host", "127.0.0.1",
             "--base-dir", str(workspace)]
+    if cgroup is not None:
+        # Join the cgroup first, then become the server: every thread and child is inside.
+        argv = ["/bin/sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *argv]
     full_env = {**os.environ, **SMALL_LIMITS, **(env or {})}
-    if user is not None:
-        full_env["HOME"] = str(workspace)
     process = subprocess.Popen(argv, env=full_env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, user=user, cwd=str(workspace))
+                               stdout=subprocess.DEVNULL, cwd=str(workspace))
     try:
         wait_for_port(port, process=process)
         yield Runtime(f"http://127.0.0.1:{port}", workspace, process)

@@ -1,0 +1,129 @@
+"""`sandbox-runtime --stdio`: raw HTTP/1.1 over a subprocess's stdin/stdout, several per stream.
+
+This is how the local gVisor backend talks to the runtime inside `runsc --network=none`;
+here the same process runs on the host so the framing itself is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import IO
+
+import pytest
+
+from tests.support import script
+
+
+def read_response(stream: IO[bytes]) -> tuple[int, dict[str, str], bytes]:
+    """Parse one HTTP/1.1 response (Content-Length or chunked) from a byte stream."""
+    status_line = stream.readline()
+    assert status_line.startswith(b"HTTP/1.1 "), status_line
+    status = int(status_line.split()[1])
+    headers: dict[str, str] = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        body = stream.read(int(headers["content-length"]))
+    else:
+        assert headers.get("transfer-encoding") == "chunked"
+        body = b""
+        while True:
+            size = int(stream.readline().strip(), 16)
+            if size == 0:
+                assert stream.readline() == b"\r\n"
+                break
+            body += stream.read(size)
+            assert stream.readline() == b"\r\n"
+    return status, headers, body
+
+
+def request(method: str, path: str, body: bytes = b"", content_type: str = "application/json",
+            extra: str = "") -> bytes:
+    return (f"{method} {path} HTTP/1.1\r\nHost: sandbox\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+
+@pytest.fixture
+def stdio_runtime(tmp_path):
+    process = subprocess.Popen([script("sandbox-runtime"), "--stdio", "--base-dir", str(tmp_path)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL)
+    try:
+        yield process, tmp_path
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def test_two_requests_on_one_stream_then_eof_exits_zero(stdio_runtime):
+    process, _ = stdio_runtime
+    process.stdin.write(request("GET", "/"))
+    process.stdin.write(request("POST", "/execute", json.dumps({"command": "echo hi"}).encode()))
+    process.stdin.flush()
+    status, headers, body = read_response(process.stdout)
+    assert (status, json.loads(body)["status"]) == (200, "ok")
+    assert headers["connection"] == "keep-alive"
+    status, _, body = read_response(process.stdout)
+    assert status == 200
+    assert json.loads(body)["stdout"] == "hi\n"
+    process.stdin.close()
+    assert process.wait(timeout=10) == 0
+    assert process.stdout.read() == b""  # nothing but responses on stdout
+
+
+def test_streaming_execute_is_chunked_and_upload_download_work(stdio_runtime):
+    process, workspace = stdio_runtime
+    stream_body = json.dumps({"command": "echo a; echo b >&2; print_me=1; echo stray"}).encode()
+    process.stdin.write(request("POST", "/execute/stream", stream_body))
+    boundary = "xyz"
+    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"dir/f.txt\"\r\n\r\npayload\r\n--{boundary}--\r\n").encode()
+    process.stdin.write(request("POST", "/upload", form,
+                                f"multipart/form-data; boundary={boundary}"))
+    process.stdin.write(request("GET", "/download/dir/f.txt"))
+    process.stdin.write(request("GET", "/exists/../x", extra="Connection: close\r\n"))
+    process.stdin.flush()
+    status, headers, body = read_response(process.stdout)
+    assert status == 200 and headers["transfer-encoding"] == "chunked"
+    lines = [json.loads(line) for line in body.splitlines()]
+    assert lines[-1]["exit_code"] == 0
+    assert "".join(x["data"] for x in lines[:-1] if x["stream"] == "stdout") == "a\nstray\n"
+    status, _, body = read_response(process.stdout)
+    assert (status, json.loads(body)) == (200, {"path": "dir/f.txt", "size": 7})
+    assert (workspace / "dir" / "f.txt").read_bytes() == b"payload"
+    assert read_response(process.stdout)[::2] == (200, b"payload")
+    status, headers, body = read_response(process.stdout)
+    assert status == 403 and headers["connection"] == "close"
+    assert process.wait(timeout=10) == 0  # Connection: close ends the server
+
+
+def test_chunked_request_body_and_unread_body_keep_the_stream_in_sync(stdio_runtime):
+    process, _ = stdio_runtime
+    payload = json.dumps({"command": "echo chunked"}).encode()
+    process.stdin.write(b"POST /execute HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n"
+                        b"Content-Type: application/json\r\n\r\n"
+                        + b"%x\r\n%s\r\n" % (5, payload[:5])
+                        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(payload) - 5, payload[5:]))
+    # A body the app never reads (unknown route) must be skipped, not parsed as a request.
+    process.stdin.write(request("POST", "/nowhere", b"GET / HTTP/1.1\r\n\r\n"))
+    process.stdin.write(request("GET", "/healthz"))
+    process.stdin.flush()
+    status, _, body = read_response(process.stdout)
+    assert (status, json.loads(body)["stdout"]) == (200, "chunked\n")
+    assert read_response(process.stdout)[0] == 404
+    assert read_response(process.stdout)[::2] == (200, b'{"status": "ok"}')
+    process.stdin.close()
+    assert process.wait(timeout=10) == 0
+
+
+def test_malformed_request_gets_400_and_exit_1(stdio_runtime):
+    process, _ = stdio_runtime
+    process.stdin.write(b"this is not http\r\n\r\n")
+    process.stdin.flush()
+    status, headers, body = read_response(process.stdout)
+    assert status == 400 and headers["connection"] == "close"
+    assert "error" in json.loads(body)
+    assert process.wait(timeout=10) == 1
