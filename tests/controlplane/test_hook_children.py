@@ -85,9 +85,12 @@ TABLE: list[tuple[str, dict[str, Any], list[dict[str, Any]], bool, set[str]]] = 
 
 
 def example_cases() -> list[tuple[str, dict[str, Any], list[dict[str, Any]], bool, set[str]]]:
-    """Requests the lead keeps under examples/requests/: parent and related as given."""
+    """Sync and finalize requests under examples/requests/ (named <kind>-<hook>[-case].json):
+    parent and related as given. Customize requests return no objects and are left out."""
     cases = []
     for path in sorted(EXAMPLE_REQUESTS.glob("*.json")) if EXAMPLE_REQUESTS.is_dir() else []:
+        if "customize" in path.stem.split("-"):
+            continue
         request = json.loads(path.read_text())
         related = [obj for group in (request.get("related") or {}).values()
                    for obj in group.values()]
