@@ -279,8 +279,10 @@ def start(workdir: Path, *, crds: Iterable[Path] = (), controller_manager: bool 
           timeout: float = START_TIMEOUT) -> ControlPlane:
     """Start etcd, kube-apiserver and (optionally) kube-controller-manager on loopback.
 
-    Returns once /readyz answers ok, the `default` ServiceAccount exists (so Pods can be
-    created) and the given CRDs are Established. On any failure everything started is stopped.
+    Returns once /readyz answers ok, the given CRDs are Established (installed before the
+    controller manager starts) and the `default` ServiceAccount exists (so Pods can be created).
+    CRDs installed later become known to the garbage collector only at its next resync (30 s).
+    On any failure everything started is stopped.
     """
     missing = missing_binaries()
     if missing:
@@ -324,6 +326,11 @@ def start(workdir: Path, *, crds: Iterable[Path] = (), controller_manager: bool 
         ])
         _wait("kube-apiserver /readyz", lambda: plane.get("/readyz").text == "ok", plane,
               timeout)
+        plane.kubectl("apply", "--server-side", "--field-manager=agent-sandbox-test-cluster",
+                      "-f", "-", input=json.dumps(GVISOR_RUNTIME_CLASS))
+        # CRDs before the controller manager: its garbage collector discovers resource types
+        # at start and then only every 30 s, and ignores owners of types it does not know yet.
+        plane.install_crds(crds)
         if controller_manager:
             cm_config = write_kubeconfig(workdir / "controller-manager.kubeconfig", server, pki,
                                          "controller-manager")
@@ -347,9 +354,6 @@ def start(workdir: Path, *, crds: Iterable[Path] = (), controller_manager: bool 
             _wait("the default ServiceAccount (kube-controller-manager running)",
                   lambda: plane.get("/api/v1/namespaces/default/serviceaccounts/default").ok,
                   plane, timeout)
-        plane.kubectl("apply", "--server-side", "--field-manager=agent-sandbox-test-cluster",
-                      "-f", "-", input=json.dumps(GVISOR_RUNTIME_CLASS))
-        plane.install_crds(crds)
         plane.startup_seconds = time.monotonic() - began
         return plane
     except BaseException:

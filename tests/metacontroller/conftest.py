@@ -161,12 +161,11 @@ def metacontroller_stack(tmp_path_factory: pytest.TempPathFactory
     if not (LOOPBACK_OVERLAY / "kustomization.yaml").exists():
         pytest.skip("manifests/overlays/loopback not written yet")
     workdir = tmp_path_factory.mktemp("metacontroller")
-    plane = kube.start(workdir / "control-plane", crds=kube.crd_files())
+    plane = kube.start(workdir / "control-plane", crds=[*kube.crd_files(), METACONTROLLER_CRDS])
     hooks_port = free_port()
     stack = MetacontrollerStack(plane=plane, hooks_url=f"http://127.0.0.1:{hooks_port}",
                                 workdir=workdir)
     try:
-        plane.install_crds([METACONTROLLER_CRDS])
         stack.processes["hooks"] = _spawn(workdir, "hooks", [
             script("sandbox-hooks"), "--bind", f"127.0.0.1:{hooks_port}", "--workers", "2"],
             {"SANDBOX_HOOKS_ACCESS_LOG": "-"})
