@@ -26,6 +26,15 @@ if [ "$missing" = 0 ]; then
   exit 0
 fi
 
+if ! command -v go >/dev/null 2>&1; then
+  if [ -x /usr/local/go/bin/go ]; then
+    export PATH="/usr/local/go/bin:$PATH"
+  else
+    echo "go is not installed: the k8s binaries build from source (Go >= 1.24)" >&2
+    exit 1
+  fi
+fi
+
 staging_version="v0.${version#v1.}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

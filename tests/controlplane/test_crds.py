@@ -293,3 +293,27 @@ def test_scale_subresource(control_plane, crds, namespace, kind, resource, low, 
     scale = _scale(control_plane, namespace, target)
     assert scale["status"]["replicas"] == high
     assert scale["status"]["selector"] == status["selector"]
+
+
+def test_python_client_creates_and_watches_a_sandbox(control_plane, crds, namespace):
+    """The kubernetes client (as agentic_sandbox uses it) authenticates with the fixture's
+    kubeconfig, creates a custom object and sees it through a watch (served from etcd)."""
+    if "Sandbox" not in KINDS:
+        pytest.skip("no Sandbox CRD under manifests/crds/ yet")
+    from kubernetes import client, watch
+
+    api_client = control_plane.api_client()
+    try:
+        custom = client.CustomObjectsApi(api_client)
+        group, version = SANDBOX[0].split("/")
+        listed = custom.list_namespaced_custom_object(group, version, namespace, "sandboxes")
+        custom.create_namespaced_custom_object(group, version, namespace, "sandboxes",
+                                               valid_object("Sandbox", name="watched"))
+        events = watch.Watch().stream(
+            custom.list_namespaced_custom_object, group, version, namespace, "sandboxes",
+            resource_version=listed["metadata"]["resourceVersion"], timeout_seconds=20)
+        seen = next(e for e in events if e["object"]["metadata"]["name"] == "watched")
+        assert seen["type"] == "ADDED"
+        assert seen["object"]["spec"]["replicas"] == 1
+    finally:
+        api_client.close()
