@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.security_report"]
+
 TIERS = ("unit", "http", "controlplane", "dataplane", "metacontroller")
 TESTS_DIR = Path(__file__).parent
 
