@@ -1,0 +1,663 @@
+"""The local backend: each sandbox is a gVisor `runsc` sandbox on this machine, no cluster.
+
+Called by SandboxClient (backend="local", or "auto" without a cluster). Each sandbox is
+`runsc run --detach` of an OCI bundle written here: the host's root filesystem read-only,
+/root, /home, /run, /mnt, /media and our state folder hidden behind empty read-only tmpfs
+(the Python that runs the runtime is bound back read-only), a private writable workspace at
+/workspace (a fresh host folder), a private /tmp tmpfs, `--network=none`, uid 65534 with no
+capabilities, the template's CPU and memory in a cgroup. Its first process is
+`sandbox-runtime --stdio`, speaking HTTP/1.1 over its stdin/stdout, which are one end of a
+socketpair; the other end is this process's. So no socket listens anywhere: only this
+process holds the channel (docs/client.md, "Why a socketpair").
+
+If that channel breaks (an abandoned stream, a client-side timeout), the runtime sees
+end-of-file and exits; the sandbox's first process then idles (`sleep infinity`), and the next
+request starts a fresh runtime inside the same sandbox with `runsc exec` on a new
+socketpair, so the workspace and background processes survive.
+
+Every sandbox is `runsc delete --force`d on close and at interpreter exit (atexit), with its
+workspace removed. A sandbox left by a crashed process is recognised by its owner record
+(pid + process start time) under the state folder and removed on the next start. runsc
+state lives under its own `--root`, so other runsc users are never touched.
+
+This module must never run a command outside gVisor: if runsc is missing, we are not root,
+or runsc cannot start a sandbox, it raises BackendUnavailableError and stops there.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection
+
+from agentic_sandbox._backends.base import Endpoint
+from agentic_sandbox._exceptions import (
+    BackendUnavailableError,
+    SandboxConnectionError,
+    SandboxError,
+    SandboxTimeoutError,
+)
+from agentic_sandbox._templates import LocalTemplate, load_template, template_dirs
+
+__all__ = ["LocalBackend", "LocalSandbox", "clean_stale", "manager"]
+
+log = logging.getLogger(__name__)
+
+STATE_ENV: Final = "AGENTIC_SANDBOX_STATE_DIR"
+RUNSC_ENV: Final = "AGENTIC_SANDBOX_RUNSC"
+PLATFORM_ENV: Final = "AGENTIC_SANDBOX_RUNSC_PLATFORM"
+WARM_POOL_ENV: Final = "AGENTIC_SANDBOX_WARM_POOL"
+MEMORY_ENV: Final = "AGENTIC_SANDBOX_LOCAL_MEMORY"
+ID_PREFIX: Final = "agentsbx"
+WORKSPACE: Final = "/workspace"
+BASE_URL: Final = "http://sandbox.local"
+SANDBOX_UID: Final = 65534  # nobody: cannot read root-only host files such as /etc/shadow
+DEFAULT_MEMORY_BYTES: Final = 2 * 2**30  # when a template sets no memory limit
+PIDS_LIMIT: Final = 1024  # a fork bomb ends the sandbox, not the host (design section 7)
+TMP_SIZE: Final = "256m"
+MAX_WARM_POOL: Final = 8
+RUNSC_TIMEOUT_S: Final = 30.0
+HIDDEN_DIRS: Final = ("/root", "/home", "/run", "/mnt", "/media")
+
+
+def _default_state_dir() -> Path:
+    return Path(os.environ.get(STATE_ENV) or Path.home() / ".cache" / "agent-sandbox" / "local")
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a process (field 22 of /proc/<pid>/stat), or None if it is gone.
+
+    With the pid it identifies a process for good: a reused pid has another start time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _runsc_binary() -> str:
+    """Path of a usable runsc, or BackendUnavailableError saying what to do."""
+    path = os.environ.get(RUNSC_ENV) or shutil.which("runsc")
+    if not path or not os.access(path, os.X_OK):
+        raise BackendUnavailableError(
+            "the local backend needs gVisor's runsc, which is not installed: run "
+            "`apt-get install runsc` (or `make system`), or use a cluster with "
+            "backend='kubernetes' / AGENTIC_SANDBOX_BACKEND=kubernetes")
+    if os.geteuid() != 0:
+        raise BackendUnavailableError(
+            "the local backend starts gVisor sandboxes with runsc, which needs root here: "
+            "run as root (e.g. with sudo), or use backend='kubernetes'")
+    if importlib.util.find_spec("sandbox_runtime") is None or \
+            importlib.util.find_spec("flask") is None:
+        raise BackendUnavailableError(
+            "the local backend runs sandbox-runtime inside gVisor, and it is not installed "
+            "in this Python: pip install 'agent-sandbox[runtime]'")
+    return path
+
+
+def _runtime_argv() -> list[str]:
+    return [sys.executable, "-m", "sandbox_runtime", "--stdio", "--base-dir", WORKSPACE]
+
+
+def _visible_paths() -> list[str]:
+    """Host paths the runtime needs even when they sit in a hidden folder (the interpreter,
+    the virtualenv, the runtime's source): bound back read-only inside the tmpfs."""
+    spec = importlib.util.find_spec("sandbox_runtime")
+    source = Path(spec.origin).resolve().parent.parent if spec and spec.origin else None
+    candidates = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(),
+                  Path(sys.executable).resolve().parent.parent}
+    if source is not None:
+        candidates.add(source)
+    return sorted(str(p) for p in candidates)
+
+
+def _hidden_dirs(state_dir: Path) -> list[str]:
+    hidden = [d for d in HIDDEN_DIRS if os.path.isdir(d)]
+    state = str(state_dir.resolve())
+    if not any(state == d or state.startswith(d + "/") for d in hidden):
+        hidden.append(state)
+    return hidden
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def oci_spec(template: LocalTemplate, workspace: Path, state_dir: Path, sandbox_id: str,
+             *, cgroups: bool = True) -> dict[str, Any]:
+    """The OCI runtime spec (config.json) of one sandbox."""
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "HOME": WORKSPACE, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+    env.update(dict(template.env))
+    # The first process serves the first channel, then idles, so the sandbox outlives a
+    # broken channel (a new runtime then comes in with `runsc exec`).
+    argv = ["/bin/sh", "-c",
+            '"$@"; exec sleep infinity </dev/null >/dev/null 2>&1', "sh", *_runtime_argv()]
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", f"size={TMP_SIZE}", "mode=1777"]},
+    ]
+    hidden = _hidden_dirs(state_dir)
+    for folder in hidden:
+        mounts.append({"destination": folder, "type": "tmpfs", "source": "tmpfs",
+                       "options": ["ro", "nosuid", "nodev", "size=1m", "mode=755"]})
+    for path in _visible_paths():
+        if any(_under(path, folder) for folder in hidden):
+            mounts.append({"destination": path, "type": "bind", "source": path,
+                           "options": ["rbind", "ro"]})
+    mounts.append({"destination": WORKSPACE, "type": "bind", "source": str(workspace),
+                   "options": ["rbind", "rw"]})
+    no_caps: dict[str, list[str]] = {k: [] for k in
+                                     ("bounding", "effective", "permitted", "inheritable",
+                                      "ambient")}
+    linux: dict[str, Any] = {
+        "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")],
+    }
+    if cgroups:
+        memory = template.memory_limit_bytes or _default_memory()
+        resources: dict[str, Any] = {"memory": {"limit": memory},
+                                     "pids": {"limit": PIDS_LIMIT}}
+        cpu: dict[str, Any] = {}
+        if template.cpu_request_millis:
+            cpu["shares"] = max(2, template.cpu_request_millis * 1024 // 1000)
+        if template.cpu_limit_millis:
+            cpu["period"] = 100_000
+            cpu["quota"] = template.cpu_limit_millis * 100
+        if cpu:
+            resources["cpu"] = cpu
+        linux["resources"] = resources
+        linux["cgroupsPath"] = f"/agent-sandbox/{sandbox_id}"
+    return {
+        "ociVersion": "1.0.2",
+        "process": {"terminal": False, "user": {"uid": SANDBOX_UID, "gid": SANDBOX_UID},
+                    "args": argv, "env": [f"{k}={v}" for k, v in env.items()],
+                    "cwd": WORKSPACE, "capabilities": no_caps, "noNewPrivileges": True,
+                    "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}]},
+        "root": {"path": "/", "readonly": True},
+        "hostname": "sandbox",
+        "mounts": mounts,
+        "linux": linux,
+    }
+
+
+def _default_memory() -> int:
+    from agentic_sandbox._templates import parse_memory
+    raw = os.environ.get(MEMORY_ENV)
+    return parse_memory(raw) if raw else DEFAULT_MEMORY_BYTES
+
+
+# -- HTTP over a socketpair -----------------------------------------------------------------
+
+
+class _ChannelConnection(HTTPConnection):
+    """A urllib3 connection whose 'socket' comes from the sandbox, not from connect()."""
+
+    def __init__(self, *args: Any, channel_factory: Callable[[], socket.socket],
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._channel_factory = channel_factory
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            return self._channel_factory()
+        except SandboxError as exc:
+            raise urllib3.exceptions.NewConnectionError(self, str(exc)) from exc
+
+
+class _ChannelPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _ChannelConnection  # type: ignore[assignment]
+
+
+class ChannelAdapter(HTTPAdapter):
+    """A requests adapter that sends every request over a sandbox's stdio channel.
+
+    One pooled connection; a second concurrent request gets its own channel (a second
+    runtime via `runsc exec`) that is closed after use. No retries: replay is the client's
+    decision alone.
+    """
+
+    def __init__(self, channel_factory: Callable[[], socket.socket]) -> None:
+        super().__init__(pool_connections=1, pool_maxsize=1, max_retries=0)
+        self._pool = _ChannelPool("sandbox.local", 80, maxsize=1, block=False, retries=False,
+                                  channel_factory=channel_factory)
+
+    def get_connection_with_tls_context(self, request: requests.PreparedRequest,
+                                        verify: bool | str | None,
+                                        proxies: dict[str, str] | None = None,
+                                        cert: Any = None) -> urllib3.HTTPConnectionPool:
+        return self._pool
+
+    def get_connection(self, url: str | bytes,
+                       proxies: dict[str, str] | None = None) -> urllib3.HTTPConnectionPool:
+        return self._pool
+
+    def close(self) -> None:
+        self._pool.close()
+        super().close()
+
+
+# -- one sandbox ------------------------------------------------------------------------------
+
+
+class LocalSandbox:
+    """One runsc sandbox with its workspace, runtime channel(s) and owner record."""
+
+    def __init__(self, template: LocalTemplate, state_dir: Path, runsc: str,
+                 platform: str) -> None:
+        self.template = template
+        self.id = f"{ID_PREFIX}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.state_dir = state_dir
+        self.runsc = runsc
+        self.platform = platform
+        self.dir = state_dir / "sandboxes" / self.id
+        self.workspace = state_dir / "workspaces" / self.id
+        self.log_path = self.dir / "runtime.log"
+        self._first_channel: socket.socket | None = None
+        self._execs: list[subprocess.Popen[bytes]] = []
+        self._lock = threading.Lock()
+        self._destroyed = False
+        self.adapter = ChannelAdapter(self._new_channel)
+
+    def _runsc(self, *args: str) -> list[str]:
+        return [self.runsc, "--root", str(self.state_dir / "runsc"), *args]
+
+    def start(self, *, cgroups: bool = True) -> None:
+        """Write the bundle and owner record, then `runsc run --detach` the sandbox."""
+        self.dir.mkdir(parents=True, mode=0o700)
+        (self.dir / "owner.json").write_text(json.dumps(
+            {"pid": os.getpid(), "start": _process_start(os.getpid()),
+             "workspace": str(self.workspace)}))
+        self.workspace.mkdir(parents=True, mode=0o700)
+        os.chown(self.workspace, SANDBOX_UID, SANDBOX_UID)
+        spec = oci_spec(self.template, self.workspace, self.state_dir, self.id, cgroups=cgroups)
+        (self.dir / "config.json").write_text(json.dumps(spec, indent=1))
+        (self.dir / "process.json").write_text(json.dumps(spec["process"] | {
+            "args": _runtime_argv()}))
+        ours, theirs = socket.socketpair()
+        flags = [f"--platform={self.platform}", "--network=none"]
+        if not cgroups:
+            flags.append("--ignore-cgroups")
+        try:
+            with open(self.log_path, "ab") as logfile:
+                proc = subprocess.run(
+                    self._runsc(*flags, "run", "--detach", "--bundle", str(self.dir), self.id),
+                    stdin=theirs, stdout=theirs, stderr=logfile, timeout=RUNSC_TIMEOUT_S,
+                    start_new_session=True, check=False)
+        except subprocess.TimeoutExpired as exc:
+            ours.close()
+            raise BackendUnavailableError(
+                f"runsc did not start a sandbox within {RUNSC_TIMEOUT_S:.0f} s "
+                f"(platform {self.platform}); see {self.log_path}") from exc
+        finally:
+            theirs.close()
+        if proc.returncode != 0:
+            ours.close()
+            raise BackendUnavailableError(
+                f"runsc could not start a gVisor sandbox (exit {proc.returncode}, platform "
+                f"{self.platform}): {self.log_tail()}")
+        self._first_channel = ours
+
+    def log_tail(self, limit: int = 1500) -> str:
+        try:
+            return self.log_path.read_bytes()[-limit:].decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+
+    def _new_channel(self) -> socket.socket:
+        """The first call gets the sandbox's first process; later ones a fresh runtime."""
+        with self._lock:
+            if self._destroyed:
+                raise SandboxConnectionError(f"sandbox {self.id} was removed")
+            if self._first_channel is not None:
+                channel, self._first_channel = self._first_channel, None
+                return channel
+            ours, theirs = socket.socketpair()
+            try:
+                with open(self.log_path, "ab") as logfile:
+                    proc = subprocess.Popen(
+                        self._runsc("exec", "--process", str(self.dir / "process.json"),
+                                    self.id),
+                        stdin=theirs, stdout=theirs, stderr=logfile, start_new_session=True)
+            except OSError as exc:
+                ours.close()
+                raise SandboxConnectionError(f"cannot start a runtime in {self.id}: {exc}") \
+                    from exc
+            finally:
+                theirs.close()
+            self._execs = [p for p in self._execs if p.poll() is None] + [proc]
+            log.info("sandbox %s: new runtime channel (runsc exec)", self.id)
+            return ours
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the runtime answers GET / (the request waits in the socket buffer)."""
+        session = requests.Session()
+        session.mount(BASE_URL + "/", self.adapter)
+        try:
+            response = session.get(BASE_URL + "/", timeout=(timeout, timeout))
+            if response.status_code != 200:
+                raise SandboxConnectionError(f"runtime answered {response.status_code}")
+        except requests.Timeout as exc:
+            raise SandboxTimeoutError(
+                f"the runtime in sandbox {self.id} did not answer within {timeout:.0f} s; "
+                f"log: {self.log_tail()}") from exc
+        except requests.RequestException as exc:
+            raise SandboxConnectionError(
+                f"the runtime in sandbox {self.id} did not start: {exc}; "
+                f"log: {self.log_tail()}") from exc
+
+    def destroy(self) -> None:
+        """runsc delete --force, close the channels, remove bundle and workspace. Idempotent."""
+        with self._lock:
+            if self._destroyed:
+                return
+            self._destroyed = True
+            if self._first_channel is not None:
+                self._first_channel.close()
+                self._first_channel = None
+        self.adapter.close()
+        delete_container(self.runsc, self.state_dir, self.id)
+        for proc in self._execs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        remove_files(self.dir, self.workspace)
+
+
+def delete_container(runsc: str, state_dir: Path, sandbox_id: str) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+        subprocess.run([runsc, "--root", str(state_dir / "runsc"), "delete", "--force",
+                        sandbox_id], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=RUNSC_TIMEOUT_S, check=False)
+
+
+def remove_files(*paths: Path) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _owner_alive(record: dict[str, Any]) -> bool:
+    pid = record.get("pid")
+    return isinstance(pid, int) and record.get("start") is not None \
+        and _process_start(pid) == record["start"]
+
+
+def clean_stale(state_dir: Path, runsc: str) -> list[str]:
+    """Remove sandboxes whose owner process is gone; return their ids."""
+    removed = []
+    sandboxes = state_dir / "sandboxes"
+    if sandboxes.is_dir():
+        for entry in sorted(sandboxes.iterdir()):
+            if not entry.name.startswith(ID_PREFIX + "-"):
+                continue
+            try:
+                record = json.loads((entry / "owner.json").read_text())
+            except (OSError, ValueError):
+                record = {}
+            if _owner_alive(record):
+                continue
+            delete_container(runsc, state_dir, entry.name)
+            remove_files(entry, state_dir / "workspaces" / entry.name)
+            removed.append(entry.name)
+    # Containers whose folder is gone (a crash between the two steps of a cleanup).
+    try:
+        listed = subprocess.run([runsc, "--root", str(state_dir / "runsc"), "list", "-quiet"],
+                                capture_output=True, text=True, timeout=RUNSC_TIMEOUT_S,
+                                check=False).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        listed = []
+    for sandbox_id in listed:
+        parts = sandbox_id.split("-")
+        if len(parts) != 3 or parts[0] != ID_PREFIX or (sandboxes / sandbox_id).exists():
+            continue
+        if parts[1].isdigit() and int(parts[1]) != os.getpid() \
+                and _process_start(int(parts[1])) is None:
+            delete_container(runsc, state_dir, sandbox_id)
+            removed.append(sandbox_id)
+    workspaces = state_dir / "workspaces"
+    if workspaces.is_dir():
+        for entry in workspaces.iterdir():
+            if not (sandboxes / entry.name).exists() and entry.name.startswith(ID_PREFIX) \
+                    and not entry.name.startswith(f"{ID_PREFIX}-{os.getpid()}-"):
+                remove_files(entry)
+    if removed:
+        log.info("removed %d stale local sandbox(es): %s", len(removed), ", ".join(removed))
+    return removed
+
+
+# -- the process-wide manager and warm pools ---------------------------------------------------
+
+
+class _Pool:
+    """Spare ready sandboxes of one template, refilled in the background."""
+
+    def __init__(self, manager: _Manager, template: LocalTemplate, size: int,
+                 ready_timeout: float) -> None:
+        self.manager = manager
+        self.template = template
+        self.size = size
+        self.ready_timeout = ready_timeout
+        self.ready: deque[LocalSandbox] = deque()
+        self.wake = threading.Event()
+        self.filled = threading.Condition()
+        self.thread = threading.Thread(target=self._fill, name=f"sandbox-pool-{template.name}",
+                                       daemon=True)
+        self.thread.start()
+
+    def take(self) -> LocalSandbox | None:
+        with self.filled:
+            sandbox = self.ready.popleft() if self.ready else None
+        self.wake.set()
+        return sandbox
+
+    def wait_full(self, timeout: float) -> bool:
+        """For tests and benchmarks: block until the pool holds `size` sandboxes."""
+        deadline = time.monotonic() + timeout
+        with self.filled:
+            while len(self.ready) < self.size:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.filled.wait(left):
+                    return len(self.ready) >= self.size
+        return True
+
+    def _fill(self) -> None:
+        failures = 0
+        while not self.manager.closing:
+            if len(self.ready) >= self.size:
+                self.wake.wait()
+                self.wake.clear()
+                continue
+            try:
+                sandbox = self.manager.start_sandbox(self.template, self.ready_timeout)
+            except Exception as exc:
+                failures += 1
+                log.warning("warm pool %s: could not start a sandbox: %s", self.template.name,
+                            exc)
+                if self.manager.closing or failures >= 3:
+                    return  # the caller's own cold start reports the problem clearly
+                time.sleep(1.0)
+                continue
+            failures = 0
+            with self.filled:
+                if self.manager.closing:
+                    self.manager.release(sandbox)
+                    return
+                self.ready.append(sandbox)
+                self.filled.notify_all()
+
+    def drain(self) -> list[LocalSandbox]:
+        self.wake.set()
+        with self.filled:
+            drained = list(self.ready)
+            self.ready.clear()
+        return drained
+
+
+class _Manager:
+    """All local sandboxes of this process under one state folder; removes them at exit."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.runsc = _runsc_binary()
+        self.platform = os.environ.get(PLATFORM_ENV, "ptrace")
+        self.live: dict[str, LocalSandbox] = {}
+        self.pools: dict[LocalTemplate, _Pool] = {}
+        self.lock = threading.Lock()
+        self.closing = False
+        self.cgroups = True
+        for sub in ("", "runsc", "sandboxes", "workspaces"):
+            (state_dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(state_dir, 0o700)
+        clean_stale(state_dir, self.runsc)
+        atexit.register(self.shutdown)
+
+    def start_sandbox(self, template: LocalTemplate, ready_timeout: float) -> LocalSandbox:
+        sandbox = LocalSandbox(template, self.state_dir, self.runsc, self.platform)
+        with self.lock:
+            if self.closing:
+                raise SandboxConnectionError("the interpreter is shutting down")
+            self.live[sandbox.id] = sandbox
+        try:
+            try:
+                sandbox.start(cgroups=self.cgroups)
+            except BackendUnavailableError:
+                if not self.cgroups or "cgroup" not in sandbox.log_tail().lower():
+                    raise
+                # No writable cgroup hierarchy here (e.g. a nested container): resource
+                # limits cannot apply; isolation does not depend on them.
+                log.warning("runsc cannot create cgroups here; local sandboxes run without "
+                            "CPU/memory limits: %s", sandbox.log_tail(300))
+                self.cgroups = False
+                sandbox.destroy()
+                self.live.pop(sandbox.id, None)
+                return self.start_sandbox(template, ready_timeout)
+            sandbox.wait_ready(ready_timeout)
+        except BaseException:
+            self.release(sandbox)
+            raise
+        return sandbox
+
+    def acquire(self, template: LocalTemplate, warm_pool: int,
+                ready_timeout: float) -> LocalSandbox:
+        """A ready sandbox: from the template's warm pool when it has one, else a cold start."""
+        pool = self.pool(template, warm_pool, ready_timeout) if warm_pool > 0 else None
+        sandbox = pool.take() if pool is not None else None
+        if sandbox is not None:
+            return sandbox
+        return self.start_sandbox(template, ready_timeout)
+
+    def pool(self, template: LocalTemplate, size: int, ready_timeout: float) -> _Pool:
+        with self.lock:
+            pool = self.pools.get(template)
+            if pool is None:
+                pool = self.pools[template] = _Pool(self, template, min(size, MAX_WARM_POOL),
+                                                    ready_timeout)
+            elif size > pool.size:
+                pool.size = min(size, MAX_WARM_POOL)
+                pool.wake.set()
+            return pool
+
+    def release(self, sandbox: LocalSandbox) -> None:
+        with self.lock:
+            self.live.pop(sandbox.id, None)
+        sandbox.destroy()
+
+    def shutdown(self) -> None:
+        """Remove every sandbox of this process (atexit)."""
+        with self.lock:
+            self.closing = True
+            pools = list(self.pools.values())
+        for pool in pools:
+            pool.drain()
+            pool.thread.join(timeout=RUNSC_TIMEOUT_S)
+        with self.lock:
+            sandboxes = list(self.live.values())
+            self.live.clear()
+        for sandbox in sandboxes:
+            sandbox.destroy()
+
+
+_managers: dict[Path, _Manager] = {}
+_managers_lock = threading.Lock()
+
+
+def manager(state_dir: Path | None = None) -> _Manager:
+    """The process's manager for a state folder (created, and stale sandboxes cleaned, once)."""
+    path = (state_dir or _default_state_dir()).expanduser().resolve()
+    with _managers_lock:
+        found = _managers.get(path)
+        if found is None or found.closing:
+            found = _managers[path] = _Manager(path)
+        return found
+
+
+def _warm_pool_size(option: int | None, template: LocalTemplate) -> int:
+    if option is not None:
+        size = option
+    elif os.environ.get(WARM_POOL_ENV):
+        size = int(os.environ[WARM_POOL_ENV])
+    else:
+        size = template.warm_pool
+    if size < 0:
+        raise ValueError(f"warm_pool must be >= 0, not {size}")
+    return size
+
+
+class LocalBackend:
+    """Backend that opens one local gVisor sandbox (see the module docstring)."""
+
+    name = "local"
+
+    def __init__(self, template_name: str, namespace: str = "default", *,
+                 ready_timeout: float = 180.0,
+                 templates_dir: str | os.PathLike[str] | None = None,
+                 warm_pool: int | None = None,
+                 state_dir: str | os.PathLike[str] | None = None) -> None:
+        self.template_name = template_name
+        self.namespace = namespace
+        self.ready_timeout = ready_timeout
+        self.templates_dir = templates_dir
+        self.warm_pool = warm_pool
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.sandbox: LocalSandbox | None = None
+        self._manager: _Manager | None = None
+
+    def open(self) -> Endpoint:
+        self._manager = manager(self.state_dir)
+        template = load_template(self.template_name, template_dirs(self.templates_dir))
+        if template.ignored:
+            log.debug("template %s: fields that do not apply locally: %s", template.name,
+                      ", ".join(template.ignored))
+        self.sandbox = self._manager.acquire(template, _warm_pool_size(self.warm_pool, template),
+                                             self.ready_timeout)
+        return Endpoint(base_url=BASE_URL, adapter=self.sandbox.adapter,
+                        sandbox_name=self.sandbox.id,
+                        description=f"local gVisor sandbox {self.sandbox.id}")
+
+    def close(self) -> None:
+        sandbox, self.sandbox = self.sandbox, None
+        if sandbox is not None and self._manager is not None:
+            self._manager.release(sandbox)
