@@ -44,8 +44,8 @@ test-dataplane: install system
 test-metacontroller: install system k8s ## needs METACONTROLLER_BIN
 	$(PY) -m pytest -m metacontroller $(PYTEST_ARGS)
 
-serve: install ## the hook server on 127.0.0.1:8080 (gunicorn)
-	$(VENV)/bin/sandbox-hooks --bind 127.0.0.1:8080
+serve: install ## the hook server on 127.0.0.1:9443, where manifests/overlays/loopback points
+	$(VENV)/bin/sandbox-hooks --bind 127.0.0.1:9443
 
 bench: install system k8s ## every benchmark: bench/results.json + docs/benchmarks.md
 	$(PY) -m bench $(BENCH_ARGS)
