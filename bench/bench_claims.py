@@ -1,0 +1,213 @@
+"""Claim -> Ready on the real stack: kube-apiserver, Metacontroller, our hooks under gunicorn.
+
+A kubelet stand-in (a watch on pods) marks each new pod Running and Ready at once, so the
+figures measure the control loop, not image pulls. Needs METACONTROLLER_BIN (a Metacontroller
+built by hand from its public source, docs/testing.md); without it the module reports why.
+
+Figures: sequential claims served by a warm pool (p50/p95/p99); the same for Sandboxes made
+directly with their own (cold) pod, as the comparison; and concurrency 1/10/50: all claims
+created at once against a pool of that size, time until the last is Ready, pods never shared.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.harness import Context as BenchContext
+from bench.harness import Latencies, Result, latency_result
+from tests.hookrequests import SEED_POD_TEMPLATE
+from tests.metacontroller.stack import running_stack
+
+GROUP, VERSION = "extensions.agents.x-k8s.io", "v1alpha1"
+NS = "bench"
+TEMPLATE, POOL = "python-runtime-template", "python-sandbox-warmpool"
+
+
+def is_ready(obj: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (obj.get("status") or {}).get("conditions") or [])
+
+
+class Kubelet(threading.Thread):
+    """Marks every pod of the namespace Ready as soon as it is created."""
+
+    def __init__(self, api_client: Any) -> None:
+        super().__init__(daemon=True)
+        from kubernetes import client, watch
+
+        self.core = client.CoreV1Api(api_client)
+        self.watch = watch.Watch()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        while not self.stopping.is_set():
+            try:
+                for event in self.watch.stream(self.core.list_namespaced_pod, NS,
+                                               timeout_seconds=30):
+                    pod = event["object"]
+                    if event["type"] == "DELETED" or pod.metadata.deletion_timestamp:
+                        continue
+                    if any(c.type == "Ready" and c.status == "True"
+                           for c in (pod.status.conditions or [])):
+                        continue
+                    self.core.patch_namespaced_pod_status(pod.metadata.name, NS, {"status": {
+                        "phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+                        "conditions": [{"type": t, "status": "True", "lastTransitionTime": now}
+                                       for t in ("PodScheduled", "Initialized",
+                                                 "ContainersReady", "Ready")]}})
+            except Exception:
+                if self.stopping.is_set():
+                    return
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.watch.stop()
+
+
+class Claims:
+    def __init__(self, api_client: Any) -> None:
+        from kubernetes import client
+
+        self.custom = client.CustomObjectsApi(api_client)
+
+    def create(self, plural: str, body: dict[str, Any], group: str = GROUP) -> None:
+        self.custom.create_namespaced_custom_object(group, VERSION, NS, plural, body)
+
+    def get(self, plural: str, name: str, group: str = GROUP) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(group, VERSION, NS, plural, name)
+
+    def delete(self, plural: str, name: str, group: str = GROUP) -> None:
+        self.custom.delete_namespaced_custom_object(group, VERSION, NS, plural, name)
+
+    def wait(self, plural: str, name: str, predicate: Any, timeout: float = 60.0,
+             group: str = GROUP) -> dict[str, Any]:
+        from kubernetes import watch
+
+        deadline = time.monotonic() + timeout
+        stream = watch.Watch()
+        while time.monotonic() < deadline:
+            for event in stream.stream(self.custom.list_namespaced_custom_object, group, VERSION,
+                                       NS, plural, field_selector=f"metadata.name={name}",
+                                       timeout_seconds=max(1, int(deadline - time.monotonic()))):
+                if event["type"] != "DELETED" and predicate(event["object"]):
+                    stream.stop()
+                    return event["object"]
+        raise TimeoutError(f"{plural}/{name} not as expected after {timeout}s")
+
+    def pool_ready(self, replicas: int) -> None:
+        self.wait("sandboxwarmpools", POOL,
+                  lambda p: (p.get("status") or {}).get("readyReplicas") == replicas
+                  and (p.get("status") or {}).get("replicas") == replicas, timeout=120)
+
+    def set_pool(self, replicas: int) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, NS, "sandboxwarmpools", POOL, {"spec": {"replicas": replicas}})
+        self.pool_ready(replicas)
+
+
+def claim(name: str) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SandboxClaim",
+            "metadata": {"name": name}, "spec": {"sandboxTemplateRef": {"name": TEMPLATE}}}
+
+
+def timed_claim(claims: Claims, name: str) -> float:
+    start = time.perf_counter()
+    claims.create("sandboxclaims", claim(name))
+    claims.wait("sandboxclaims", name, is_ready)
+    return time.perf_counter() - start
+
+
+def run(ctx: BenchContext) -> list[Result]:
+    binary = os.environ.get("METACONTROLLER_BIN", "")
+    if not binary or not os.access(binary, os.X_OK):
+        raise RuntimeError("METACONTROLLER_BIN is unset: build Metacontroller from its public "
+                           "source outside this repo and point the variable at it "
+                           "(docs/testing.md); the claim benchmark needs the real loop")
+    sequential, rounds = ctx.scale(30, 8), ctx.scale(3, 1)
+    levels = (1, 10) if ctx.quick else (1, 10, 50)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="bench-claims-") as tmp, \
+            running_stack(Path(tmp), binary) as stack:
+        stack.kubectl("create", "namespace", NS)
+        stack.kubectl("wait", "--for=create", "--timeout=30s", "serviceaccount/default", "-n", NS)
+        api = stack.plane.api_client()
+        kubelet = Kubelet(api)
+        kubelet.start()
+        claims = Claims(api)
+        try:
+            claims.create("sandboxtemplates", {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "SandboxTemplate",
+                "metadata": {"name": TEMPLATE}, "spec": {"podTemplate": SEED_POD_TEMPLATE}})
+            claims.create("sandboxwarmpools", {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "SandboxWarmPool",
+                "metadata": {"name": POOL},
+                "spec": {"replicas": 2, "sandboxTemplateRef": {"name": TEMPLATE}}})
+            claims.pool_ready(2)
+
+            warm, cold, served_warm, counter = Latencies(), Latencies(), 0, 0
+            for _ in range(rounds):
+                samples, cold_samples = [], []
+                for _ in range(sequential):
+                    counter += 1
+                    name = f"seq-{counter}"
+                    samples.append(timed_claim(claims, name))
+                    pod = claims.get("sandboxes", name, "agents.x-k8s.io")["status"]["podName"]
+                    served_warm += pod != name
+                    claims.delete("sandboxclaims", name)
+                    claims.pool_ready(2)
+                    start = time.perf_counter()
+                    claims.create("sandboxes", {
+                        "apiVersion": "agents.x-k8s.io/v1alpha1", "kind": "Sandbox",
+                        "metadata": {"name": f"cold-{counter}"},
+                        "spec": {"podTemplate": SEED_POD_TEMPLATE}}, "agents.x-k8s.io")
+                    claims.wait("sandboxes", f"cold-{counter}", is_ready, group="agents.x-k8s.io")
+                    cold_samples.append(time.perf_counter() - start)
+                    claims.delete("sandboxes", f"cold-{counter}", "agents.x-k8s.io")
+                warm.add_round(samples)
+                cold.add_round(cold_samples)
+            p50, p99 = warm.median("p50") * 1e3, warm.median("p99") * 1e3
+            results.append(latency_result(
+                "claims", "claim created -> Ready, warm pool (sequential)", warm,
+                goal="p50 <= 150 ms, p99 <= 500 ms", met=p50 <= 150 and p99 <= 500,
+                floor_name="Sandbox with its own pod -> Ready",
+                ratio_to_floor=warm.median("p50") / cold.median("p50"),
+                notes=f"{served_warm}/{warm.samples} claims served by a warm pod",
+                extra={"cold_p50_ms": cold.median("p50") * 1e3,
+                       "cold_p99_ms": cold.median("p99") * 1e3}))
+            results.append(latency_result(
+                "claims", "Sandbox with its own pod -> Ready (sequential)", cold))
+
+            for level in levels:
+                claims.set_pool(level)
+                names = [f"burst{level}-{i}" for i in range(level)]
+                start = time.perf_counter()
+                with ThreadPoolExecutor(min(level, 16)) as pool:
+                    durations = list(pool.map(lambda n: timed_claim(claims, n), names))
+                total = time.perf_counter() - start
+                pods = [claims.get("sandboxes", n, "agents.x-k8s.io")["status"]["podName"]
+                        for n in names]
+                shared = len(pods) - len(set(pods))
+                lat = Latencies()
+                lat.add_round(durations)
+                results.append(latency_result(
+                    "claims", f"{level} claims at once -> all Ready (pool of {level})", lat,
+                    throughput=level / total, throughput_unit="claims/s",
+                    goal="all Ready, no pod shared" if level == 50 else "",
+                    met=(shared == 0) if level == 50 else None,
+                    notes=f"last Ready after {total * 1e3:.0f} ms; {shared} pods shared; "
+                          f"{sum(p != n for p, n in zip(pods, names, strict=True))} warm-served",
+                    extra={"total_ms": total * 1e3, "shared_pods": shared}))
+                for name in names:
+                    claims.delete("sandboxclaims", name)
+        finally:
+            kubelet.stop()
+            api.close()
+    return results
