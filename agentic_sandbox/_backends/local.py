@@ -5,15 +5,16 @@ Called by SandboxClient (backend="local", or "auto" without a cluster). Each san
 /root, /home, /run, /mnt, /media and our state folder hidden behind empty read-only tmpfs
 (the Python that runs the runtime is bound back read-only), a private writable workspace at
 /workspace (a fresh host folder), a private /tmp tmpfs, `--network=none`, uid 65534 with no
-capabilities, the template's CPU and memory in a cgroup. Its first process is
-`sandbox-runtime --stdio`, speaking HTTP/1.1 over its stdin/stdout, which are one end of a
-socketpair; the other end is this process's. So no socket listens anywhere: only this
-process holds the channel (docs/client.md, "Why a socketpair").
+capabilities, the template's CPU and memory in a cgroup. Its first process only idles
+(`sleep infinity`); `runsc exec` then starts `sandbox-runtime --stdio` in it, speaking
+HTTP/1.1 over its stdin/stdout, which are one end of a socketpair; the other end is this
+process's. So no socket listens anywhere: only this process holds the channel
+(docs/client.md, "Why a socketpair").
 
 If that channel breaks (an abandoned stream, a client-side timeout), the runtime sees
-end-of-file and exits; the sandbox's first process then idles (`sleep infinity`), and the next
-request starts a fresh runtime inside the same sandbox with `runsc exec` on a new
-socketpair, so the workspace and background processes survive.
+end-of-file, kills what it was running and exits; the next request starts a fresh runtime in
+the same sandbox with another `runsc exec` on a new socketpair, so the workspace and
+background processes survive.
 
 Every sandbox is `runsc delete --force`d on close and at interpreter exit (atexit), with its
 workspace removed. A sandbox left by a crashed process is recognised by its owner record
@@ -150,10 +151,9 @@ def oci_spec(template: LocalTemplate, workspace: Path, state_dir: Path, sandbox_
            "HOME": WORKSPACE, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
     env.update(dict(template.env))
-    # The first process serves the first channel, then idles, so the sandbox outlives a
-    # broken channel (a new runtime then comes in with `runsc exec`).
-    argv = ["/bin/sh", "-c",
-            '"$@"; exec sleep infinity </dev/null >/dev/null 2>&1', "sh", *_runtime_argv()]
+    # The first process only keeps the sandbox alive; runtimes come in with `runsc exec`,
+    # so a broken channel costs one runtime, never the sandbox.
+    argv = ["/bin/sleep", "infinity"]
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
@@ -276,6 +276,7 @@ class LocalSandbox:
         self.log_path = self.dir / "runtime.log"
         self._first_channel: socket.socket | None = None
         self._execs: list[subprocess.Popen[bytes]] = []
+        self._run: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._destroyed = False
         self.adapter = ChannelAdapter(self._new_channel)
@@ -284,7 +285,12 @@ class LocalSandbox:
         return [self.runsc, "--root", str(self.state_dir / "runsc"), *args]
 
     def start(self, *, cgroups: bool = True) -> None:
-        """Write the bundle and owner record, then `runsc run --detach` the sandbox."""
+        """Write the bundle and owner record, then start the sandbox with `runsc run`.
+
+        `runsc run` stays in the foreground as our child: the sandbox process is then its
+        child and is reaped at once when it dies, so removal takes milliseconds (a detached
+        sandbox is reparented to init, and `runsc delete` waits a second or more for it).
+        """
         self.dir.mkdir(parents=True, mode=0o700)
         (self.dir / "owner.json").write_text(json.dumps(
             {"pid": os.getpid(), "start": _process_start(os.getpid()),
@@ -295,29 +301,37 @@ class LocalSandbox:
         (self.dir / "config.json").write_text(json.dumps(spec, indent=1))
         (self.dir / "process.json").write_text(json.dumps(spec["process"] | {
             "args": _runtime_argv()}))
-        ours, theirs = socket.socketpair()
         flags = [f"--platform={self.platform}", "--network=none"]
         if not cgroups:
             flags.append("--ignore-cgroups")
+        with open(self.log_path, "ab") as logfile:
+            self._run = subprocess.Popen(
+                self._runsc(*flags, "run", "--bundle", str(self.dir), self.id),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logfile,
+                start_new_session=True)  # a Ctrl-C in the terminal must not kill it
+        # The first runtime comes in with `runsc exec` as soon as the container runs.
+        deadline = time.monotonic() + RUNSC_TIMEOUT_S
+        while True:
+            if self._run.poll() is not None:
+                raise BackendUnavailableError(
+                    f"runsc could not start a gVisor sandbox (exit {self._run.returncode}, "
+                    f"platform {self.platform}): {self.log_tail()}")
+            if self._container_running():
+                break
+            if time.monotonic() > deadline:
+                raise BackendUnavailableError(
+                    f"runsc did not start a sandbox within {RUNSC_TIMEOUT_S:.0f} s "
+                    f"(platform {self.platform}): {self.log_tail()}")
+            time.sleep(0.01)
+        self._first_channel = self._exec_runtime()
+
+    def _container_running(self) -> bool:
         try:
-            with open(self.log_path, "ab") as logfile:
-                proc = subprocess.run(
-                    self._runsc(*flags, "run", "--detach", "--bundle", str(self.dir), self.id),
-                    stdin=theirs, stdout=theirs, stderr=logfile, timeout=RUNSC_TIMEOUT_S,
-                    start_new_session=True, check=False)
-        except subprocess.TimeoutExpired as exc:
-            ours.close()
-            raise BackendUnavailableError(
-                f"runsc did not start a sandbox within {RUNSC_TIMEOUT_S:.0f} s "
-                f"(platform {self.platform}); see {self.log_path}") from exc
-        finally:
-            theirs.close()
-        if proc.returncode != 0:
-            ours.close()
-            raise BackendUnavailableError(
-                f"runsc could not start a gVisor sandbox (exit {proc.returncode}, platform "
-                f"{self.platform}): {self.log_tail()}")
-        self._first_channel = ours
+            out = subprocess.run(self._runsc("state", self.id), capture_output=True,
+                                 timeout=RUNSC_TIMEOUT_S, check=False)
+            return out.returncode == 0 and json.loads(out.stdout).get("status") == "running"
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            return False
 
     def log_tail(self, limit: int = 1500) -> str:
         try:
@@ -333,22 +347,28 @@ class LocalSandbox:
             if self._first_channel is not None:
                 channel, self._first_channel = self._first_channel, None
                 return channel
-            ours, theirs = socket.socketpair()
-            try:
-                with open(self.log_path, "ab") as logfile:
-                    proc = subprocess.Popen(
-                        self._runsc("exec", "--process", str(self.dir / "process.json"),
-                                    self.id),
-                        stdin=theirs, stdout=theirs, stderr=logfile, start_new_session=True)
-            except OSError as exc:
-                ours.close()
-                raise SandboxConnectionError(f"cannot start a runtime in {self.id}: {exc}") \
-                    from exc
-            finally:
-                theirs.close()
-            self._execs = [p for p in self._execs if p.poll() is None] + [proc]
-            log.info("sandbox %s: new runtime channel (runsc exec)", self.id)
-            return ours
+            return self._exec_runtime()
+
+    def _exec_runtime(self) -> socket.socket:
+        """Start a runtime in the sandbox with `runsc exec`, speaking over a new socketpair.
+
+        runsc exec stays our child for the runtime's life and exits with it, so the channel
+        reaches end-of-file when the runtime ends.
+        """
+        ours, theirs = socket.socketpair()
+        try:
+            with open(self.log_path, "ab") as logfile:
+                proc = subprocess.Popen(
+                    self._runsc("exec", "--process", str(self.dir / "process.json"), self.id),
+                    stdin=theirs, stdout=theirs, stderr=logfile, start_new_session=True)
+        except OSError as exc:
+            ours.close()
+            raise SandboxConnectionError(f"cannot start a runtime in {self.id}: {exc}") \
+                from exc
+        finally:
+            theirs.close()
+        self._execs = [p for p in self._execs if p.poll() is None] + [proc]
+        return ours
 
     def wait_ready(self, timeout: float) -> None:
         """Block until the runtime answers GET / (the request waits in the socket buffer)."""
@@ -377,6 +397,18 @@ class LocalSandbox:
                 self._first_channel.close()
                 self._first_channel = None
         self.adapter.close()
+        run = self._run
+        if run is not None and run.poll() is None:
+            # Kill the container and let our `runsc run` child reap it, then delete.
+            with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                subprocess.run(self._runsc("kill", self.id, "KILL"), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               timeout=RUNSC_TIMEOUT_S, check=False)
+            try:
+                run.wait(RUNSC_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                run.wait()
         delete_container(self.runsc, self.state_dir, self.id)
         for proc in self._execs:
             with contextlib.suppress(subprocess.TimeoutExpired):
