@@ -315,9 +315,19 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.post("/upload")
     def upload() -> Response:
         up = files.Upload(cfg.base_dir, cfg.max_upload_bytes)
-        result = up.receive(request.content_type, request.content_length, request.stream.read)
+        environ = request.environ
+        # A server that ends the body itself (gunicorn, stdio with chunked framing) is read
+        # directly: werkzeug's LimitedStream would copy every chunk once more.
+        stream = environ["wsgi.input"] if environ.get("wsgi.input_terminated") else request.stream
+        try:
+            result = up.receive(request.content_type, request.content_length, stream.read)
+        except BaseException:
+            up.release()
+            raise
         rt.metrics.uploaded.inc(up.size)
-        return _json(result)
+        response = _json(result)
+        response.call_on_close(up.release)
+        return response
 
     @app.get("/download/<anypath:path>")
     def download(path: str) -> Response:
