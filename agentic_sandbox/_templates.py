@@ -82,6 +82,7 @@ def template_dirs(option: str | os.PathLike[str] | Sequence[str | os.PathLike[st
                   environ: dict[str, str] | None = None) -> list[Path]:
     """The folders to search, in order: the option (or $AGENTIC_SANDBOX_TEMPLATES), built-in."""
     env = os.environ if environ is None else environ
+    raw: list[str | os.PathLike[str]]
     if option is None:
         raw = [p for p in env.get(TEMPLATES_ENV, "").split(os.pathsep) if p]
     elif isinstance(option, str | os.PathLike):

@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -245,12 +245,12 @@ class ChannelAdapter(HTTPAdapter):
 
     def get_connection_with_tls_context(self, request: requests.PreparedRequest,
                                         verify: bool | str | None,
-                                        proxies: dict[str, str] | None = None,
+                                        proxies: Mapping[str, str] | None = None,
                                         cert: Any = None) -> urllib3.HTTPConnectionPool:
         return self._pool
 
     def get_connection(self, url: str | bytes,
-                       proxies: dict[str, str] | None = None) -> urllib3.HTTPConnectionPool:
+                       proxies: Mapping[str, str] | None = None) -> urllib3.HTTPConnectionPool:
         return self._pool
 
     def close(self) -> None:
@@ -360,7 +360,8 @@ class LocalSandbox:
             with open(self.log_path, "ab") as logfile:
                 proc = subprocess.Popen(
                     self._runsc("exec", "--process", str(self.dir / "process.json"), self.id),
-                    stdin=theirs, stdout=theirs, stderr=logfile, start_new_session=True)
+                    stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=logfile,
+                    start_new_session=True)
         except OSError as exc:
             ours.close()
             raise SandboxConnectionError(f"cannot start a runtime in {self.id}: {exc}") \

@@ -1,0 +1,415 @@
+"""The Kubernetes backend: a SandboxClaim per sandbox, reached through the sandbox router.
+
+Called by SandboxClient (backend="kubernetes", or "auto" when a cluster is configured).
+open(): check the SandboxTemplate exists, create a SandboxClaim
+(extensions.agents.x-k8s.io/v1alpha1, `spec.sandboxTemplateRef.name`) with a unique name,
+watch it until Ready (a terminal Ready=False reason fails at once), read the Sandbox's name
+from `status.sandbox.name` (it equals the claim's), open the connection to the router and
+check the runtime answers through it. Connection modes: a `kubectl port-forward` tunnel to
+the router Service on a free loopback port (the default: two clients never collide), a
+direct or gateway `api_url`, or the router Service's in-cluster DNS name. Every request
+carries X-Sandbox-ID / X-Sandbox-Namespace / X-Sandbox-Port, and the router's bearer token
+when one is configured. close() (and any failure after the claim exists) deletes the claim
+and closes the tunnel. The `kubernetes` package is imported lazily: it is an extra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from agentic_sandbox._backends.base import Endpoint
+from agentic_sandbox._exceptions import (
+    BackendUnavailableError,
+    ClaimFailedError,
+    SandboxConnectionError,
+    SandboxError,
+    SandboxTimeoutError,
+    TemplateNotFoundError,
+)
+
+__all__ = ["CLAIM_PLURAL", "TERMINAL_CLAIM_READY_REASONS", "KubernetesBackend"]
+
+log = logging.getLogger(__name__)
+
+GROUP: Final = "extensions.agents.x-k8s.io"
+VERSION: Final = "v1alpha1"
+CLAIM_PLURAL: Final = "sandboxclaims"
+TEMPLATE_PLURAL: Final = "sandboxtemplates"
+READY: Final = "Ready"
+TOKEN_ENV: Final = "AGENTIC_SANDBOX_ROUTER_TOKEN"
+# Ready=False reasons that will not fix themselves: waiting on them would only burn the
+# timeout (upstream's TERMINAL_CLAIM_READY_REASONS). Spelled as the hooks spell them.
+TERMINAL_CLAIM_READY_REASONS: Final = frozenset(
+    {"TemplateNotFound", "InvalidSpec", "WarmPoolNotFound", "Expired", "SandboxExpired"})
+CONNECTIONS: Final = ("tunnel", "direct", "in-cluster")
+TUNNEL_TIMEOUT_S: Final = 30.0
+
+
+def claim_name() -> str:
+    """A fresh DNS-1123 label: the claim's and therefore the Sandbox's name."""
+    return f"sandbox-claim-{secrets.token_hex(4)}"
+
+
+def ready_condition(claim: dict[str, Any]) -> dict[str, Any] | None:
+    for condition in (claim.get("status") or {}).get("conditions") or []:
+        if isinstance(condition, dict) and condition.get("type") == READY:
+            return condition
+    return None
+
+
+class _Tunnel:
+    """`kubectl port-forward svc/<router> <free port>:<router port>` on 127.0.0.1."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self.process: subprocess.Popen[str] | None = None
+        self.port = 0
+
+    def open(self, timeout: float) -> int:
+        kubectl = shutil.which(self.argv[0]) if not os.path.isabs(self.argv[0]) else self.argv[0]
+        if not kubectl:
+            raise BackendUnavailableError(
+                "the tunnel mode needs kubectl on PATH; install it, or pass api_url= "
+                "(a gateway or the router's URL)")
+        # Port 0: kubectl picks a free local port and prints it, so clients never collide.
+        self.process = subprocess.Popen(
+            [kubectl, *self.argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True)
+        found: list[int] = []
+        done = threading.Event()
+
+        def read_stdout() -> None:
+            assert self.process is not None and self.process.stdout is not None
+            for line in self.process.stdout:
+                # "Forwarding from 127.0.0.1:43567 -> 8080"
+                if line.startswith("Forwarding from 127.0.0.1:") and not found:
+                    with contextlib.suppress(ValueError):
+                        found.append(int(line.split(":")[1].split()[0]))
+                        done.set()
+            done.set()
+
+        threading.Thread(target=read_stdout, daemon=True).start()
+        if not done.wait(timeout) or not found:
+            stderr = ""
+            if self.process.poll() is not None and self.process.stderr is not None:
+                stderr = self.process.stderr.read()[-1000:]
+            self.close()
+            raise SandboxConnectionError(
+                f"kubectl port-forward did not start within {timeout:.0f} s: {stderr.strip()}")
+        self.port = found[0]
+        return self.port
+
+    def close(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+class KubernetesBackend:
+    """Backend that claims a sandbox from the cluster (see the module docstring)."""
+
+    name = "kubernetes"
+
+    def __init__(self, template_name: str, namespace: str = "default", *,
+                 ready_timeout: float = 180.0, api_url: str | None = None,
+                 connection: str | None = None, router_token: str | None = None,
+                 kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None,
+                 router_service: str = "sandbox-router-svc",
+                 router_namespace: str | None = None, router_port: int = 8080,
+                 server_port: int = 8888, api_client: Any = None) -> None:
+        if connection is None:
+            connection = "direct" if api_url else (
+                "in-cluster" if _in_cluster() and not kubeconfig else "tunnel")
+        if connection not in CONNECTIONS:
+            raise ValueError(f"connection must be one of {', '.join(CONNECTIONS)}, "
+                             f"not {connection!r}")
+        if connection == "direct" and not api_url:
+            raise ValueError("connection='direct' needs api_url=")
+        self.template_name = template_name
+        self.namespace = namespace
+        self.ready_timeout = ready_timeout
+        self.api_url = api_url.rstrip("/") if api_url else None
+        self.connection = connection
+        self.router_token = router_token if router_token is not None else os.environ.get(
+            TOKEN_ENV)
+        self.kubeconfig = str(kubeconfig) if kubeconfig is not None else None
+        self.context = context
+        self.router_service = router_service
+        self.router_namespace = router_namespace or namespace
+        self.router_port = router_port
+        self.server_port = server_port
+        self.claim: str | None = None
+        self.sandbox: str | None = None
+        self._api_client = api_client
+        self._own_client = api_client is None
+        self._tunnel: _Tunnel | None = None
+
+    # -- Kubernetes API ---------------------------------------------------------------------
+
+    def _custom(self) -> Any:
+        try:
+            from kubernetes import client, config
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                "the kubernetes backend needs the kubernetes package: "
+                "pip install 'agent-sandbox[kubernetes]'") from exc
+        if self._api_client is None:
+            try:
+                if self.kubeconfig is None and self.context is None and _in_cluster():
+                    config.load_incluster_config()
+                    self._api_client = client.ApiClient()
+                else:
+                    self._api_client = config.new_client_from_config(
+                        config_file=self.kubeconfig, context=self.context)
+            except (config.ConfigException, OSError) as exc:
+                raise BackendUnavailableError(
+                    f"no usable Kubernetes configuration ({exc}); set KUBECONFIG, or use "
+                    "backend='local' / AGENTIC_SANDBOX_BACKEND=local") from exc
+        return client.CustomObjectsApi(self._api_client)
+
+    def _api_error(self, exc: Exception, what: str) -> SandboxError:
+        status = getattr(exc, "status", None)
+        if status is None or status == 0:
+            return SandboxConnectionError(f"{what}: the Kubernetes API is unreachable: {exc}")
+        reason = getattr(exc, "reason", "") or ""
+        return SandboxConnectionError(f"{what}: Kubernetes API answered {status} {reason}")
+
+    def _check_template(self, api: Any) -> None:
+        from kubernetes.client.exceptions import ApiException
+        try:
+            api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, TEMPLATE_PLURAL,
+                                             self.template_name)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise TemplateNotFoundError(
+                    f"SandboxTemplate {self.template_name!r} does not exist in namespace "
+                    f"{self.namespace!r}", reason="TemplateNotFound") from exc
+            if exc.status == 403:
+                return  # may not read templates: the claim's status will say it
+            raise self._api_error(exc, "reading the SandboxTemplate") from exc
+        except Exception as exc:
+            raise self._api_error(exc, "reading the SandboxTemplate") from exc
+
+    def _create_claim(self, api: Any) -> str:
+        from kubernetes.client.exceptions import ApiException
+        name = claim_name()
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SandboxClaim",
+                "metadata": {"name": name, "namespace": self.namespace,
+                             "labels": {"app.kubernetes.io/managed-by": "agentic-sandbox"}},
+                "spec": {"sandboxTemplateRef": {"name": self.template_name}}}
+        try:
+            created = api.create_namespaced_custom_object(GROUP, VERSION, self.namespace,
+                                                          CLAIM_PLURAL, body)
+        except ApiException as exc:
+            if exc.status == 422:
+                raise ClaimFailedError(f"the API server rejected the SandboxClaim: {exc.body}",
+                                       reason="Invalid", claim=name) from exc
+            raise self._api_error(exc, "creating the SandboxClaim") from exc
+        except Exception as exc:
+            raise self._api_error(exc, "creating the SandboxClaim") from exc
+        self.claim = name
+        log.info("created SandboxClaim %s/%s for template %s", self.namespace, name,
+                 self.template_name)
+        return str(created.get("metadata", {}).get("resourceVersion", ""))
+
+    def _judge(self, claim: dict[str, Any]) -> str | None:
+        """The sandbox name when Ready; raise on a terminal reason; None to keep waiting."""
+        condition = ready_condition(claim)
+        if condition is None:
+            return None
+        if condition.get("status") == "True":
+            sandbox = ((claim.get("status") or {}).get("sandbox") or {}).get("name")
+            return str(sandbox or self.claim)
+        reason = str(condition.get("reason") or "")
+        if reason in TERMINAL_CLAIM_READY_REASONS:
+            message = (f"SandboxClaim {self.namespace}/{self.claim} failed: {reason}: "
+                       f"{condition.get('message', '')}")
+            error = TemplateNotFoundError if reason == "TemplateNotFound" else ClaimFailedError
+            raise error(message, reason=reason, claim=self.claim or "")
+        return None
+
+    def _wait_ready(self, api: Any, resource_version: str, deadline: float) -> str:
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+        last: dict[str, Any] = {}
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                condition = ready_condition(last) or {}
+                raise SandboxTimeoutError(
+                    f"SandboxClaim {self.namespace}/{self.claim} not Ready after "
+                    f"{self.ready_timeout:.0f} s (last reason: "
+                    f"{condition.get('reason', 'none')}: {condition.get('message', '')})")
+            watcher = watch.Watch()
+            try:
+                for event in watcher.stream(
+                        api.list_namespaced_custom_object, GROUP, VERSION, self.namespace,
+                        CLAIM_PLURAL, field_selector=f"metadata.name={self.claim}",
+                        resource_version=resource_version or None,
+                        timeout_seconds=max(1, int(min(left, 60))),
+                        _request_timeout=min(left, 60) + 5):
+                    obj = event.get("object") or {}
+                    if event.get("type") == "DELETED":
+                        raise ClaimFailedError(
+                            f"SandboxClaim {self.namespace}/{self.claim} was deleted while "
+                            "waiting for it", reason="Deleted", claim=self.claim or "")
+                    if event.get("type") == "ERROR":
+                        resource_version = ""  # 410 Gone: start again from a fresh list
+                        break
+                    last = obj
+                    resource_version = str(obj.get("metadata", {}).get("resourceVersion", ""))
+                    name = self._judge(obj)
+                    if name is not None:
+                        return name
+                    if time.monotonic() >= deadline:
+                        break
+            except ApiException as exc:
+                if exc.status == 410:
+                    resource_version = ""
+                    continue
+                raise self._api_error(exc, "watching the SandboxClaim") from exc
+            except SandboxError:
+                raise
+            except Exception as exc:
+                if time.monotonic() >= deadline:
+                    continue
+                log.debug("claim watch interrupted (%s); watching again", exc)
+                time.sleep(0.2)
+            finally:
+                watcher.stop()
+            if not resource_version:
+                # Relist: the current object decides, then watch from its version.
+                try:
+                    obj = api.get_namespaced_custom_object(GROUP, VERSION, self.namespace,
+                                                           CLAIM_PLURAL, self.claim)
+                except ApiException as exc:
+                    raise self._api_error(exc, "reading the SandboxClaim") from exc
+                last = obj
+                resource_version = str(obj.get("metadata", {}).get("resourceVersion", ""))
+                name = self._judge(obj)
+                if name is not None:
+                    return name
+
+    def _delete_claim(self) -> None:
+        name, self.claim = self.claim, None
+        if name is None:
+            return
+        try:
+            from kubernetes.client.exceptions import ApiException
+            api = self._custom()
+            api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, CLAIM_PLURAL,
+                                                name)
+            log.info("deleted SandboxClaim %s/%s", self.namespace, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("could not delete SandboxClaim %s/%s: %s", self.namespace, name,
+                            exc.status)
+        except Exception as exc:  # close() must not raise over the caller's own error
+            log.warning("could not delete SandboxClaim %s/%s: %s", self.namespace, name, exc)
+
+    # -- the router -------------------------------------------------------------------------
+
+    def _base_url(self, deadline: float) -> str:
+        if self.connection == "direct":
+            assert self.api_url is not None
+            return self.api_url
+        if self.connection == "in-cluster":
+            return (f"http://{self.router_service}.{self.router_namespace}.svc.cluster.local:"
+                    f"{self.router_port}")
+        argv = ["kubectl", "port-forward", f"svc/{self.router_service}",
+                f"0:{self.router_port}", "-n", self.router_namespace, "--address", "127.0.0.1"]
+        if self.kubeconfig:
+            argv += ["--kubeconfig", self.kubeconfig]
+        if self.context:
+            argv += ["--context", self.context]
+        self._tunnel = _Tunnel(argv)
+        port = self._tunnel.open(min(TUNNEL_TIMEOUT_S, max(1.0, deadline - time.monotonic())))
+        return f"http://127.0.0.1:{port}"
+
+    def headers(self) -> dict[str, str]:
+        headers = {"X-Sandbox-ID": self.sandbox or "", "X-Sandbox-Namespace": self.namespace,
+                   "X-Sandbox-Port": str(self.server_port)}
+        if self.router_token:
+            headers["Authorization"] = f"Bearer {self.router_token}"
+        return headers
+
+    def _wait_routable(self, base_url: str, adapter: HTTPAdapter, deadline: float) -> None:
+        """GET / through the router until the runtime answers: the router's view of new
+        Sandboxes (a watch cache) and the pod's readiness may trail the claim's Ready."""
+        session = requests.Session()
+        session.trust_env = False
+        session.mount(base_url + "/", adapter)
+        last = ""
+        delay = 0.05
+        while True:
+            try:
+                response = session.get(base_url + "/", headers=self.headers(),
+                                       timeout=(5, max(1.0, deadline - time.monotonic())))
+                if response.status_code == 200:
+                    return
+                if response.status_code in (401, 403):
+                    raise SandboxConnectionError(
+                        f"the router refused the request ({response.status_code}): set "
+                        f"router_token= or ${TOKEN_ENV}")
+                last = f"{response.status_code} {response.text[:200]}"
+            except requests.RequestException as exc:
+                last = str(exc)
+            if time.monotonic() + delay >= deadline:
+                raise SandboxTimeoutError(
+                    f"sandbox {self.namespace}/{self.sandbox} is Ready but its runtime did not "
+                    f"answer through the router at {base_url} in time (last: {last})")
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    # -- Backend ----------------------------------------------------------------------------
+
+    def open(self) -> Endpoint:
+        deadline = time.monotonic() + self.ready_timeout
+        api = self._custom()
+        self._check_template(api)
+        version = self._create_claim(api)
+        try:
+            self.sandbox = self._wait_ready(api, version, deadline)
+            base_url = self._base_url(deadline)
+            adapter = HTTPAdapter(max_retries=0)
+            self._wait_routable(base_url, adapter, deadline)
+        except BaseException:
+            self.close()
+            raise
+        return Endpoint(base_url=base_url, adapter=adapter, headers=self.headers(),
+                        sandbox_name=self.sandbox,
+                        description=f"sandbox {self.namespace}/{self.sandbox} via {base_url}")
+
+    def close(self) -> None:
+        tunnel, self._tunnel = self._tunnel, None
+        try:
+            self._delete_claim()
+        finally:
+            if tunnel is not None:
+                tunnel.close()
+            if self._own_client and self._api_client is not None:
+                with contextlib.suppress(Exception):
+                    self._api_client.close()
+                self._api_client = None
+
+
+def _in_cluster() -> bool:
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and Path(
+        "/var/run/secrets/kubernetes.io/serviceaccount/token").is_file()
