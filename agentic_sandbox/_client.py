@@ -379,10 +379,12 @@ class SandboxClient:
         attempts = 2
         for attempt in range(attempts):
             try:
-                response = session.request(
-                    method, url, headers=dict(endpoint.headers), json=json_body, files=files,
-                    timeout=(CONNECT_TIMEOUT_S, timeout), stream=stream,
-                    allow_redirects=False)
+                prepared = session.prepare_request(requests.Request(
+                    method, url, headers=dict(endpoint.headers), json=json_body, files=files))
+                # requests re-quotes URLs (%2E back to "."); keep the path exactly as built.
+                prepared.url = url
+                response = session.send(prepared, timeout=(CONNECT_TIMEOUT_S, timeout),
+                                        stream=stream, allow_redirects=False)
                 break
             except requests.RequestException as exc:
                 # A GET can be asked again; a POST only if it never left (no connection).

@@ -1,0 +1,77 @@
+"""Kubernetes backend decisions that need no cluster: claim names, Ready judgement, options."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from agentic_sandbox import ClaimFailedError, TemplateNotFoundError
+from agentic_sandbox._backends.kubernetes import (
+    TERMINAL_CLAIM_READY_REASONS,
+    KubernetesBackend,
+    claim_name,
+)
+
+
+def claim(status, reason="", sandbox=None):
+    st = {"conditions": [{"type": "Ready", "status": status, "reason": reason,
+                          "message": "m"}]}
+    if sandbox:
+        st["sandbox"] = {"name": sandbox}
+    return {"status": st}
+
+
+def backend(**kwargs):
+    b = KubernetesBackend("tpl", "ns", **kwargs)
+    b.claim = "sandbox-claim-1234abcd"
+    return b
+
+
+def test_claim_names_are_unique_dns_labels():
+    names = {claim_name() for _ in range(100)}
+    assert len(names) == 100
+    assert all(re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", n) and len(n) <= 63
+               for n in names)
+
+
+def test_ready_gives_the_sandbox_name():
+    assert backend()._judge(claim("True", "SandboxReady", "sb-1")) == "sb-1"
+    assert backend()._judge(claim("True")) == "sandbox-claim-1234abcd"
+
+
+def test_transient_reasons_keep_waiting():
+    assert backend()._judge({}) is None
+    assert backend()._judge(claim("False", "SandboxNotReady")) is None
+
+
+def test_terminal_reasons_fail_fast_naming_the_reason():
+    for reason in sorted(TERMINAL_CLAIM_READY_REASONS):
+        with pytest.raises(ClaimFailedError) as info:
+            backend()._judge(claim("False", reason))
+        assert info.value.reason == reason and reason in str(info.value)
+    with pytest.raises(TemplateNotFoundError):
+        backend()._judge(claim("False", "TemplateNotFound"))
+
+
+def test_connection_modes_and_headers(monkeypatch):
+    monkeypatch.delenv("AGENTIC_SANDBOX_ROUTER_TOKEN", raising=False)
+    assert backend().connection == "tunnel"
+    direct = backend(api_url="http://gw:8080/", router_token="t0k", server_port=9999)
+    direct.sandbox = "sb"
+    assert direct.connection == "direct" and direct.api_url == "http://gw:8080"
+    assert direct.headers() == {"X-Sandbox-ID": "sb", "X-Sandbox-Namespace": "ns",
+                                "X-Sandbox-Port": "9999", "Authorization": "Bearer t0k"}
+    in_cluster = backend(connection="in-cluster")
+    assert in_cluster._base_url(0) == "http://sandbox-router-svc.ns.svc.cluster.local:8080"
+    with pytest.raises(ValueError):
+        backend(connection="carrier-pigeon")
+    with pytest.raises(ValueError):
+        backend(connection="direct")
+
+
+def test_token_from_environment(monkeypatch):
+    monkeypatch.setenv("AGENTIC_SANDBOX_ROUTER_TOKEN", "envtoken")
+    b = backend(api_url="http://r")
+    b.sandbox = "s"
+    assert b.headers()["Authorization"] == "Bearer envtoken"

@@ -1,0 +1,105 @@
+"""Local templates: lookup order, what applies (env, CPU, memory), warm pools, the OCI spec."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentic_sandbox import TemplateNotFoundError
+from agentic_sandbox._backends import local
+from agentic_sandbox._templates import (
+    BUILTIN_DIR,
+    load_template,
+    parse_cpu,
+    parse_memory,
+    template_dirs,
+)
+
+USER_TEMPLATE = """
+apiVersion: extensions.agents.x-k8s.io/v1alpha1
+kind: SandboxTemplate
+metadata: {name: python-runtime-template}
+spec:
+  podTemplate:
+    spec:
+      containers:
+      - name: c
+        image: whatever
+        env: [{name: GREETING, value: hi}]
+        resources: {requests: {cpu: 500m}, limits: {cpu: "2", memory: 1Gi}}
+---
+apiVersion: extensions.agents.x-k8s.io/v1alpha1
+kind: SandboxWarmPool
+metadata: {name: pool}
+spec: {replicas: 3, sandboxTemplateRef: {name: python-runtime-template}}
+"""
+
+
+def test_quantities():
+    assert parse_cpu("250m") == 250 and parse_cpu("1") == 1000 and parse_cpu(0.5) == 500
+    assert parse_memory("512Mi") == 512 * 2**20 and parse_memory("1G") == 10**9
+    assert parse_memory("1024") == 1024
+    for bad in ("", "abc", "-1", "1Qi"):
+        with pytest.raises(ValueError):
+            parse_memory(bad)
+    with pytest.raises(ValueError):
+        parse_cpu("x")
+
+
+def test_builtin_is_the_walkthrough_template():
+    template = load_template("python-runtime-template", template_dirs(None, environ={}))
+    assert template.source.startswith(str(BUILTIN_DIR))
+    assert template.cpu_request_millis == 250
+    assert template.memory_limit_bytes is None  # requests only: no hard limit from it
+    assert template.warm_pool == 0
+    assert "image" in template.ignored and "runtimeClassName" in template.ignored
+
+
+def test_user_folder_overrides_builtin_and_sets_pool(tmp_path):
+    (tmp_path / "mine.yaml").write_text(USER_TEMPLATE)
+    template = load_template("python-runtime-template", template_dirs(str(tmp_path)))
+    assert template.env == (("GREETING", "hi"),)
+    assert template.cpu_limit_millis == 2000 and template.memory_limit_bytes == 2**30
+    assert template.warm_pool == 3
+
+
+def test_environment_names_folders(tmp_path):
+    (tmp_path / "t.yml").write_text(USER_TEMPLATE.replace("python-runtime-template", "other"))
+    dirs = template_dirs(None, environ={"AGENTIC_SANDBOX_TEMPLATES": str(tmp_path)})
+    assert load_template("other", dirs).name == "other"
+
+
+def test_missing_template_names_the_folders(tmp_path):
+    with pytest.raises(TemplateNotFoundError) as info:
+        load_template("nope", template_dirs(str(tmp_path)))
+    assert str(tmp_path) in str(info.value) and info.value.reason == "TemplateNotFound"
+
+
+def test_malformed_yaml_is_a_value_error(tmp_path):
+    (tmp_path / "bad.yaml").write_text("kind: [unclosed")
+    with pytest.raises(ValueError, match=r"bad\.yaml"):
+        load_template("x", template_dirs(str(tmp_path)))
+
+
+def test_oci_spec_is_locked_down(tmp_path):
+    (tmp_path / "mine.yaml").write_text(USER_TEMPLATE)
+    template = load_template("python-runtime-template", template_dirs(str(tmp_path)))
+    spec = local.oci_spec(template, tmp_path / "ws", tmp_path / "state", "agentsbx-1-ab")
+    assert spec["root"] == {"path": "/", "readonly": True}
+    process = spec["process"]
+    assert process["user"] == {"uid": 65534, "gid": 65534}
+    assert all(v == [] for v in process["capabilities"].values())
+    assert process["noNewPrivileges"] is True
+    assert "GREETING=hi" in process["env"]
+    mounts = {m["destination"]: m for m in spec["mounts"]}
+    assert mounts["/workspace"]["source"] == str(tmp_path / "ws")
+    assert "rw" in mounts["/workspace"]["options"]
+    for hidden in ("/root", "/run"):
+        assert mounts[hidden]["type"] == "tmpfs" and "ro" in mounts[hidden]["options"]
+    assert mounts[str((tmp_path / "state").resolve())]["type"] == "tmpfs"
+    assert {"type": "network"} in spec["linux"]["namespaces"]
+    resources = spec["linux"]["resources"]
+    assert resources["memory"]["limit"] == 2**30
+    assert resources["cpu"] == {"shares": 512, "period": 100000, "quota": 200000}
+    assert resources["pids"]["limit"] == local.PIDS_LIMIT
+    no_cgroups = local.oci_spec(template, tmp_path, tmp_path, "x", cgroups=False)
+    assert "resources" not in no_cgroups["linux"]
