@@ -6,7 +6,7 @@ Called by SandboxClient (backend="local", or "auto" without a cluster). Each san
 (the Python that runs the runtime is bound back read-only), a private writable workspace at
 /workspace (a fresh host folder), a private /tmp tmpfs, `--network=none`, uid 65534 with no
 capabilities, the template's CPU and memory in a cgroup. Its first process only idles
-(`sleep infinity`); `runsc exec` then starts `sandbox-runtime --stdio` in it, speaking
+(and reaps orphans); `runsc exec` then starts `sandbox-runtime --stdio` in it, speaking
 HTTP/1.1 over its stdin/stdout, which are one end of a socketpair; the other end is this
 process's. So no socket listens anywhere: only this process holds the channel
 (docs/client.md, "Why a socketpair").
@@ -78,6 +78,17 @@ TMP_SIZE: Final = "256m"
 MAX_WARM_POOL: Final = 8
 RUNSC_TIMEOUT_S: Final = 30.0
 HIDDEN_DIRS: Final = ("/root", "/home", "/run", "/mnt", "/media")
+INIT_CODE: Final = """\
+import os, signal
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+while True:
+    signal.sigwaitinfo([signal.SIGCHLD])
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+"""
 
 
 def _default_state_dir() -> Path:
@@ -151,9 +162,10 @@ def oci_spec(template: LocalTemplate, workspace: Path, state_dir: Path, sandbox_
            "HOME": WORKSPACE, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
     env.update(dict(template.env))
-    # The first process only keeps the sandbox alive; runtimes come in with `runsc exec`,
-    # so a broken channel costs one runtime, never the sandbox.
-    argv = ["/bin/sleep", "infinity"]
+    # The first process keeps the sandbox alive and reaps orphans (killed command trees are
+    # reparented to it); runtimes come in with `runsc exec`, so a broken channel costs one
+    # runtime, never the sandbox.
+    argv = [sys.executable, "-I", "-S", "-c", INIT_CODE]
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
