@@ -1,0 +1,294 @@
+"""The router under attack: header injection, one sandbox's client reaching another's, address
+forms an SSRF would try, and a hostile sandbox answering the router.
+
+Complements test_router_ssrf.py, test_router_failures.py and test_router_auth.py (which
+tests/security_report.py counts as they are). The real `sandbox-router` process in front of
+the fixtures of router_fixtures.py; the `raw` sandbox's listener counts connections, so a
+request that went to the wrong sandbox shows there. Records through `hostile`.
+
+Trust model proven here: the bearer token is one credential for the whole router, so its
+holder may name any sandbox with X-Sandbox-ID; reaching sandbox B from a request for A needs a
+different X-Sandbox-ID and nothing else (no path, Host, query or header trick does it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import threading
+
+import pytest
+import requests
+
+from tests.http.router_fixtures import TOKEN, raw_request, router_argv, stack, write_static
+from tests.support import free_port
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    with stack(tmp_path_factory.mktemp("router-security")) as s:
+        yield s
+        assert s.tripwire.connections == 0, s.tripwire.received
+
+
+def head(env, *lines: str, path: str = "/inj", sandbox: str = "echo") -> bytes:
+    """A raw request for `sandbox`, with extra raw header lines."""
+    base = [f"GET {path} HTTP/1.1", "Host: x", f"Authorization: Bearer {TOKEN}"]
+    if sandbox:
+        base += [f"X-Sandbox-ID: {sandbox}", f"X-Sandbox-Port: {env.upstream.port}"]
+    return ("\r\n".join([*base, *lines, "Connection: close"]) + "\r\n\r\n").encode(
+        "utf-8", "surrogateescape")
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else 0
+
+
+def upstream_saw_header(env, name: str) -> bool:
+    return any(k.lower() == name.lower() for r in env.upstream.requests for k, _ in r["headers"])
+
+
+INJECTIONS = {
+    "CR inside X-Sandbox-ID": ("X-Sandbox-ID: echo\rX-Injected: 1",),
+    "bare LF inside a header": ("X-Note: a\nX-Injected: 1",),
+    "NUL in a header value": ("X-Note: a\x00X-Injected: 1",),
+    "obs-fold continuing X-Sandbox-ID": ("X-Sandbox-ID: echo", " raw"),
+    "space before the colon": ("X-Sandbox-ID : raw",),
+    "header name with a slash": ("X-Sandbox/ID: raw",),
+    "non-ASCII in X-Sandbox-ID": ("X-Sandbox-ID: \u00e9cho",),
+    "a second X-Sandbox-ID in other case": ("x-sandbox-id: raw",),
+    "a second X-Sandbox-Port": ("X-Sandbox-Port: 1",),
+    "a second X-Sandbox-Namespace pair": ("X-Sandbox-Namespace: default",
+                                          "X-SANDBOX-NAMESPACE: team"),
+    "a second X-Sandbox-Timeout": ("X-Sandbox-Timeout: 1", "X-Sandbox-Timeout: 2"),
+    "comma list in X-Sandbox-ID": ("X-Sandbox-ID: echo, raw",),
+    "empty duplicate X-Sandbox-ID": ("X-Sandbox-ID: ",),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INJECTIONS))
+def test_header_injection_is_refused_and_reaches_no_one(hostile, env, case):
+    lines = INJECTIONS[case]
+    # Cases that repeat X-Sandbox-ID add to the base headers; the rest replace nothing.
+    raw_before = env.raw.connections
+    with hostile("router", f"header injection: {case}"):
+        answer = raw_request(env.router_port, head(env, *lines, path=f"/inj-{len(case)}"))
+        assert 400 <= status_of(answer) < 500, answer[:200]
+        assert not upstream_saw_header(env, "X-Injected")
+        assert not any(p.startswith(f"/inj-{len(case)}") for p in env.upstream.paths())
+        assert env.raw.connections == raw_before
+
+
+def test_encoded_crlf_in_the_path_stays_in_the_path(hostile, env):
+    path = "/enc%0d%0aX-Injected:%20yes%0d%0a%0d%0a"
+    request = (f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+               f"X-Sandbox-ID: raw\r\nX-Sandbox-Port: {env.raw.port}\r\n"
+               "Connection: close\r\n\r\n").encode()
+    with hostile("router", "percent-encoded CR LF in the path"):
+        raw_request(env.router_port, request)
+        sent = next(r for r in reversed(env.raw.received) if path.encode() in r)
+        assert sent.startswith(f"GET {path} HTTP/1.1\r\n".encode())
+        assert b"\r\nX-Injected" not in sent
+
+
+# ---- one sandbox's client reaching another's -----------------------------------------------
+
+CROSS = {
+    "dot-dot path": {"path": "/../raw/x"},
+    "encoded dot-dot path": {"path": "/%2e%2e/raw/x"},
+    "double slash naming the other": {"path": "//raw/x"},
+    "Host header naming the other": {"Host": "raw"},
+    "X-Forwarded-Host naming the other": {"X-Forwarded-Host": "raw"},
+    "Forwarded header naming the other": {"Forwarded": "host=raw;for=127.0.0.1"},
+    "query naming the other": {"path": "/x?X-Sandbox-ID=raw&X-Sandbox-Port=1"},
+    "underscore header X_Sandbox_ID": {"X_Sandbox_ID": "raw"},
+    "X-Original-URL naming the other": {"X-Original-URL": "/raw"},
+    "X-Sandbox-Namespace blank": {"X-Sandbox-Namespace": ""},
+}
+
+
+@pytest.mark.parametrize("case", sorted(CROSS))
+def test_a_request_for_one_sandbox_never_reaches_another(hostile, env, case):
+    extra = dict(CROSS[case])
+    path = extra.pop("path", f"/cross-{case.split()[0]}")
+    headers = {"Authorization": f"Bearer {TOKEN}", "X-Sandbox-ID": "echo",
+               "X-Sandbox-Port": str(env.upstream.port), **extra}
+    raw_before, echo_before = env.raw.connections, len(env.upstream.requests)
+    with hostile("router", f"cross-sandbox: {case}"):
+        conn_answer = raw_request(env.router_port, (
+            f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            + ("" if "Host" in headers else "Host: x\r\n") + "Connection: close\r\n\r\n"
+        ).encode())
+        assert status_of(conn_answer) in (200, 400), conn_answer[:200]
+        assert env.raw.connections == raw_before, "the other sandbox was contacted"
+        if status_of(conn_answer) == 200:
+            assert len(env.upstream.requests) == echo_before + 1
+            assert env.upstream.paths()[-1] == path
+
+
+def test_pipelined_requests_each_go_where_their_own_headers_say(hostile, env):
+    one = (f"GET /pipe-a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+           f"X-Sandbox-ID: echo\r\nX-Sandbox-Port: {env.upstream.port}\r\n\r\n")
+    two = (f"GET /pipe-b HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+           "Connection: close\r\n\r\n")  # no routing headers: must not inherit the first's
+    with hostile("router", "second pipelined request inherits nothing from the first"):
+        answer = raw_request(env.router_port, (one + two).encode())
+        assert answer.count(b"HTTP/1.1 200") == 1
+        assert b"HTTP/1.1 400" in answer
+        assert "/pipe-b" not in env.upstream.paths()
+
+
+def test_the_token_is_the_whole_trust_boundary(hostile, env):
+    """Documents the trust model: the same token reaches any declared sandbox by name, and
+    only by name; without the token, nothing is reached."""
+    with hostile("router", "no token: another sandbox is not reachable"):
+        response = requests.get(f"{env.url}/t", timeout=10, headers={
+            "X-Sandbox-ID": "echo", "X-Sandbox-Namespace": "team",
+            "X-Sandbox-Port": str(env.upstream.port)})
+        assert response.status_code == 401
+    response = requests.get(f"{env.url}/t", timeout=10, headers={
+        "Authorization": f"Bearer {TOKEN}", "X-Sandbox-ID": "echo",
+        "X-Sandbox-Namespace": "team", "X-Sandbox-Port": str(env.upstream.port)})
+    assert response.status_code == 200  # by design: the token names any sandbox
+
+
+# ---- address forms an SSRF would try --------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["0177.0.0.1", "0x7f.0.0.1", "127.1", "0x7f.1", "[::1]",
+                                  "::ffff:7f00:1", "169.254.169.254", "0251.0376.0251.0376",
+                                  "2852039166.nip.io", "127.0.0.1.nip.io"])
+def test_ip_spellings_as_sandbox_or_namespace_are_400(hostile, env, name):
+    for header in ("X-Sandbox-ID", "X-Sandbox-Namespace"):
+        with hostile("router", f"{name} as {header}"):
+            headers = {"Authorization": f"Bearer {TOKEN}", "X-Sandbox-ID": "echo",
+                       "X-Sandbox-Port": str(env.upstream.port), header: name}
+            response = requests.get(f"{env.url}/ip", headers=headers, timeout=10)
+            assert response.status_code == 400
+            assert header in response.json()["error"]
+    assert env.tripwire.connections == 0
+
+
+# Non-canonical spellings stop the router at start. (Canonical but forbidden addresses, such
+# as 169.254.169.254 or ::ffff:127.0.0.1, load and are refused per request: test_router_ssrf.)
+@pytest.mark.parametrize("address", ["2130706433", "0177.0.0.1", "0x7f.0.0.1", "127.1",
+                                     "017700000001", "0x7f000001", "[::1]", "localhost",
+                                     "169.254.169.254.nip.io", "127.0.0.1:8888"])
+def test_a_static_file_with_such_an_address_stops_the_router_at_start(hostile, tmp_path,
+                                                                        address):
+    static = write_static(tmp_path / "s.yaml", {"bait": {"addresses": [address],
+                                                         "ports": [8888]}},
+                          allow_loopback=True)
+    port = free_port()
+    with hostile("router", f"static sandbox address {address}"):
+        result = subprocess.run(router_argv(port, "--static-file", str(static)), timeout=20,
+                                capture_output=True, text=True,
+                                env={"SANDBOX_ROUTER_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"})
+        assert result.returncode != 0
+        assert address.strip("[]") in result.stderr or "address" in result.stderr.lower()
+
+
+# ---- a hostile sandbox answering the router -----------------------------------------------
+
+class HostileUpstream:
+    """Raw sandbox that answers by path with responses meant to confuse a proxy."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(10)
+            buffer = b""
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    got = conn.recv(65536)
+                    if not got:
+                        return
+                    buffer += got
+                request, buffer = buffer.split(b"\r\n\r\n", 1)
+                path = request.split(b" ", 2)[1]
+                conn.sendall(self.answer(path))
+
+    @staticmethod
+    def answer(path: bytes) -> bytes:
+        ok = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal"
+        if path == b"/double":  # two answers to one request: the second waits to poison
+            return (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED")
+        if path == b"/huge-header":
+            return b"HTTP/1.1 200 OK\r\nX-Big: " + b"h" * 200_000 + b"\r\nContent-Length: 0\r\n\r\n"
+        if path == b"/cl-and-te":
+            return (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED")
+        if path == b"/cr-header":
+            return b"HTTP/1.1 200 OK\r\nX-A: 1\rSet-Cookie: evil=1\r\nContent-Length: 2\r\n\r\nok"
+        if path == b"/many-continues":
+            return b"HTTP/1.1 100 Continue\r\n\r\n" * 2000 + ok
+        return ok
+
+
+@pytest.fixture(scope="module")
+def hostile_env(tmp_path_factory):
+    upstream = HostileUpstream()
+    static = write_static(tmp_path_factory.mktemp("hostile-up") / "s.yaml",
+                          {"evil": {"addresses": ["127.0.0.1"], "ports": [upstream.port]}},
+                          allow_loopback=True)
+    from tests.http.router_fixtures import start_router
+
+    with start_router(static, env={"SANDBOX_ROUTER_DEFAULT_TIMEOUT": "3"}) as url:
+        yield url, upstream
+    upstream.close()
+
+
+def evil(url: str, upstream: HostileUpstream, path: str,
+         session: requests.Session | None = None) -> requests.Response:
+    return (session or requests).get(f"{url}{path}", timeout=15, headers={
+        "Authorization": f"Bearer {TOKEN}", "X-Sandbox-ID": "evil",
+        "X-Sandbox-Port": str(upstream.port)})
+
+
+@pytest.mark.parametrize("path", ["/double", "/cl-and-te"])
+def test_a_sandbox_cannot_queue_an_answer_for_the_next_request(hostile, hostile_env, path):
+    url, upstream = hostile_env
+    session = requests.Session()
+    with hostile("router", f"hostile sandbox answers twice ({path})"):
+        with contextlib.suppress(requests.RequestException):
+            evil(url, upstream, path, session)
+        follow = [evil(url, upstream, "/next", session) for _ in range(3)]
+        assert all(r.status_code == 200 and r.content == b"real" for r in follow), \
+            [r.content for r in follow]
+
+
+@pytest.mark.parametrize("path", ["/huge-header", "/cr-header", "/many-continues"])
+def test_malformed_sandbox_answers_are_contained(hostile, hostile_env, path):
+    url, upstream = hostile_env
+    with hostile("router", f"hostile sandbox answer {path}"):
+        try:
+            response = evil(url, upstream, path)
+        except requests.ConnectionError:
+            response = None  # the router cut the connection: acceptable, nothing forged
+        if response is not None:
+            assert response.status_code in (200, 502)
+            assert "evil" not in response.headers.get("Set-Cookie", "")
+            assert len(response.headers.get("X-Big", "")) < 200_000 or \
+                response.status_code == 502
+        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+        assert evil(url, upstream, "/next").content == b"real"
