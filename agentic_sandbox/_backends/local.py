@@ -76,6 +76,7 @@ DEFAULT_MEMORY_BYTES: Final = 2 * 2**30  # when a template sets no memory limit
 PIDS_LIMIT: Final = 1024  # a fork bomb ends the sandbox, not the host (design section 7)
 TMP_SIZE: Final = "256m"
 MAX_WARM_POOL: Final = 8
+REFILL_DELAY_S: Final = 0.5
 RUNSC_TIMEOUT_S: Final = 30.0
 HIDDEN_DIRS: Final = ("/root", "/home", "/run", "/mnt", "/media")
 INIT_CODE: Final = """\
@@ -391,6 +392,13 @@ class LocalSandbox:
             response = session.get(BASE_URL + "/", timeout=(timeout, timeout))
             if response.status_code != 200:
                 raise SandboxConnectionError(f"runtime answered {response.status_code}")
+            # The runtime's first command pays its one-time set-up (about a second under
+            # gVisor): pay it here, so a pooled sandbox's first real command is fast.
+            response = session.post(BASE_URL + "/execute", json={"command": "true"},
+                                    timeout=(timeout, timeout))
+            if response.status_code != 200:
+                raise SandboxConnectionError(
+                    f"runtime answered {response.status_code} to its first command")
         except requests.Timeout as exc:
             raise SandboxTimeoutError(
                 f"the runtime in sandbox {self.id} did not answer within {timeout:.0f} s; "
@@ -534,6 +542,9 @@ class _Pool:
             if len(self.ready) >= self.size:
                 self.wake.wait()
                 self.wake.clear()
+                # Let the sandbox just handed out run its first commands before a new
+                # sandbox's start-up competes for the CPU (small machines).
+                time.sleep(REFILL_DELAY_S)
                 continue
             try:
                 sandbox = self.manager.start_sandbox(self.template, self.ready_timeout)
