@@ -10,7 +10,13 @@ else /app. Other settings come from SANDBOX_RUNTIME_* (see config.py). Logs go t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import os
+import shutil
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,14 +52,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     return serve_tcp(overrides, cfg, args.host, args.port)
 
 
+def metrics_dir(prefix: str) -> str | None:
+    """A private directory for the workers' shared metric values (tmpfs when there is one).
+
+    Named after this process; directories left by servers that were killed (SIGKILL skips
+    gunicorn's on_exit hook) are removed first.
+    """
+    for parent in ("/dev/shm", tempfile.gettempdir()):
+        with contextlib.suppress(OSError):
+            for name in os.listdir(parent):
+                pid = name[len(prefix):].split("-", 1)[0]
+                if name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+                    shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        try:
+            return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
+        except OSError:
+            continue
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def serve_tcp(overrides: dict[str, Any], cfg: config_mod.Config, host: str, port: int) -> int:
     from gunicorn.app.base import BaseApplication
 
-    from sandbox_runtime import gunicorn_conf
+    from sandbox_runtime import gunicorn_conf, slots
+
+    workers = cfg.workers or gunicorn_conf.cpu_limit()
+    if workers > 1 and not slots.locks_work():
+        print("sandbox-runtime: no record locks here; serving with one worker", file=sys.stderr)
+        workers = 1
+    if workers > 1 and "prometheus_client" not in sys.modules:
+        # Must be set before prometheus_client is imported (it picks its value class then).
+        path = metrics_dir(gunicorn_conf.METRICS_DIR_PREFIX)
+        if path is not None:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        else:
+            workers = 1
+    elif workers > 1:
+        workers = 1  # metrics already loaded per process: one worker keeps them whole
+
     from sandbox_runtime.app import create_app
 
+    ResilientArbiter = _resilient_arbiter()
     options = gunicorn_conf.settings(port, host, cfg.max_concurrent_commands + 16,
-                                     cfg.log_level)
+                                     cfg.log_level, workers)
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -64,8 +115,35 @@ def serve_tcp(overrides: dict[str, Any], cfg: config_mod.Config, host: str, port
         def load(self) -> Any:
             return create_app(overrides)
 
+        def run(self) -> None:
+            ResilientArbiter(self).run()
+
     Server().run()
     return 0
+
+
+def _resilient_arbiter() -> type:
+    from gunicorn.arbiter import Arbiter
+
+    class ResilientArbiter(Arbiter):  # type: ignore[misc]
+        """gunicorn's master, but a failed fork() of a worker is retried on the next turn
+        of the main loop instead of stopping the server: a fork bomb in one worker's
+        command can fill the pid limit while the master (re)spawns another worker."""
+
+        def spawn_worker(self) -> int | None:
+            try:
+                return int(super().spawn_worker())
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.ENOMEM):
+                    raise
+                worker = getattr(self, "forking_worker", None)
+                if worker is not None:
+                    worker.tmp.close()
+                self.log.warning("cannot fork a worker now (%s); retrying", exc.strerror)
+                time.sleep(0.5)
+                return None
+
+    return ResilientArbiter
 
 
 if __name__ == "__main__":

@@ -18,7 +18,15 @@ from typing import Any
 from urllib.parse import quote
 
 from flask import Flask, Response, request
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import (
     BadRequest,
@@ -32,7 +40,7 @@ from werkzeug.routing import PathConverter
 from werkzeug.wsgi import wrap_file
 
 from sandbox_runtime import config as config_mod
-from sandbox_runtime import files, procs
+from sandbox_runtime import files, procs, slots
 from sandbox_runtime.execute import Command, Limits, StreamDecoder, choose_limits
 
 log = logging.getLogger("sandbox_runtime")
@@ -43,6 +51,7 @@ MAX_ENV_VALUE = 128 * 1024
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
 DOWNLOAD_CHUNK = 1024 * 1024
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class AnyPath(PathConverter):
@@ -56,11 +65,24 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, mimetype=JSON)
 
 
+def multiprocess_dir() -> str | None:
+    """The directory where every worker's metric values live, when the server runs several
+    workers (__main__.py sets PROMETHEUS_MULTIPROC_DIR before prometheus_client is loaded)."""
+    path = os.environ.get(MULTIPROC_ENV)
+    return path if path and values.ValueClass is not values.MutexValue else None
+
+
 class Metrics:
-    """The app's own registry, so two apps in one process (tests) never collide."""
+    """The app's own registry, so two apps in one process (tests) never collide.
+
+    With several workers, each writes its values to files in `multiprocess_dir()` and
+    GET /metrics sums them over all workers (dead ones included for counters), so the
+    figures are the pod's, whichever worker answers.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.shared_dir = multiprocess_dir()
         self.commands = Counter("sandbox_runtime_commands_total",
                                 "Commands finished, by outcome", ["outcome"],
                                 registry=self.registry)
@@ -68,7 +90,7 @@ class Metrics:
                                   "Wall time of commands", registry=self.registry,
                                   buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600))
         self.running = Gauge("sandbox_runtime_commands_running", "Commands running now",
-                             registry=self.registry)
+                             registry=self.registry, multiprocess_mode="livesum")
         self.rejected = Counter("sandbox_runtime_commands_rejected_total",
                                 "Commands refused because the concurrency bound was reached",
                                 registry=self.registry)
@@ -85,18 +107,26 @@ class Metrics:
         self.errors = Counter("sandbox_runtime_http_errors_total", "Error answers, by status",
                               ["status"], registry=self.registry)
 
+    def exposition(self) -> bytes:
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.shared_dir)
+        return generate_latest(registry)
+
 
 class Runtime:
     """What the views share: settings, the command slots, the rlimit mechanism, metrics."""
 
     def __init__(self, cfg: config_mod.Config) -> None:
         self.cfg = cfg
-        self.slots = threading.BoundedSemaphore(cfg.max_concurrent_commands)
+        # Shared by every gunicorn worker forked from the process that made it.
+        self.slots = slots.make(cfg.max_concurrent_commands)
         self.limits: Limits = choose_limits(cfg)
         self.metrics = Metrics()
         # Commands see the pod's environment, minus the server's own settings.
         self.base_env = {k: v for k, v in os.environ.items()
-                         if not k.startswith(config_mod.ENV_PREFIX)}
+                         if not k.startswith(config_mod.ENV_PREFIX) and k != MULTIPROC_ENV}
         self._owner_pid = -1
         self._lock = threading.Lock()
 
@@ -203,9 +233,10 @@ def parse_execute(body: Mapping[str, Any], rt: Runtime) -> tuple[str, float, dic
 class CommandStream:
     """The NDJSON body of /execute/stream; closing it early kills the command."""
 
-    def __init__(self, rt: Runtime, command: Command, client_fd: int | None) -> None:
+    def __init__(self, rt: Runtime, command: Command, slot: int, client_fd: int | None) -> None:
         self.rt = rt
         self.command = command
+        self.slot = slot
         self.client_fd = client_fd
         self._released = False
 
@@ -234,7 +265,7 @@ class CommandStream:
             self.command.close()  # no-op when finished; kills the tree when abandoned
         finally:
             self.rt.metrics.running.dec()
-            self.rt.slots.release()
+            self.rt.slots.release(self.slot)
             self.rt.record(self.command)
 
 
@@ -253,9 +284,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["sandbox_runtime"] = rt
     log.info("sandbox-runtime settings %s rlimits=%s", config_mod.describe(cfg), rt.limits.kind)
 
-    def start(command: str, timeout: float, env: dict[str, str], cwd: str) -> Command:
+    def start(command: str, timeout: float, env: dict[str, str],
+              cwd: str) -> tuple[Command, int]:
         rt.prepare_process()
-        if not rt.slots.acquire(blocking=False):
+        slot = rt.slots.acquire()
+        if slot is None:
             rt.metrics.rejected.inc()
             raise TooManyRequests(f"busy: {cfg.max_concurrent_commands} commands already "
                                   "running; retry later")
@@ -263,14 +296,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             cmd = Command(command, timeout_s=timeout, cwd=cwd, env=env, config=cfg,
                           limits=rt.limits, base_env=rt.base_env)
         except OSError as exc:
-            rt.slots.release()
+            rt.slots.release(slot)
             # EAGAIN: the process limit is reached (a fork bomb is still being cleaned up).
             raise ServiceUnavailable(f"cannot start the command: {exc.strerror}") from None
         except BaseException:
-            rt.slots.release()
+            rt.slots.release(slot)
             raise
         rt.metrics.running.inc()
-        return cmd
+        return cmd, slot
 
     def client_fd() -> int | None:
         # gunicorn hands the client socket to the app; a hang-up then kills the command.
@@ -293,23 +326,23 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(generate_latest(rt.metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+        return Response(rt.metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
 
     @app.post("/execute")
     def execute() -> Response:
-        cmd = start(*parse_execute(_read_json_body(body_limit()), rt))
+        cmd, slot = start(*parse_execute(_read_json_body(body_limit()), rt))
         try:
             outcome = cmd.run(client_fd())
         finally:
             rt.metrics.running.dec()
-            rt.slots.release()
+            rt.slots.release(slot)
         rt.record(cmd)
         return _json(outcome.to_json())
 
     @app.post("/execute/stream")
     def execute_stream() -> Response:
-        cmd = start(*parse_execute(_read_json_body(body_limit()), rt))
-        return Response(CommandStream(rt, cmd, client_fd()), mimetype=NDJSON,
+        cmd, slot = start(*parse_execute(_read_json_body(body_limit()), rt))
+        return Response(CommandStream(rt, cmd, slot, client_fd()), mimetype=NDJSON,
                         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-store"})
 
     @app.post("/upload")

@@ -40,10 +40,14 @@ class Config:
     # Become a child subreaper so double-forked orphans stay our children (and get reaped).
     subreaper: bool = True
     log_level: str = "INFO"
+    # gunicorn worker processes (TCP mode); 0: one per CPU the pod may use, at most 8.
+    workers: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "workers" and value == 0:
+                continue  # "automatic"
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
                 raise ValueError(f"setting {f.name} must be positive, got {value!r}")
         if self.default_timeout_s > self.max_timeout_s:

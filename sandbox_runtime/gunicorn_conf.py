@@ -1,13 +1,22 @@
 """gunicorn settings of the runtime, applied by __main__.py (or `-c python:...` by hand).
 
-One gthread worker: the concurrency bound on commands is then global to the pod, and the
-threads serve many keep-alive connections at once (idle ones wait in the worker's poller,
-not in a thread). Must not import the app or read the workspace.
+One gthread worker per CPU the pod may use (the app is GIL-bound; see docs/runtime.md), with
+the app preloaded in the master: create_app() runs once, before the fork, so every worker
+shares its command slots (slots.py: the concurrency bound stays global to the pod) and, when
+there are several workers, one metrics directory. Threads serve many keep-alive connections
+per worker (idle ones wait in the worker's poller, not in a thread). Must not import the app
+or read the workspace.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import shutil
+import sys
 import threading
+import time
 from typing import Any
 
 from gunicorn.glogging import Logger as _GunicornLogger
@@ -23,7 +32,32 @@ class QuietAccessLogger(_GunicornLogger):
 
 wsgi_app = "sandbox_runtime.app:create_app()"
 bind = ["0.0.0.0:8888"]
-workers = 1
+MAX_WORKERS = 8
+
+
+def cpu_limit() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (a pod's limit),
+    at most MAX_WORKERS. os.cpu_count() would count the node's cores, not the pod's."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quotas = (("/sys/fs/cgroup/cpu.max", None),  # cgroup v2: "<quota|max> <period>"
+              ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
+    for quota_path, period_path in quotas:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(quota_path) as f:
+                fields = f.read().split()
+            if period_path is not None:
+                with open(period_path) as f:
+                    fields.append(f.read().strip())
+            if fields[0] not in ("max", "-1"):
+                count = min(count, max(1, math.ceil(int(fields[0]) / int(fields[1]))))
+    return max(1, min(count, MAX_WORKERS))
+
+
+workers = cpu_limit()
+preload_app = True
 worker_class = "gthread"
 threads = 48  # __main__ sets max_concurrent_commands + 16
 worker_connections = 1000
@@ -45,17 +79,55 @@ def post_worker_init(worker: Any) -> None:
     if pool is None:
         return
     gate = threading.Event()
-    started = [pool.submit(gate.wait) for _ in range(pool._max_workers)]
+    try:
+        started = [pool.submit(gate.wait) for _ in range(pool._max_workers)]
+    except RuntimeError:
+        # The pid limit is full (a fork bomb being cleaned up). Exit as a worker that ran,
+        # not as one that failed to boot (that would halt the whole server); the master
+        # forks a new one later.
+        gate.set()
+        worker.log.warning("cannot start the worker's threads now; exiting to be replaced")
+        time.sleep(1.0)  # at most one replacement a second while the limit stays full
+        sys.exit(1)
     gate.set()
     for future in started:
         future.result()
 
 
-def settings(port: int, host: str, threads_: int, log_level: str) -> dict[str, Any]:
+def pre_fork(server: Any, worker: Any) -> None:
+    """Remember the worker being forked: if fork() fails, __main__'s arbiter closes its
+    heartbeat file."""
+    server.forking_worker = worker
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker is gone: its running-commands gauge no longer counts (multiprocess metrics)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        from prometheus_client import multiprocess
+        multiprocess.mark_process_dead(worker.pid, path)
+
+
+def on_exit(server: Any) -> None:
+    """The master stops: remove the metrics directory __main__.py made for this server."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path and os.path.basename(path).startswith(METRICS_DIR_PREFIX):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+METRICS_DIR_PREFIX = "sandbox-runtime-metrics-"
+
+
+def settings(port: int, host: str, threads_: int, log_level: str,
+             workers_: int | None = None) -> dict[str, Any]:
     """This module's settings as a dict, for an embedded gunicorn application."""
     return {
         "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
-        "workers": workers,
+        "workers": workers_ or workers,
+        "preload_app": preload_app,
+        "pre_fork": pre_fork,
+        "child_exit": child_exit,
+        "on_exit": on_exit,
         "worker_class": worker_class,
         "threads": threads_,
         "worker_connections": worker_connections,
