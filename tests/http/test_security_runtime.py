@@ -196,7 +196,7 @@ def test_download_never_serves_outside_bytes_while_a_symlink_flips(hostile, runt
     name, link, outside = race
     with Flipper(link, outside) as flipper:
         answers = hammer(runtime, f"/download/{name}/secret.txt")
-    with hostile("runtime", f"download raced by a flipping symlink ({len(answers)} tries)"):
+    with hostile("runtime", "download raced by a flipping symlink"):
         assert flipper.flips > 10
         assert not any(b"OUTSIDE-SECRET" in body for _, body in answers)
         assert any(status == 403 for status, _ in answers), "the race was never even seen"
@@ -207,7 +207,7 @@ def test_list_never_shows_outside_entries_while_a_symlink_flips(hostile, runtime
     name, link, outside = race
     with Flipper(link, outside) as flipper:
         answers = hammer(runtime, f"/list/{name}")
-    with hostile("runtime", f"list raced by a flipping symlink ({len(answers)} tries)"):
+    with hostile("runtime", "list raced by a flipping symlink"):
         assert flipper.flips > 10
         assert not any(b"only-outside" in body for _, body in answers)
     RACE_STATUSES.update(status for status, _ in answers)
@@ -235,7 +235,7 @@ def test_exists_never_reports_outside_files_while_a_symlink_flips(hostile, runti
     name, link, outside = race
     with Flipper(link, outside):
         answers = hammer(runtime, f"/exists/{name}/only-outside.txt", seconds=1.5)
-    with hostile("runtime", f"exists raced by a flipping symlink ({len(answers)} tries)"):
+    with hostile("runtime", "exists raced by a flipping symlink"):
         assert not any(b'"exists": true' in body for _, body in answers)
 
 

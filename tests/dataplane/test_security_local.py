@@ -1,0 +1,103 @@
+"""Resource bombs inside a local gVisor sandbox: contained in the sandbox, host unaffected.
+
+The isolation promises themselves (no network, host files unchanged, secrets hidden) are
+proven by test_client_local_isolation.py, which tests/security_report.py counts as it is.
+Here, hostile code tries to take the machine down from inside `runsc`: a fork bomb, a memory
+bomb, a flood of output, a disk filler, escaping its timeout. Each needs a sandbox of its own
+(a bomb may end the sandbox it ran in; that is allowed, the host is what must survive).
+Records through `hostile`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from agentic_sandbox._exceptions import SandboxError
+
+
+def host_processes() -> int:
+    return sum(1 for entry in os.listdir("/proc") if entry.isdigit())
+
+
+def settle_to(limit: int, timeout: float = 20.0) -> int:
+    """Host process count once it is back under `limit` (or after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        count = host_processes()
+        if count <= limit or time.monotonic() > deadline:
+            return count
+        time.sleep(0.2)
+
+
+def survives_or_ended_cleanly(client) -> bool:
+    """The sandbox still answers, or says clearly that it is gone (never hangs)."""
+    try:
+        return client.run("echo alive", timeout=20).stdout == "alive\n"
+    except SandboxError:  # the sandbox may be ended by its own pids/memory limit: a clean
+        return True       # client error, within the timeout, is what we ask for
+
+
+def test_fork_bomb_is_contained(hostile, open_sandbox):
+    sandbox = open_sandbox()
+    before = host_processes()
+    with hostile("local", "fork bomb under runsc"):
+        try:
+            result = sandbox.run("b() { b | b & }; b; sleep 30", timeout=3)
+            assert result.timed_out or result.exit_code != 0
+        except SandboxError:
+            pass  # the sandbox's own pids limit ended it: contained, which is the promise
+        assert survives_or_ended_cleanly(sandbox)
+    with hostile("local", "fork bomb: host process table back to normal"):
+        assert settle_to(before + 40) <= before + 40
+
+
+def test_memory_bomb_is_contained(hostile, open_sandbox):
+    sandbox = open_sandbox()
+    with hostile("local", "memory bomb (8 GiB) under runsc"):
+        result = sandbox.run("python3 -c 'x = bytearray(8 << 30)'; echo rc=$?", timeout=30)
+        assert "rc=0" not in result.stdout
+        assert survives_or_ended_cleanly(sandbox)
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "GAP (not strict: the cut depends on timing, most runs): over the local backend, "
+    "an /execute answer of about 1 MB (output at the 1 MiB cap) "
+    "arrives cut short (IncompleteRead), so the client raises SandboxConnectionError instead "
+    "of returning the capped output; the sandbox itself survives. Reproduce: "
+    "run(\"head -c 2000000 /dev/zero | tr '\\\\0' a\"). Owner: agentic_sandbox/_backends/local.py "
+    "channel (or sandbox_runtime/stdio.py)"))
+def test_output_flood_is_capped(hostile, sandbox):
+    with hostile("local", "endless output under runsc"):
+        result = sandbox.run("yes", timeout=2)
+        assert result.timed_out
+        assert len(result.stdout) <= 1024 * 1024
+        assert sandbox.run("echo ok").stdout == "ok\n"
+
+
+def test_commands_carry_finite_limits_under_runsc(hostile, sandbox):
+    # gVisor has no /proc/self/limits; the shell's ulimit reads the same rlimits. Filling
+    # 1 GiB to prove the file-size limit again is left to test_runtime_safety.py.
+    limits = sandbox.run("ulimit -f; ulimit -p; ulimit -v; ulimit -c").stdout.split()
+    with hostile("local", "file size, processes, address space, core: all finite"):
+        assert len(limits) == 4 and "unlimited" not in limits, limits
+        assert limits[3] == "0"
+
+
+def test_a_setsid_escape_does_not_outlive_its_timeout(hostile, sandbox):
+    with hostile("local", "setsid + double fork escaping the timeout under runsc"):
+        result = sandbox.run("(setsid sh -c 'sleep 4243001' &); sleep 4243002", timeout=1)
+        assert result.timed_out
+        for _ in range(50):
+            left = sandbox.run("ps -eo args | grep -c '[s]leep 424300' || true").stdout
+            if left.strip() == "0":
+                break
+            time.sleep(0.1)
+        assert left.strip() == "0"
+    with hostile("local", "no sandbox process visible on the host"):
+        assert not any(b"4243001" in Path(f"/proc/{p}/cmdline").read_bytes()
+                       for p in os.listdir("/proc") if p.isdigit()
+                       and Path(f"/proc/{p}/cmdline").exists())
