@@ -88,7 +88,15 @@ def test_metrics_count_commands_of_every_worker(two_workers):
         return 0.0
 
     groups = sessions_by_worker(two_workers, wanted=1)
-    before = total()
+    # Commands abandoned by an earlier test are counted when their streams close; wait
+    # until the count holds still.
+    before, deadline = -1.0, time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = total()
+        if now == before:
+            break
+        before = now
+        time.sleep(0.5)
     for sessions in list(groups.values())[:2]:
         for _ in range(3):
             sessions[0].post(f"{two_workers.url}/execute", json={"command": "true"}, timeout=30)
@@ -108,6 +116,9 @@ def test_a_killed_worker_frees_its_slots(two_workers):
         busy = other.post(f"{two_workers.url}/execute", json={"command": "true"}, timeout=30)
         assert busy.status_code == 429
         os.kill(victim, signal.SIGKILL)  # its record locks go with it
+        deadline = time.monotonic() + 5
+        while os.path.exists(f"/proc/{victim}") and time.monotonic() < deadline:
+            time.sleep(0.02)  # the kernel releases the locks as the process ends
         response = other.post(f"{two_workers.url}/execute", json={"command": "echo free"},
                               timeout=30)
         assert response.status_code == 200, response.text
