@@ -105,7 +105,8 @@ def test_fuzz_hooks_hostile_specs_and_names(hostile, hooks_url, kind, name, spec
     template = resource("SandboxTemplate", "t", {"podTemplate": SEED_POD_TEMPLATE})
     with hostile("hooks", f"fuzz: hostile {kind} spec and name"):
         response = SESSION.post(f"{hooks_url}/sync/{kind.lower()}", timeout=15,
-                                json=sync_request(parent, related=[template]))
+                                data=json.dumps(sync_request(parent, related=[template])),
+                                headers={"Content-Type": "application/json"})
         clean(response)
         assert response.status_code == 200  # a well-formed envelope: an answer, not an error
         answer = response.json()
