@@ -79,6 +79,18 @@ MAX_WARM_POOL: Final = 8
 REFILL_DELAY_S: Final = 0.5
 RUNSC_TIMEOUT_S: Final = 30.0
 HIDDEN_DIRS: Final = ("/root", "/home", "/run", "/mnt", "/media")
+# gVisor imports the donated stdin and stdout one after the other; both are the same host
+# socket, and importing stdin makes it non-blocking on the host, so stdout arrives in the
+# sandbox with O_NONBLOCK set and a large answer fails with EAGAIN once the socket buffer is
+# full. Clearing the flag inside (the sentry then waits as for any blocking file) fixes it,
+# in the same interpreter that then runs the runtime.
+RUNTIME_LAUNCH: Final = """\
+import fcntl, os, sys
+for fd in (0, 1):
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+from sandbox_runtime.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
 INIT_CODE: Final = """\
 import os, signal
 signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
@@ -129,7 +141,7 @@ def _runsc_binary() -> str:
 
 
 def _runtime_argv() -> list[str]:
-    return [sys.executable, "-m", "sandbox_runtime", "--stdio", "--base-dir", WORKSPACE]
+    return [sys.executable, "-c", RUNTIME_LAUNCH, "--stdio", "--base-dir", WORKSPACE]
 
 
 def _visible_paths() -> list[str]:
@@ -213,6 +225,12 @@ def oci_spec(template: LocalTemplate, workspace: Path, state_dir: Path, sandbox_
         "mounts": mounts,
         "linux": linux,
     }
+
+
+def exec_process(spec: dict[str, Any]) -> dict[str, Any]:
+    """The process spec `runsc exec --process` starts the runtime with: the sandbox's user,
+    environment, capabilities (none) and limits, running RUNTIME_LAUNCH."""
+    return spec["process"] | {"args": _runtime_argv()}
 
 
 def _default_memory() -> int:
@@ -312,8 +330,7 @@ class LocalSandbox:
         os.chown(self.workspace, SANDBOX_UID, SANDBOX_UID)
         spec = oci_spec(self.template, self.workspace, self.state_dir, self.id, cgroups=cgroups)
         (self.dir / "config.json").write_text(json.dumps(spec, indent=1))
-        (self.dir / "process.json").write_text(json.dumps(spec["process"] | {
-            "args": _runtime_argv()}))
+        (self.dir / "process.json").write_text(json.dumps(exec_process(spec)))
         flags = [f"--platform={self.platform}", "--network=none"]
         if not cgroups:
             flags.append("--ignore-cgroups")

@@ -71,3 +71,16 @@ def test_oversized_timeout_is_a_400(sandbox):
     with pytest.raises(SandboxRequestError) as info:
         sandbox.run("true", timeout=100000)
     assert info.value.status_code == 400
+
+
+def test_large_answers_cross_the_channel_whole(sandbox):
+    # Far beyond a socket buffer: the channel must block, never cut an answer short.
+    result = sandbox.run("head -c 3000000 /dev/zero | tr '\\0' a")
+    assert result.stdout_truncated and len(result.stdout) == 1024 * 1024
+    assert set(result.stdout) == {"a"}
+    blob = os.urandom(20 * 1024 * 1024)
+    sandbox.write("big.bin", blob)
+    assert sandbox.read("big.bin") == blob
+    with sandbox.stream("head -c 3000000 /dev/zero | tr '\\0' b") as stream:
+        total = sum(len(c.data) for c in stream)
+    assert total == 1024 * 1024 and stream.exit_code == 0
