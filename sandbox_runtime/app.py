@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -36,6 +36,7 @@ from werkzeug.exceptions import (
     ServiceUnavailable,
     TooManyRequests,
 )
+from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import PathConverter
 from werkzeug.wsgi import wrap_file
 
@@ -159,7 +160,11 @@ class Runtime:
 
 
 def _read_json_body(limit: int) -> dict[str, Any]:
-    length = request.content_length
+    return read_json(request.stream, request.content_length, limit)
+
+
+def read_json(stream: Any, length: int | None, limit: int) -> dict[str, Any]:
+    """A JSON object body of at most `limit` bytes from `stream` (`length` bytes if known)."""
     if length is not None and length > limit:
         raise RequestEntityTooLarge(f"body: larger than {limit} bytes")
     # Read in bounded pieces: RawIOBase.read(n) allocates n bytes up front.
@@ -167,7 +172,7 @@ def _read_json_body(limit: int) -> dict[str, Any]:
     size = 0
     want = length if length is not None else 65536
     while True:
-        part = request.stream.read(max(1, min(want - size if length else 65536, limit + 1 - size)))
+        part = stream.read(max(1, min(want - size if length else 65536, limit + 1 - size)))
         if not part:
             break
         parts.append(part)
@@ -305,9 +310,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         rt.metrics.running.inc()
         return cmd, slot
 
-    def client_fd() -> int | None:
+    def client_fd(environ: Mapping[str, Any] | None = None) -> int | None:
         # gunicorn hands the client socket to the app; a hang-up then kills the command.
-        sock = request.environ.get("gunicorn.socket")
+        sock = (request.environ if environ is None else environ).get("gunicorn.socket")
         try:
             return sock.fileno() if sock is not None else None
         except OSError:
@@ -328,16 +333,19 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def metrics() -> Response:
         return Response(rt.metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
 
-    @app.post("/execute")
-    def execute() -> Response:
-        cmd, slot = start(*parse_execute(_read_json_body(body_limit()), rt))
+    def run_execute(body: Mapping[str, Any], fd: int | None) -> dict[str, object]:
+        cmd, slot = start(*parse_execute(body, rt))
         try:
-            outcome = cmd.run(client_fd())
+            outcome = cmd.run(fd)
         finally:
             rt.metrics.running.dec()
             rt.slots.release(slot)
         rt.record(cmd)
-        return _json(outcome.to_json())
+        return outcome.to_json()
+
+    @app.post("/execute")
+    def execute() -> Response:  # front() answers POST first; the route gives GET a 405
+        return _json(run_execute(_read_json_body(body_limit()), client_fd()))
 
     @app.post("/execute/stream")
     def execute_stream() -> Response:
@@ -384,6 +392,49 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.get("/exists/<anypath:path>")
     def exists(path: str = "") -> Response:
         return _json({"path": path, "exists": files.exists(cfg.base_dir, path)})
+
+    fixed = {"/": json.dumps({"status": "ok", "service": "sandbox-runtime"}).encode(),
+             "/healthz": json.dumps({"status": "ok"}).encode()}
+
+    def fast_execute(environ: dict[str, Any]) -> tuple[int, bytes]:
+        try:
+            raw_length = environ.get("CONTENT_LENGTH")
+            try:
+                length = int(raw_length) if raw_length else None
+            except ValueError:
+                raise BadRequest("Content-Length: not a number") from None
+            if length is None and not environ.get("wsgi.input_terminated"):
+                length = 0  # WSGI: no length and no terminated stream means no body
+            body = read_json(environ["wsgi.input"], length, body_limit())
+            return 200, json.dumps(run_execute(body, client_fd(environ))).encode()
+        except HTTPException as exc:
+            status = exc.code or 500
+            rt.metrics.errors.labels(str(status)).inc()
+            return status, json.dumps({"error": exc.description or exc.name}).encode()
+        except Exception:
+            log.exception("unhandled error on POST /execute")
+            rt.metrics.errors.labels("500").inc()
+            return 500, b'{"error": "internal error"}'
+
+    flask_wsgi = app.wsgi_app
+
+    def front(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """The hottest routes without Flask's per-request objects (about 0.1 ms of CPU
+        each); everything else, and every other method, goes to the Flask routes."""
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        if method == "GET" and path in fixed:
+            body = fixed[path]
+            start_response("200 OK", [("Content-Type", JSON),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+        if method == "POST" and path == "/execute":
+            status, body = fast_execute(environ)
+            start_response(f"{status} {HTTP_STATUS_CODES.get(status, 'Error')}",
+                           [("Content-Type", JSON), ("Content-Length", str(len(body)))])
+            return [body]
+        return flask_wsgi(environ, start_response)  # type: ignore[no-any-return]
+
+    app.wsgi_app = front  # type: ignore[method-assign]
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
