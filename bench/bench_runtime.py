@@ -1,8 +1,9 @@
 """Benchmarks of the runtime server (`sandbox-runtime`) on loopback, each against a floor.
 
 Run by `python -m bench runtime [--quick]`. Starts one real server (gunicorn, one gthread
-worker) on 127.0.0.1 with a temporary workspace, measures, and stops it. Floors are measured
-in the same run: in-process `subprocess.run`, a raw loopback TCP round trip, plain file IO.
+worker per CPU, as in a pod) on 127.0.0.1 with a temporary workspace, measures, and stops it.
+Floors are measured in the same run: in-process `subprocess.run`, a raw loopback TCP round
+trip, plain file IO. This machine is shared: compare ratios to the floor, not raw figures.
 """
 
 from __future__ import annotations
