@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from hooks import schemas
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMAS = REPO / "schemas"
@@ -71,7 +72,9 @@ def crd(schema: dict[str, Any]) -> dict[str, Any]:
 def rendered() -> dict[Path, str]:
     out: dict[Path, str] = {}
     for source in sorted(SCHEMAS.glob("*.json")):
-        schema = json.loads(source.read_text())
+        schema = schemas.document(source.stem, SCHEMAS)
+        if "x-crd" not in schema:
+            continue  # a shared part, inlined where it is referenced
         doc = crd(schema)
         path = CRDS / f"{doc['metadata']['name']}.yaml"
         out[path] = HEADER.format(source=source.name) + yaml.safe_dump(doc, sort_keys=False)

@@ -137,6 +137,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         except BadRequest as exc:
             code = 400
             return jsonify(error=f"request body is not JSON: {exc.description}"), 400
+        except RecursionError:
+            code = 400
+            return jsonify(error="request body is nested too deeply"), 400
         except HTTPException as exc:  # e.g. 413: answered as JSON by http_error below
             code = exc.code or 500
             raise

@@ -33,6 +33,7 @@ SANDBOX_LABEL = "agents.x-k8s.io/sandbox"  # on the pod serving a sandbox; its S
 TEMPLATE_LABEL = "agents.x-k8s.io/sandbox-template"
 POOL_LABEL = "agents.x-k8s.io/warm-pool"
 CLAIM_LABEL = "agents.x-k8s.io/claim"
+ROLE_LABEL = "agents.x-k8s.io/role"  # on the router's pods; the NetworkPolicies trust it
 POD_NAME_ANNOTATION = "agents.x-k8s.io/pod-name"
 TEMPLATE_HASH_ANNOTATION = "agents.x-k8s.io/template-hash"
 METACONTROLLER_UID_LABEL = "controller-uid"  # generateSelector: Metacontroller's own label
@@ -81,12 +82,13 @@ def is_deleting(obj: KubeObject) -> bool:
     return bool(obj.get("metadata", {}).get("deletionTimestamp"))
 
 
-def is_controlled_by(obj: KubeObject, owner: KubeObject) -> bool:
-    uid = owner.get("metadata", {}).get("uid")
-    return any(
-        ref.get("controller") and ref.get("uid") == uid
-        for ref in obj.get("metadata", {}).get("ownerReferences") or []
-    )
+def controller_of(obj: KubeObject) -> tuple[str, str] | None:
+    """(kind, name) of the object's controlling owner in our API groups, if any."""
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        group = str(ref.get("apiVersion", "")).split("/")[0]
+        if ref.get("controller") and group.endswith(RESERVED_SUFFIX):
+            return str(ref.get("kind")), str(ref.get("name"))
+    return None
 
 
 def pod_is_ready(pod: KubeObject) -> bool:

@@ -121,13 +121,18 @@ def desired_pvc(claim_template: KubeObject, sandbox: KubeObject) -> KubeObject:
 
 
 def bound_warm_pod(request: SyncRequest) -> KubeObject | None:
-    """The pool pod bound to this sandbox, if any (pool pods arrive as related objects)."""
+    """The pool pod bound to this sandbox, if any (pool pods arrive as related objects).
+
+    Only a pod that its pool controls counts: a pod someone else made with the right labels
+    must not receive the sandbox's traffic.
+    """
     sandbox = request["parent"]
+    pool = objects.labels_of(sandbox).get(POOL_LABEL)
     bound = [
         p
         for p in objects.observed(request, POD, "related")
         if objects.labels_of(p).get(SANDBOX_LABEL) == sandbox["metadata"]["name"]
-        and not objects.is_controlled_by(p, sandbox)
+        and objects.controller_of(p) == ("SandboxWarmPool", pool)
         and not objects.is_deleting(p)
     ]
     return bound[0] if bound else None

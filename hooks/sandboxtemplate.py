@@ -19,7 +19,9 @@ from hooks.objects import NETWORK_POLICY, TEMPLATE_LABEL
 from hooks.typedefs import DEFAULT_SETTINGS, HookSettings, KubeObject, SyncRequest, SyncResponse
 
 KIND = "sandboxtemplate"
-ROUTER_POD_LABELS = {"app.kubernetes.io/name": "sandbox-router"}
+# A key under agents.x-k8s.io: templates cannot set it (objects.user_keys drops such keys), so a
+# sandbox pod can never pose as the router and slip past this policy.
+ROUTER_POD_LABELS = {objects.ROLE_LABEL: "sandbox-router"}
 PRIVATE_IPV4 = [
     "10.0.0.0/8",
     "100.64.0.0/10",

@@ -21,11 +21,33 @@ def schema_dir() -> Path:
     return Path(os.environ.get("SANDBOX_HOOKS_SCHEMA_DIR", DEFAULT_DIR))
 
 
+def inline_refs(node: Any, directory: Path) -> Any:
+    """The schema with every `{"$ref": "<file>.json"}` replaced by that file's schema.
+
+    CRDs cannot hold references, so shared parts (podtemplate.json) are written once and
+    inlined wherever they are used, here for validation and in hack/render_crds.py for CRDs.
+    """
+    if isinstance(node, list):
+        return [inline_refs(item, directory) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = json.loads((directory / node["$ref"]).read_text())
+        shared = {k: v for k, v in target.items() if k not in ("$schema", "$id", "title")}
+        return inline_refs({**shared, **{k: v for k, v in node.items() if k != "$ref"}}, directory)
+    return {key: inline_refs(value, directory) for key, value in node.items()}
+
+
+def document(kind: str, directory: Path | None = None) -> dict[str, Any]:
+    """schemas/<kind>.json with references inlined."""
+    directory = directory or schema_dir()
+    return inline_refs(json.loads((directory / f"{kind}.json").read_text()), directory)
+
+
 @cache
 def spec_validator(kind: str) -> Draft202012Validator:
     """Validator for `spec` of one kind (lower-case Kubernetes singular: "sandbox", ...)."""
-    document = json.loads((schema_dir() / f"{kind}.json").read_text())
-    spec_schema = document["properties"]["spec"]
+    spec_schema = document(kind)["properties"]["spec"]
     Draft202012Validator.check_schema(spec_schema)
     return Draft202012Validator(spec_schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 

@@ -74,7 +74,7 @@ def test_template_network_policy_fences_ingress_and_private_egress():
     spec = policy["spec"]
     assert spec["policyTypes"] == ["Ingress", "Egress"]
     assert spec["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == {
-        "app.kubernetes.io/name": "sandbox-router"
+        "agents.x-k8s.io/role": "sandbox-router"
     }
     assert spec["ingress"][0]["ports"] == [{"port": 8888, "protocol": "TCP"}]
     blocked = spec["egress"][0]["to"][0]["ipBlock"]["except"]

@@ -145,10 +145,6 @@ def test_template_cannot_forge_the_keys_we_own(hostile, path):
                 assert SANDBOX_LABEL not in labels, name
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GAP: hooks copy app.kubernetes.io/name=sandbox-router from a pod template, and the "
-    "template NetworkPolicy trusts that label as the router (owner: hooks/objects.py, "
-    "hooks/sandboxtemplate.py)"))
 def test_a_template_cannot_make_its_pods_look_like_the_router(hostile):
     """The NetworkPolicy admits ingress from pods labelled app.kubernetes.io/name=sandbox-router
     in the router's namespace (default). A Sandbox in that namespace whose template carries
@@ -252,11 +248,6 @@ WRONG_TYPES = {
 }
 
 
-@pytest.mark.xfail(strict=True, raises=(AttributeError, TypeError), reason=(
-    "GAP: a wrongly typed field inside podTemplate.spec (which the CRD admits) makes the hook "
-    "raise (HTTP 500, Metacontroller retries forever) instead of answering InvalidSpec; "
-    "safe (nothing is written) but the user never sees why (owner: hooks/objects.py, "
-    "hooks/sandbox.py)"))
 @pytest.mark.parametrize("case", sorted(WRONG_TYPES))
 def test_wrongly_typed_pod_fields_are_reported_not_crashed_on(hostile, case):
     good = _sandbox_with(lambda p: None)
@@ -328,11 +319,6 @@ def test_names_that_cannot_name_children_are_reported_not_acted_on(hostile, kind
 # ---- hijacking a sandbox's traffic with a pod of one's own --------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GAP: the Sandbox hook takes any pod in `related` labelled warm-pool=<pool> and "
-    "sandbox=<name> as its bound warm pod without checking that the pool controls it, so "
-    "anyone who can create a pod in the namespace can publish their pod's IP as the "
-    "sandbox's (router traffic goes there). Owner: hooks/sandbox.py bound_warm_pod"))
 def test_a_pod_not_owned_by_the_pool_cannot_pose_as_the_bound_warm_pod(hostile):
     parent = resource("Sandbox", "victim", {"podTemplate": SEED_POD_TEMPLATE},
                       labels={POOL_LABEL: "pool"}, created="2026-01-01T00:00:00Z")
