@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import errno
 import os
 import shutil
@@ -81,8 +82,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
+M_ARENA_MAX = -8  # glibc mallopt() parameter number
+
+
+def bound_malloc() -> None:
+    """Keep the workers' RSS flat while large bodies stream through 1 MiB buffers.
+
+    glibc gives each thread that allocates its own arena (up to 8 per core), and each arena
+    keeps the 1 MiB buffers it freed: over three 100 MiB uploads plus the 1 MiB ones, a
+    worker reached 92 MiB. Two arenas keep it near 40 MiB and were also the fastest variant
+    measured (a fixed mmap threshold kept RSS at 36 MiB but made 1 MiB uploads ~2x slower).
+    No effect outside glibc.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 2)
+
+
 def serve_tcp(overrides: dict[str, Any], cfg: config_mod.Config, host: str, port: int) -> int:
     from gunicorn.app.base import BaseApplication
+
+    bound_malloc()  # before the app and the workers exist: they inherit it through fork
 
     from sandbox_runtime import gunicorn_conf, slots
 
