@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 from bench.harness import Context as BenchContext
 from bench.harness import Latencies, Result, latency_result
 from tests.hookrequests import SEED_POD_TEMPLATE
-from tests.metacontroller.stack import running_stack
+from tests.metacontroller.stack import Kubelet, running_stack
 
 GROUP, VERSION = "extensions.agents.x-k8s.io", "v1alpha1"
 NS = "bench"
@@ -32,44 +31,6 @@ TEMPLATE, POOL = "python-runtime-template", "python-sandbox-warmpool"
 def is_ready(obj: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in (obj.get("status") or {}).get("conditions") or [])
-
-
-class Kubelet(threading.Thread):
-    """Marks every pod of the namespace Ready as soon as it is created."""
-
-    def __init__(self, api_client: Any) -> None:
-        super().__init__(daemon=True)
-        from kubernetes import client, watch
-
-        self.core = client.CoreV1Api(api_client)
-        self.watch = watch.Watch()
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        while not self.stopping.is_set():
-            try:
-                for event in self.watch.stream(self.core.list_namespaced_pod, NS,
-                                               timeout_seconds=30):
-                    pod = event["object"]
-                    if event["type"] == "DELETED" or pod.metadata.deletion_timestamp:
-                        continue
-                    if any(c.type == "Ready" and c.status == "True"
-                           for c in (pod.status.conditions or [])):
-                        continue
-                    self.core.patch_namespaced_pod_status(pod.metadata.name, NS, {"status": {
-                        "phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
-                        "conditions": [{"type": t, "status": "True", "lastTransitionTime": now}
-                                       for t in ("PodScheduled", "Initialized",
-                                                 "ContainersReady", "Ready")]}})
-            except Exception:
-                if self.stopping.is_set():
-                    return
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.watch.stop()
 
 
 class Claims:
@@ -139,7 +100,7 @@ def run(ctx: BenchContext) -> list[Result]:
         stack.kubectl("create", "namespace", NS)
         stack.kubectl("wait", "--for=create", "--timeout=30s", "serviceaccount/default", "-n", NS)
         api = stack.plane.api_client()
-        kubelet = Kubelet(api)
+        kubelet = Kubelet(api, NS)
         kubelet.start()
         claims = Claims(api)
         try:

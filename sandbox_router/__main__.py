@@ -27,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--token-file", help="file holding the bearer token (a mounted Secret)")
     parser.add_argument("--namespace", action="append", dest="namespaces",
                         help="watch only this namespace (repeatable; default all)")
+    parser.add_argument("--allow-loopback-pods", action="store_true", default=None,
+                        help="Kubernetes source: accept loopback pod IPs (pods that are local "
+                             "processes, as in the test tier); never in a cluster")
     parser.add_argument("--insecure-no-auth", action="store_true", default=None,
                         help="start without a bearer token: anyone reaching the port may use it")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")

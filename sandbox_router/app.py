@@ -37,7 +37,12 @@ _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 def build_source(config: Config) -> Source:
     if config.source == "static" or (not config.source and config.static_file):
         return StaticSource.from_file(config.static_file)
-    return KubernetesSource(namespaces=config.namespaces)
+    if config.allow_loopback_pods:
+        logging.getLogger("sandbox_router").warning(
+            "allow_loopback_pods is on: sandboxes whose pod IP is loopback are reachable; "
+            "only for a control plane whose pods run on this machine")
+    return KubernetesSource(namespaces=config.namespaces,
+                            allow_loopback=config.allow_loopback_pods)
 
 
 def create_app(config: Mapping[str, Any] | None = None, *,

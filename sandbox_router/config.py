@@ -32,6 +32,9 @@ class Config:
     static_file: str = ""
     # Kubernetes source: namespaces to watch ("" = all namespaces the RBAC allows).
     namespaces: tuple[str, ...] = ()
+    # Kubernetes source: accept loopback pod IPs. Only for a control plane whose "pods" are
+    # processes on this machine (the Metacontroller test tier, a laptop); never in a cluster.
+    allow_loopback_pods: bool = False
     cluster_domain: str = "cluster.local"
     # Extra allow-list: when set, a sandbox address must also fall in one of these CIDRs.
     allowed_cidrs: tuple[str, ...] = ()

@@ -256,8 +256,10 @@ class KubernetesSource:
     allow_loopback = False
 
     def __init__(self, *, namespaces: Iterable[str] = (), api_client: Any = None,
-                 watch_timeout: int = 300, backoff: float = 1.0) -> None:
+                 watch_timeout: int = 300, backoff: float = 1.0,
+                 allow_loopback: bool = False) -> None:
         self.namespaces = tuple(namespaces)
+        self.allow_loopback = allow_loopback
         self.cache = SandboxCache()
         self._api_client = api_client
         self._watch_timeout = watch_timeout

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.hookrequests import SEED_POD_TEMPLATE
+from tests.metacontroller.stack import Kubelet
 
 X = "extensions.agents.x-k8s.io/v1alpha1"
 POOL = "python-sandbox-warmpool"
@@ -44,23 +44,14 @@ def free_warm(stack, namespace: str) -> list[dict[str, Any]]:
 @contextlib.contextmanager
 def kubelet(stack, namespace: str) -> Iterator[None]:
     """Mark every pod of the namespace Ready as soon as it appears, until the block ends."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(Exception):
-                for pod in pods(stack, namespace):
-                    if not ready(pod) and not pod["metadata"].get("deletionTimestamp"):
-                        stack.make_pod_ready(pod["metadata"]["name"], namespace=namespace)
-            stop.wait(0.2)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
+    api = stack.plane.api_client()
+    player = Kubelet(api, namespace)
+    player.start()
     try:
         yield
     finally:
-        stop.set()
-        thread.join(10)
+        player.stop()
+        api.close()
 
 
 @pytest.fixture
