@@ -1,4 +1,9 @@
-"""`python -m bench [component ...] [--quick]`: run benchmarks, write JSON and the docs table."""
+"""`python -m bench [component ...] [--quick]`: run benchmarks, write JSON, plots and the report.
+
+Each figure is a median over repeated rounds; comparisons to a floor are ratios taken in the
+same run. Components not run this time (or skipped) keep their last figures, marked with the
+run that measured them.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,15 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.harness import Context, Result
+from bench import plots
+from bench.harness import Context, Result, Skipped
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results.json"
 REPORT = REPO / "docs" / "benchmarks.md"
+PLOTS = REPO / "docs" / "bench"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
 def discover() -> list[str]:
@@ -35,6 +43,8 @@ def machine() -> dict[str, object]:
 
     with open("/proc/meminfo") as meminfo:
         mem_kib = int(meminfo.readline().split()[1])
+    with open("/proc/loadavg") as loadavg:
+        load = loadavg.read().split()[0]
     return {
         "cores": os.cpu_count(),
         "memory_gib": round(mem_kib / 1024 / 1024, 1),
@@ -42,6 +52,7 @@ def machine() -> dict[str, object]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "runsc": version(["runsc", "--version"]),
+        "load_at_start": load,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
@@ -51,10 +62,9 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def table(results: list[Result]) -> str:
-    head = (
-        "| component | benchmark | p50 | p95 | p99 | throughput | peak RSS MiB | goal | met "
-        "| floor | ratio to floor |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
-    )
+    head = ("| component | benchmark | p50 | p95 | p99 | throughput | peak RSS MiB | goal | met "
+            "| floor | ratio to floor | run |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     rows = []
     for r in results:
         unit = f" {r.unit}" if r.p50 is not None else ""
@@ -63,25 +73,32 @@ def table(results: list[Result]) -> str:
         rows.append(
             f"| {r.component} | {r.name} | {fmt(r.p50)}{unit} | {fmt(r.p95)} | {fmt(r.p99)} "
             f"| {throughput} | {fmt(r.peak_rss_mib, 1)} | {r.goal} | {met} | {r.floor_name} "
-            f"| {fmt(r.ratio_to_floor)} |"
-        )
+            f"| {fmt(r.ratio_to_floor)} | {r.extra.get('run', '')} |")
     return head + "\n".join(rows) + "\n"
 
 
-def write_report(info: dict[str, object], results: list[Result], errors: dict[str, str]) -> None:
-    machine_line = ", ".join(f"{k}: {v}" for k, v in info.items())
-    failures = "".join(f"- `{name}` failed: {msg}\n" for name, msg in errors.items())
-    notes = "".join(f"- {r.component} / {r.name}: {r.notes}\n" for r in results if r.notes)
+def write_report(info: dict[str, object], results: list[Result], skipped: dict[str, str],
+                 errors: dict[str, str], images: list[Path]) -> None:
+    lines = [BEGIN, "", "Machine of the latest run: "
+             + ", ".join(f"{k}: {v}" for k, v in info.items()), "", table(results)]
+    notes = [f"- {r.component} / {r.name}: {r.notes}" for r in results if r.notes]
+    if notes:
+        lines += ["Notes:", "", *notes, ""]
+    if skipped:
+        lines += ["Not run in the latest run (figures above, if any, are from an earlier run):",
+                  "", *(f"- `{n}`: {why}" for n, why in sorted(skipped.items())), ""]
+    if errors:
+        lines += ["Failed in the latest run:", "",
+                  *(f"- `{n}`: {why}" for n, why in sorted(errors.items())), ""]
+    if images:
+        lines += ["Plots:", ""]
+        lines += [f"![{p.stem}](bench/{p.name})" for p in images]
+        lines.append("")
+    lines.append(END)
+    body = "\n".join(lines)
     text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n"
-    start, end = "<!-- bench:begin -->", "<!-- bench:end -->"
-    body = (
-        f"{start}\nMachine: {machine_line}\n\n{table(results)}\n"
-        + (f"Notes:\n\n{notes}\n" if notes else "")
-        + (f"Benchmarks that did not finish:\n\n{failures}\n" if failures else "")
-        + end
-    )
-    if start in text and end in text:
-        text = text[: text.index(start)] + body + text[text.index(end) + len(end) :]
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + body + text[text.index(END) + len(END):]
     else:
         text = text.rstrip() + "\n\n" + body + "\n"
     REPORT.write_text(text)
@@ -93,42 +110,43 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     args = parser.parse_args()
     chosen = args.components or discover()
+    unknown = sorted(set(chosen) - set(discover()))
+    if unknown:
+        parser.error(f"no benchmark named {', '.join(unknown)}")
     ctx = Context(quick=args.quick)
     info = machine()
+    stamp = info["date"] + (" (quick)" if args.quick else "")
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"results": []}
     results: list[Result] = []
+    skipped: dict[str, str] = {}
     errors: dict[str, str] = {}
     for name in chosen:
         print(f"== bench {name}", flush=True)
         try:
-            module = importlib.import_module(f"bench.bench_{name}")
-            got = module.run(ctx)
+            got = importlib.import_module(f"bench.bench_{name}").run(ctx)
+        except Skipped as why:
+            print(f"   skipped: {why}", flush=True)
+            skipped[name] = str(why)
+            continue
         except Exception as exc:  # one broken benchmark must not hide the others
             traceback.print_exc()
             errors[name] = f"{type(exc).__name__}: {exc}"
             continue
         for r in got:
-            print(
-                f"   {r.name}: p50={fmt(r.p50)} p99={fmt(r.p99)} {r.unit} "
-                f"throughput={fmt(r.throughput, 0)} {r.throughput_unit} goal={r.goal} met={r.met}",
-                flush=True,
-            )
+            r.extra["run"] = stamp
+            print(f"   {r.name}: p50={fmt(r.p50)} p99={fmt(r.p99)} {r.unit} "
+                  f"throughput={fmt(r.throughput, 0)} {r.throughput_unit} goal={r.goal} "
+                  f"met={r.met}", flush=True)
         results.extend(got)
-    # Keep figures of components not run this time, so a partial run does not erase them.
-    kept = [
-        Result(**r)
-        for r in previous["results"]
-        if r["component"] not in {res.component for res in results} | set(errors)
-    ]
+    fresh = {r.component for r in results}
+    kept = [Result(**r) for r in previous["results"] if r["component"] not in fresh]
     merged = sorted(kept + results, key=lambda r: (r.component, r.name))
-    RESULTS.write_text(
-        json.dumps(
-            {"machine": info, "results": [r.to_json() for r in merged], "errors": errors}, indent=2
-        )
-        + "\n"
-    )
-    write_report(info, merged, errors)
-    print(f"wrote {RESULTS.relative_to(REPO)} and {REPORT.relative_to(REPO)}")
+    RESULTS.write_text(json.dumps({"machine": info, "results": [r.to_json() for r in merged],
+                                   "skipped": skipped, "errors": errors}, indent=1) + "\n")
+    images = plots.draw(merged, PLOTS)
+    write_report(info, merged, skipped, errors, images)
+    print(f"wrote {RESULTS.relative_to(REPO)}, {REPORT.relative_to(REPO)} and "
+          f"{len(images)} plots under {PLOTS.relative_to(REPO)}")
     return 1 if errors else 0
 
 

@@ -58,18 +58,31 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank]
 
 
+class Skipped(Exception):
+    """A benchmark that cannot run here (a missing binary, say); the reason is reported."""
+
+
 @dataclass
 class Latencies:
-    """Per-round p50/p95/p99 (seconds), reduced to medians across rounds."""
+    """Per-round p50/p95/p99 (seconds), reduced to medians across rounds; all samples kept
+    for the CDF plots."""
 
     rounds: list[dict[str, float]] = field(default_factory=list)
+    pooled: list[float] = field(default_factory=list)
 
     def add_round(self, samples: list[float]) -> None:
         ordered = sorted(samples)
+        self.pooled.extend(samples)
         self.rounds.append(
             {q: percentile(ordered, float(q[1:])) for q in ("p50", "p95", "p99")}
             | {"n": float(len(samples))}
         )
+
+    def cdf_ms(self, points: int = 101) -> list[float]:
+        """The pooled samples' quantiles 0, 1, ..., 100 % in milliseconds (for plots)."""
+        ordered = sorted(self.pooled)
+        return [round(percentile(ordered, 100 * i / (points - 1)) * 1e3, 4)
+                for i in range(points)]
 
     def median(self, key: str) -> float:
         return statistics.median(r[key] for r in self.rounds)
@@ -97,7 +110,10 @@ def time_calls(
 
 
 def latency_result(component: str, name: str, lat: Latencies, **kwargs: Any) -> Result:
-    """A Result in milliseconds from round medians of p50/p95/p99."""
+    """A Result in milliseconds from round medians of p50/p95/p99, with its CDF points."""
+    extra = dict(kwargs.pop("extra", None) or {})
+    if lat.pooled:
+        extra["cdf_ms"] = lat.cdf_ms()
     return Result(
         component=component,
         name=name,
@@ -107,6 +123,7 @@ def latency_result(component: str, name: str, lat: Latencies, **kwargs: Any) -> 
         p99=lat.median("p99") * 1e3,
         samples=lat.samples,
         rounds=len(lat.rounds),
+        extra=extra,
         **kwargs,
     )
 
