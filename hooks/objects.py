@@ -289,6 +289,23 @@ def condition(
     return cond
 
 
+def ready_conditions(
+    parent: KubeObject, ok: bool, reason: str, message: str, *, now: datetime
+) -> list[KubeObject]:
+    """The parent's `status.conditions`: its Ready condition, observed at this generation."""
+    return [
+        condition(
+            READY,
+            ok,
+            reason,
+            message,
+            previous=parent.get("status"),
+            now=now,
+            generation=parent["metadata"].get("generation"),
+        )
+    ]
+
+
 def keep_children(
     request: SyncRequest,
     *,
@@ -301,17 +318,7 @@ def keep_children(
     parent = request["parent"]
     previous = parent.get("status") or {}
     status = {**{k: v for k, v in previous.items() if k != "conditions"}, **(extra_status or {})}
-    status["conditions"] = [
-        condition(
-            READY,
-            False,
-            reason,
-            message,
-            previous=previous,
-            now=now,
-            generation=parent["metadata"].get("generation"),
-        )
-    ]
+    status["conditions"] = ready_conditions(parent, False, reason, message, now=now)
     return {"status": status, "children": all_children(request)}
 
 

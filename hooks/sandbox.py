@@ -151,8 +151,6 @@ def sync(
 ) -> SyncResponse:
     sandbox = request["parent"]
     meta = sandbox["metadata"]
-    previous = sandbox.get("status") or {}
-    generation = meta.get("generation")
     problems = spec_problems(sandbox)
     if problems:
         # A 200 without children deletes them: keep what exists, report the spec.
@@ -165,17 +163,7 @@ def sync(
     status: dict[str, Any] = {"replicas": 0, "selector": f"{SANDBOX_LABEL}={name}", "podIPs": []}
 
     def ready(ok: bool, reason: str, message: str) -> None:
-        status["conditions"] = [
-            objects.condition(
-                objects.READY,
-                ok,
-                reason,
-                message,
-                previous=previous,
-                now=now,
-                generation=generation,
-            )
-        ]
+        status["conditions"] = objects.ready_conditions(sandbox, ok, reason, message, now=now)
 
     if objects.sandbox_is_expired(sandbox, now):
         # Past shutdownTime the pod and Service go; volumes stay for whoever needs the data.

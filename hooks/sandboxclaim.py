@@ -106,8 +106,6 @@ def sync(
 ) -> SyncResponse:
     claim = request["parent"]
     name = claim["metadata"]["name"]
-    previous = claim.get("status") or {}
-    generation = claim["metadata"].get("generation")
 
     def answer(
         children: list[KubeObject],
@@ -117,17 +115,7 @@ def sync(
         sandbox_status: dict[str, Any] | None = None,
     ) -> SyncResponse:
         status: dict[str, Any] = {
-            "conditions": [
-                objects.condition(
-                    objects.READY,
-                    ok,
-                    reason,
-                    message,
-                    previous=previous,
-                    now=now,
-                    generation=generation,
-                )
-            ]
+            "conditions": objects.ready_conditions(claim, ok, reason, message, now=now)
         }
         if sandbox_status:
             status["sandbox"] = sandbox_status

@@ -112,8 +112,6 @@ def sync(
     request: SyncRequest, *, now: datetime, settings: HookSettings = DEFAULT_SETTINGS
 ) -> SyncResponse:
     template = request["parent"]
-    previous = template.get("status") or {}
-    generation = template["metadata"].get("generation")
     problems = objects.name_problems(
         template["metadata"]["name"], service=False
     ) + schemas.validate(KIND, template.get("spec"))
@@ -125,17 +123,13 @@ def sync(
         return {
             "children": [],
             "status": {
-                "conditions": [
-                    objects.condition(
-                        objects.READY,
-                        True,
-                        objects.NETWORK_POLICY_DISABLED,
-                        "spec.networkPolicy.enabled is false: pods of this template are not fenced",
-                        previous=previous,
-                        now=now,
-                        generation=generation,
-                    )
-                ]
+                "conditions": objects.ready_conditions(
+                    template,
+                    True,
+                    objects.NETWORK_POLICY_DISABLED,
+                    "spec.networkPolicy.enabled is false: pods of this template are not fenced",
+                    now=now,
+                )
             },
         }
     policy = desired_network_policy(template)
@@ -149,16 +143,12 @@ def sync(
         "children": [policy],
         "status": {
             "networkPolicy": policy["metadata"]["name"],
-            "conditions": [
-                objects.condition(
-                    objects.READY,
-                    applied,
-                    objects.NETWORK_POLICY_READY if applied else objects.NETWORK_POLICY_PENDING,
-                    message,
-                    previous=previous,
-                    now=now,
-                    generation=generation,
-                )
-            ],
+            "conditions": objects.ready_conditions(
+                template,
+                applied,
+                objects.NETWORK_POLICY_READY if applied else objects.NETWORK_POLICY_PENDING,
+                message,
+                now=now,
+            ),
         },
     }

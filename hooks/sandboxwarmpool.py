@@ -92,7 +92,6 @@ def status_of(
     free: list[KubeObject],
     bound: int,
     *,
-    previous: KubeObject,
     now: datetime,
     template_missing: bool = False,
 ) -> dict[str, Any]:
@@ -110,17 +109,7 @@ def status_of(
         "readyReplicas": ready,
         "boundReplicas": bound,
         "selector": f"{POOL_LABEL}={pool['metadata']['name']},!{SANDBOX_LABEL}",
-        "conditions": [
-            objects.condition(
-                objects.READY,
-                ok,
-                reason,
-                message,
-                previous=previous,
-                now=now,
-                generation=pool["metadata"].get("generation"),
-            )
-        ],
+        "conditions": objects.ready_conditions(pool, ok, reason, message, now=now),
     }
 
 
@@ -128,7 +117,6 @@ def sync(
     request: SyncRequest, *, now: datetime, settings: HookSettings = DEFAULT_SETTINGS
 ) -> SyncResponse:
     pool = request["parent"]
-    previous = pool.get("status") or {}
     problems = objects.name_problems(pool["metadata"]["name"], service=False) + schemas.validate(
         KIND, pool.get("spec")
     )
@@ -159,7 +147,7 @@ def sync(
         response: SyncResponse = {
             "children": children,
             "finalized": bound == 0,
-            "status": status_of(pool, [], bound, previous=previous, now=now),
+            "status": status_of(pool, [], bound, now=now),
         }
         return response
     if template is None:
@@ -167,9 +155,7 @@ def sync(
         children += [objects.as_desired(p) for p in free]
         return {
             "children": children,
-            "status": status_of(
-                pool, free, bound, previous=previous, now=now, template_missing=True
-            ),
+            "status": status_of(pool, free, bound, now=now, template_missing=True),
         }
 
     # Free pods of the current template, Ready first, up to spec.replicas; older ones go.
@@ -206,7 +192,7 @@ def sync(
         children.append(desired_pod(pool, template, pod_name(pool, index)))
     return {
         "children": children,
-        "status": status_of(pool, kept, bound, previous=previous, now=now),
+        "status": status_of(pool, kept, bound, now=now),
     }
 
 
