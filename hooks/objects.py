@@ -5,7 +5,6 @@ Pure and deterministic: no clock (callers pass `now`), no I/O, never mutates its
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
@@ -189,6 +188,11 @@ def spec_hash(value: Any) -> str:
     return short_hash(json.dumps(value, sort_keys=True, separators=(",", ":")), length=10)
 
 
+def clone(value: Any) -> Any:
+    """A deep copy of plain JSON data (several times faster than copy.deepcopy)."""
+    return json.loads(json.dumps(value))
+
+
 # ---- building children ------------------------------------------------------------------
 
 
@@ -205,7 +209,7 @@ def pod_from_template(
     Defaults apply only where the template is silent: no service-account token, no
     privilege escalation in any container.
     """
-    template = copy.deepcopy(pod_template)
+    template = clone(pod_template)
     meta = template.get("metadata") or {}
     spec = template.get("spec") or {}
     spec.setdefault("automountServiceAccountToken", False)
@@ -238,11 +242,9 @@ def as_desired(obj: KubeObject) -> KubeObject:
         except ValueError:
             pass
     meta = obj.get("metadata", {})
-    kept = {k: copy.deepcopy(v) for k, v in obj.items() if k not in ("metadata", "status")}
+    kept = {k: clone(v) for k, v in obj.items() if k not in ("metadata", "status")}
     kept["metadata"] = {
-        k: copy.deepcopy(meta[k])
-        for k in ("name", "namespace", "labels", "annotations")
-        if k in meta
+        k: clone(meta[k]) for k in ("name", "namespace", "labels", "annotations") if k in meta
     }
     kept["metadata"].get("annotations", {}).pop(LAST_APPLIED, None)
     return kept

@@ -13,7 +13,6 @@ forwards the Sandbox's readiness and names the serving pod (status and the Sandb
 
 from __future__ import annotations
 
-import copy
 from datetime import datetime
 from typing import Any
 
@@ -73,7 +72,7 @@ def desired_sandbox(claim: KubeObject, template: KubeObject, pool: KubeObject | 
     labels = {CLAIM_LABEL: meta["name"], TEMPLATE_LABEL: template["metadata"]["name"]}
     if pool is not None:
         labels[POOL_LABEL] = pool["metadata"]["name"]
-    spec: dict[str, Any] = {"podTemplate": copy.deepcopy(template["spec"]["podTemplate"])}
+    spec: dict[str, Any] = {"podTemplate": objects.clone(template["spec"]["podTemplate"])}
     deadline = (claim["spec"].get("lifecycle") or {}).get("shutdownTime")
     if deadline:
         spec["shutdownTime"] = deadline
@@ -150,7 +149,7 @@ def sync(
     if existing is not None:
         # The Sandbox keeps the spec it was made with; only the pod-name annotation follows it.
         pod_name = (existing.get("status") or {}).get("podName")
-        sandbox = with_pod_annotation(copy.deepcopy(objects.as_desired(existing)), pod_name)
+        sandbox = with_pod_annotation(objects.clone(objects.as_desired(existing)), pod_name)
         cond = sandbox_ready(existing)
         sandbox_status = {"name": name, **({"podName": pod_name} if pod_name else {})}
         if cond is not None and cond.get("status") == "True":

@@ -14,7 +14,6 @@ it and refills, so a warm pod serves at most one Sandbox, ever.
 
 from __future__ import annotations
 
-import copy
 from datetime import datetime
 from typing import Any
 
@@ -60,7 +59,7 @@ def desired_pod(pool: KubeObject, template: KubeObject, name: str) -> KubeObject
 
 def bind(pod: KubeObject, sandbox_name: str) -> KubeObject:
     """The pod as we last asked for it, plus the binding label (labels are mutable)."""
-    desired = copy.deepcopy(objects.as_desired(pod))
+    desired = objects.clone(objects.as_desired(pod))
     desired["metadata"].setdefault("labels", {})[SANDBOX_LABEL] = sandbox_name
     return desired
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,15 @@ def validate(kind: str, spec: Any) -> list[str]:
     """Problems with a spec, each naming its field (`spec.replicas: ...`); empty when valid."""
     if not isinstance(spec, dict):
         return ["spec: must be an object"]
+    # Metacontroller resyncs the same spec again and again: validate each distinct one once.
+    return list(_problems(kind, json.dumps(spec, sort_keys=True)))
+
+
+@lru_cache(maxsize=4096)
+def _problems(kind: str, canonical_spec: str) -> tuple[str, ...]:
+    spec = json.loads(canonical_spec)
     problems = []
     for error in sorted(spec_validator(kind).iter_errors(spec), key=lambda e: list(e.path)):
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.path)
         problems.append(f"spec{path}: {error.message}")
-    return problems
+    return tuple(problems)
