@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from hooks.typedefs import KubeObject, ObjectMap, SyncRequest, SyncResponse
+from hooks.typedefs import KubeObject, ObjectMap, ResourceRule, SyncRequest, SyncResponse
 
 # Keys of Metacontroller's children/related maps.
 POD = "Pod.v1"
@@ -191,6 +191,23 @@ def spec_hash(value: Any) -> str:
 def clone(value: Any) -> Any:
     """A deep copy of plain JSON data (several times faster than copy.deepcopy)."""
     return json.loads(json.dumps(value))
+
+
+def related(
+    api_version: str,
+    resource: str,
+    namespace: str,
+    *,
+    name: Any = None,
+    labels: dict[str, str] | None = None,
+) -> ResourceRule:
+    """A customize rule: the object called `name`, else those with `labels` (else all)."""
+    rule: ResourceRule = {"apiVersion": api_version, "resource": resource, "namespace": namespace}
+    if isinstance(name, str):
+        rule["names"] = [name]
+    else:
+        rule["labelSelector"] = {"matchLabels": dict(labels or {})}
+    return rule
 
 
 # ---- building children ------------------------------------------------------------------

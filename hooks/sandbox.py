@@ -227,13 +227,7 @@ def customize(request: CustomizeRequest) -> CustomizeResponse:
     pool = objects.labels_of(sandbox).get(POOL_LABEL)
     if not pool:
         return {"relatedResources": []}
+    namespace = sandbox["metadata"].get("namespace", "default")
     return {
-        "relatedResources": [
-            {
-                "apiVersion": "v1",
-                "resource": "pods",
-                "namespace": sandbox["metadata"].get("namespace", "default"),
-                "labelSelector": {"matchLabels": {POOL_LABEL: pool}},
-            }
-        ]
+        "relatedResources": [objects.related("v1", "pods", namespace, labels={POOL_LABEL: pool})]
     }

@@ -180,9 +180,9 @@ def sync(
                 objects.POOL_NOT_FOUND,
                 f"SandboxWarmPool {spec['warmPoolRef']['name']} not found",
             )
-        template_name = (spec.get("sandboxTemplateRef") or {}).get("name") or pool["spec"][
+        template_name = (spec.get("sandboxTemplateRef") or {}).get("name") or (pool or {})["spec"][
             "sandboxTemplateRef"
-        ]["name"]  # type: ignore[index]
+        ]["name"]
         template = next(
             (
                 t
@@ -209,34 +209,16 @@ def sync(
 
 
 def customize(request: CustomizeRequest) -> CustomizeResponse:
-    """The claim's template and the namespace's warm pools (to find one of the template)."""
+    """The claim's template and its warm pool: by name when named, else all in the namespace
+    (a claim without a template reference learns it from its pool)."""
     claim = request["parent"]
     namespace = claim["metadata"].get("namespace", "default")
     spec = claim.get("spec") or {}
-    template_ref = (spec.get("sandboxTemplateRef") or {}).get("name")
-    pool_ref = (spec.get("warmPoolRef") or {}).get("name")
-    everything: dict[str, Any] = {"matchLabels": {}}
+    template = (spec.get("sandboxTemplateRef") or {}).get("name")
+    pool = (spec.get("warmPoolRef") or {}).get("name")
     return {
         "relatedResources": [
-            {
-                "apiVersion": objects.EXTENSIONS_API,
-                "resource": "sandboxtemplates",
-                "namespace": namespace,
-                **(
-                    {"names": [template_ref]}
-                    if isinstance(template_ref, str)
-                    else {"labelSelector": everything}
-                ),
-            },
-            {
-                "apiVersion": objects.EXTENSIONS_API,
-                "resource": "sandboxwarmpools",
-                "namespace": namespace,
-                **(
-                    {"names": [pool_ref]}
-                    if isinstance(pool_ref, str)
-                    else {"labelSelector": everything}
-                ),
-            },
+            objects.related(objects.EXTENSIONS_API, "sandboxtemplates", namespace, name=template),
+            objects.related(objects.EXTENSIONS_API, "sandboxwarmpools", namespace, name=pool),
         ]
     }

@@ -205,24 +205,17 @@ def customize(request: CustomizeRequest) -> CustomizeResponse:
     """The pool's template (by name) and the Sandboxes that want one of its pods (by label)."""
     pool = request["parent"]
     namespace = pool["metadata"].get("namespace", "default")
-    rules: CustomizeResponse = {
-        "relatedResources": [
-            {
-                "apiVersion": "agents.x-k8s.io/v1alpha1",
-                "resource": "sandboxes",
-                "namespace": namespace,
-                "labelSelector": {"matchLabels": {POOL_LABEL: pool["metadata"]["name"]}},
-            }
-        ]
-    }
-    ref = (pool.get("spec") or {}).get("sandboxTemplateRef") or {}
-    if isinstance(ref.get("name"), str):
-        rules["relatedResources"].append(
-            {
-                "apiVersion": objects.EXTENSIONS_API,
-                "resource": "sandboxtemplates",
-                "namespace": namespace,
-                "names": [ref["name"]],
-            }
+    template = ((pool.get("spec") or {}).get("sandboxTemplateRef") or {}).get("name")
+    rules = [
+        objects.related(
+            objects.SANDBOX_API,
+            "sandboxes",
+            namespace,
+            labels={POOL_LABEL: pool["metadata"]["name"]},
         )
-    return rules
+    ]
+    if isinstance(template, str):
+        rules.append(
+            objects.related(objects.EXTENSIONS_API, "sandboxtemplates", namespace, name=template)
+        )
+    return {"relatedResources": rules}

@@ -310,6 +310,7 @@ class KubernetesSource:
         delay = self._backoff
         while not self._stopping.is_set():
             try:
+                args: tuple[str, ...]
                 if namespace is None:
                     listing = api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
                     func, args = api.list_cluster_custom_object, (GROUP, VERSION, PLURAL)
