@@ -42,7 +42,7 @@ from werkzeug.wsgi import wrap_file
 
 from sandbox_runtime import config as config_mod
 from sandbox_runtime import files, procs, slots
-from sandbox_runtime.execute import Command, Limits, StreamDecoder, choose_limits
+from sandbox_runtime.execute import Client, Command, Limits, StreamDecoder, choose_limits
 
 log = logging.getLogger("sandbox_runtime")
 
@@ -53,6 +53,7 @@ JSON = "application/json"
 NDJSON = "application/x-ndjson"
 DOWNLOAD_CHUNK = 1024 * 1024
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+STDIO_CLIENT = "sandbox_runtime.client_socket"  # = stdio.CLIENT_KEY (stdio imports us)
 
 
 class AnyPath(PathConverter):
@@ -184,7 +185,7 @@ def read_json(stream: Any, length: int | None, limit: int) -> dict[str, Any]:
     raw = b"".join(parts)
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nesting past the stack: bad input
         raise BadRequest("body: expected a JSON object") from None
     if not isinstance(body, dict):
         raise BadRequest("body: expected a JSON object")
@@ -238,7 +239,8 @@ def parse_execute(body: Mapping[str, Any], rt: Runtime) -> tuple[str, float, dic
 class CommandStream:
     """The NDJSON body of /execute/stream; closing it early kills the command."""
 
-    def __init__(self, rt: Runtime, command: Command, slot: int, client_fd: int | None) -> None:
+    def __init__(self, rt: Runtime, command: Command, slot: int,
+                 client_fd: Client | None) -> None:
         self.rt = rt
         self.command = command
         self.slot = slot
@@ -310,9 +312,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         rt.metrics.running.inc()
         return cmd, slot
 
-    def client_fd(environ: Mapping[str, Any] | None = None) -> int | None:
-        # gunicorn hands the client socket to the app; a hang-up then kills the command.
-        sock = (request.environ if environ is None else environ).get("gunicorn.socket")
+    def client_fd(environ: Mapping[str, Any] | None = None) -> Client | None:
+        # gunicorn hands the client socket to the app, stdio.py its stdin socket; a hang-up
+        # then kills the command.
+        env = request.environ if environ is None else environ
+        stdin_socket = env.get(STDIO_CLIENT)
+        if stdin_socket is not None:
+            return stdin_socket  # type: ignore[no-any-return]
+        sock = env.get("gunicorn.socket")
         try:
             return sock.fileno() if sock is not None else None
         except OSError:

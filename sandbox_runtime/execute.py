@@ -15,6 +15,7 @@ import logging
 import os
 import resource
 import select
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
@@ -28,6 +29,12 @@ log = logging.getLogger(__name__)
 SHELL = "/bin/sh"
 READ_SIZE = 65536
 STREAMS = ("stdout", "stderr")
+POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
+HANGUP = POLLRDHUP | select.POLLHUP | select.POLLERR
+# Who asked for a command: gunicorn's client socket as an fd (a hang-up shows as POLLRDHUP),
+# or stdio's stdin as a socket object (under gVisor a donated host socket reports its
+# hang-up only as readable end-of-file, so it is watched for reads and peeked at).
+Client = int | socket.socket
 SHELL_EVAL = '__sandbox_cmd=$1\nshift\neval "unset -v __sandbox_cmd\n$__sandbox_cmd"\n'
 
 
@@ -166,14 +173,14 @@ class Command:
             self._pidfd = None  # old kernel or gVisor without pidfd: fall back to polling
         self._done = False
 
-    def chunks(self, client_fd: int | None = None) -> Iterator[tuple[str, bytes]]:
+    def chunks(self, client: Client | None = None) -> Iterator[tuple[str, bytes]]:
         """Yield (stream, bytes) as output arrives (only bytes under the cap), until the end.
 
-        `client_fd` is the client's socket, when known: if the client hangs up, the command
+        `client` is the client's socket, when known: if the client hangs up, the command
         is killed at once rather than left running until its deadline.
         """
         try:
-            if (yield from self._pump(client_fd)):
+            if (yield from self._pump(client)):
                 self._finish()
         finally:
             self.close()
@@ -184,13 +191,13 @@ class Command:
             self._timeout(reason="abandoned")
             self._finish()
 
-    def run(self, client_fd: int | None = None) -> Outcome:
+    def run(self, client: Client | None = None) -> Outcome:
         """Drive the command to its end and return the collected outcome."""
-        for _ in self.chunks(client_fd):
+        for _ in self.chunks(client):
             pass
         return self.outcome
 
-    def _pump(self, client_fd: int | None) -> Generator[tuple[str, bytes], None, bool]:
+    def _pump(self, client: Client | None) -> Generator[tuple[str, bytes], None, bool]:
         """Read until both pipes close and the shell exits (True), or the deadline passes
         (killed, True), or the client hangs up (False: the caller kills it as abandoned)."""
         poller = select.poll()
@@ -198,9 +205,12 @@ class Command:
             poller.register(fd, select.POLLIN)
         if self._pidfd is not None:
             poller.register(self._pidfd, select.POLLIN)
+        client_fd = client if isinstance(client, int) or client is None else client.fileno()
         if client_fd is not None:
-            # Hang-up only: a pipelined next request (POLLIN) must not count as leaving.
-            poller.register(client_fd, getattr(select, "POLLRDHUP", 0x2000))
+            # Hang-up only: a pipelined next request (POLLIN) must not count as leaving,
+            # except on a socket object, whose readable data is peeked at (_client_left).
+            poller.register(client_fd, POLLRDHUP if isinstance(client, int)
+                            else POLLRDHUP | select.POLLIN)
         exited = False
         while self._files or not exited:
             remaining = self.deadline - time.monotonic()
@@ -215,9 +225,12 @@ class Command:
                     continue
                 exited = True
                 continue
-            for fd, _ in poller.poll(remaining * 1000):
+            for fd, events in poller.poll(remaining * 1000):
                 if fd == client_fd:
-                    return False
+                    if events & HANGUP or _client_left(client):
+                        return False
+                    poller.unregister(fd)  # a pipelined request waits: stop watching
+                    continue
                 if fd == self._pidfd:
                     poller.unregister(fd)
                     exited = True
@@ -278,6 +291,18 @@ class Command:
         out.duration_s = time.monotonic() - self.started
         if out.timed_out or out.killed:
             procs.reap_orphans()
+
+
+def _client_left(client: Client | None) -> bool:
+    """After a readable event on the client: end-of-file (it left) or data (it did not)."""
+    if not isinstance(client, socket.socket):
+        return True
+    try:
+        return client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 class StreamDecoder:

@@ -29,6 +29,10 @@ MAX_PART_HEADERS = 16 * 1024
 # Replaced files whose blocks are still to be freed (each holds its disk space until then).
 CLOSER_BACKLOG = 64
 MAX_BOUNDARY = 200  # RFC 2046 says 70; some clients send longer ones
+NAME_MAX = 255  # bytes per path component on every Linux filesystem we serve from
+# A path that changes while it is resolved (a component renamed or swapped for a symlink by
+# code in the sandbox) is looked at again this many times before the request gives up.
+RESOLVE_ATTEMPTS = 4
 
 
 def is_inside(base: str, real: str) -> bool:
@@ -39,12 +43,31 @@ def resolve(base: str, user_path: str, *, what: str = "path") -> str:
     """The real absolute path of `user_path` (relative to the workspace, or absolute inside it).
 
     Raises Forbidden when it (after symlinks and `..`) leaves the workspace, BadRequest when
-    it is malformed. Missing paths resolve too; callers decide whether that is a 404.
+    it is malformed (NUL, too long, a component longer than NAME_MAX, a symlink chain too
+    deep to follow), NotFound when it kept changing while it was resolved (a component
+    renamed between realpath's lstat and readlink). Missing paths resolve too; callers
+    decide whether that is a 404.
     """
     if "\0" in user_path or len(user_path) > MAX_PATH:
         raise BadRequest(f"{what}: invalid path")
     candidate = user_path if os.path.isabs(user_path) else os.path.join(base, user_path)
-    real = os.path.realpath(candidate)
+    # The kernel would say ENAMETOOLONG somewhere later (an unexpected error there); say it now.
+    if any(len(part.encode("utf-8", "surrogatepass")) > NAME_MAX
+           for part in candidate.split("/")):
+        raise BadRequest(f"{what}: a path component is longer than {NAME_MAX} bytes")
+    for _ in range(RESOLVE_ATTEMPTS):
+        try:
+            real = os.path.realpath(candidate)
+            break
+        except RecursionError:
+            # realpath recurses once per symlink of a chain; the kernel stops at 40.
+            raise BadRequest(f"{what}: too many levels of symbolic links") from None
+        except OSError:
+            # A symlink realpath had just seen was removed or replaced before it could read
+            # it: the path is changing under us. Look again.
+            continue
+    else:
+        raise NotFound(f"{what}: {user_path!r} changed while it was looked up")
     if not is_inside(base, real):
         raise Forbidden(f"{what}: {user_path!r} is outside the workspace")
     return real
@@ -127,7 +150,55 @@ def list_dir(base: str, user_path: str, *, max_entries: int) -> list[dict[str, A
 
 
 def exists(base: str, user_path: str) -> bool:
-    return os.path.exists(resolve(base, user_path))
+    """Whether `user_path` names something inside the workspace (symlinks followed, like
+    os.path.exists). Never answers for a file outside, even if a directory on the way is
+    swapped for a symlink while we look: see _exists_inside. A path that keeps changing is
+    a 403, as download answers when a swap leads outside."""
+    for _ in range(RESOLVE_ATTEMPTS):
+        found = _exists_inside(base, resolve(base, user_path))
+        if found is not None:
+            return found
+    raise Forbidden(f"path: {user_path!r} kept changing while it was checked")
+
+
+def _exists_inside(base: str, real: str) -> bool | None:
+    """Walk `real` (symlink-free when resolve() saw it) from the workspace one component at
+    a time with O_PATH|O_NOFOLLOW: no symlink is followed, so the walk cannot leave the
+    workspace. None: a symlink appeared on the way (a race) or the directory reached was
+    moved outside; the caller resolves again."""
+    parts = [p for p in relative(base, real).split("/") if p not in ("", ".")]
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(base, flags | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            try:
+                step = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            except NotADirectoryError:
+                # A file where a directory should be (the path does not exist), or a
+                # symlink swapped in after resolve() (a race).
+                try:
+                    mode = os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
+                except OSError:
+                    return False
+                return None if stat.S_ISLNK(mode) else False
+            except OSError:
+                return False  # missing, or not searchable: os.path.exists says False too
+            os.close(fd)
+            fd = step
+        with contextlib.suppress(OSError):  # no /proc: the walk alone confines
+            if not is_inside(base, os.readlink(f"/proc/self/fd/{fd}")):
+                return None
+        if not parts:
+            return True
+        try:
+            mode = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False).st_mode
+        except OSError:
+            return False
+        # resolve() resolves a final symlink unless it loops (os.path.exists: False); one
+        # swapped in meanwhile is not followed either.
+        return not stat.S_ISLNK(mode)
+    finally:
+        os.close(fd)
 
 
 class Upload:

@@ -20,6 +20,9 @@ The contract, exactly:
   request gets a 400 answer with `Connection: close`, then the server exits with status 1.
 - Logs go to stderr only. File descriptor 1 is pointed at stderr at start-up, so nothing
   but responses (not a stray print, not a child process) can reach the response stream.
+- When stdin is a socket (the local backend's socketpair), a hang-up of the other end while
+  a command runs kills the command's tree at once, as over TCP; a pipe is not watched (its
+  writer may close right after the last request and still expect the answers).
 
 It must not spawn threads that write to the response stream, and must not read past one
 request's body before that request is answered.
@@ -30,6 +33,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+import socket
+import stat
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
@@ -38,6 +43,9 @@ from urllib.parse import unquote_to_bytes
 log = logging.getLogger(__name__)
 
 MAX_LINE = 65536
+# environ key: stdin as a socket object, whose hang-up means the client left (app.py
+# watches it while a command runs, like gunicorn's client socket).
+CLIENT_KEY = "sandbox_runtime.client_socket"
 MAX_HEADERS = 100
 NO_BODY_STATUS = {204, 304}
 
@@ -266,8 +274,12 @@ class ResponseWriter:
         self.out.flush()
 
 
-def serve(app: Callable[..., Iterable[bytes]], stdin: IO[bytes], stdout: IO[bytes]) -> int:
-    """Answer requests from `stdin` on `stdout` until end-of-file; the exit status."""
+def serve(app: Callable[..., Iterable[bytes]], stdin: IO[bytes], stdout: IO[bytes],
+          client: socket.socket | None = None) -> int:
+    """Answer requests from `stdin` on `stdout` until end-of-file; the exit status.
+
+    `client`, when given, is stdin's socket: the app kills a running command when it
+    hangs up."""
     while True:
         try:
             parsed = read_request(stdin)
@@ -282,6 +294,8 @@ def serve(app: Callable[..., Iterable[bytes]], stdin: IO[bytes], stdout: IO[byte
         if parsed is None:
             return 0
         environ, body, keep_alive, expects_continue = parsed
+        if client is not None:
+            environ[CLIENT_KEY] = client
         if expects_continue:
             stdout.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             stdout.flush()
@@ -317,9 +331,16 @@ def main(overrides: Mapping[str, Any], log_level: str) -> int:
     os.close(devnull)
     logs.setup(log_level)
     app = create_app(dict(overrides))
-    with os.fdopen(request_fd, "rb", buffering=65536) as stdin, \
-            os.fdopen(response_fd, "wb", buffering=65536) as stdout:
+    watched = None
+    if stat.S_ISSOCK(os.fstat(request_fd).st_mode):
+        copy = os.dup(request_fd)  # its own descriptor, only ever polled and peeked at
         try:
-            return serve(app, stdin, stdout)
-        except BrokenPipeError:
-            return 0
+            watched = socket.socket(fileno=copy)
+        except OSError:
+            os.close(copy)
+    try:
+        with os.fdopen(request_fd, "rb", buffering=65536) as stdin, \
+                os.fdopen(response_fd, "wb", buffering=65536) as stdout:
+            return serve(app, stdin, stdout, watched)
+    except (BrokenPipeError, ConnectionResetError):
+        return 0  # the client left (the close's final flush can say so too)

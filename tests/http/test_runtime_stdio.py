@@ -127,3 +127,48 @@ def test_malformed_request_gets_400_and_exit_1(stdio_runtime):
     assert status == 400 and headers["connection"] == "close"
     assert "error" in json.loads(body)
     assert process.wait(timeout=10) == 1
+
+
+def test_a_hang_up_on_a_socket_stdin_kills_a_silent_command(tmp_path):
+    """The local backend's channel is a socketpair: closing it while a command prints
+    nothing must end the command at once, not at its deadline."""
+    import os
+    import socket
+    import time
+
+    ours, theirs = socket.socketpair()
+    process = subprocess.Popen([script("sandbox-runtime"), "--stdio", "--base-dir",
+                                str(tmp_path)], stdin=theirs.fileno(), stdout=theirs.fileno(),
+                               stderr=subprocess.DEVNULL)
+    theirs.close()
+    try:
+        body = json.dumps({"command": "echo $$ > pid; echo go; exec sleep 61",
+                           "timeout": 120}).encode()
+        ours.sendall(request("POST", "/execute/stream", body))
+        reader = ours.makefile("rb")
+        assert reader.readline().startswith(b"HTTP/1.1 200")
+        while b"go" not in reader.readline():
+            pass
+        pid = int((tmp_path / "pid").read_text())
+
+        def sleeping() -> bool:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            except OSError:
+                return False
+
+        assert sleeping()
+        reader.close()
+        ours.close()
+        deadline = time.monotonic() + 20
+        while sleeping() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not sleeping(), "the command outlived its client"
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        if "pid" in locals() and sleeping():
+            os.kill(pid, 9)

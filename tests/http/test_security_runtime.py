@@ -213,11 +213,6 @@ def test_list_never_shows_outside_entries_while_a_symlink_flips(hostile, runtime
     RACE_STATUSES.update(status for status, _ in answers)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "GAP (minor, a race): a path component that vanishes while os.path.realpath walks it "
-    "raises FileNotFoundError outside the handled errors, so a request racing a rename gets "
-    "500 instead of 404 (no content leaks). Owner: sandbox_runtime/files.py resolve. Not "
-    "strict: whether the race is hit in a run varies."))
 def test_races_answer_clean_statuses(hostile):
     if not RACE_STATUSES:
         pytest.skip("the race tests above did not run")
@@ -225,12 +220,6 @@ def test_races_answer_clean_statuses(hostile):
         assert {200, 400, 403, 404} >= RACE_STATUSES, RACE_STATUSES
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "GAP (minor, a race): /exists resolves the path, then calls os.path.exists on the result, "
-    "which follows a symlink swapped in between, so it can say whether a file outside the "
-    "workspace exists. One boolean, no content; the code inside the sandbox can stat it "
-    "anyway. Fix: lstat/open O_PATH|O_NOFOLLOW + /proc/self/fd check as for download "
-    "(owner: sandbox_runtime/files.py exists). Not strict: the race is not always won."))
 def test_exists_never_reports_outside_files_while_a_symlink_flips(hostile, runtime, race):
     name, link, outside = race
     with Flipper(link, outside):
@@ -401,10 +390,6 @@ def test_odd_but_harmless_multipart_is_stored_inside(hostile, runtime, case):
         assert runtime.alive()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GAP (minor): an upload filename longer than NAME_MAX (255) raises ENAMETOOLONG outside "
-    "the handled errors: 500 instead of 400 (nothing is written). Owner: "
-    "sandbox_runtime/files.py Upload._open"))
 def test_a_filename_longer_than_name_max_is_a_400(hostile, runtime):
     with hostile("runtime", "multipart: filename of 300 characters"):
         response = requests.post(f"{runtime.url}/upload", timeout=30, files={
@@ -412,11 +397,29 @@ def test_a_filename_longer_than_name_max_is_a_400(hostile, runtime):
         assert response.status_code == 400, response.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GAP (minor): JSON nested deeper than the recursion limit raises RecursionError: 500 "
-    "instead of 400. Owner: sandbox_runtime/app.py _read_json_body"))
 def test_deeply_nested_execute_body_is_a_400(hostile, runtime):
     with hostile("runtime", "execute body: 20k-deep nesting"):
         response = requests.post(f"{runtime.url}/execute", timeout=30,
                                  data=b'{"command": ' + b"[" * 20000 + b"]" * 20000 + b"}")
         assert response.status_code == 400
+
+
+def test_a_path_component_longer_than_name_max_is_a_400_on_every_route(hostile, runtime):
+    with hostile("runtime", "path component of 300 bytes on download/list/exists"):
+        for route in ("download", "list", "exists"):
+            response = requests.get(f"{runtime.url}/{route}/dir/{'n' * 300}", timeout=30)
+            assert response.status_code == 400, (route, response.text)
+            assert "longer than 255 bytes" in response.json()["error"]
+
+
+def test_exists_follows_symlinks_inside_and_says_false_for_a_loop(runtime):
+    (runtime.workspace / "real-target.txt").write_text("x")
+    (runtime.workspace / "link-in.txt").symlink_to(runtime.workspace / "real-target.txt")
+    (runtime.workspace / "loop-a").symlink_to("loop-b")
+    (runtime.workspace / "loop-b").symlink_to("loop-a")
+    (runtime.workspace / "dangling").symlink_to("no-such-file")
+    answers = {name: runtime.get(f"/exists/{name}").json()["exists"]
+               for name in ("link-in.txt", "loop-a", "dangling", "real-target.txt/x")}
+    assert answers == {"link-in.txt": True, "loop-a": False, "dangling": False,
+                       "real-target.txt/x": False}
+    assert runtime.get("/exists/").json()["exists"] is True
