@@ -69,13 +69,48 @@ def test_output_flood_is_capped(hostile, sandbox):
         assert sandbox.run("echo ok").stdout == "ok\n"
 
 
+PRLIMIT = "prlimit --raw --noheadings --output=RESOURCE,SOFT,HARD --as --fsize --nproc --core"
+
+
 def test_commands_carry_finite_limits_under_runsc(hostile, sandbox):
-    # gVisor has no /proc/self/limits; the shell's ulimit reads the same rlimits. Filling
-    # 1 GiB to prove the file-size limit again is left to test_runtime_safety.py.
-    limits = sandbox.run("ulimit -f; ulimit -p; ulimit -v; ulimit -c").stdout.split()
+    # gVisor has no /proc/self/limits; prlimit reads a process's own rlimits in bytes. The
+    # runtime's defaults: 4096 MiB address space, 1024 MiB files, 512 processes, no core.
+    rows = {line.split()[0]: line.split()[1:]
+            for line in sandbox.run(PRLIMIT).stdout.splitlines()}
     with hostile("local", "file size, processes, address space, core: all finite"):
-        assert len(limits) == 4 and "unlimited" not in limits, limits
-        assert limits[3] == "0"
+        assert rows == {"AS": [str(4096 << 20)] * 2, "FSIZE": [str(1024 << 20)] * 2,
+                        "NPROC": ["512"] * 2, "CORE": ["0"] * 2}, rows
+    # ...and in a grandchild that the command started in the background.
+    nested = sandbox.run(f"(sh -c '{PRLIMIT}' &) ; wait; sleep 0.2").stdout
+    assert nested.split() == sandbox.run(PRLIMIT).stdout.split()
+
+
+def test_the_file_size_limit_is_enforced_under_runsc(hostile, state_dir, tmp_path):
+    """A template lowers the runtime's file-size limit to 1 MiB: a 3 MB write stops there."""
+    (tmp_path / "small.yaml").write_text("""\
+apiVersion: extensions.agents.x-k8s.io/v1alpha1
+kind: SandboxTemplate
+metadata: {name: small-files}
+spec:
+  podTemplate:
+    spec:
+      containers:
+      - name: runtime
+        image: unused
+        env: [{name: SANDBOX_RUNTIME_COMMAND_FILE_SIZE_MIB, value: "1"}]
+""")
+    from agentic_sandbox import SandboxClient
+    small = SandboxClient("small-files", backend="local", templates_dir=str(tmp_path),
+                          state_dir=state_dir, warm_pool=0).open()
+    try:
+        with hostile("local", "file-size rlimit enforced (1 MiB) under runsc"):
+            result = small.run("head -c 3000000 /dev/zero > big.bin; echo rc=$?; "
+                               "wc -c < big.bin")
+            lines = result.stdout.split()
+            assert lines[0] != "rc=0", result
+            assert int(lines[1]) == 1 << 20, result
+    finally:
+        small.close()
 
 
 def test_a_setsid_escape_does_not_outlive_its_timeout(hostile, sandbox):
