@@ -15,7 +15,6 @@ COPY schemas ./schemas
 
 FROM base AS hooks
 RUN pip install '.[hooks]'
-ENV SANDBOX_HOOKS_SCHEMA_DIR=/opt/agent-sandbox/schemas
 USER 1000
 EXPOSE 8080
 ENTRYPOINT ["sandbox-hooks"]

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SOURCE_DIR = Path(__file__).resolve().parent.parent / "schemas"  # a checkout or editable install
+INSTALLED_DIR = Path(sys.prefix) / "share" / "agent-sandbox" / "schemas"  # pip install
 
 
 def schema_dir() -> Path:
-    return Path(os.environ.get("SANDBOX_HOOKS_SCHEMA_DIR", DEFAULT_DIR))
+    """SANDBOX_HOOKS_SCHEMA_DIR, else the checkout's schemas/, else the installed copy."""
+    if "SANDBOX_HOOKS_SCHEMA_DIR" in os.environ:
+        return Path(os.environ["SANDBOX_HOOKS_SCHEMA_DIR"])
+    return SOURCE_DIR if SOURCE_DIR.is_dir() else INSTALLED_DIR
 
 
 def inline_refs(node: Any, directory: Path) -> Any:
