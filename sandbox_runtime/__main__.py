@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import errno
 import os
-import shutil
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,6 +54,9 @@ def metrics_dir(prefix: str) -> str | None:
     Named after this process; directories left by servers that were killed (SIGKILL skips
     gunicorn's on_exit hook) are removed first.
     """
+    import shutil  # here, not at the top: --stdio must start fast (see stdio.py)
+    import tempfile
+
     for parent in ("/dev/shm", tempfile.gettempdir()):
         with contextlib.suppress(OSError):
             for name in os.listdir(parent):
@@ -94,6 +92,8 @@ def bound_malloc() -> None:
     measured (a fixed mmap threshold kept RSS at 36 MiB but made 1 MiB uploads ~2x slower).
     No effect outside glibc.
     """
+    import ctypes
+
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, 2)
 
@@ -142,6 +142,9 @@ def serve_tcp(overrides: dict[str, Any], cfg: config_mod.Config, host: str, port
 
 
 def _resilient_arbiter() -> type:
+    import errno
+    import time
+
     from gunicorn.arbiter import Arbiter
 
     class ResilientArbiter(Arbiter):  # type: ignore[misc]

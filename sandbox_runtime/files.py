@@ -17,8 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any
 
-from werkzeug.exceptions import BadRequest, Forbidden, NotFound, RequestEntityTooLarge
-from werkzeug.http import parse_options_header
+from sandbox_runtime.errors import BadRequest, Forbidden, NotFound, RequestEntityTooLarge
 
 CHUNK = 1024 * 1024
 MAX_PATH = 4096
@@ -230,6 +229,8 @@ class Upload:
 
     def receive(self, content_type: str | None, content_length: int | None,
                 read: Callable[[int], bytes]) -> dict[str, Any]:
+        from werkzeug.http import parse_options_header  # uploads are served by Flask anyway
+
         mimetype, options = parse_options_header(content_type or "")
         boundary = options.get("boundary", "")
         if (mimetype != "multipart/form-data" or not boundary or len(boundary) > MAX_BOUNDARY
@@ -304,6 +305,8 @@ class Upload:
                 disposition = value.strip(" \t")
         if disposition is None:
             raise ValueError("missing Content-Disposition header")
+        from werkzeug.http import parse_options_header
+
         _, extra = parse_options_header(disposition)
         field_name, filename = extra.get("name"), extra.get("filename")
         if filename is None:

@@ -21,7 +21,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import tempfile
 import threading
 
 _BUSY = (errno.EAGAIN, errno.EACCES)
@@ -31,6 +30,8 @@ def _anonymous_file() -> int:
     """A file with no name: memfd (no writable filesystem needed), else an unlinked temp file."""
     with contextlib.suppress(OSError, AttributeError):
         return os.memfd_create("sandbox-runtime-slots", os.MFD_CLOEXEC)
+    import tempfile  # only without memfd; it is slow to import under gVisor ptrace
+
     fd, path = tempfile.mkstemp(prefix="sandbox-runtime-slots-")
     os.unlink(path)
     return fd

@@ -36,6 +36,8 @@ import os
 import socket
 import stat
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 from urllib.parse import unquote_to_bytes
@@ -275,11 +277,11 @@ class ResponseWriter:
 
 
 def serve(app: Callable[..., Iterable[bytes]], stdin: IO[bytes], stdout: IO[bytes],
-          client: socket.socket | None = None) -> int:
+          client: socket.socket | None = None, quiet: Quiet | None = None) -> int:
     """Answer requests from `stdin` on `stdout` until end-of-file; the exit status.
 
     `client`, when given, is stdin's socket: the app kills a running command when it
-    hangs up."""
+    hangs up. `quiet`, when given, is told when each request starts and ends."""
     while True:
         try:
             parsed = read_request(stdin)
@@ -300,13 +302,19 @@ def serve(app: Callable[..., Iterable[bytes]], stdin: IO[bytes], stdout: IO[byte
             stdout.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             stdout.flush()
         writer = ResponseWriter(stdout, environ["REQUEST_METHOD"], keep_alive)
-        result = app(environ, writer.start_response)
+        if quiet is not None:
+            quiet.set_busy(True)
         try:
-            writer.send(result)
+            result = app(environ, writer.start_response)
+            try:
+                writer.send(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
         finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+            if quiet is not None:
+                quiet.set_busy(False)
         try:
             body.drain()
         except BadRequestLine as exc:
@@ -316,10 +324,91 @@ def serve(app: Callable[..., Iterable[bytes]], stdin: IO[bytes], stdout: IO[byte
             return 0
 
 
+IDLE_WARM_S = 0.3  # quiet time before Flask is imported in the background
+
+
+class Quiet:
+    """When the server last finished a request, and whether one is in progress."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.since = time.monotonic()
+        self.changed = threading.Condition()
+
+    def set_busy(self, busy: bool) -> None:
+        with self.changed:
+            self.busy = busy
+            self.since = time.monotonic()
+            self.changed.notify_all()
+
+    def wait(self, seconds: float) -> None:
+        """Block until no request has run for `seconds`."""
+        with self.changed:
+            while self.busy or time.monotonic() - self.since < seconds:
+                self.changed.wait(None if self.busy else seconds - (time.monotonic()
+                                                                    - self.since))
+
+
+class LazyApp:
+    """The --stdio WSGI app: core.Service answers GET /, /healthz, /exists, /metrics and
+    POST /execute(/stream) at once; the Flask app (uploads, downloads, listings, error
+    pages) is built on the first request that needs it, or in the background once the
+    server has been quiet for IDLE_WARM_S, whichever comes first. Importing Flask,
+    werkzeug and prometheus_client takes about half a second under gVisor's ptrace
+    platform; a local sandbox's first command must not wait for it."""
+
+    def __init__(self, overrides: Mapping[str, Any], quiet: Quiet | None = None) -> None:
+        from sandbox_runtime import config as config_mod
+        from sandbox_runtime import core
+
+        cfg = config_mod.load(overrides)
+        if not os.path.isdir(cfg.base_dir):
+            raise ValueError(f"workspace {cfg.base_dir!r} is not a directory")
+        self.runtime = core.Runtime(cfg, core.PlainMetrics())
+        self.service = core.Service(self.runtime)
+        log.info("sandbox-runtime settings %s rlimits=%s", config_mod.describe(cfg),
+                 self.runtime.limits.kind)
+        self._flask: Callable[..., Iterable[bytes]] | None = None
+        self._lock = threading.Lock()
+        if quiet is not None:
+            threading.Thread(target=self._warm, args=(quiet,), name="sandbox-runtime-warm",
+                             daemon=True).start()
+
+    def flask(self) -> Callable[..., Iterable[bytes]]:
+        with self._lock:
+            if self._flask is None:
+                from sandbox_runtime.app import create_app
+
+                self._flask = create_app(runtime=self.runtime)
+            return self._flask
+
+    def _warm(self, quiet: Quiet) -> None:
+        quiet.wait(IDLE_WARM_S)
+        try:
+            self.flask()
+        except Exception:  # the request that needs it reports the problem
+            log.exception("stdio: building the Flask app failed")
+
+    def _rest(self, environ: dict[str, Any],
+              start_response: Callable[..., Any]) -> Iterable[bytes]:
+        try:
+            app = self.flask()
+        except Exception:
+            log.exception("stdio: building the Flask app failed")
+            body = b'{"error": "internal error"}'
+            start_response("500 Internal Server Error", [
+                ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        return app(environ, start_response)
+
+    def __call__(self, environ: dict[str, Any],
+                 start_response: Callable[..., Any]) -> Iterable[bytes]:
+        return self.service.stdio_front(environ, start_response, self._rest)
+
+
 def main(overrides: Mapping[str, Any], log_level: str) -> int:
     """Entry point of `sandbox-runtime --stdio`."""
     from sandbox_runtime import logs
-    from sandbox_runtime.app import create_app
 
     # Keep the real stdout for responses only; anything else writing to fd 1 lands on stderr.
     response_fd = os.dup(1)
@@ -330,7 +419,8 @@ def main(overrides: Mapping[str, Any], log_level: str) -> int:
     os.dup2(devnull, 0)
     os.close(devnull)
     logs.setup(log_level)
-    app = create_app(dict(overrides))
+    quiet = Quiet()
+    app = LazyApp(dict(overrides), quiet)
     watched = None
     if stat.S_ISSOCK(os.fstat(request_fd).st_mode):
         copy = os.dup(request_fd)  # its own descriptor, only ever polled and peeked at
@@ -341,6 +431,6 @@ def main(overrides: Mapping[str, Any], log_level: str) -> int:
     try:
         with os.fdopen(request_fd, "rb", buffering=65536) as stdin, \
                 os.fdopen(response_fd, "wb", buffering=65536) as stdout:
-            return serve(app, stdin, stdout, watched)
+            return serve(app, stdin, stdout, watched, quiet)
     except (BrokenPipeError, ConnectionResetError):
         return 0  # the client left (the close's final flush can say so too)

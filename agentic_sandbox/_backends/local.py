@@ -84,12 +84,19 @@ HIDDEN_DIRS: Final = ("/root", "/home", "/run", "/mnt", "/media")
 # sandbox with O_NONBLOCK set and a large answer fails with EAGAIN once the socket buffer is
 # full. Clearing the flag inside (the sentry then waits as for any blocking file) fixes it,
 # in the same interpreter that then runs the runtime.
+#
+# The interpreter starts with -I -S -B: no site (its .pth and editable-install finders cost
+# ~50 ms under ptrace), no environment, nothing from the current directory (the workspace,
+# which code in the sandbox can write) on sys.path, no attempt to write bytecode to the
+# read-only host. The directories the runtime imports from come as the first argument and
+# go after the standard library, whose imports then find their modules at the first try.
 RUNTIME_LAUNCH: Final = """\
 import fcntl, os, sys
 for fd in (0, 1):
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+sys.path += sys.argv[1].split(os.pathsep)
 from sandbox_runtime.__main__ import main
-sys.exit(main(sys.argv[1:]))
+sys.exit(main(sys.argv[2:]))
 """
 INIT_CODE: Final = """\
 import os, signal
@@ -140,8 +147,37 @@ def _runsc_binary() -> str:
     return path
 
 
+def _compile_runtime() -> None:
+    """Write the runtime's bytecode where it is missing or stale (the sandbox cannot: the
+    host is read-only inside; compiling there on every start costs ~100 ms under ptrace)."""
+    spec = importlib.util.find_spec("sandbox_runtime")
+    if spec is None or not spec.origin:
+        return
+    import compileall
+
+    with contextlib.suppress(Exception):  # a read-only install was compiled when installed
+        compileall.compile_dir(os.path.dirname(spec.origin), quiet=2)
+
+
+def _runtime_paths() -> list[str]:
+    """Where the runtime's imports live on this host: the folder holding sandbox_runtime,
+    then this interpreter's site-packages (and the folders of the runtime's dependencies,
+    wherever they are installed)."""
+    import site
+
+    paths: list[str] = []
+    for module in ("sandbox_runtime", "flask", "werkzeug", "prometheus_client"):
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.origin:
+            paths.append(str(Path(spec.origin).resolve().parent.parent))
+        if module == "sandbox_runtime":
+            paths += site.getsitepackages()
+    return list(dict.fromkeys(p for p in paths if os.path.isdir(p)))
+
+
 def _runtime_argv() -> list[str]:
-    return [sys.executable, "-c", RUNTIME_LAUNCH, "--stdio", "--base-dir", WORKSPACE]
+    return [sys.executable, "-I", "-S", "-B", "-c", RUNTIME_LAUNCH,
+            os.pathsep.join(_runtime_paths()), "--stdio", "--base-dir", WORKSPACE]
 
 
 def _visible_paths() -> list[str]:
@@ -604,6 +640,7 @@ class _Manager:
         for sub in ("", "runsc", "sandboxes", "workspaces"):
             (state_dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(state_dir, 0o700)
+        _compile_runtime()
         clean_stale(state_dir, self.runsc)
         atexit.register(self.shutdown)
 

@@ -172,3 +172,32 @@ def test_a_hang_up_on_a_socket_stdin_kills_a_silent_command(tmp_path):
         process.wait()
         if "pid" in locals() and sleeping():
             os.kill(pid, 9)
+
+
+def test_light_routes_and_flask_routes_share_one_runtime(stdio_runtime):
+    """--stdio answers /execute, /exists and /metrics before Flask is imported, and builds
+    the Flask app for the rest: errors, counts and files are the same either way."""
+    process, workspace = stdio_runtime
+    (workspace / "é.txt").write_text("x")
+    process.stdin.write(request("POST", "/execute", b'{"command": "exit 3"}'))
+    process.stdin.write(request("POST", "/execute", b'{"command": 5}'))
+    process.stdin.write(request("GET", "/exists/%C3%A9.txt"))
+    process.stdin.write(request("GET", "/exists/../etc/passwd"))
+    process.stdin.write(request("GET", "/list/"))
+    process.stdin.write(request("GET", "/no-such-route"))
+    process.stdin.write(request("GET", "/metrics"))
+    process.stdin.close()
+    answers = [read_response(process.stdout) for _ in range(7)]
+    assert process.wait(timeout=30) == 0
+    assert (answers[0][0], json.loads(answers[0][2])["exit_code"]) == (200, 3)
+    assert answers[1][0] == 400 and "command" in json.loads(answers[1][2])["error"]
+    assert json.loads(answers[2][2]) == {"path": "é.txt", "exists": True}
+    assert answers[3][0] == 403 and set(json.loads(answers[3][2])) == {"error"}
+    assert [e["name"] for e in json.loads(answers[4][2])] == ["é.txt"]
+    assert answers[5][0] == 404 and set(json.loads(answers[5][2])) == {"error"}
+    metrics = answers[6][2].decode()
+    assert 'sandbox_runtime_commands_total{outcome="exit"} 1.0' in metrics
+    assert 'sandbox_runtime_http_errors_total{status="400"} 1.0' in metrics
+    assert 'sandbox_runtime_http_errors_total{status="403"} 1.0' in metrics
+    assert 'sandbox_runtime_http_errors_total{status="404"} 1.0' in metrics
+    assert "sandbox_runtime_command_duration_seconds_count 1.0" in metrics
