@@ -4,11 +4,13 @@ It runs model-written shell commands and moves files in one workspace directory,
 must stay up and stay confined under hostile input. Map of the package:
 
 - config.py   defaults, SANDBOX_RUNTIME_* environment, validation of settings
+- core.py     what the routes do, without Flask/werkzeug/prometheus_client (fast --stdio start)
+- errors.py   the HTTP error answers (400/403/404/413/429/503)
 - app.py      create_app(config) -> Flask: the route table, JSON errors, metrics
 - execute.py  one command: spawn under rlimits, read capped output, deadline, kill the tree
 - procs.py    process-tree hygiene: subreaper, orphan reaping, finding a command's survivors
 - files.py    upload/download/list/exists, confined to the workspace
-- stdio.py    the same app over stdin/stdout (for runsc --network=none)
+- stdio.py    over stdin/stdout (for runsc --network=none): core first, Flask when needed
 - __main__.py the `sandbox-runtime` console script (gunicorn or --stdio)
 
 Nothing here imports the client, the router or the hooks.
