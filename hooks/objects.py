@@ -213,6 +213,9 @@ def related(
 # ---- building children ------------------------------------------------------------------
 
 
+PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
+
+
 def pod_from_template(
     pod_template: KubeObject,
     *,
@@ -234,6 +237,12 @@ def pod_from_template(
         for container in spec.get(group) or []:
             security = container.setdefault("securityContext", {})
             security.setdefault("allowPrivilegeEscalation", False)
+            # The API server drops zero probe counters (omitempty); one we send anyway reads,
+            # to Metacontroller's 3-way merge, as a change to apply on every sync.
+            for probe in PROBES:
+                for key, value in list((container.get(probe) or {}).items()):
+                    if value == 0 and not isinstance(value, bool):
+                        del container[probe][key]
     return {
         "apiVersion": "v1",
         "kind": "Pod",

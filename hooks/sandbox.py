@@ -85,7 +85,6 @@ def desired_service(sandbox: KubeObject) -> KubeObject:
     spec: dict[str, Any] = {
         "clusterIP": "None",
         "selector": {SANDBOX_LABEL: meta["name"]},
-        "publishNotReadyAddresses": False,
     }
     ports = service_ports(sandbox)
     if ports:

@@ -255,3 +255,16 @@ def test_customize_asks_for_the_pool_pods_only_when_pool_served():
             "labelSelector": {"matchLabels": {objects.POOL_LABEL: "pool"}},
         }
     ]
+
+
+def test_pod_states_only_what_the_api_server_keeps():
+    """The server drops zero probe counters; sending them would read as a change every sync."""
+    parent = make_sandbox()
+    probe = parent["spec"]["podTemplate"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["initialDelaySeconds"] == 0
+    pod = kinds(sandbox.sync(sync_request(parent), now=NOW))["Pod/my-sandbox"]
+    kept = pod["spec"]["containers"][0]["readinessProbe"]
+    assert "initialDelaySeconds" not in kept
+    assert kept["periodSeconds"] == 1
+    service = kinds(sandbox.sync(sync_request(parent), now=NOW))["Service/my-sandbox"]
+    assert "publishNotReadyAddresses" not in service["spec"]
