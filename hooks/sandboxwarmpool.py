@@ -175,16 +175,20 @@ def sync(
         if s["metadata"]["name"] not in served and wants_binding(s, pool, now)
     ]
     ready_free = [p for p in free if objects.pod_is_ready(p)]
-    for sandbox, pod in zip(waiting, ready_free, strict=False):
+    bindings = list(zip(waiting, ready_free, strict=False))
+    for sandbox, pod in bindings:
         children.append(bind(pod, sandbox["metadata"]["name"]))
         free.remove(pod)
-        bound += 1
+    bound += len(bindings)
 
     wanted = int(pool["spec"].get("replicas", 1))
     kept = free[:wanted]
     children += [objects.as_desired(p) for p in kept]
+    # Metacontroller writes an answer's children one API call at a time: an answer that binds
+    # leaves the refill to the next sync (the bindings trigger it), so waiting claims are not
+    # queued behind pod creations.
     index = 0
-    for _ in range(wanted - len(kept)):
+    for _ in range(0 if bindings else wanted - len(kept)):
         while pod_name(pool, index) in in_use:
             index += 1
         in_use.add(pod_name(pool, index))

@@ -30,8 +30,8 @@ METACONTROLLER_CRDS = REPO / "tests" / "fixtures" / "metacontroller-crds.yaml"
 # Metacontroller's own defaults (5 QPS, burst 10, 5 workers) would make every wait here a
 # measure of its client throttle; the production manifests raise them the same way.
 METACONTROLLER_FLAGS = (
-    "--client-go-qps=100",
-    "--client-go-burst=200",
+    "--client-go-qps=500",
+    "--client-go-burst=1000",
     "--workers=16",
     "--discovery-interval=5s",
     "--zap-log-level=4",
