@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install the system packages the tests and the local backend need, if they are missing:
-# gVisor's runsc (data plane, local backend) and etcd (control-plane tier). Idempotent.
+# gVisor's runsc (data plane, local backend), etcd and openssl (control-plane tier). Idempotent.
 set -euo pipefail
 
 need=()
 command -v runsc >/dev/null 2>&1 || need+=(runsc)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)      # test certificates for kube-apiserver
+command -v prlimit >/dev/null 2>&1 || need+=(util-linux)   # runtime limits under gVisor
 
 [ ${#need[@]} -eq 0 ] && exit 0
 
