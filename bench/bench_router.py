@@ -286,7 +286,7 @@ def run(ctx: Context) -> list[Result]:
             extra={"added_p50_ms": added50, "added_p99_ms": added99,
                    "direct_p50_ms": direct.median("p50") * 1e3,
                    "direct_p99_ms": direct.median("p99") * 1e3}))
-        results.append(latency_result(COMPONENT, "POST /execute direct to the runtime (floor)",
+        results.append(latency_result(COMPONENT, "POST /execute direct to the upstream (floor)",
                                       direct))
 
         # 2. throughput at 16 connections
