@@ -160,17 +160,29 @@ class PlainMetrics:
 class Runtime:
     """What the views share: settings, the command slots, the rlimit mechanism, metrics."""
 
-    def __init__(self, cfg: config_mod.Config, metrics: MetricsLike) -> None:
+    def __init__(self, cfg: config_mod.Config, metrics: MetricsLike,
+                 limits: Callable[[], Limits] | None = None) -> None:
+        """`limits`, when given, supplies the rlimit mechanism on first need (the --stdio
+        launcher checks it in a thread while the rest of the runtime is imported: the check
+        starts a shell, tens of milliseconds under gVisor); else it is checked here."""
         self.cfg = cfg
         # Shared by every gunicorn worker forked from the process that made it.
         self.slots = slots.make(cfg.max_concurrent_commands)
-        self.limits: Limits = choose_limits(cfg)
+        self._limits: Limits | None = None if limits is not None else choose_limits(cfg)
+        self._limits_source = limits
         self.metrics = metrics
         # Commands see the pod's environment, minus the server's own settings.
         self.base_env = {k: v for k, v in os.environ.items()
                          if not k.startswith(config_mod.ENV_PREFIX) and k != MULTIPROC_ENV}
         self._owner_pid = -1
         self._lock = threading.Lock()
+
+    @property
+    def limits(self) -> Limits:
+        if self._limits is None:
+            assert self._limits_source is not None
+            self._limits = self._limits_source()
+        return self._limits
 
     def prepare_process(self) -> None:
         """Per-process set-up (after gunicorn's fork): subreaper and reaper thread."""

@@ -39,8 +39,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
+
+if TYPE_CHECKING:
+    from sandbox_runtime.execute import Limits
 
 log = logging.getLogger(__name__)
 
@@ -357,17 +360,18 @@ class LazyApp:
     werkzeug and prometheus_client takes about half a second under gVisor's ptrace
     platform; a local sandbox's first command must not wait for it."""
 
-    def __init__(self, overrides: Mapping[str, Any], quiet: Quiet | None = None) -> None:
+    def __init__(self, overrides: Mapping[str, Any], quiet: Quiet | None = None,
+                 limits: Callable[[], Limits] | None = None) -> None:
         from sandbox_runtime import config as config_mod
         from sandbox_runtime import core
 
         cfg = config_mod.load(overrides)
         if not os.path.isdir(cfg.base_dir):
             raise ValueError(f"workspace {cfg.base_dir!r} is not a directory")
-        self.runtime = core.Runtime(cfg, core.PlainMetrics())
+        self.runtime = core.Runtime(cfg, core.PlainMetrics(), limits)
         self.service = core.Service(self.runtime)
         log.info("sandbox-runtime settings %s rlimits=%s", config_mod.describe(cfg),
-                 self.runtime.limits.kind)
+                 "checking" if limits is not None else self.runtime.limits.kind)
         self._flask: Callable[..., Iterable[bytes]] | None = None
         self._lock = threading.Lock()
         if quiet is not None:
@@ -406,11 +410,51 @@ class LazyApp:
         return self.service.stdio_front(environ, start_response, self._rest)
 
 
-def main(overrides: Mapping[str, Any], log_level: str) -> int:
-    """Entry point of `sandbox-runtime --stdio`."""
-    from sandbox_runtime import logs
+INIT_REAP_INTERVAL_S = 1.0
 
-    # Keep the real stdout for responses only; anything else writing to fd 1 lands on stderr.
+
+def reap_adopted_zombies() -> int:
+    """waitpid every zombie child of ours that no Popen owns; the number reaped.
+
+    For a runtime that is its sandbox's first process (pid 1): every orphan of a killed
+    command tree is reparented to it. procs.reap_orphans finds children through
+    /proc/<pid>/task/<tid>/children, which gVisor leaves empty, so this reads each
+    process's parent from /proc/<pid>/stat instead; only zombies are touched, never a pid a
+    live Popen may still wait for (procs.tracked, under procs.SPAWN_LOCK).
+    """
+    from sandbox_runtime import procs
+
+    me, reaped = os.getpid(), 0
+    with procs.SPAWN_LOCK:
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) in procs.tracked:
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                if fields[0] != b"Z" or int(fields[1]) != me:
+                    continue
+                if os.waitpid(int(name), os.WNOHANG)[0]:
+                    reaped += 1
+            except (OSError, IndexError, ValueError):
+                continue
+    return reaped
+
+
+def _init_reaper() -> None:
+    while True:
+        time.sleep(INIT_REAP_INTERVAL_S)
+        try:
+            reap_adopted_zombies()
+        except Exception:  # the reaper must outlive any odd /proc state
+            log.exception("stdio: reaping orphans failed")
+
+
+def take_stdio() -> tuple[int, int]:
+    """Move the request and response streams off fds 0 and 1 (to non-inheritable fds):
+    stdin becomes /dev/null and fd 1 points at stderr, so nothing but responses (not a
+    stray print, not a child process) can reach the response stream, and no child can read
+    requests. Returns (request_fd, response_fd)."""
     response_fd = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
@@ -418,9 +462,25 @@ def main(overrides: Mapping[str, Any], log_level: str) -> int:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    return request_fd, response_fd
+
+
+def main(overrides: Mapping[str, Any], log_level: str,
+         limits: Callable[[], Limits] | None = None,
+         streams: tuple[int, int] | None = None) -> int:
+    """Entry point of `sandbox-runtime --stdio`. The local backend's launcher calls it
+    with `streams` already taken (take_stdio) and `limits` being checked in a thread (see
+    core.Runtime), started before the rest of the runtime is imported."""
+    from sandbox_runtime import logs
+
+    request_fd, response_fd = streams if streams is not None else take_stdio()
+    sys.stdout = sys.stderr
     logs.setup(log_level)
     quiet = Quiet()
-    app = LazyApp(dict(overrides), quiet)
+    app = LazyApp(dict(overrides), quiet, limits)
+    if os.getpid() == 1:
+        threading.Thread(target=_init_reaper, name="sandbox-runtime-init-reaper",
+                         daemon=True).start()
     watched = None
     if stat.S_ISSOCK(os.fstat(request_fd).st_mode):
         copy = os.dup(request_fd)  # its own descriptor, only ever polled and peeked at

@@ -89,25 +89,58 @@ HIDDEN_DIRS: Final = ("/root", "/home", "/run", "/mnt", "/media")
 # ~50 ms under ptrace), no environment, nothing from the current directory (the workspace,
 # which code in the sandbox can write) on sys.path, no attempt to write bytecode to the
 # read-only host. The directories the runtime imports from come as the first argument and
-# go after the standard library, whose imports then find their modules at the first try.
+# go after the standard library, whose imports then find their modules at the first try;
+# the workspace is the second.
+#
+# It calls stdio.main directly (argparse costs ~25 ms under ptrace), and checks the rlimit
+# mechanism (a shell start, 25-60 ms) in a thread while the rest of the runtime is imported;
+# the streams are taken off fds 0 and 1 first, so that check's shell sees neither.
+#
+# The sandbox's first process is the first runtime. When its channel ends (the client hung
+# up, a stream abandoned), it must not exit: the sandbox would end with it, and the
+# workspace and background processes with the sandbox. It stays as the sandbox's init and
+# reaps orphans (killed command trees are reparented to it); later runtimes come in with
+# `runsc exec`. If it crashes instead, the sandbox ends, which the client sees as
+# end-of-file (a crash must never leave a request waiting on a channel nobody serves).
 RUNTIME_LAUNCH: Final = """\
-import fcntl, os, sys
+import fcntl, os, sys, threading
 for fd in (0, 1):
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
 sys.path += sys.argv[1].split(os.pathsep)
-from sandbox_runtime.__main__ import main
-sys.exit(main(sys.argv[2:]))
-"""
-INIT_CODE: Final = """\
-import os, signal
+streams = (os.dup(0), os.dup(1))
+null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(null, 0)
+os.close(null)
+os.dup2(2, 1)
+from sandbox_runtime import config, execute
+overrides = {"base_dir": sys.argv[2]}
+cfg = config.load(overrides)
+found = []
+def check():
+    try:
+        found.append(execute.choose_limits(cfg))
+    except BaseException as exc:
+        found.append(exc)
+checker = threading.Thread(target=check, daemon=True)
+checker.start()
+def limits():
+    checker.join()
+    if isinstance(found[0], BaseException):
+        raise found[0]
+    return found[0]
+from sandbox_runtime import stdio
+status = stdio.main(overrides, cfg.log_level, limits, streams)
+if os.getpid() != 1:
+    sys.exit(status)
+import signal
 signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
 while True:
-    signal.sigwaitinfo([signal.SIGCHLD])
     try:
         while os.waitpid(-1, os.WNOHANG)[0] > 0:
             pass
     except ChildProcessError:
         pass
+    signal.sigwaitinfo([signal.SIGCHLD])
 """
 
 
@@ -177,7 +210,7 @@ def _runtime_paths() -> list[str]:
 
 def _runtime_argv() -> list[str]:
     return [sys.executable, "-I", "-S", "-B", "-c", RUNTIME_LAUNCH,
-            os.pathsep.join(_runtime_paths()), "--stdio", "--base-dir", WORKSPACE]
+            os.pathsep.join(_runtime_paths()), WORKSPACE]
 
 
 def _visible_paths() -> list[str]:
@@ -211,10 +244,11 @@ def oci_spec(template: LocalTemplate, workspace: Path, state_dir: Path, sandbox_
            "HOME": WORKSPACE, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
     env.update(dict(template.env))
-    # The first process keeps the sandbox alive and reaps orphans (killed command trees are
-    # reparented to it); runtimes come in with `runsc exec`, so a broken channel costs one
-    # runtime, never the sandbox.
-    argv = [sys.executable, "-I", "-S", "-c", INIT_CODE]
+    # The first process is the first runtime, speaking on runsc run's stdin/stdout (no
+    # `runsc exec`, no second interpreter start); once its channel ends it stays as the
+    # sandbox's init (RUNTIME_LAUNCH). Later runtimes come in with `runsc exec`, so a broken
+    # channel costs one runtime, never the sandbox.
+    argv = _runtime_argv()
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
@@ -370,34 +404,38 @@ class LocalSandbox:
         flags = [f"--platform={self.platform}", "--network=none"]
         if not cgroups:
             flags.append("--ignore-cgroups")
-        with open(self.log_path, "ab") as logfile:
-            self._run = subprocess.Popen(
-                self._runsc(*flags, "run", "--bundle", str(self.dir), self.id),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logfile,
-                start_new_session=True)  # a Ctrl-C in the terminal must not kill it
-        # The first runtime comes in with `runsc exec` as soon as the container runs.
-        deadline = time.monotonic() + RUNSC_TIMEOUT_S
-        while True:
-            if self._run.poll() is not None:
-                raise BackendUnavailableError(
-                    f"runsc could not start a gVisor sandbox (exit {self._run.returncode}, "
-                    f"platform {self.platform}): {self.log_tail()}")
-            if self._container_running():
-                break
-            if time.monotonic() > deadline:
-                raise BackendUnavailableError(
-                    f"runsc did not start a sandbox within {RUNSC_TIMEOUT_S:.0f} s "
-                    f"(platform {self.platform}): {self.log_tail()}")
-            time.sleep(0.01)
-        self._first_channel = self._exec_runtime()
-
-    def _container_running(self) -> bool:
+        # The first runtime is the sandbox's first process, on one end of a socketpair
+        # given to `runsc run` as stdin and stdout. Requests wait in the socket buffer
+        # until it reads them, so nothing polls for the container to be running.
+        ours, theirs = socket.socketpair()
         try:
-            out = subprocess.run(self._runsc("state", self.id), capture_output=True,
-                                 timeout=RUNSC_TIMEOUT_S, check=False)
-            return out.returncode == 0 and json.loads(out.stdout).get("status") == "running"
-        except (OSError, ValueError, subprocess.TimeoutExpired):
-            return False
+            with open(self.log_path, "ab") as logfile:
+                self._run = subprocess.Popen(
+                    self._runsc(*flags, "run", "--bundle", str(self.dir), self.id),
+                    stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=logfile,
+                    start_new_session=True)  # a Ctrl-C in the terminal must not kill it
+        except OSError as exc:
+            ours.close()
+            raise BackendUnavailableError(f"cannot start runsc: {exc}") from exc
+        finally:
+            theirs.close()
+        self._first_channel = ours
+        # `runsc run` keeps its own copy of the channel's other end for the sandbox's life,
+        # so a sandbox that ends (its first process crashed, runsc failed to start it) is
+        # made visible here: when runsc run exits, our end is shut down, and whatever
+        # waits on it sees end-of-file at once.
+        threading.Thread(target=self._watch_run, args=(self._run, ours),
+                         name=f"sandbox-watch-{self.id}", daemon=True).start()
+
+    @staticmethod
+    def _watch_run(run: subprocess.Popen[bytes], channel: socket.socket) -> None:
+        run.wait()
+        with contextlib.suppress(OSError):
+            channel.shutdown(socket.SHUT_RDWR)
+
+    def start_failed(self) -> bool:
+        """Whether `runsc run` has already exited (the sandbox could not start or ended)."""
+        return self._run is not None and self._run.poll() is not None
 
     def log_tail(self, limit: int = 1500) -> str:
         try:
@@ -457,6 +495,11 @@ class LocalSandbox:
                 f"the runtime in sandbox {self.id} did not answer within {timeout:.0f} s; "
                 f"log: {self.log_tail()}") from exc
         except requests.RequestException as exc:
+            if self.start_failed():
+                assert self._run is not None
+                raise BackendUnavailableError(
+                    f"runsc could not start a gVisor sandbox (exit {self._run.returncode}, "
+                    f"platform {self.platform}): {self.log_tail()}") from exc
             raise SandboxConnectionError(
                 f"the runtime in sandbox {self.id} did not start: {exc}; "
                 f"log: {self.log_tail()}") from exc
@@ -653,6 +696,7 @@ class _Manager:
         try:
             try:
                 sandbox.start(cgroups=self.cgroups)
+                sandbox.wait_ready(ready_timeout)
             except BackendUnavailableError:
                 if not self.cgroups or "cgroup" not in sandbox.log_tail().lower():
                     raise
@@ -664,7 +708,6 @@ class _Manager:
                 sandbox.destroy()
                 self.live.pop(sandbox.id, None)
                 return self.start_sandbox(template, ready_timeout)
-            sandbox.wait_ready(ready_timeout)
         except BaseException:
             self.release(sandbox)
             raise
