@@ -40,7 +40,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import unquote_to_bytes
 
 if TYPE_CHECKING:
     from sandbox_runtime.execute import Limits
@@ -53,6 +52,27 @@ MAX_LINE = 65536
 CLIENT_KEY = "sandbox_runtime.client_socket"
 MAX_HEADERS = 100
 NO_BODY_STATUS = {204, 304}
+
+
+_HEX = "0123456789ABCDEFabcdef"
+_HEX_BYTE: dict[bytes, bytes] = {}
+
+
+def unquote_to_bytes(text: str) -> bytes:
+    """urllib.parse.unquote_to_bytes, without importing urllib.parse (and ipaddress):
+    about 10 ms of a local sandbox's cold start under gVisor's ptrace platform. Same
+    result: UTF-8 bytes of `text` with each valid %XX decoded, anything else kept."""
+    data = text.encode("utf-8")
+    if b"%" not in data:
+        return data
+    if not _HEX_BYTE:
+        _HEX_BYTE.update({(a + b).encode(): bytes.fromhex(a + b) for a in _HEX for b in _HEX})
+    first, *rest = data.split(b"%")
+    out = [first]
+    for item in rest:
+        byte = _HEX_BYTE.get(item[:2])
+        out.append(byte + item[2:] if byte is not None else b"%" + item)
+    return b"".join(out)
 
 
 class BadRequestLine(Exception):

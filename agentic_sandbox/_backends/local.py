@@ -433,9 +433,15 @@ class LocalSandbox:
         with contextlib.suppress(OSError):
             channel.shutdown(socket.SHUT_RDWR)
 
-    def start_failed(self) -> bool:
-        """Whether `runsc run` has already exited (the sandbox could not start or ended)."""
-        return self._run is not None and self._run.poll() is not None
+    def start_failed(self, grace: float = 2.0) -> bool:
+        """Whether `runsc run` exits within `grace` seconds (the sandbox could not start or
+        ended): called when the channel broke, which can be noticed a moment before the
+        watcher has reaped runsc run."""
+        if self._run is None:
+            return False
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._run.wait(grace)
+        return self._run.returncode is not None
 
     def log_tail(self, limit: int = 1500) -> str:
         try:
@@ -475,21 +481,23 @@ class LocalSandbox:
         self._execs = [p for p in self._execs if p.poll() is None] + [proc]
         return ours
 
-    def wait_ready(self, timeout: float) -> None:
-        """Block until the runtime answers GET / (the request waits in the socket buffer)."""
+    def wait_ready(self, timeout: float, *, warm_up: bool = False) -> None:
+        """Block until the runtime answers GET / (the request waits in the socket buffer);
+        with `warm_up`, also until it has run one command (for warm-pool spares)."""
         session = requests.Session()
         session.mount(BASE_URL + "/", self.adapter)
         try:
             response = session.get(BASE_URL + "/", timeout=(timeout, timeout))
             if response.status_code != 200:
                 raise SandboxConnectionError(f"runtime answered {response.status_code}")
-            # The runtime's first command pays its one-time set-up (about a second under
-            # gVisor): pay it here, so a pooled sandbox's first real command is fast.
-            response = session.post(BASE_URL + "/execute", json={"command": "true"},
-                                    timeout=(timeout, timeout))
-            if response.status_code != 200:
-                raise SandboxConnectionError(
-                    f"runtime answered {response.status_code} to its first command")
+            # The runtime's first command pays a one-time set-up (~10 ms under gVisor):
+            # a spare pays it in advance; a cold start would only add a round trip.
+            if warm_up:
+                response = session.post(BASE_URL + "/execute", json={"command": "true"},
+                                        timeout=(timeout, timeout))
+                if response.status_code != 200:
+                    raise SandboxConnectionError(
+                        f"runtime answered {response.status_code} to its first command")
         except requests.Timeout as exc:
             raise SandboxTimeoutError(
                 f"the runtime in sandbox {self.id} did not answer within {timeout:.0f} s; "
@@ -643,7 +651,8 @@ class _Pool:
                 time.sleep(REFILL_DELAY_S)
                 continue
             try:
-                sandbox = self.manager.start_sandbox(self.template, self.ready_timeout)
+                sandbox = self.manager.start_sandbox(self.template, self.ready_timeout,
+                                                     warm_up=True)
             except Exception as exc:
                 failures += 1
                 log.warning("warm pool %s: could not start a sandbox: %s", self.template.name,
@@ -687,7 +696,8 @@ class _Manager:
         clean_stale(state_dir, self.runsc)
         atexit.register(self.shutdown)
 
-    def start_sandbox(self, template: LocalTemplate, ready_timeout: float) -> LocalSandbox:
+    def start_sandbox(self, template: LocalTemplate, ready_timeout: float, *,
+                      warm_up: bool = False) -> LocalSandbox:
         sandbox = LocalSandbox(template, self.state_dir, self.runsc, self.platform)
         with self.lock:
             if self.closing:
@@ -696,7 +706,7 @@ class _Manager:
         try:
             try:
                 sandbox.start(cgroups=self.cgroups)
-                sandbox.wait_ready(ready_timeout)
+                sandbox.wait_ready(ready_timeout, warm_up=warm_up)
             except BackendUnavailableError:
                 if not self.cgroups or "cgroup" not in sandbox.log_tail().lower():
                     raise
@@ -707,7 +717,7 @@ class _Manager:
                 self.cgroups = False
                 sandbox.destroy()
                 self.live.pop(sandbox.id, None)
-                return self.start_sandbox(template, ready_timeout)
+                return self.start_sandbox(template, ready_timeout, warm_up=warm_up)
         except BaseException:
             self.release(sandbox)
             raise
