@@ -99,8 +99,8 @@ def run(ctx: Context) -> list[Result]:
             floor_name="bare `runsc run /bin/true` + delete",
             ratio_to_floor=cold.median("p50") / bare.median("p50"),
             extra={"floor_p50_ms": bare.median("p50") * 1e3},
-            notes="runsc start + runsc exec + Python/Flask start-up of sandbox-runtime "
-                  "under gVisor ptrace"))
+            notes="runsc run (gVisor boot) + Python start-up and imports of "
+                  "sandbox-runtime, the sandbox's first process, under gVisor ptrace"))
 
         # -- warm: the same, with a sandbox waiting in the local warm pool -------------------
         holder = SandboxClient(TEMPLATE, backend="local", state_dir=state, warm_pool=1).open()

@@ -190,7 +190,10 @@ class Runtime:
             return
         with self._lock:
             if self._owner_pid != os.getpid():
-                if self.cfg.subreaper and procs.become_subreaper():
+                # Pid 1 (a local sandbox's first runtime, or a container's) adopts every
+                # orphan anyway; becoming a subreaper needs ctypes, ~20 ms to import under
+                # gVisor's ptrace platform, on the first command's path.
+                if self.cfg.subreaper and (os.getpid() == 1 or procs.become_subreaper()):
                     procs.start_reaper()
                 self._owner_pid = os.getpid()
 

@@ -1,15 +1,16 @@
 """The local backend: each sandbox is a gVisor `runsc` sandbox on this machine, no cluster.
 
 Called by SandboxClient (backend="local", or "auto" without a cluster). Each sandbox is
-`runsc run --detach` of an OCI bundle written here: the host's root filesystem read-only,
-/root, /home, /run, /mnt, /media and our state folder hidden behind empty read-only tmpfs
-(the Python that runs the runtime is bound back read-only), a private writable workspace at
-/workspace (a fresh host folder), a private /tmp tmpfs, `--network=none`, uid 65534 with no
-capabilities, the template's CPU and memory in a cgroup. Its first process only idles
-(and reaps orphans); `runsc exec` then starts `sandbox-runtime --stdio` in it, speaking
-HTTP/1.1 over its stdin/stdout, which are one end of a socketpair; the other end is this
-process's. So no socket listens anywhere: only this process holds the channel
-(docs/client.md, "Why a socketpair").
+`runsc run` (in the foreground, our child) of an OCI bundle written here: the host's root
+filesystem read-only, /root, /home, /run, /mnt, /media and our state folder hidden behind
+empty read-only tmpfs (the Python that runs the runtime is bound back read-only), a private
+writable workspace at /workspace (a fresh host folder), a private /tmp tmpfs,
+`--network=none`, uid 65534 with no capabilities, the template's CPU and memory in a
+cgroup. Its first process is the runtime (`sandbox-runtime --stdio`, through
+RUNTIME_LAUNCH), speaking HTTP/1.1 over its stdin/stdout, which are one end of a
+socketpair; the other end is this process's. So no socket listens anywhere: only this
+process holds the channel (docs/client.md, "Why a socketpair"). When that first channel
+ends, the runtime stays as the sandbox's init (it reaps orphans).
 
 If that channel breaks (an abandoned stream, a client-side timeout), the runtime sees
 end-of-file, kills what it was running and exits; the next request starts a fresh runtime in
@@ -95,6 +96,9 @@ HIDDEN_DIRS: Final = ("/root", "/home", "/run", "/mnt", "/media")
 # It calls stdio.main directly (argparse costs ~25 ms under ptrace), and checks the rlimit
 # mechanism (a shell start, 25-60 ms) in a thread while the rest of the runtime is imported;
 # the streams are taken off fds 0 and 1 first, so that check's shell sees neither.
+# Standard modules the runtime imports but does not use on its way to answering commands
+# (LATER: dataclasses' inspect, procs' ctypes, files' queue; ~30 ms under ptrace) are
+# imported on first attribute access instead.
 #
 # The sandbox's first process is the first runtime. When its channel ends (the client hung
 # up, a stream abandoned), it must not exit: the sandbox would end with it, and the
@@ -103,10 +107,22 @@ HIDDEN_DIRS: Final = ("/root", "/home", "/run", "/mnt", "/media")
 # `runsc exec`. If it crashes instead, the sandbox ends, which the client sees as
 # end-of-file (a crash must never leave a request waiting on a channel nobody serves).
 RUNTIME_LAUNCH: Final = """\
+LATER = ("inspect", "ctypes", "queue")
 import fcntl, os, sys, threading
 for fd in (0, 1):
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
 sys.path += sys.argv[1].split(os.pathsep)
+later_lock = threading.Lock()
+class Later(type(sys)):
+    def __getattr__(self, attr):
+        with later_lock:
+            if sys.modules.get(self.__name__) is self:
+                del sys.modules[self.__name__]
+            real = __import__(self.__name__)
+            vars(self).update(vars(real))
+        return getattr(real, attr)
+for name in LATER:
+    sys.modules.setdefault(name, Later(name))
 streams = (os.dup(0), os.dup(1))
 null = os.open(os.devnull, os.O_RDONLY)
 os.dup2(null, 0)
