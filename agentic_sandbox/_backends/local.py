@@ -274,8 +274,11 @@ def oci_spec(template: LocalTemplate, workspace: Path, state_dir: Path, sandbox_
     for folder in hidden:
         mounts.append({"destination": folder, "type": "tmpfs", "source": "tmpfs",
                        "options": ["ro", "nosuid", "nodev", "size=1m", "mode=755"]})
+    # The interpreter and the runtime's code may live under a folder the sandbox gets empty
+    # (a hidden one, or /tmp, which is private): bind them back, read-only.
+    covered = [*hidden, "/tmp"]
     for path in _visible_paths():
-        if any(_under(path, folder) for folder in hidden):
+        if any(_under(path, folder) for folder in covered):
             mounts.append({"destination": path, "type": "bind", "source": path,
                            "options": ["rbind", "ro"]})
     mounts.append({"destination": WORKSPACE, "type": "bind", "source": str(workspace),

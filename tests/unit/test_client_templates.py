@@ -103,3 +103,15 @@ def test_oci_spec_is_locked_down(tmp_path):
     assert resources["pids"]["limit"] == local.PIDS_LIMIT
     no_cgroups = local.oci_spec(template, tmp_path, tmp_path, "x", cgroups=False)
     assert "resources" not in no_cgroups["linux"]
+
+
+def test_code_under_a_private_or_hidden_folder_is_bound_back_read_only(tmp_path, monkeypatch):
+    """A checkout under /tmp (as CI may use) or /root must still reach the runtime's code."""
+    monkeypatch.setattr(local, "_visible_paths",
+                        lambda: ["/tmp/clone/.venv", "/root/src", "/usr/lib/python3"])
+    template = load_template("python-runtime-template", template_dirs(None))
+    spec = local.oci_spec(template, tmp_path / "ws", tmp_path / "state", "agentsbx-1-ab")
+    binds = {m["destination"]: m["options"] for m in spec["mounts"] if m["type"] == "bind"}
+    assert binds["/tmp/clone/.venv"] == ["rbind", "ro"]
+    assert binds["/root/src"] == ["rbind", "ro"]
+    assert "/usr/lib/python3" not in binds, "visible anyway: the host root is read-only"
