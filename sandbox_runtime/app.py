@@ -74,7 +74,7 @@ def multiprocess_dir() -> str | None:
     return path if path and values.ValueClass is not values.MutexValue else None
 
 
-class Metrics:
+class Metrics(core.MetricsLike):
     """The app's own registry, so two apps in one process (tests) never collide.
 
     With several workers, each writes its values to files in `multiprocess_dir()` and

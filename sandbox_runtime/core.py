@@ -19,7 +19,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from sandbox_runtime import config as config_mod
 from sandbox_runtime import files, procs, slots
@@ -61,8 +61,9 @@ DURATION = ("sandbox_runtime_command_duration_seconds", "Wall time of commands")
 RUNNING = ("sandbox_runtime_commands_running", "Commands running now")
 
 
-class MetricsLike(Protocol):
-    """What the views use of a metrics set (app.Metrics or PlainMetrics)."""
+class MetricsLike:
+    """What the views use of a metrics set: the base of app.Metrics and PlainMetrics, which
+    set these attributes when they start."""
 
     commands: Any
     duration: Any
@@ -74,7 +75,8 @@ class MetricsLike(Protocol):
     downloaded: Any
     errors: Any
 
-    def exposition(self) -> bytes: ...
+    def exposition(self) -> bytes:
+        raise NotImplementedError
 
 
 class _Value:
@@ -108,7 +110,7 @@ class _Histogram:
         self.counts[-1] += 1
 
 
-class PlainMetrics:
+class PlainMetrics(MetricsLike):
     """The runtime's metrics as plain numbers, for the single-process --stdio server.
 
     Same names and meaning as app.Metrics; prometheus_client is imported only when GET
