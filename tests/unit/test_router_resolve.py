@@ -19,6 +19,7 @@ from sandbox_router.resolve import (
     UnknownSandbox,
     record_from_sandbox,
 )
+from tests.unit.router_fakes import CacheSource
 
 
 def sandbox(name="sb", namespace="default", ips=("10.244.0.7",), ports=(8888,), rv="1",
@@ -111,27 +112,6 @@ def test_cache_does_not_alias_the_event_object():
     snapshot = copy.deepcopy(cache.get("default", "sb"))
     obj["status"]["podIPs"] = [{"ip": "10.6.6.6"}]
     assert cache.get("default", "sb") == snapshot
-
-
-class CacheSource:
-    allow_loopback = False
-    ready = True
-
-    def __init__(self, *objs):
-        self.cache = SandboxCache()
-        self.cache.replace(objs)
-
-    def __len__(self):
-        return len(self.cache)
-
-    def lookup(self, namespace, name):
-        return self.cache.get(namespace, name)
-
-    def start(self):
-        pass
-
-    def stop(self):
-        pass
 
 
 def resolve(resolver, r):

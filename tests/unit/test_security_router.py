@@ -15,7 +15,8 @@ import pytest
 
 from sandbox_router.addresses import AddressPolicy
 from sandbox_router.headers import Route
-from sandbox_router.resolve import NoAddress, ResolveError, Resolver, SandboxCache
+from sandbox_router.resolve import NoAddress, ResolveError, Resolver
+from tests.unit.router_fakes import CacheSource
 
 
 def sandbox(ips, *, ports=(8888,), fqdn=None, name="sb", namespace="default"):
@@ -32,29 +33,8 @@ def sandbox(ips, *, ports=(8888,), fqdn=None, name="sb", namespace="default"):
     return obj
 
 
-class Source:
-    ready = True
-
-    def __init__(self, obj, *, allow_loopback=False):
-        self.cache = SandboxCache()
-        self.cache.replace([obj])
-        self.allow_loopback = allow_loopback
-
-    def __len__(self):
-        return len(self.cache)
-
-    def lookup(self, namespace, name):
-        return self.cache.get(namespace, name)
-
-    def start(self):
-        pass
-
-    def stop(self):
-        pass
-
-
 def resolve(obj, *, port=8888, allow_loopback=False):
-    source = Source(obj, allow_loopback=allow_loopback)
+    source = CacheSource(obj, allow_loopback=allow_loopback)
     resolver = Resolver(source, AddressPolicy.build(allow_loopback=allow_loopback))
     route = Route(namespace="default", name="sb", port=port, timeout=1.0)
     return asyncio.run(resolver.resolve(route))
