@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.harness import Context, Latencies, Result, latency_result, time_calls
@@ -68,6 +69,25 @@ def _bare_runsc_floor(runsc: str, work: Path, n: int) -> Latencies:
     return lat
 
 
+def first_echoes(state: Path, count: int, *, warm_pool: int,
+                 before_each: Callable[[], None] = lambda: None) -> Latencies:
+    """Time `count` new sandboxes from SandboxClient.open() to the first echo's answer."""
+    from agentic_sandbox import SandboxClient
+
+    samples = []
+    for _ in range(count):
+        before_each()
+        start = time.perf_counter()
+        client = SandboxClient(TEMPLATE, backend="local", state_dir=state,
+                               warm_pool=warm_pool).open()
+        client.run("echo hi")
+        samples.append(time.perf_counter() - start)
+        client.close()
+    latencies = Latencies()
+    latencies.add_round(samples)
+    return latencies
+
+
 def run(ctx: Context) -> list[Result]:
     runsc = shutil.which("runsc")
     import os
@@ -82,16 +102,7 @@ def run(ctx: Context) -> list[Result]:
     try:
         cold_n = ctx.scale(8, 3)
         # -- cold: a new sandbox from nothing to the first echo's answer --------------------
-        samples = []
-        for _ in range(cold_n):
-            start = time.perf_counter()
-            client = SandboxClient(TEMPLATE, backend="local", state_dir=state,
-                                   warm_pool=0).open()
-            client.run("echo hi")
-            samples.append(time.perf_counter() - start)
-            client.close()
-        cold = Latencies()
-        cold.add_round(samples)
+        cold = first_echoes(state, cold_n, warm_pool=0)
         bare = _bare_runsc_floor(runsc, work, cold_n)
         results.append(latency_result(
             COMPONENT, "local create -> first echo (cold)", cold,
@@ -105,18 +116,12 @@ def run(ctx: Context) -> list[Result]:
         # -- warm: the same, with a sandbox waiting in the local warm pool -------------------
         holder = SandboxClient(TEMPLATE, backend="local", state_dir=state, warm_pool=1).open()
         pool = next(iter(local.manager(state).pools.values()))
-        samples = []
-        for _ in range(ctx.scale(8, 3)):
+
+        def wait_for_spare() -> None:
             if not pool.wait_full(120):
                 raise RuntimeError("the warm pool did not fill")
-            start = time.perf_counter()
-            client = SandboxClient(TEMPLATE, backend="local", state_dir=state,
-                                   warm_pool=1).open()
-            client.run("echo hi")
-            samples.append(time.perf_counter() - start)
-            client.close()
-        warm = Latencies()
-        warm.add_round(samples)
+
+        warm = first_echoes(state, ctx.scale(8, 3), warm_pool=1, before_each=wait_for_spare)
 
         # -- round trips on one open sandbox --------------------------------------------------
         holder.write("floor.py", FLOOR_SCRIPT.format(n=ctx.scale(200, 60)))
