@@ -241,6 +241,9 @@ class SandboxClient:
         Local only: templates_dir (folders of SandboxTemplate YAML, else
             $AGENTIC_SANDBOX_TEMPLATES), warm_pool (spare sandboxes kept ready in this
             process), state_dir.
+        attach: the name of a sandbox that already exists and outlives this client (on
+            Kubernetes a SandboxClaim, locally one made by `agentic-sandbox create NAME`):
+            enter waits for it instead of making one, exit leaves it running.
 
     Example:
         with SandboxClient(template_name="python-runtime-template") as sandbox:
@@ -263,7 +266,8 @@ class SandboxClient:
                  server_port: int = 8888,
                  templates_dir: str | os.PathLike[str] | None = None,
                  warm_pool: int | None = None,
-                 state_dir: str | os.PathLike[str] | None = None) -> None:
+                 state_dir: str | os.PathLike[str] | None = None,
+                 attach: str | None = None) -> None:
         if not template_name or not isinstance(template_name, str):
             raise ValueError("template_name must be a non-empty string")
         for label, value in (("sandbox_ready_timeout", sandbox_ready_timeout),
@@ -291,6 +295,12 @@ class SandboxClient:
     def _make_backend(self, name: str, options: dict[str, Any]) -> Backend:
         # Imported here so `import agentic_sandbox` stays light and a missing optional
         # dependency only matters to the backend that needs it.
+        attach = options["attach"]
+        if attach is not None and (not isinstance(attach, str) or not attach):
+            raise ValueError("attach must be a non-empty sandbox name")
+        if name == "local" and attach is not None:
+            from agentic_sandbox._holder import HeldBackend
+            return HeldBackend(attach, state_dir=options["state_dir"])
         if name == "local":
             from agentic_sandbox._backends.local import LocalBackend
             return LocalBackend(
@@ -306,7 +316,8 @@ class SandboxClient:
             kubeconfig=options["kubeconfig"], context=options["context"],
             router_service=options["router_service"],
             router_namespace=options["router_namespace"],
-            router_port=options["router_port"], server_port=options["server_port"])
+            router_port=options["router_port"], server_port=options["server_port"],
+            claim=attach, attach=attach is not None)
 
     # -- lifecycle ---------------------------------------------------------------------
 

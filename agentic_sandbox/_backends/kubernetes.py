@@ -5,7 +5,11 @@ open(): check the SandboxTemplate exists, create a SandboxClaim
 (extensions.agents.x-k8s.io/v1alpha1, `spec.sandboxTemplateRef.name`) with a unique name,
 watch it until Ready (a terminal Ready=False reason fails at once), read the Sandbox's name
 from `status.sandbox.name` (it equals the claim's), open the connection to the router and
-check the runtime answers through it. Connection modes: a `kubectl port-forward` tunnel to
+check the runtime answers through it. Named sandboxes (the command line's `create NAME`,
+`exec NAME`, `delete NAME`; SandboxClient(attach=NAME)): `claim=` names the claim instead of
+a random name, `attach=True` uses an existing claim (never created, never deleted here),
+release() hands a created claim over to the caller, delete() removes a claim by name.
+Connection modes: a `kubectl port-forward` tunnel to
 the router Service on a free loopback port (the default: two clients never collide), a
 direct or gateway `api_url`, or the router Service's in-cluster DNS name. Every request
 carries X-Sandbox-ID / X-Sandbox-Namespace / X-Sandbox-Port, and the router's bearer token
@@ -133,7 +137,8 @@ class KubernetesBackend:
                  kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None,
                  router_service: str = "sandbox-router-svc",
                  router_namespace: str | None = None, router_port: int = 8080,
-                 server_port: int = 8888, api_client: Any = None) -> None:
+                 server_port: int = 8888, api_client: Any = None,
+                 claim: str | None = None, attach: bool = False) -> None:
         if connection is None:
             connection = "direct" if api_url else (
                 "in-cluster" if _in_cluster() and not kubeconfig else "tunnel")
@@ -142,6 +147,8 @@ class KubernetesBackend:
                              f"not {connection!r}")
         if connection == "direct" and not api_url:
             raise ValueError("connection='direct' needs api_url=")
+        if attach and not claim:
+            raise ValueError("attach=True needs claim= (the SandboxClaim's name)")
         self.template_name = template_name
         self.namespace = namespace
         self.ready_timeout = ready_timeout
@@ -157,6 +164,10 @@ class KubernetesBackend:
         self.server_port = server_port
         self.claim: str | None = None
         self.sandbox: str | None = None
+        # Named sandboxes: a claim owned by the caller is never deleted here.
+        self.claim_name = claim
+        self.attach = attach
+        self._owns_claim = not attach
         self._api_client = api_client
         self._own_client = api_client is None
         self._tunnel: _Tunnel | None = None
@@ -209,7 +220,7 @@ class KubernetesBackend:
 
     def _create_claim(self, api: Any) -> str:
         from kubernetes.client.exceptions import ApiException
-        name = claim_name()
+        name = self.claim_name or claim_name()
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SandboxClaim",
                 "metadata": {"name": name, "namespace": self.namespace,
                              "labels": {"app.kubernetes.io/managed-by": "agentic-sandbox"}},
@@ -221,6 +232,10 @@ class KubernetesBackend:
             if exc.status == 422:
                 raise ClaimFailedError(f"the API server rejected the SandboxClaim: {exc.body}",
                                        reason="Invalid", claim=name) from exc
+            if exc.status == 409:
+                raise ClaimFailedError(
+                    f"a SandboxClaim named {name!r} already exists in namespace "
+                    f"{self.namespace!r}", reason="AlreadyExists", claim=name) from exc
             raise self._api_error(exc, "creating the SandboxClaim") from exc
         except Exception as exc:
             raise self._api_error(exc, "creating the SandboxClaim") from exc
@@ -307,22 +322,73 @@ class KubernetesBackend:
                 if name is not None:
                     return name
 
-    def _delete_claim(self) -> None:
-        name, self.claim = self.claim, None
-        if name is None:
-            return
+    def _find_claim(self, api: Any) -> dict[str, Any]:
+        """The existing claim to attach to; ClaimFailedError (reason NotFound) if missing."""
+        from kubernetes.client.exceptions import ApiException
+        name = self.claim_name
         try:
-            from kubernetes.client.exceptions import ApiException
-            api = self._custom()
+            found: dict[str, Any] = api.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, CLAIM_PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise ClaimFailedError(
+                    f"no sandbox named {name!r} in namespace {self.namespace!r}",
+                    reason="NotFound", claim=name or "") from exc
+            raise self._api_error(exc, "reading the SandboxClaim") from exc
+        except Exception as exc:
+            raise self._api_error(exc, "reading the SandboxClaim") from exc
+        self.claim = name
+        return found
+
+    def _delete(self, name: str) -> bool:
+        """Delete a claim by name; False if it was not there. Raises ApiException or ours."""
+        from kubernetes.client.exceptions import ApiException
+        api = self._custom()
+        try:
             api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, CLAIM_PLURAL,
                                                 name)
-            log.info("deleted SandboxClaim %s/%s", self.namespace, name)
         except ApiException as exc:
-            if exc.status != 404:
-                log.warning("could not delete SandboxClaim %s/%s: %s", self.namespace, name,
-                            exc.status)
+            if exc.status == 404:
+                return False
+            raise
+        log.info("deleted SandboxClaim %s/%s", self.namespace, name)
+        return True
+
+    def _delete_claim(self) -> None:
+        name, self.claim = self.claim, None
+        if name is None or not self._owns_claim:
+            return
+        try:
+            self._delete(name)
         except Exception as exc:  # close() must not raise over the caller's own error
-            log.warning("could not delete SandboxClaim %s/%s: %s", self.namespace, name, exc)
+            log.warning("could not delete SandboxClaim %s/%s: %s", self.namespace, name,
+                        getattr(exc, "status", None) or exc)
+
+    def release(self) -> str | None:
+        """Hand the claim over to the caller: close() will no longer delete it (the command
+        line's `create NAME`). Returns its name."""
+        self._owns_claim = False
+        return self.claim
+
+    def delete(self) -> None:
+        """Delete the claim named by `claim=` now (`agentic-sandbox delete NAME`).
+
+        Raises ClaimFailedError (reason NotFound) when there is no such claim, and
+        SandboxConnectionError when the API cannot be reached or refuses."""
+        name = self.claim_name
+        if not name:
+            raise ValueError("delete() needs claim= (the SandboxClaim's name)")
+        try:
+            found = self._delete(name)
+        except SandboxError:
+            raise
+        except Exception as exc:
+            raise self._api_error(exc, "deleting the SandboxClaim") from exc
+        finally:
+            self.close()
+        if not found:
+            raise ClaimFailedError(f"no sandbox named {name!r} in namespace {self.namespace!r}",
+                                   reason="NotFound", claim=name)
 
     # -- the router -------------------------------------------------------------------------
 
@@ -383,10 +449,19 @@ class KubernetesBackend:
     def open(self) -> Endpoint:
         deadline = time.monotonic() + self.ready_timeout
         api = self._custom()
-        self._check_template(api)
-        version = self._create_claim(api)
+        found: dict[str, Any] = {}
+        if self.attach:
+            found = self._find_claim(api)
+            version = str(found.get("metadata", {}).get("resourceVersion", ""))
+        else:
+            self._check_template(api)
+            version = self._create_claim(api)
         try:
-            self.sandbox = self._wait_ready(api, version, deadline)
+            # An attached claim may be Ready already: a watch from its version would wait
+            # for a change that never comes.
+            self.sandbox = self._judge(found) if found else None
+            if self.sandbox is None:
+                self.sandbox = self._wait_ready(api, version, deadline)
             base_url = self._base_url(deadline)
             adapter = HTTPAdapter(max_retries=0)
             self._wait_routable(base_url, adapter, deadline)

@@ -1,0 +1,317 @@
+"""`agentic-sandbox mcp`: a Model Context Protocol server on stdio, one sandbox per session.
+
+Started by the command line (agentic_sandbox._cli, subcommand `mcp`) under an MCP client
+(Claude Desktop, an agent framework), which speaks JSON-RPC on our stdin and stdout. Built on
+the official SDK (`mcp`, the extra `agent-sandbox[mcp]`; only this module imports it) and on
+SandboxClient's public API. The tools are one table (TOOLS) of SandboxTools methods; a later
+client feature is a new method and a new row.
+
+Lifetime: a stdio server serves exactly one session, and that session gets one sandbox,
+opened on the first tool call (not at start: MCP clients start every registered server when
+they start, often for hours, and the initialize handshake must not wait for a sandbox that
+may take a minute on a cluster), and closed when the session ends: stdin closes (the
+lifespan exits), or SIGTERM, SIGINT or SIGHUP arrives (the handler closes it, then dies of
+the signal). Only SIGKILL can leave one behind: the local backend removes it the next time it
+starts; a Kubernetes claim stays until deleted.
+
+This module must never write to stdout (it is the protocol's channel), and no traceback may
+reach the model: sandbox errors become tool errors with one line of text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+import anyio
+import anyio.to_thread
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import Field
+from typing_extensions import TypedDict  # pydantic reads these natively on 3.11
+
+from agentic_sandbox import __version__, _ops
+from agentic_sandbox._client import SandboxClient
+from agentic_sandbox._exceptions import SandboxError
+
+__all__ = ["TOOLS", "SandboxTools", "SessionSandbox", "build_server", "serve"]
+
+T = TypeVar("T")
+
+SERVER_NAME: Final = "agentic-sandbox"
+# The runtime caps each output stream at 1 MiB; a file read is capped the same, so no
+# single answer floods the model's context.
+READ_LIMIT: Final = 1024 * 1024
+INSTRUCTIONS: Final = """\
+These tools work in one isolated gVisor sandbox, made for this session on the first tool \
+call and deleted, with everything in it, when the session ends. Paths are relative to the \
+sandbox's workspace (or absolute inside it); the file tools refuse anything outside it. \
+Commands run with /bin/sh -c in the workspace and are killed, with every process they \
+started, at their timeout (default 60 s, at most 600 s). Each output stream is capped at \
+1 MiB and read_file returns at most 1 MiB; the results say when something was cut. The \
+sandbox may have no network access (the local backend has none)."""
+
+Path_ = Annotated[str, Field(description="a path relative to the workspace, or absolute "
+                                         "inside it")]
+
+
+class CommandResult(TypedDict):
+    """What run_command returns."""
+
+    stdout: str
+    stderr: str
+    exit_code: int
+    timed_out: bool
+    stdout_truncated: bool
+    stderr_truncated: bool
+
+
+class FileContent(TypedDict):
+    """What read_file returns."""
+
+    path: str
+    content: str
+    encoding: Literal["utf-8", "base64"]
+    size: int
+    truncated: bool
+
+
+class Written(TypedDict):
+    path: str
+    size: int
+
+
+class Entry(TypedDict):
+    name: str
+    type: str
+    size: int
+
+
+class Listing(TypedDict):
+    path: str
+    entries: list[Entry]
+
+
+class Existence(TypedDict):
+    path: str
+    exists: bool
+
+
+class SessionSandbox:
+    """The session's one sandbox: opened on first use, closed once when the session ends.
+
+    A failed open leaves nothing open and the next tool call tries again. close() may come
+    from a signal handler while a tool call is still opening the sandbox: it releases what
+    that open acquired (the backend's close is safe mid-open), then waits for it to end.
+    """
+
+    def __init__(self, factory: Callable[[], SandboxClient]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._client: SandboxClient | None = None
+        self._opening: SandboxClient | None = None
+        self.closing = False
+
+    def get(self) -> SandboxClient:
+        with self._lock:
+            if self.closing:
+                raise SandboxError("the session is ending; its sandbox is closed")
+            if self._client is None:
+                client = self._opening = self._factory()
+                try:
+                    client.open()
+                finally:
+                    self._opening = None
+                self._client = client
+            return self._client
+
+    def close(self) -> None:
+        self.closing = True
+        opening = self._opening
+        if opening is not None:
+            opening.backend.close()
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+class SandboxTools:
+    """The tools, as methods: their signatures and docstrings are what the model sees."""
+
+    def __init__(self, session: SessionSandbox) -> None:
+        self.session = session
+
+    def _call(self, action: Callable[[SandboxClient], T]) -> T:
+        try:
+            return action(self.session.get())
+        except SandboxError as exc:
+            raise ToolError(_ops.describe(exc)) from exc
+        except (ValueError, TypeError) as exc:  # arguments the client refuses before sending
+            raise ToolError(str(exc)) from exc
+
+    def run_command(
+            self,
+            command: Annotated[str, Field(description="a shell command line, run as "
+                                                      "/bin/sh -c COMMAND")],
+            timeout: Annotated[float | None, Field(
+                gt=0, le=600, description="seconds before the command and every process "
+                                          "it started are killed (default 60)")] = None,
+            cwd: Annotated[str | None, Field(description="working directory inside the "
+                                                         "workspace (default: the "
+                                                         "workspace)")] = None,
+            env: Annotated[dict[str, str] | None, Field(
+                description="extra environment variables")] = None) -> CommandResult:
+        """Run a shell command in the sandbox and wait for it to finish.
+
+        Returns its stdout, stderr and exit_code; a non-zero exit_code is the command's
+        own result, not a failure of the tool. timed_out is true when the timeout killed
+        it. Each output stream is capped at 1 MiB by the sandbox runtime; stdout_truncated
+        and stderr_truncated say when output was cut. Files written stay for later calls.
+        """
+        options: dict[str, Any] = {"cwd": cwd, "env": env}
+        if timeout is not None:
+            options["timeout"] = timeout
+        result = self._call(lambda sandbox: sandbox.run(command, **options))
+        return CommandResult(stdout=result.stdout, stderr=result.stderr,
+                             exit_code=result.exit_code, timed_out=result.timed_out,
+                             stdout_truncated=result.stdout_truncated,
+                             stderr_truncated=result.stderr_truncated)
+
+    def read_file(self, path: Path_) -> FileContent:
+        """Read a file from the sandbox's workspace.
+
+        Text that is valid UTF-8 comes back as is (encoding "utf-8"), anything else as
+        base64 (encoding "base64"). At most the first 1 MiB is returned (truncated says
+        so; size is the whole file's); read larger files in parts with run_command
+        (head, tail, sed -n).
+        """
+        data = self._call(lambda sandbox: sandbox.read(path))
+        part = data[:READ_LIMIT]
+        try:
+            text, encoding = part.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError as exc:
+            if len(data) > READ_LIMIT and exc.start >= len(part) - 3:
+                text, encoding = part[:exc.start].decode("utf-8"), "utf-8"  # cut mid-character
+            else:
+                text, encoding = base64.b64encode(part).decode("ascii"), "base64"
+        return FileContent(path=path, content=text, encoding=encoding,  # type: ignore[typeddict-item]
+                           size=len(data), truncated=len(data) > READ_LIMIT)
+
+    def write_file(
+            self, path: Path_,
+            content: Annotated[str, Field(description="the file's new content")],
+            encoding: Annotated[Literal["utf-8", "base64"], Field(
+                description="how content is given: utf-8 text, or base64 for binary "
+                            "data")] = "utf-8") -> Written:
+        """Write a file in the sandbox's workspace, replacing it if it exists.
+
+        Missing parent directories are created. The file appears whole or not at all.
+        """
+        if encoding == "base64":
+            try:
+                data = base64.b64decode(content, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ToolError(f"content is not valid base64: {exc}") from exc
+        else:
+            data = content.encode("utf-8")
+        self._call(lambda sandbox: sandbox.write(path, data))
+        return Written(path=path, size=len(data))
+
+    def list_directory(
+            self, path: Annotated[str, Field(description="a directory relative to the "
+                                                         "workspace, or absolute inside "
+                                                         "it")] = ".") -> Listing:
+        """List a directory of the sandbox's workspace: name, type (file, directory,
+        symlink, other) and size of each entry, sorted by name. Symlinks are not followed."""
+        entries = self._call(lambda sandbox: sandbox.list(path))
+        return Listing(path=path, entries=[Entry(name=e.name, type=e.type, size=e.size)
+                                           for e in entries])
+
+    def path_exists(self, path: Path_) -> Existence:
+        """Whether a path exists in the sandbox's workspace."""
+        return Existence(path=path, exists=self._call(lambda sandbox: sandbox.exists(path)))
+
+
+@dataclass(frozen=True)
+class ToolRow:
+    """One tool: the SandboxTools method and how it touches the sandbox."""
+
+    name: str
+    title: str
+    read_only: bool
+    idempotent: bool
+
+
+TOOLS: Final = (
+    ToolRow("run_command", "Run a shell command", read_only=False, idempotent=False),
+    ToolRow("read_file", "Read a file", read_only=True, idempotent=True),
+    ToolRow("write_file", "Write a file", read_only=False, idempotent=True),
+    ToolRow("list_directory", "List a directory", read_only=True, idempotent=True),
+    ToolRow("path_exists", "Check that a path exists", read_only=True, idempotent=True),
+)
+
+
+def build_server(session: SessionSandbox) -> MCPServer[None]:
+    """The MCP server: the tools of TOOLS, and the session's sandbox closed when it ends."""
+
+    @asynccontextmanager
+    async def lifespan(_server: MCPServer[None]) -> AsyncIterator[None]:
+        try:
+            yield None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(session.close)
+
+    server: MCPServer[None] = MCPServer(SERVER_NAME, version=__version__,
+                                        instructions=INSTRUCTIONS, lifespan=lifespan,
+                                        log_level="WARNING")
+    tools = SandboxTools(session)
+    for row in TOOLS:
+        # Nothing in a sandbox reaches the world outside it through these tools.
+        server.add_tool(getattr(tools, row.name), name=row.name, title=row.title,
+                        annotations=ToolAnnotations(read_only_hint=row.read_only,
+                                                    destructive_hint=not row.read_only,
+                                                    idempotent_hint=row.idempotent,
+                                                    open_world_hint=False))
+    return server
+
+
+def serve(*, template: str, namespace: str = "default", run_timeout: float | None = None,
+          client_options: dict[str, Any] | None = None) -> int:
+    """Serve one MCP session on stdin/stdout; returns the exit status (0)."""
+    options = dict(client_options or {})
+    if run_timeout:
+        options["run_timeout"] = run_timeout
+
+    def make_client() -> SandboxClient:
+        return SandboxClient(template, namespace, warm_pool=0, **options)
+
+    session = SessionSandbox(make_client)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            session.close()
+        finally:
+            # Die of the signal, as expected of us, now that nothing is left behind.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        build_server(session).run("stdio")
+    finally:
+        session.close()
+    return 0
