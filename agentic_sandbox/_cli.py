@@ -35,7 +35,7 @@ from agentic_sandbox import _named, _ops
 from agentic_sandbox._client import SandboxClient
 from agentic_sandbox._exceptions import SandboxError
 
-__all__ = ["COMMANDS", "Location", "Progress", "build_parser", "command_line", "main",
+__all__ = ["COMMANDS", "Location", "Progress", "build_parser", "command_line", "main", "parse",
            "parse_location"]
 
 PROG: Final = "agentic-sandbox"
@@ -362,9 +362,9 @@ def _command(parser: argparse.ArgumentParser) -> None:
                         help="an environment variable for the command (repeatable)")
     parser.add_argument("--workdir", "-w", metavar="DIR",
                         help="working directory, inside the workspace (default: the workspace)")
-    parser.add_argument("command", nargs=argparse.REMAINDER,
+    parser.add_argument("command", nargs="*",
                         help="after --: one shell command line, or a program and its "
-                             "arguments")
+                             "arguments (options of this command go before --)")
 
 
 def _args_run(parser: argparse.ArgumentParser) -> None:
@@ -470,6 +470,23 @@ def _sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line, parsed: everything after the first `--` is the command, untouched;
+    options go before it, also after a sandbox name (`exec box --timeout 5 -- make`)."""
+    words, command = list(argv), None
+    if "--" in words:
+        split = words.index("--")
+        words, command = words[:split], words[split + 1:]
+    args = build_parser().parse_args(words)
+    if command is not None:
+        if not hasattr(args, "command"):
+            args.parser.error("this command takes no command after --")
+        if args.command:
+            args.parser.error("give the command after -- only")
+        args.command = command
+    return args
+
+
 def main(argv: Sequence[str] | None = None, *,
          client_options: dict[str, Any] | None = None) -> int:
     """Run one command line; returns the exit status.
@@ -477,8 +494,7 @@ def main(argv: Sequence[str] | None = None, *,
     `client_options` go to every SandboxClient the command makes (tests and embedders:
     router_token, kubeconfig, state_dir, ...).
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(sys.argv[1:] if argv is None else argv)
     try:
         with _sigterm_unwinds():
             return int(args.handler(args, dict(client_options or {})))

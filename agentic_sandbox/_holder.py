@@ -561,7 +561,13 @@ def stop(name: str, *, state_dir: str | os.PathLike[str] | None = None,
                 time.sleep(0.05)
     if directory.exists():
         # The holder died without cleaning up: the local backend removes sandboxes whose
-        # owner is gone when its manager starts, which this does.
+        # owner is gone when its manager starts, which this does. It tells a gone owner by
+        # its /proc entry, which a dead holder keeps until init reaps it.
+        deadline = time.monotonic() + timeout
+        while _process_state(record.get("pid")) not in (None,) and time.monotonic() < deadline:
+            if (_process_state(record.get("pid")) or ("", ""))[1] != record.get("start"):
+                break  # the pid was reaped and reused
+            time.sleep(0.05)
         from agentic_sandbox._backends import local
         local.manager(directory.parent.parent)
         _remove(directory)

@@ -78,24 +78,27 @@ def test_one_word_is_a_shell_line_several_are_argv():
             command_line(empty)
 
 
-def test_parser_keeps_options_before_the_command_and_leaves_the_rest_alone():
-    parser = _cli.build_parser()
-    args = parser.parse_args(["run", "-b", "local", "--timeout", "5", "-e", "A=1", "-w", "sub",
-                              "--", "python3", "-c", "print(1)", "--timeout", "9"])
+def test_options_go_before_the_double_dash_and_the_command_after_it_untouched():
+    args = _cli.parse(["run", "-b", "local", "--timeout", "5", "-e", "A=1", "-w", "sub", "--",
+                       "python3", "-c", "print(1)", "--timeout", "9", "--", "x"])
     assert (args.backend, args.timeout, args.env, args.workdir) == ("local", 5.0, ["A=1"],
                                                                      "sub")
-    assert command_line(args.command) == "python3 -c 'print(1)' --timeout 9"
-    args = parser.parse_args(["exec", "box", "--", "ls", "-l"])
-    assert args.name == "box" and command_line(args.command) == "ls -l"
-    args = parser.parse_args(["cp", "--progress", "a.txt", "box:"])
+    assert command_line(args.command) == "python3 -c 'print(1)' --timeout 9 -- x"
+    args = _cli.parse(["exec", "box", "--timeout", "600", "-e", "B=2", "--", "ls", "-l"])
+    assert (args.name, args.timeout, args.env) == ("box", 600.0, ["B=2"])
+    assert command_line(args.command) == "ls -l"
+    # Without options, -- may go: the words are the command.
+    assert command_line(_cli.parse(["run", "echo", "hi"]).command) == "echo hi"
+    args = _cli.parse(["cp", "--progress", "a.txt", "box:"])
     assert (args.source, args.target, args.progress) == ("a.txt", "box:", True)
-    args = parser.parse_args(["rm", "-rf", "box:a", "box:b"])
+    args = _cli.parse(["rm", "-rf", "box:a", "box:b"])
     assert args.recursive and args.force and args.targets == ["box:a", "box:b"]
 
 
 @pytest.mark.parametrize("argv", [
     [], ["bogus"], ["run", "-b", "mars", "--", "true"], ["exec"], ["cp", "only-one"],
-    ["create"], ["rm"],
+    ["create"], ["rm"], ["run", "ls", "-l"], ["run", "echo", "--", "hi"],
+    ["cp", "a", "box:b", "--", "x"],
 ])
 def test_usage_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:
