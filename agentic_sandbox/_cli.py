@@ -11,12 +11,13 @@ stdout.
 Exit status: 0 success; run and exec exit with the command's own status (124 when its
 timeout killed it, 128+n when signal n did); 1 a sandbox error, with one line on stderr; 2 a
 usage error (argparse's); 130 interrupted by Ctrl-C, 143 by SIGTERM (the sandbox of `run` is
-deleted either way).
+deleted either way); 141 when stdout's reader went away (`| head`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import posixpath
 import re
 import shlex
@@ -502,6 +503,10 @@ def main(argv: Sequence[str] | None = None, *,
         args.parser.error(str(exc))  # exits 2
     except SandboxError as exc:
         print(f"{PROG}: error: {_ops.describe(exc)}", file=sys.stderr)
+    except BrokenPipeError:
+        # `... | head`: the reader left. Quietly, as other commands do (no flush at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (ValueError, OSError) as exc:
         # Local files (cp), names and paths the client refuses before asking anything.
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -116,10 +116,15 @@ def _process_state(pid: Any) -> tuple[str, str] | None:
         return None
 
 
+def _listed(record: dict[str, Any]) -> str | None:
+    """The state of the record's process while /proc still lists it (a zombie too)."""
+    found = _process_state(record.get("pid"))
+    return found[0] if found is not None and found[1] == record.get("start") else None
+
+
 def holder_running(record: dict[str, Any]) -> bool:
     """Whether the record's holder still runs: same pid and start time, and not a zombie."""
-    found = _process_state(record.get("pid"))
-    return found is not None and found[0] != "Z" and found[1] == record.get("start")
+    return _listed(record) not in (None, "Z")
 
 
 def _own_record(**fields: Any) -> dict[str, Any]:
@@ -564,9 +569,7 @@ def stop(name: str, *, state_dir: str | os.PathLike[str] | None = None,
         # owner is gone when its manager starts, which this does. It tells a gone owner by
         # its /proc entry, which a dead holder keeps until init reaps it.
         deadline = time.monotonic() + timeout
-        while _process_state(record.get("pid")) not in (None,) and time.monotonic() < deadline:
-            if (_process_state(record.get("pid")) or ("", ""))[1] != record.get("start"):
-                break  # the pid was reaped and reused
+        while _listed(record) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
         from agentic_sandbox._backends import local
         local.manager(directory.parent.parent)

@@ -103,6 +103,15 @@ def test_run_streams_as_output_comes_and_an_interrupt_deletes_the_sandbox(state,
     assert leftovers(state) == []
 
 
+def test_a_reader_that_goes_away_ends_run_quietly_with_141(state):
+    process = start(state, "run", "--", "while :; do echo line; done")
+    assert process.stdout is not None and process.stdout.readline() == "line\n"
+    process.stdout.close()  # as `| head -1` does
+    assert process.wait(120) == 141
+    assert process.stderr is not None and process.stderr.read() == ""
+    assert leftovers(state) == []
+
+
 def test_a_sandbox_error_is_status_1_with_one_line(state):
     done = cli(state, "run", "-t", "no-such-template", "--", "true")
     assert done.returncode == 1
