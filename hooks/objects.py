@@ -28,7 +28,11 @@ EXTENSIONS_API = "extensions.agents.x-k8s.io/v1alpha1"
 
 # Labels and annotations we own. Users cannot set keys under RESERVED_SUFFIX (any subdomain).
 RESERVED_SUFFIX = "agents.x-k8s.io"
-SANDBOX_LABEL = "agents.x-k8s.io/sandbox"  # on the pod serving a sandbox; its Service selects it
+# A pod serving a Sandbox carries both: the name for people, the uid for every selector. A name
+# is reused when a Sandbox is deleted and created again; a uid never is, so nothing that decides
+# which pod serves which Sandbox (Service selector, binding, status) ever keys by the name.
+SANDBOX_LABEL = "agents.x-k8s.io/sandbox"
+SANDBOX_UID_LABEL = "agents.x-k8s.io/sandbox-uid"
 TEMPLATE_LABEL = "agents.x-k8s.io/sandbox-template"
 POOL_LABEL = "agents.x-k8s.io/warm-pool"
 CLAIM_LABEL = "agents.x-k8s.io/claim"
@@ -45,6 +49,8 @@ SANDBOX_READY = "SandboxReady"
 SANDBOX_NOT_READY = "SandboxNotReady"
 SANDBOX_EXPIRED = "SandboxExpired"
 POD_NOT_READY = "PodNotReady"
+POD_LOST = "PodLost"
+WAITING_FOR_ANNOTATION = "WaitingForPodNameAnnotation"
 SCALED_TO_ZERO = "ScaledToZero"
 WAITING_FOR_WARM_POD = "WaitingForWarmPod"
 TEMPLATE_NOT_FOUND = "TemplateNotFound"
@@ -55,6 +61,9 @@ POOL_NOT_READY = "PoolNotReady"
 NETWORK_POLICY_READY = "NetworkPolicyReady"
 NETWORK_POLICY_DISABLED = "NetworkPolicyDisabled"
 NETWORK_POLICY_PENDING = "NetworkPolicyPending"
+# Sandbox reasons that no amount of waiting fixes; a claim reports them as its own reason, and
+# the client (agentic_sandbox, TERMINAL_CLAIM_READY_REASONS) stops waiting on them.
+TERMINAL_SANDBOX_REASONS = (POD_LOST, INVALID_SPEC)
 
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -145,6 +154,31 @@ def sandbox_is_expired(sandbox: KubeObject, now: datetime) -> bool:
     return deadline is not None and now >= deadline
 
 
+def uid_of(obj: KubeObject) -> str:
+    return str(obj.get("metadata", {}).get("uid") or "")
+
+
+def binding_labels(sandbox: KubeObject) -> dict[str, str]:
+    """The labels of a pod serving `sandbox` (its own pod, or a warm pod bound to it)."""
+    return {SANDBOX_LABEL: sandbox["metadata"]["name"], SANDBOX_UID_LABEL: uid_of(sandbox)}
+
+
+def serving_selector(sandbox: KubeObject) -> dict[str, str]:
+    """What selects the pod serving `sandbox` (its Service, status.selector): the uid only."""
+    return {SANDBOX_UID_LABEL: uid_of(sandbox)}
+
+
+def is_bound(pod: KubeObject) -> bool:
+    """Whether the pod serves (or served) a Sandbox: it can never be handed to another."""
+    labels = labels_of(pod)
+    return SANDBOX_LABEL in labels or SANDBOX_UID_LABEL in labels
+
+
+def ready_reason(obj: KubeObject) -> str | None:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return next((c.get("reason") for c in conditions if c.get("type") == READY), None)
+
+
 def sandbox_wants_pod(sandbox: KubeObject, now: datetime) -> bool:
     """Whether a pod should serve this sandbox now."""
     return (
@@ -201,10 +235,13 @@ def related(
     name: Any = None,
     labels: dict[str, str] | None = None,
 ) -> ResourceRule:
-    """A customize rule: the object called `name`, else those with `labels` (else all)."""
+    """A customize rule: the object(s) called `name` (a name or a list of names), else those
+    with `labels` (else all)."""
     rule: ResourceRule = {"apiVersion": api_version, "resource": resource, "namespace": namespace}
     if isinstance(name, str):
         rule["names"] = [name]
+    elif isinstance(name, list) and name:
+        rule["names"] = [str(n) for n in name]
     else:
         rule["labelSelector"] = {"matchLabels": dict(labels or {})}
     return rule
