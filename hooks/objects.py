@@ -251,6 +251,38 @@ def related(
 
 
 PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
+# The user our own runtime image runs as (Dockerfile: `sandbox`, uid 1000). A pod must not run
+# as root by default, and runAsNonRoot alone would make the kubelet refuse an image whose USER
+# is root (the seed's may be): so the pod also gets this uid, gid and fsGroup (volumes writable).
+DEFAULT_UID = 1000
+
+
+def secure_pod_spec(spec: KubeObject) -> None:
+    """Fill in, where the template is silent, what the "restricted" Pod Security Standard asks:
+    no service-account token, non-root user (uid/gid/fsGroup DEFAULT_UID), seccomp
+    RuntimeDefault, and in every container no privilege escalation and all capabilities
+    dropped. An explicit value is never changed: a template's author may loosen any of these
+    (and the namespace's Pod Security admission decides whether that is allowed)."""
+    spec.setdefault("automountServiceAccountToken", False)
+    containers = [c for g in ("initContainers", "containers") for c in spec.get(g) or []]
+    for container in containers:
+        security = container.setdefault("securityContext", {})
+        added = (security.get("capabilities") or {}).get("add") or []
+        # The API server refuses allowPrivilegeEscalation: false beside these explicit choices.
+        if not security.get("privileged") and not {"SYS_ADMIN", "CAP_SYS_ADMIN"} & set(added):
+            security.setdefault("allowPrivilegeEscalation", False)
+    if (spec.get("os") or {}).get("name") == "windows":
+        return  # the API server refuses Linux-only security fields on Windows pods
+    pod = spec.setdefault("securityContext", {})
+    users = [pod.get("runAsUser")] + [c["securityContext"].get("runAsUser") for c in containers]
+    if 0 not in users:  # a template that asks for root gets root, not a pod that cannot start
+        pod.setdefault("runAsNonRoot", True)
+    pod.setdefault("runAsUser", DEFAULT_UID)
+    pod.setdefault("runAsGroup", DEFAULT_UID)
+    pod.setdefault("fsGroup", DEFAULT_UID)
+    pod.setdefault("seccompProfile", {"type": "RuntimeDefault"})
+    for container in containers:
+        container["securityContext"].setdefault("capabilities", {}).setdefault("drop", ["ALL"])
 
 
 def pod_from_template(
@@ -261,19 +293,14 @@ def pod_from_template(
     labels: dict[str, str],
     annotations: dict[str, str] | None = None,
 ) -> KubeObject:
-    """A Pod from a template's podTemplate, with our labels and the secure defaults.
-
-    Defaults apply only where the template is silent: no service-account token, no
-    privilege escalation in any container.
-    """
+    """A Pod from a template's podTemplate, with our labels and the secure defaults
+    (secure_pod_spec) where the template is silent."""
     template = clone(pod_template)
     meta = template.get("metadata") or {}
     spec = template.get("spec") or {}
-    spec.setdefault("automountServiceAccountToken", False)
+    secure_pod_spec(spec)
     for group in ("initContainers", "containers"):
         for container in spec.get(group) or []:
-            security = container.setdefault("securityContext", {})
-            security.setdefault("allowPrivilegeEscalation", False)
             # The API server drops zero probe counters (omitempty); one we send anyway reads,
             # to Metacontroller's 3-way merge, as a change to apply on every sync.
             for probe in PROBES:

@@ -69,20 +69,68 @@ def test_pod_honours_template_labels_and_annotations_but_not_reserved_keys():
     assert pod["metadata"]["annotations"] == {"note": "kept"}
 
 
-def test_pod_gets_secure_defaults_unless_the_template_says_otherwise():
-    parent = make_sandbox()
-    pod = kinds(sandbox.sync(sync_request(parent), now=NOW))["Pod/my-sandbox"]
-    assert pod["spec"]["automountServiceAccountToken"] is False
-    assert pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
-    assert pod["spec"]["runtimeClassName"] == "gvisor"
+RESTRICTED_POD = {
+    "automountServiceAccountToken": False,
+    "securityContext": {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    },
+}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
-    parent["spec"]["podTemplate"]["spec"]["automountServiceAccountToken"] = True
-    parent["spec"]["podTemplate"]["spec"]["containers"][0]["securityContext"] = {
-        "allowPrivilegeEscalation": True
+
+def test_pod_gets_the_restricted_defaults_where_the_template_is_silent():
+    parent = make_sandbox()
+    parent["spec"]["podTemplate"]["spec"]["initContainers"] = [{"name": "init", "image": "x"}]
+    spec = kinds(sandbox.sync(sync_request(parent), now=NOW))["Pod/my-sandbox"]["spec"]
+    assert {k: spec[k] for k in RESTRICTED_POD} == RESTRICTED_POD
+    for container in spec["initContainers"] + spec["containers"]:
+        assert container["securityContext"] == RESTRICTED_CONTAINER
+    assert spec["runtimeClassName"] == "gvisor"
+
+
+def test_an_explicit_choice_in_the_template_is_kept():
+    parent = make_sandbox()
+    pod_spec = parent["spec"]["podTemplate"]["spec"]
+    pod_spec["automountServiceAccountToken"] = True
+    pod_spec["securityContext"] = {"runAsUser": 0, "seccompProfile": {"type": "Unconfined"}}
+    pod_spec["containers"][0]["securityContext"] = {
+        "allowPrivilegeEscalation": True,
+        "capabilities": {"add": ["NET_ADMIN"], "drop": ["MKNOD"]},
     }
-    pod = kinds(sandbox.sync(sync_request(parent), now=NOW))["Pod/my-sandbox"]
-    assert pod["spec"]["automountServiceAccountToken"] is True
-    assert pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is True
+    spec = kinds(sandbox.sync(sync_request(parent), now=NOW))["Pod/my-sandbox"]["spec"]
+    assert spec["automountServiceAccountToken"] is True
+    # Asked for root: gets root, not runAsNonRoot (which would stop the container).
+    assert spec["securityContext"] == {
+        "runAsUser": 0,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "seccompProfile": {"type": "Unconfined"},
+    }
+    assert spec["containers"][0]["securityContext"] == {
+        "allowPrivilegeEscalation": True,
+        "capabilities": {"add": ["NET_ADMIN"], "drop": ["MKNOD"]},
+    }
+
+
+def test_defaults_the_api_server_would_refuse_are_left_out():
+    parent = make_sandbox()
+    pod_spec = parent["spec"]["podTemplate"]["spec"]
+    pod_spec["containers"][0]["securityContext"] = {"privileged": True}
+    pod_spec["containers"].append(
+        {"name": "admin", "image": "x", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}
+    )
+    spec = kinds(sandbox.sync(sync_request(parent), now=NOW))["Pod/my-sandbox"]["spec"]
+    for container in spec["containers"]:
+        assert "allowPrivilegeEscalation" not in container["securityContext"]
+    windows = make_sandbox()
+    windows["spec"]["podTemplate"]["spec"]["os"] = {"name": "windows"}
+    spec = kinds(sandbox.sync(sync_request(windows), now=NOW))["Pod/my-sandbox"]["spec"]
+    assert "securityContext" not in spec, "Linux-only fields are refused on Windows pods"
+    assert spec["automountServiceAccountToken"] is False
 
 
 def test_volume_claim_templates_become_pvcs_mounted_as_volumes():
