@@ -21,6 +21,7 @@ import pytest
 
 from hooks import sandbox, sandboxwarmpool
 from tests.controlplane import kube
+from tests.controlplane.conftest import fresh_namespace
 from tests.hookrequests import SEED_POD_TEMPLATE, resource, sync_request
 from tests.support import REPO
 
@@ -61,17 +62,10 @@ def generated_pods(kind: str, spec: dict[str, Any]) -> dict[str, dict[str, Any]]
 
 @pytest.fixture
 def restricted_namespace(control_plane: kube.ControlPlane) -> Iterator[str]:
-    name = f"psa-{uuid.uuid4().hex[:10]}"
-    control_plane.kubectl("apply", "-f", "-", input=json.dumps({
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {
+    with fresh_namespace(control_plane, "psa", {
             "pod-security.kubernetes.io/enforce": "restricted",
-            "pod-security.kubernetes.io/enforce-version": "latest"}}}))
-    control_plane.kubectl("wait", "--for=create", "--timeout=30s",
-                          "serviceaccount/default", "-n", name)
-    try:
+            "pod-security.kubernetes.io/enforce-version": "latest"}) as name:
         yield name
-    finally:
-        control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def create(plane: kube.ControlPlane, pod: dict[str, Any], namespace: str,
