@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -65,8 +64,6 @@ NETWORK_POLICY_PENDING = "NetworkPolicyPending"
 # the client (agentic_sandbox, TERMINAL_CLAIM_READY_REASONS) stops waiting on them.
 TERMINAL_SANDBOX_REASONS = (POD_LOST, INVALID_SPEC)
 
-DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 # ---- reading requests -------------------------------------------------------------------
@@ -203,14 +200,6 @@ def is_reserved(key: str) -> bool:
 def user_keys(mapping: dict[str, str] | None) -> dict[str, str]:
     """A user's labels or annotations without the keys we own."""
     return {k: v for k, v in sorted((mapping or {}).items()) if not is_reserved(k)}
-
-
-def name_problems(name: str, *, service: bool) -> list[str]:
-    """Why `name` cannot name our children (a Service needs a DNS-1035 label)."""
-    pattern, kind = (DNS1035_LABEL, "DNS-1035") if service else (DNS1123_LABEL, "DNS-1123")
-    if len(name) > 63 or not pattern.match(name):
-        return [f"metadata.name: {name!r} must be a {kind} label of at most 63 characters"]
-    return []
 
 
 def short_hash(*parts: str, length: int = 5) -> str:

@@ -41,10 +41,10 @@ def pvc_name(claim_template: KubeObject, sandbox: KubeObject) -> str:
 
 
 def spec_problems(sandbox: KubeObject) -> list[str]:
-    problems = objects.name_problems(sandbox["metadata"]["name"], service=True)
+    problems = schemas.problems(KIND, sandbox)
     if not objects.uid_of(sandbox):
         problems.append("metadata.uid: missing; pods are bound to a Sandbox by its uid")
-    return problems + schemas.validate(KIND, sandbox.get("spec"))
+    return problems
 
 
 def desired_pod(sandbox: KubeObject) -> KubeObject:

@@ -36,9 +36,7 @@ KIND = "sandboxclaim"
 
 def spec_problems(claim: KubeObject) -> list[str]:
     spec = claim.get("spec")
-    problems = objects.name_problems(claim["metadata"]["name"], service=True) + schemas.validate(
-        KIND, spec
-    )
+    problems = schemas.problems(KIND, claim)
     if isinstance(spec, dict) and not (spec.get("sandboxTemplateRef") or spec.get("warmPoolRef")):
         problems.append("spec: spec.sandboxTemplateRef or spec.warmPoolRef is required")
     return problems
@@ -203,6 +201,11 @@ def sync(
         if template is None:
             return answer(
                 [], False, objects.TEMPLATE_NOT_FOUND, f"SandboxTemplate {template_name} not found"
+            )
+        if problems := schemas.template_problems(template):
+            # Its Sandbox would be refused by the API server: say why instead.
+            return objects.keep_children(
+                request, reason=objects.INVALID_SPEC, message="; ".join(problems), now=now
             )
         response = answer(
             [desired_sandbox(claim, template, pool)],

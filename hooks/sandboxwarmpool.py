@@ -141,9 +141,7 @@ def sync(
     request: SyncRequest, *, now: datetime, settings: HookSettings = DEFAULT_SETTINGS
 ) -> SyncResponse:
     pool = request["parent"]
-    problems = objects.name_problems(pool["metadata"]["name"], service=False) + schemas.validate(
-        KIND, pool.get("spec")
-    )
+    problems = schemas.problems(KIND, pool)
     if problems:
         return objects.keep_children(
             request, reason=objects.INVALID_SPEC, message="; ".join(problems), now=now
@@ -176,6 +174,11 @@ def sync(
             "status": status_of(pool, [], bound, now=now),
         }
         return response
+    if template is not None and (problems := schemas.template_problems(template)):
+        # Pods made from it would be refused by the API server: make none, keep what exists.
+        return objects.keep_children(
+            request, reason=objects.INVALID_SPEC, message="; ".join(problems), now=now
+        )
     if template is None:
         # Nothing to build from: keep every pod, report why the pool cannot fill.
         children += [objects.as_desired(p) for p in free]

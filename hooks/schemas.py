@@ -13,7 +13,9 @@ from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError, validators
+
+from hooks import k8srules
 
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "schemas"  # a checkout or editable install
 INSTALLED_DIR = Path(sys.prefix) / "share" / "agent-sandbox" / "schemas"  # pip install
@@ -49,12 +51,53 @@ def document(kind: str, directory: Path | None = None) -> dict[str, Any]:
     return inline_refs(json.loads((directory / f"{kind}.json").read_text()), directory)
 
 
+def _keys(validator: Any, kind: str, instance: Any, schema: dict[str, Any]) -> Any:
+    """`x-keys`: a labels or annotations map whose keys (and label values) Kubernetes accepts."""
+    for key, problem in k8srules.map_problems(kind, instance):
+        yield ValidationError(problem, path=[key])
+
+
+def _rule(validator: Any, rule: str, instance: Any, schema: dict[str, Any]) -> Any:
+    """`x-rule`: a string that follows one of k8srules.RULES (a name, say)."""
+    if isinstance(instance, str) and (problem := k8srules.RULES[rule].problem(instance)):
+        yield ValidationError(problem)
+
+
+# Draft 2020-12 plus our keywords; hack/render_crds.py renders the same keywords for the CRDs.
+Validator = validators.extend(Draft202012Validator, {"x-keys": _keys, "x-rule": _rule})
+
+
 @cache
-def spec_validator(kind: str) -> Draft202012Validator:
+def spec_validator(kind: str) -> Any:
     """Validator for `spec` of one kind (lower-case Kubernetes singular: "sandbox", ...)."""
     spec_schema = document(kind)["properties"]["spec"]
-    Draft202012Validator.check_schema(spec_schema)
-    return Draft202012Validator(spec_schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    Validator.check_schema(spec_schema)
+    return Validator(spec_schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+@cache
+def _name_rule(kind: str) -> str | None:
+    return document(kind).get("x-name")
+
+
+def name_problems(kind: str, name: Any) -> list[str]:
+    """Why `name` cannot be the name of a `kind` (its schema's `x-name`), or nothing."""
+    rule = _name_rule(kind)
+    problem = k8srules.RULES[rule].problem(name) if rule else None
+    return [f"metadata.name: {problem}"] if problem else []
+
+
+def problems(kind: str, obj: dict[str, Any]) -> list[str]:
+    """Problems with a parent's name and spec, each naming its field; empty when valid."""
+    name = (obj.get("metadata") or {}).get("name")
+    return name_problems(kind, name) + validate(kind, obj.get("spec"))
+
+
+def template_problems(template: dict[str, Any]) -> list[str]:
+    """Problems with a SandboxTemplate that a pool or claim would copy into its children,
+    each prefixed with the template's name (the template may predate today's CRD rules)."""
+    name = (template.get("metadata") or {}).get("name")
+    return [f"SandboxTemplate {name}: {p}" for p in problems("sandboxtemplate", template)]
 
 
 def validate(kind: str, spec: Any) -> list[str]:
