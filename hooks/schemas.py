@@ -6,10 +6,13 @@ parent may predate a schema change, and a hook must never act on a spec it canno
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
-from functools import cache, lru_cache
+import threading
+from collections import OrderedDict
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -104,15 +107,65 @@ def validate(kind: str, spec: Any) -> list[str]:
     """Problems with a spec, each naming its field (`spec.replicas: ...`); empty when valid."""
     if not isinstance(spec, dict):
         return ["spec: must be an object"]
-    # Metacontroller resyncs the same spec again and again: validate each distinct one once.
-    return list(_problems(kind, json.dumps(spec, sort_keys=True)))
+    # Metacontroller resyncs the same spec again and again: validate each distinct one once,
+    # remembering it by digest (a spec can be megabytes; its digest is 32 bytes).
+    canonical = json.dumps(spec, sort_keys=True).encode()
+    key = (kind, hashlib.sha256(canonical).digest())
+    found = _results.get(key)
+    del canonical  # a large spec should not be held twice while it is validated
+    if found is None:
+        found = _problems(kind, spec)
+        _results.put(key, found)
+    return list(found)
 
 
-@lru_cache(maxsize=4096)
-def _problems(kind: str, canonical_spec: str) -> tuple[str, ...]:
-    spec = json.loads(canonical_spec)
+class ResultCache:
+    """A least-recently-used map bounded by entries and by the bytes of the results it holds."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self.entries: OrderedDict[tuple[str, bytes], tuple[str, ...]] = OrderedDict()
+        self.bytes = 0
+        self.lock = threading.Lock()  # gunicorn's threads share it
+
+    @staticmethod
+    def size(value: tuple[str, ...]) -> int:
+        return 128 + sum(len(item) for item in value)
+
+    def get(self, key: tuple[str, bytes]) -> tuple[str, ...] | None:
+        with self.lock:
+            value = self.entries.get(key)
+            if value is not None:
+                self.entries.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[str, bytes], value: tuple[str, ...]) -> None:
+        with self.lock:
+            if key in self.entries:
+                return
+            self.entries[key] = value
+            self.bytes += self.size(value)
+            while len(self.entries) > self.max_entries or self.bytes > self.max_bytes:
+                _, dropped = self.entries.popitem(last=False)
+                self.bytes -= self.size(dropped)
+
+
+# At most 4,096 specs' results, 4 MiB of them: each result is at most MAX_PROBLEMS messages
+# of MESSAGE_LIMIT characters, so a worker never holds more than that, whatever it is sent.
+_results = ResultCache(max_entries=4096, max_bytes=4 * 1024 * 1024)
+MAX_PROBLEMS = 20
+MESSAGE_LIMIT = 400  # jsonschema quotes the offending value, which may be megabytes long
+
+
+def _problems(kind: str, spec: dict[str, Any]) -> tuple[str, ...]:
     problems = []
-    for error in sorted(spec_validator(kind).iter_errors(spec), key=lambda e: list(e.path)):
+    errors = sorted(spec_validator(kind).iter_errors(spec), key=lambda e: list(e.path))
+    for error in errors[:MAX_PROBLEMS]:
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.path)
-        problems.append(f"spec{path}: {error.message}")
+        message = f"spec{path}: {error.message}"
+        if len(message) > MESSAGE_LIMIT:
+            message = message[: MESSAGE_LIMIT - 3] + "..."
+        problems.append(message)
+    if len(errors) > MAX_PROBLEMS:
+        problems.append(f"... and {len(errors) - MAX_PROBLEMS} more")
     return tuple(problems)
