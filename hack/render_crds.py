@@ -1,7 +1,10 @@
 """Render the CRDs under manifests/crds/ from schemas/*.json (`make manifests`).
 
 schemas/ is the only place a field is described; the CRDs' openAPIV3Schema, printer columns
-and subresources are derived here. `--check` exits 1 when the committed CRDs are stale.
+and subresources are derived here. Our keywords `x-name`, `x-keys` and `x-rule` (Kubernetes'
+rules for names, label and annotation maps, and names in strings) become CEL rules and
+`maxLength`/`pattern` rendered by hooks/k8srules.py, the module the hooks check them with.
+`--check` exits 1 when the committed CRDs are stale.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from hooks import schemas
+from hooks import k8srules, schemas
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMAS = REPO / "schemas"
@@ -24,8 +27,26 @@ NOT_OPENAPI = ("$schema", "$id", "title", "x-crd")
 HEADER = "# Generated from schemas/{source} by `make manifests`; edit the schema, not this file.\n"
 
 
+def structural(node: Any) -> Any:
+    """A schema node with our keywords rendered as Kubernetes understands them."""
+    if isinstance(node, list):
+        return [structural(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: structural(v) for k, v in node.items()}
+    if "x-keys" in out:
+        out = k8srules.crd_map_schema(out["x-keys"], out)
+    if "x-rule" in out:
+        rule = k8srules.RULES[out.pop("x-rule")]
+        out.update(maxLength=rule.max_length, pattern=f"^{rule.pattern}$")
+    return out
+
+
 def openapi_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    body = {k: copy.deepcopy(v) for k, v in schema.items() if k not in NOT_OPENAPI}
+    body = {k: copy.deepcopy(v) for k, v in structural(schema).items() if k not in NOT_OPENAPI}
+    if "x-name" in body:
+        rules = body.get("x-kubernetes-validations", [])
+        body["x-kubernetes-validations"] = [k8srules.crd_name_rule(body.pop("x-name")), *rules]
     body["properties"] = {
         "apiVersion": {"type": "string"},
         "kind": {"type": "string"},

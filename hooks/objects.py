@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +27,11 @@ EXTENSIONS_API = "extensions.agents.x-k8s.io/v1alpha1"
 
 # Labels and annotations we own. Users cannot set keys under RESERVED_SUFFIX (any subdomain).
 RESERVED_SUFFIX = "agents.x-k8s.io"
-SANDBOX_LABEL = "agents.x-k8s.io/sandbox"  # on the pod serving a sandbox; its Service selects it
+# A pod serving a Sandbox carries both: the name for people, the uid for every selector. A name
+# is reused when a Sandbox is deleted and created again; a uid never is, so nothing that decides
+# which pod serves which Sandbox (Service selector, binding, status) ever keys by the name.
+SANDBOX_LABEL = "agents.x-k8s.io/sandbox"
+SANDBOX_UID_LABEL = "agents.x-k8s.io/sandbox-uid"
 TEMPLATE_LABEL = "agents.x-k8s.io/sandbox-template"
 POOL_LABEL = "agents.x-k8s.io/warm-pool"
 CLAIM_LABEL = "agents.x-k8s.io/claim"
@@ -45,6 +48,8 @@ SANDBOX_READY = "SandboxReady"
 SANDBOX_NOT_READY = "SandboxNotReady"
 SANDBOX_EXPIRED = "SandboxExpired"
 POD_NOT_READY = "PodNotReady"
+POD_LOST = "PodLost"
+WAITING_FOR_ANNOTATION = "WaitingForPodNameAnnotation"
 SCALED_TO_ZERO = "ScaledToZero"
 WAITING_FOR_WARM_POD = "WaitingForWarmPod"
 TEMPLATE_NOT_FOUND = "TemplateNotFound"
@@ -55,9 +60,10 @@ POOL_NOT_READY = "PoolNotReady"
 NETWORK_POLICY_READY = "NetworkPolicyReady"
 NETWORK_POLICY_DISABLED = "NetworkPolicyDisabled"
 NETWORK_POLICY_PENDING = "NetworkPolicyPending"
+# Sandbox reasons that no amount of waiting fixes; a claim reports them as its own reason, and
+# the client (agentic_sandbox, TERMINAL_CLAIM_READY_REASONS) stops waiting on them.
+TERMINAL_SANDBOX_REASONS = (POD_LOST, INVALID_SPEC)
 
-DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 # ---- reading requests -------------------------------------------------------------------
@@ -145,6 +151,31 @@ def sandbox_is_expired(sandbox: KubeObject, now: datetime) -> bool:
     return deadline is not None and now >= deadline
 
 
+def uid_of(obj: KubeObject) -> str:
+    return str(obj.get("metadata", {}).get("uid") or "")
+
+
+def binding_labels(sandbox: KubeObject) -> dict[str, str]:
+    """The labels of a pod serving `sandbox` (its own pod, or a warm pod bound to it)."""
+    return {SANDBOX_LABEL: sandbox["metadata"]["name"], SANDBOX_UID_LABEL: uid_of(sandbox)}
+
+
+def serving_selector(sandbox: KubeObject) -> dict[str, str]:
+    """What selects the pod serving `sandbox` (its Service, status.selector): the uid only."""
+    return {SANDBOX_UID_LABEL: uid_of(sandbox)}
+
+
+def is_bound(pod: KubeObject) -> bool:
+    """Whether the pod serves (or served) a Sandbox: it can never be handed to another."""
+    labels = labels_of(pod)
+    return SANDBOX_LABEL in labels or SANDBOX_UID_LABEL in labels
+
+
+def ready_reason(obj: KubeObject) -> str | None:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return next((c.get("reason") for c in conditions if c.get("type") == READY), None)
+
+
 def sandbox_wants_pod(sandbox: KubeObject, now: datetime) -> bool:
     """Whether a pod should serve this sandbox now."""
     return (
@@ -171,14 +202,6 @@ def user_keys(mapping: dict[str, str] | None) -> dict[str, str]:
     return {k: v for k, v in sorted((mapping or {}).items()) if not is_reserved(k)}
 
 
-def name_problems(name: str, *, service: bool) -> list[str]:
-    """Why `name` cannot name our children (a Service needs a DNS-1035 label)."""
-    pattern, kind = (DNS1035_LABEL, "DNS-1035") if service else (DNS1123_LABEL, "DNS-1123")
-    if len(name) > 63 or not pattern.match(name):
-        return [f"metadata.name: {name!r} must be a {kind} label of at most 63 characters"]
-    return []
-
-
 def short_hash(*parts: str, length: int = 5) -> str:
     digest = hashlib.sha256("\x00".join(parts).encode()).hexdigest()
     return digest[:length]
@@ -201,10 +224,13 @@ def related(
     name: Any = None,
     labels: dict[str, str] | None = None,
 ) -> ResourceRule:
-    """A customize rule: the object called `name`, else those with `labels` (else all)."""
+    """A customize rule: the object(s) called `name` (a name or a list of names), else those
+    with `labels` (else all)."""
     rule: ResourceRule = {"apiVersion": api_version, "resource": resource, "namespace": namespace}
     if isinstance(name, str):
         rule["names"] = [name]
+    elif isinstance(name, list) and name:
+        rule["names"] = [str(n) for n in name]
     else:
         rule["labelSelector"] = {"matchLabels": dict(labels or {})}
     return rule
@@ -214,6 +240,38 @@ def related(
 
 
 PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
+# The user our own runtime image runs as (Dockerfile: `sandbox`, uid 1000). A pod must not run
+# as root by default, and runAsNonRoot alone would make the kubelet refuse an image whose USER
+# is root (the seed's may be): so the pod also gets this uid, gid and fsGroup (volumes writable).
+DEFAULT_UID = 1000
+
+
+def secure_pod_spec(spec: KubeObject) -> None:
+    """Fill in, where the template is silent, what the "restricted" Pod Security Standard asks:
+    no service-account token, non-root user (uid/gid/fsGroup DEFAULT_UID), seccomp
+    RuntimeDefault, and in every container no privilege escalation and all capabilities
+    dropped. An explicit value is never changed: a template's author may loosen any of these
+    (and the namespace's Pod Security admission decides whether that is allowed)."""
+    spec.setdefault("automountServiceAccountToken", False)
+    containers = [c for g in ("initContainers", "containers") for c in spec.get(g) or []]
+    for container in containers:
+        security = container.setdefault("securityContext", {})
+        added = (security.get("capabilities") or {}).get("add") or []
+        # The API server refuses allowPrivilegeEscalation: false beside these explicit choices.
+        if not security.get("privileged") and not {"SYS_ADMIN", "CAP_SYS_ADMIN"} & set(added):
+            security.setdefault("allowPrivilegeEscalation", False)
+    if (spec.get("os") or {}).get("name") == "windows":
+        return  # the API server refuses Linux-only security fields on Windows pods
+    pod = spec.setdefault("securityContext", {})
+    users = [pod.get("runAsUser")] + [c["securityContext"].get("runAsUser") for c in containers]
+    if 0 not in users:  # a template that asks for root gets root, not a pod that cannot start
+        pod.setdefault("runAsNonRoot", True)
+    pod.setdefault("runAsUser", DEFAULT_UID)
+    pod.setdefault("runAsGroup", DEFAULT_UID)
+    pod.setdefault("fsGroup", DEFAULT_UID)
+    pod.setdefault("seccompProfile", {"type": "RuntimeDefault"})
+    for container in containers:
+        container["securityContext"].setdefault("capabilities", {}).setdefault("drop", ["ALL"])
 
 
 def pod_from_template(
@@ -224,19 +282,14 @@ def pod_from_template(
     labels: dict[str, str],
     annotations: dict[str, str] | None = None,
 ) -> KubeObject:
-    """A Pod from a template's podTemplate, with our labels and the secure defaults.
-
-    Defaults apply only where the template is silent: no service-account token, no
-    privilege escalation in any container.
-    """
+    """A Pod from a template's podTemplate, with our labels and the secure defaults
+    (secure_pod_spec) where the template is silent."""
     template = clone(pod_template)
     meta = template.get("metadata") or {}
     spec = template.get("spec") or {}
-    spec.setdefault("automountServiceAccountToken", False)
+    secure_pod_spec(spec)
     for group in ("initContainers", "containers"):
         for container in spec.get(group) or []:
-            security = container.setdefault("securityContext", {})
-            security.setdefault("allowPrivilegeEscalation", False)
             # The API server drops zero probe counters (omitempty); one we send anyway reads,
             # to Metacontroller's 3-way merge, as a change to apply on every sync.
             for probe in PROBES:

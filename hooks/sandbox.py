@@ -3,10 +3,17 @@
 Served at POST /sync/sandbox and /customize/sandbox by hooks/app.py. Pure: the answer depends
 only on the request, `now` and the settings; no API calls, no randomness, no clock in output.
 
-A Sandbox is served by exactly one pod: its own (named like the Sandbox), or a warm pod that
-its SandboxWarmPool bound to it by labelling it `agents.x-k8s.io/sandbox=<name>` (the pool
-owns that pod for its whole life; see hooks/sandboxwarmpool.py). Once a Sandbox has its own
-pod it keeps it, so a late binding can never move a running sandbox.
+A Sandbox is served by exactly one pod, keyed by the Sandbox's uid (never by its name, which a
+new Sandbox may take a moment after the old one is deleted): its own pod (named like the
+Sandbox, labelled with its uid), or a warm pod that its SandboxWarmPool bound to it by labelling
+it with that uid (the pool owns that pod for its whole life; see hooks/sandboxwarmpool.py). The
+Service selects by uid. Once `status.podName` names a pod, the Sandbox keeps it while it wants
+a pod: if that pod goes, it reports Ready=False `PodLost` and takes no other.
+
+A pool-served Sandbox offers itself to its pool (Ready=False `WaitingForWarmPod`) and starts its
+own pod only once it stops offering (no free pool pod in sight, or the grace has passed; the
+pool binds only early in the grace), so the two paths rarely meet; when both pods exist and
+none was reported yet, its own pod wins and the pool deletes the other.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from hooks import objects, schemas
-from hooks.objects import POD, POOL_LABEL, SANDBOX_LABEL
+from hooks.objects import POD, POOL_LABEL, SANDBOX_UID_LABEL
 from hooks.typedefs import (
     DEFAULT_SETTINGS,
     CustomizeRequest,
@@ -34,14 +41,15 @@ def pvc_name(claim_template: KubeObject, sandbox: KubeObject) -> str:
 
 
 def spec_problems(sandbox: KubeObject) -> list[str]:
-    return objects.name_problems(sandbox["metadata"]["name"], service=True) + schemas.validate(
-        KIND, sandbox.get("spec")
-    )
+    problems = schemas.problems(KIND, sandbox)
+    if not objects.uid_of(sandbox):
+        problems.append("metadata.uid: missing; pods are bound to a Sandbox by its uid")
+    return problems
 
 
 def desired_pod(sandbox: KubeObject) -> KubeObject:
     meta, spec = sandbox["metadata"], sandbox["spec"]
-    labels = {SANDBOX_LABEL: meta["name"]}
+    labels = objects.binding_labels(sandbox)
     template_name = objects.labels_of(sandbox).get(objects.TEMPLATE_LABEL)
     if template_name:
         labels[objects.TEMPLATE_LABEL] = template_name
@@ -80,12 +88,10 @@ def service_ports(sandbox: KubeObject) -> list[KubeObject]:
 
 
 def desired_service(sandbox: KubeObject) -> KubeObject:
-    """Headless Service named like the sandbox, selecting only the pod that serves it."""
+    """Headless Service named like the sandbox, selecting only the pod that serves it (by uid:
+    the pod of an earlier Sandbox of the same name is never selected)."""
     meta = sandbox["metadata"]
-    spec: dict[str, Any] = {
-        "clusterIP": "None",
-        "selector": {SANDBOX_LABEL: meta["name"]},
-    }
+    spec: dict[str, Any] = {"clusterIP": "None", "selector": objects.serving_selector(sandbox)}
     ports = service_ports(sandbox)
     if ports:
         spec["ports"] = ports
@@ -95,7 +101,7 @@ def desired_service(sandbox: KubeObject) -> KubeObject:
         "metadata": {
             "name": meta["name"],
             "namespace": meta.get("namespace", "default"),
-            "labels": {SANDBOX_LABEL: meta["name"]},
+            "labels": objects.binding_labels(sandbox),
         },
         "spec": spec,
     }
@@ -111,7 +117,7 @@ def desired_pvc(claim_template: KubeObject, sandbox: KubeObject) -> KubeObject:
             "namespace": sandbox["metadata"].get("namespace", "default"),
             "labels": {
                 **objects.user_keys(meta.get("labels")),
-                SANDBOX_LABEL: sandbox["metadata"]["name"],
+                **objects.binding_labels(sandbox),
             },
             "annotations": objects.user_keys(meta.get("annotations")),
         },
@@ -119,30 +125,45 @@ def desired_pvc(claim_template: KubeObject, sandbox: KubeObject) -> KubeObject:
     }
 
 
-def bound_warm_pod(request: SyncRequest) -> KubeObject | None:
-    """The pool pod bound to this sandbox, if any (pool pods arrive as related objects).
-
-    Only a pod that its pool controls counts: a pod someone else made with the right labels
-    must not receive the sandbox's traffic.
-    """
-    sandbox = request["parent"]
-    pool = objects.labels_of(sandbox).get(POOL_LABEL)
-    bound = [
-        p
-        for p in objects.observed(request, POD, "related")
-        if objects.labels_of(p).get(SANDBOX_LABEL) == sandbox["metadata"]["name"]
-        and objects.controller_of(p) == ("SandboxWarmPool", pool)
-        and not objects.is_deleting(p)
-    ]
-    return bound[0] if bound else None
-
-
-def free_warm_pods(request: SyncRequest) -> list[KubeObject]:
+def pool_pods(request: SyncRequest) -> list[KubeObject]:
+    """Pods of the sandbox's own pool (related objects). Only a pod its pool controls counts: a
+    pod someone else made with the right labels must not receive the sandbox's traffic."""
+    pool = objects.labels_of(request["parent"]).get(POOL_LABEL)
     return [
         p
         for p in objects.observed(request, POD, "related")
-        if SANDBOX_LABEL not in objects.labels_of(p) and objects.pod_is_ready(p)
+        if pool and objects.controller_of(p) == ("SandboxWarmPool", pool)
     ]
+
+
+def bound_warm_pods(request: SyncRequest) -> list[KubeObject]:
+    """Pool pods bound to this Sandbox's uid (deleting ones included: they tell a loss)."""
+    uid = objects.uid_of(request["parent"])
+    return [p for p in pool_pods(request) if objects.labels_of(p).get(SANDBOX_UID_LABEL) == uid]
+
+
+def free_warm_pods(request: SyncRequest) -> list[KubeObject]:
+    """Pool pods nobody holds, Ready or still warming up."""
+    return [
+        p
+        for p in pool_pods(request)
+        if not objects.is_bound(p) and not objects.is_deleting(p)
+        and not objects.pod_has_finished(p)
+    ]
+
+
+def offers_to_pool(sandbox: KubeObject, request: SyncRequest, now: datetime,
+                   settings: HookSettings) -> float | None:
+    """Seconds the sandbox may still wait for its pool to bind a pod, or None to start its own.
+
+    It waits only while it has never started its own (an earlier answer said PodNotReady),
+    within the grace, and while its pool has a free pod (Ready or warming up)."""
+    if POOL_LABEL not in objects.labels_of(sandbox):
+        return None
+    if objects.ready_reason(sandbox) == objects.POD_NOT_READY:
+        return None
+    left = settings["warm_pod_grace_seconds"] - objects.age_seconds(sandbox, now)
+    return left if left > 0 and free_warm_pods(request) else None
 
 
 def sync(
@@ -159,7 +180,8 @@ def sync(
 
     name, namespace = meta["name"], meta.get("namespace", "default")
     children = [desired_pvc(t, sandbox) for t in sandbox["spec"].get("volumeClaimTemplates", [])]
-    status: dict[str, Any] = {"replicas": 0, "selector": f"{SANDBOX_LABEL}={name}", "podIPs": []}
+    selector = ",".join(f"{k}={v}" for k, v in objects.serving_selector(sandbox).items())
+    status: dict[str, Any] = {"replicas": 0, "selector": selector, "podIPs": []}
 
     def ready(ok: bool, reason: str, message: str) -> None:
         status["conditions"] = objects.ready_conditions(sandbox, ok, reason, message, now=now)
@@ -179,21 +201,35 @@ def sync(
     deadline = objects.sandbox_shutdown_at(sandbox)
     resync = [(deadline - now).total_seconds() if deadline else None]
 
-    own_pod = objects.by_name(objects.observed(request, POD)).get(name)
+    own = objects.by_name(objects.observed(request, POD)).get(name)  # a child: ours by uid
+    candidates = ([own] if own is not None else []) + bound_warm_pods(request)
+    reported = (sandbox.get("status") or {}).get("podName")
     pod: KubeObject | None = None
     if objects.sandbox_replicas(sandbox) == 0:
         ready(False, objects.SCALED_TO_ZERO, "spec.replicas is 0: the pod is stopped")
-    elif own_pod is not None:
+    elif reported:
+        # The pod it named before, and no other: a Sandbox never moves to another pod.
+        pod = next((p for p in candidates if p["metadata"]["name"] == reported), None)
+        if pod is None or objects.is_deleting(pod):
+            state = "is terminating" if pod is not None else "no longer exists"
+            pod = None
+            status["podName"] = reported
+            ready(
+                False,
+                objects.POD_LOST,
+                f"pod {reported}, which served this sandbox, {state}: its processes and "
+                f"pod-local files are lost. The sandbox takes no other pod; scale it to 0 and "
+                f"back to 1 for a fresh one, or make a new claim",
+            )
+        elif pod is own:
+            children.append(desired_pod(sandbox))
+    elif own is not None and not objects.is_deleting(own):
         children.append(desired_pod(sandbox))
-        pod = own_pod
-    elif (warm := bound_warm_pod(request)) is not None:
-        pod = warm
-    elif (
-        POOL_LABEL in objects.labels_of(sandbox)
-        and free_warm_pods(request)
-        and (left := settings["warm_pod_grace_seconds"] - objects.age_seconds(sandbox, now)) > 0
-    ):
-        # A free warm pod exists: give the pool a moment to bind it before starting cold.
+        pod = own
+    elif live := [p for p in candidates if not objects.is_deleting(p)]:
+        pod = live[0]
+    elif (left := offers_to_pool(sandbox, request, now, settings)) is not None:
+        # A free pool pod exists: offer this sandbox to the pool for a while before starting cold.
         ready(
             False,
             objects.WAITING_FOR_WARM_POD,
@@ -207,11 +243,22 @@ def sync(
     if pod is not None:
         pod_name = pod["metadata"]["name"]
         status.update(podName=pod_name, podIPs=objects.pod_ips(pod), replicas=1)
-        if objects.pod_is_ready(pod):
-            ready(True, objects.SANDBOX_READY, f"pod {pod_name} is ready")
-        else:
+        claim = objects.controller_of(sandbox)
+        annotated = (meta.get("annotations") or {}).get(objects.POD_NAME_ANNOTATION)
+        if not objects.pod_is_ready(pod):
             phase = pod.get("status", {}).get("phase", "Pending")
             ready(False, objects.POD_NOT_READY, f"pod {pod_name} is {phase} and not ready")
+        elif claim is not None and claim[0] == "SandboxClaim" and annotated != pod_name:
+            # Clients of the walkthrough's era read the pod's name from this annotation at the
+            # first Ready; only the claim may write it, so Ready waits for it.
+            ready(
+                False,
+                objects.WAITING_FOR_ANNOTATION,
+                f"pod {pod_name} is ready; waiting for claim {claim[1]} to name it in the "
+                f"{objects.POD_NAME_ANNOTATION} annotation",
+            )
+        else:
+            ready(True, objects.SANDBOX_READY, f"pod {pod_name} is ready")
 
     response: SyncResponse = {"status": status, "children": children}
     delay = objects.merge_resync(*resync)
@@ -221,12 +268,24 @@ def sync(
 
 
 def customize(request: CustomizeRequest) -> CustomizeResponse:
-    """Pods of the sandbox's warm pool, so a binding (a label change) re-syncs this sandbox."""
+    """Pods of the sandbox's warm pool (a binding, a label change, re-syncs this sandbox), and
+    the Pod, Service and PVCs named like its children: while an earlier Sandbox's objects of
+    those names linger, Metacontroller cannot create ours, and their deletion must re-sync us."""
     sandbox = request["parent"]
-    pool = objects.labels_of(sandbox).get(POOL_LABEL)
-    if not pool:
-        return {"relatedResources": []}
     namespace = sandbox["metadata"].get("namespace", "default")
-    return {
-        "relatedResources": [objects.related("v1", "pods", namespace, labels={POOL_LABEL: pool})]
-    }
+    name = sandbox["metadata"]["name"]
+    rules = [
+        objects.related("v1", "pods", namespace, name=name),
+        objects.related("v1", "services", namespace, name=name),
+    ]
+    claims = [
+        pvc_name(t, sandbox)
+        for t in (sandbox.get("spec") or {}).get("volumeClaimTemplates") or []
+        if isinstance(t, dict) and isinstance((t.get("metadata") or {}).get("name"), str)
+    ]
+    if claims:
+        rules.append(objects.related("v1", "persistentvolumeclaims", namespace, name=claims))
+    pool = objects.labels_of(sandbox).get(POOL_LABEL)
+    if pool:
+        rules.append(objects.related("v1", "pods", namespace, labels={POOL_LABEL: pool}))
+    return {"relatedResources": rules}

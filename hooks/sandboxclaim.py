@@ -7,8 +7,11 @@ The walkthrough's client waits for a Sandbox of the claim's name and routes with
 `X-Sandbox-ID: <claim name>`, so the name is fixed whichever pod serves it. The claim picks a
 warm pool (spec.warmPoolRef, else the first pool of its template) and labels its Sandbox with
 it; the pool binds a warm pod, or the Sandbox starts its own after a short grace. The claim
-forwards the Sandbox's readiness and names the serving pod (status and the Sandbox's
-`agents.x-k8s.io/pod-name` annotation).
+forwards the Sandbox's readiness (a reason the Sandbox cannot recover from, such as `PodLost`,
+becomes the claim's own) and names the serving pod: in its status, and in the Sandbox's
+`agents.x-k8s.io/pod-name` annotation as soon as the Sandbox reports the pod. A claim's
+Sandbox reports Ready only once that annotation names its pod, so a client that reads the
+annotation at the first Ready event always finds it.
 """
 
 from __future__ import annotations
@@ -33,9 +36,7 @@ KIND = "sandboxclaim"
 
 def spec_problems(claim: KubeObject) -> list[str]:
     spec = claim.get("spec")
-    problems = objects.name_problems(claim["metadata"]["name"], service=True) + schemas.validate(
-        KIND, spec
-    )
+    problems = schemas.problems(KIND, claim)
     if isinstance(spec, dict) and not (spec.get("sandboxTemplateRef") or spec.get("warmPoolRef")):
         problems.append("spec: spec.sandboxTemplateRef or spec.warmPoolRef is required")
     return problems
@@ -89,9 +90,9 @@ def desired_sandbox(claim: KubeObject, template: KubeObject, pool: KubeObject | 
 
 
 def with_pod_annotation(sandbox: KubeObject, pod_name: str | None) -> KubeObject:
-    annotations = sandbox["metadata"].setdefault("annotations", {})
+    # No empty map when there is no name yet: it would change last-applied, a needless write.
     if pod_name:
-        annotations[objects.POD_NAME_ANNOTATION] = pod_name
+        sandbox["metadata"].setdefault("annotations", {})[objects.POD_NAME_ANNOTATION] = pod_name
     return sandbox
 
 
@@ -150,9 +151,13 @@ def sync(
         # The Sandbox keeps the spec it was made with; only the pod-name annotation follows it.
         pod_name = (existing.get("status") or {}).get("podName")
         sandbox = with_pod_annotation(objects.clone(objects.as_desired(existing)), pod_name)
-        cond = sandbox_ready(existing)
+        cond = sandbox_ready(existing) or {}
         sandbox_status = {"name": name, **({"podName": pod_name} if pod_name else {})}
-        if cond is not None and cond.get("status") == "True":
+        # A Sandbox whose pod is Ready waits only for the annotation this answer writes, and
+        # Metacontroller writes children before status: the claim is Ready now.
+        if cond.get("status") == "True" or (
+            pod_name and cond.get("reason") == objects.WAITING_FOR_ANNOTATION
+        ):
             response = answer(
                 [sandbox],
                 True,
@@ -162,10 +167,12 @@ def sync(
             )
         else:
             detail = f"{cond.get('reason')}: {cond.get('message')}" if cond else "no status yet"
+            # A reason the Sandbox will not recover from is the claim's own: clients stop waiting.
+            terminal = cond.get("reason") in objects.TERMINAL_SANDBOX_REASONS
             response = answer(
                 [sandbox],
                 False,
-                objects.SANDBOX_NOT_READY,
+                str(cond["reason"]) if terminal else objects.SANDBOX_NOT_READY,
                 f"sandbox {name} is not ready: {detail}",
                 sandbox_status,
             )
@@ -195,6 +202,11 @@ def sync(
             return answer(
                 [], False, objects.TEMPLATE_NOT_FOUND, f"SandboxTemplate {template_name} not found"
             )
+        if problems := schemas.template_problems(template):
+            # Its Sandbox would be refused by the API server: say why instead.
+            return objects.keep_children(
+                request, reason=objects.INVALID_SPEC, message="; ".join(problems), now=now
+            )
         response = answer(
             [desired_sandbox(claim, template, pool)],
             False,
@@ -210,7 +222,9 @@ def sync(
 
 def customize(request: CustomizeRequest) -> CustomizeResponse:
     """The claim's template and its warm pool: by name when named, else all in the namespace
-    (a claim without a template reference learns it from its pool)."""
+    (a claim without a template reference learns it from its pool). And the Sandbox named like
+    the claim: while an earlier claim's Sandbox of that name lingers, Metacontroller cannot
+    create ours, and its deletion must re-sync this claim."""
     claim = request["parent"]
     namespace = claim["metadata"].get("namespace", "default")
     spec = claim.get("spec") or {}
@@ -220,5 +234,8 @@ def customize(request: CustomizeRequest) -> CustomizeResponse:
         "relatedResources": [
             objects.related(objects.EXTENSIONS_API, "sandboxtemplates", namespace, name=template),
             objects.related(objects.EXTENSIONS_API, "sandboxwarmpools", namespace, name=pool),
+            objects.related(
+                objects.SANDBOX_API, "sandboxes", namespace, name=claim["metadata"]["name"]
+            ),
         ]
     }

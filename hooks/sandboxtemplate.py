@@ -112,9 +112,7 @@ def sync(
     request: SyncRequest, *, now: datetime, settings: HookSettings = DEFAULT_SETTINGS
 ) -> SyncResponse:
     template = request["parent"]
-    problems = objects.name_problems(
-        template["metadata"]["name"], service=False
-    ) + schemas.validate(KIND, template.get("spec"))
+    problems = schemas.problems(KIND, template)
     if problems:
         return objects.keep_children(
             request, reason=objects.INVALID_SPEC, message="; ".join(problems), now=now

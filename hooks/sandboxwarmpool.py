@@ -1,15 +1,17 @@
 """Sync, customize and finalize hooks for SandboxWarmPool: pre-warmed pods, bound one-to-one.
 
 Served at POST /{sync,customize,finalize}/sandboxwarmpool by hooks/app.py. Pure: the answer
-depends only on the request and `now`.
+depends only on the request, `now` and the settings.
 
 The pool is the single writer of its pods for their whole life (Metacontroller cannot hand a
 child to another parent). It keeps `spec.replicas` free pods of its template running. A
 Sandbox that wants one carries the label `agents.x-k8s.io/warm-pool=<pool>` and arrives here as
-a related object; the pool binds a free, Ready pod to it by adding the label
-`agents.x-k8s.io/sandbox=<sandbox>`, which the Sandbox's Service selects. A bound pod is never
-re-labelled: when its Sandbox goes (or stops wanting it, or chose another pod) the pool deletes
-it and refills, so a warm pod serves at most one Sandbox, ever.
+a related object; while it offers itself (Ready=False `WaitingForWarmPod`, early in its grace)
+the pool binds a free, Ready pod to it by adding the labels `agents.x-k8s.io/sandbox-uid=<uid>`
+(what its Service selects) and `agents.x-k8s.io/sandbox=<name>` (for people). A bound pod is
+never re-labelled: when the Sandbox of that uid goes (a new Sandbox of the same name is another
+uid), stops wanting it, or serves from another pod, the pool deletes it and refills, so a warm
+pod serves at most one Sandbox uid, ever.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ from datetime import datetime
 from typing import Any
 
 from hooks import objects, schemas
-from hooks.objects import POD, POOL_LABEL, SANDBOX, SANDBOX_LABEL, TEMPLATE, TEMPLATE_LABEL
+from hooks.objects import (
+    POD,
+    POOL_LABEL,
+    SANDBOX,
+    SANDBOX_LABEL,
+    SANDBOX_UID_LABEL,
+    TEMPLATE,
+    TEMPLATE_LABEL,
+)
 from hooks.typedefs import (
     DEFAULT_SETTINGS,
     CustomizeRequest,
@@ -57,28 +67,43 @@ def desired_pod(pool: KubeObject, template: KubeObject, name: str) -> KubeObject
     )
 
 
-def bind(pod: KubeObject, sandbox_name: str) -> KubeObject:
-    """The pod as we last asked for it, plus the binding label (labels are mutable)."""
+def bind(pod: KubeObject, sandbox: KubeObject) -> KubeObject:
+    """The pod as we last asked for it, plus the binding labels (labels are mutable)."""
     desired = objects.clone(objects.as_desired(pod))
-    desired["metadata"].setdefault("labels", {})[SANDBOX_LABEL] = sandbox_name
+    desired["metadata"].setdefault("labels", {}).update(objects.binding_labels(sandbox))
     return desired
 
 
 def keeps_binding(pod: KubeObject, sandbox: KubeObject | None, now: datetime) -> bool:
-    """A bound pod stays while its Sandbox exists, wants a pod and has not chosen another."""
+    """A bound pod stays while the Sandbox of its uid exists, wants a pod and has not named
+    another one."""
     if sandbox is None or not objects.sandbox_wants_pod(sandbox, now):
         return False
     serving = (sandbox.get("status") or {}).get("podName")
     return serving in (None, "", pod["metadata"]["name"])
 
 
-def wants_binding(sandbox: KubeObject, pool: KubeObject, now: datetime) -> bool:
+def binding_window(settings: HookSettings) -> float:
+    """How long after its creation a Sandbox may still be bound: a second short of its grace
+    (at most half of it), so a binding never lands as the Sandbox starts its own pod."""
+    grace = settings["warm_pod_grace_seconds"]
+    return grace - min(1.0, grace / 2)
+
+
+def wants_binding(
+    sandbox: KubeObject, pool: KubeObject, now: datetime, settings: HookSettings
+) -> bool:
     labels = objects.labels_of(sandbox)
     return (
         labels.get(POOL_LABEL) == pool["metadata"]["name"]
         and labels.get(TEMPLATE_LABEL, template_name(pool)) == template_name(pool)
+        and bool(objects.uid_of(sandbox))
         and objects.sandbox_wants_pod(sandbox, now)
         and not (sandbox.get("status") or {}).get("podName")
+        # It offers itself (or has not answered yet: its first answer offers whenever the
+        # pool has a free pod, and with none the pool has nothing to bind either).
+        and objects.ready_reason(sandbox) in (None, objects.WAITING_FOR_WARM_POD)
+        and objects.age_seconds(sandbox, now) < binding_window(settings)
     )
 
 
@@ -116,31 +141,31 @@ def sync(
     request: SyncRequest, *, now: datetime, settings: HookSettings = DEFAULT_SETTINGS
 ) -> SyncResponse:
     pool = request["parent"]
-    problems = objects.name_problems(pool["metadata"]["name"], service=False) + schemas.validate(
-        KIND, pool.get("spec")
-    )
+    problems = schemas.problems(KIND, pool)
     if problems:
         return objects.keep_children(
             request, reason=objects.INVALID_SPEC, message="; ".join(problems), now=now
         )
 
     finalizing = bool(request.get("finalizing"))
-    sandboxes = objects.by_name(objects.observed(request, SANDBOX, "related"))
+    sandboxes = {objects.uid_of(s): s for s in objects.observed(request, SANDBOX, "related")}
     pods = [p for p in objects.observed(request, POD) if not objects.is_deleting(p)]
     in_use = {p["metadata"]["name"] for p in objects.observed(request, POD)}
 
-    # Bound pods: kept exactly as they are while their Sandbox holds them, deleted after.
+    # Bound pods: kept exactly as they are while the Sandbox of their uid holds them, deleted
+    # after (and so are pods bound by name only, by a version before uids: nobody can tell
+    # which Sandbox of that name they served).
     children: list[KubeObject] = []
     served: set[str] = set()
     for pod in pods:
-        owner = objects.labels_of(pod).get(SANDBOX_LABEL)
-        if owner is not None and keeps_binding(pod, sandboxes.get(owner), now):
+        owner = objects.labels_of(pod).get(SANDBOX_UID_LABEL)
+        if owner and keeps_binding(pod, sandboxes.get(owner), now):
             children.append(objects.as_desired(pod))
             served.add(owner)
     bound = len(children)
 
     template = next(iter(objects.observed(request, TEMPLATE, "related")), None)
-    free = [p for p in pods if SANDBOX_LABEL not in objects.labels_of(p)]
+    free = [p for p in pods if not objects.is_bound(p)]
     if finalizing:
         # Pool deletion: free pods go now; bound pods stay until their Sandbox lets go.
         response: SyncResponse = {
@@ -149,6 +174,11 @@ def sync(
             "status": status_of(pool, [], bound, now=now),
         }
         return response
+    if template is not None and (problems := schemas.template_problems(template)):
+        # Pods made from it would be refused by the API server: make none, keep what exists.
+        return objects.keep_children(
+            request, reason=objects.INVALID_SPEC, message="; ".join(problems), now=now
+        )
     if template is None:
         # Nothing to build from: keep every pod, report why the pool cannot fill.
         children += [objects.as_desired(p) for p in free]
@@ -172,12 +202,12 @@ def sync(
     waiting = [
         s
         for s in sorted(sandboxes.values(), key=arrival)
-        if s["metadata"]["name"] not in served and wants_binding(s, pool, now)
+        if objects.uid_of(s) not in served and wants_binding(s, pool, now, settings)
     ]
     ready_free = [p for p in free if objects.pod_is_ready(p)]
     bindings = list(zip(waiting, ready_free, strict=False))
     for sandbox, pod in bindings:
-        children.append(bind(pod, sandbox["metadata"]["name"]))
+        children.append(bind(pod, sandbox))
         free.remove(pod)
     bound += len(bindings)
 

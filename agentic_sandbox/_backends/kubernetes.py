@@ -56,7 +56,8 @@ TOKEN_ENV: Final = "AGENTIC_SANDBOX_ROUTER_TOKEN"
 # Ready=False reasons that will not fix themselves: waiting on them would only burn the
 # timeout (upstream's TERMINAL_CLAIM_READY_REASONS). Spelled as the hooks spell them.
 TERMINAL_CLAIM_READY_REASONS: Final = frozenset(
-    {"TemplateNotFound", "InvalidSpec", "WarmPoolNotFound", "Expired", "SandboxExpired"})
+    {"TemplateNotFound", "InvalidSpec", "WarmPoolNotFound", "Expired", "SandboxExpired",
+     "PodLost"})
 CONNECTIONS: Final = ("tunnel", "direct", "in-cluster")
 TUNNEL_TIMEOUT_S: Final = 30.0
 

@@ -9,6 +9,8 @@ Nothing here may listen beyond 127.0.0.1 or outlive the session.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
 import uuid
 from collections.abc import Iterator
@@ -41,14 +43,23 @@ def crds(control_plane: kube.ControlPlane) -> list[str]:
     return control_plane.crds
 
 
-@pytest.fixture
-def namespace(control_plane: kube.ControlPlane) -> Iterator[str]:
-    """A fresh namespace for one test; deleted (by the namespace controller) afterwards."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    control_plane.kubectl("create", "namespace", name)
-    control_plane.kubectl("wait", "--for=create", "--timeout=30s",
-                          "serviceaccount/default", "-n", name)
+@contextlib.contextmanager
+def fresh_namespace(plane: kube.ControlPlane, prefix: str = "t",
+                    labels: dict[str, str] | None = None) -> Iterator[str]:
+    """A new namespace (with `labels`) and its default ServiceAccount; deleted afterwards."""
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    plane.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels or {}}}))
+    plane.kubectl("wait", "--for=create", "--timeout=30s", "serviceaccount/default", "-n", name)
     try:
         yield name
     finally:
-        control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+        plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def namespace(control_plane: kube.ControlPlane) -> Iterator[str]:
+    """A fresh namespace for one test; deleted (by the namespace controller) afterwards."""
+    with fresh_namespace(control_plane) as name:
+        yield name

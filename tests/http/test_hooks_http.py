@@ -48,7 +48,9 @@ def test_customize_sandbox_over_tcp(hooks_url: str):
         timeout=5,
     )
     assert answer.status_code == 200
-    assert answer.json() == {"relatedResources": []}
+    assert answer.json() == {"relatedResources": [
+        {"apiVersion": "v1", "resource": kind, "namespace": "default", "names": ["web"]}
+        for kind in ("pods", "services")]}
 
 
 @pytest.mark.parametrize(
@@ -159,8 +161,9 @@ def test_documented_pool_example_binds_a_warm_pod_to_the_waiting_sandbox(hooks_u
     answer = requests.post(f"{hooks_url}/sync/sandboxwarmpool",
                            data=load_example("sandboxwarmpool-sync.json"),
                            headers={"Content-Type": "application/json"}, timeout=5).json()
+    uid = "uid-sandbox-my-claim"
     bound = [c for c in answer["children"]
-             if c["metadata"]["labels"].get("agents.x-k8s.io/sandbox") == "my-claim"]
+             if c["metadata"]["labels"].get("agents.x-k8s.io/sandbox-uid") == uid]
     assert len(bound) == 1
     assert len(answer["children"]) == 2, "both pods kept, one now bound; the refill comes next"
     assert answer["status"]["boundReplicas"] == 1

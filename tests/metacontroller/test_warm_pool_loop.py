@@ -21,6 +21,7 @@ X = "extensions.agents.x-k8s.io/v1alpha1"
 POOL = "python-sandbox-warmpool"
 TEMPLATE = "python-runtime-template"
 SANDBOX_LABEL = "agents.x-k8s.io/sandbox"
+SANDBOX_UID_LABEL = "agents.x-k8s.io/sandbox-uid"
 POOL_LABEL = "agents.x-k8s.io/warm-pool"
 
 
@@ -99,8 +100,9 @@ def test_claim_is_served_by_a_warm_pod_and_the_pool_refills(walkthrough):
     assert stack.get("pod", "my-claim", namespace) is None, "no cold pod"
     pod = stack.get("pod", serving, namespace)
     assert pod["metadata"]["labels"][SANDBOX_LABEL] == "my-claim"
+    assert pod["metadata"]["labels"][SANDBOX_UID_LABEL] == sandbox["metadata"]["uid"]
     service = stack.get("service", "my-claim", namespace)
-    assert service["spec"]["selector"] == {SANDBOX_LABEL: "my-claim"}
+    assert service["spec"]["selector"] == {SANDBOX_UID_LABEL: sandbox["metadata"]["uid"]}
     stack.wait_for("sandbox", "my-claim",
                    lambda s: s["metadata"].get("annotations", {}).get(
                        "agents.x-k8s.io/pod-name") == serving, namespace=namespace)

@@ -130,6 +130,12 @@ def test_customize_hooks_depend_on_the_parent_only():
             "namespace": "default",
             "labelSelector": {"matchLabels": {}},
         },
+        {
+            "apiVersion": "agents.x-k8s.io/v1alpha1",
+            "resource": "sandboxes",
+            "namespace": "default",
+            "names": ["claim"],
+        },
     ]
     rules = sandboxwarmpool.customize({"controller": {}, "parent": POOL})["relatedResources"]
     assert [r["resource"] for r in rules] == ["sandboxes", "sandboxtemplates"]

@@ -10,6 +10,7 @@ from tests.hookrequests import owned, sync_request, with_pod_status
 from tests.hookrequests import sandbox as make_sandbox
 
 NOW = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
+UID = "uid-sandbox-my-sandbox"  # what tests.hookrequests gives Sandbox my-sandbox
 
 
 def kinds(response: dict) -> dict[str, dict]:
@@ -38,8 +39,11 @@ def test_creates_pod_and_headless_service_named_like_the_sandbox():
     assert set(got) == {"Pod/my-sandbox", "Service/my-sandbox"}
     service = got["Service/my-sandbox"]
     assert service["spec"]["clusterIP"] == "None"
-    assert service["spec"]["selector"] == {objects.SANDBOX_LABEL: "my-sandbox"}
-    assert got["Pod/my-sandbox"]["metadata"]["labels"][objects.SANDBOX_LABEL] == "my-sandbox"
+    # By uid: a Sandbox deleted and made again under this name is another uid.
+    assert service["spec"]["selector"] == {objects.SANDBOX_UID_LABEL: UID}
+    labels = got["Pod/my-sandbox"]["metadata"]["labels"]
+    assert labels[objects.SANDBOX_LABEL] == "my-sandbox"
+    assert labels[objects.SANDBOX_UID_LABEL] == UID
     assert service["spec"]["ports"] == [
         {"name": "tcp-8888", "port": 8888, "targetPort": 8888, "protocol": "TCP"}
     ]
@@ -57,24 +61,76 @@ def test_pod_honours_template_labels_and_annotations_but_not_reserved_keys():
         "annotations": {"note": "kept", "agents.x-k8s.io/pod-name": "forged"},
     }
     pod = kinds(sandbox.sync(sync_request(parent), now=NOW))["Pod/my-sandbox"]
-    assert pod["metadata"]["labels"] == {"team": "a", objects.SANDBOX_LABEL: "my-sandbox"}
+    assert pod["metadata"]["labels"] == {
+        "team": "a",
+        objects.SANDBOX_LABEL: "my-sandbox",
+        objects.SANDBOX_UID_LABEL: UID,
+    }
     assert pod["metadata"]["annotations"] == {"note": "kept"}
 
 
-def test_pod_gets_secure_defaults_unless_the_template_says_otherwise():
-    parent = make_sandbox()
-    pod = kinds(sandbox.sync(sync_request(parent), now=NOW))["Pod/my-sandbox"]
-    assert pod["spec"]["automountServiceAccountToken"] is False
-    assert pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
-    assert pod["spec"]["runtimeClassName"] == "gvisor"
+RESTRICTED_POD = {
+    "automountServiceAccountToken": False,
+    "securityContext": {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    },
+}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
-    parent["spec"]["podTemplate"]["spec"]["automountServiceAccountToken"] = True
-    parent["spec"]["podTemplate"]["spec"]["containers"][0]["securityContext"] = {
-        "allowPrivilegeEscalation": True
+
+def test_pod_gets_the_restricted_defaults_where_the_template_is_silent():
+    parent = make_sandbox()
+    parent["spec"]["podTemplate"]["spec"]["initContainers"] = [{"name": "init", "image": "x"}]
+    spec = kinds(sandbox.sync(sync_request(parent), now=NOW))["Pod/my-sandbox"]["spec"]
+    assert {k: spec[k] for k in RESTRICTED_POD} == RESTRICTED_POD
+    for container in spec["initContainers"] + spec["containers"]:
+        assert container["securityContext"] == RESTRICTED_CONTAINER
+    assert spec["runtimeClassName"] == "gvisor"
+
+
+def test_an_explicit_choice_in_the_template_is_kept():
+    parent = make_sandbox()
+    pod_spec = parent["spec"]["podTemplate"]["spec"]
+    pod_spec["automountServiceAccountToken"] = True
+    pod_spec["securityContext"] = {"runAsUser": 0, "seccompProfile": {"type": "Unconfined"}}
+    pod_spec["containers"][0]["securityContext"] = {
+        "allowPrivilegeEscalation": True,
+        "capabilities": {"add": ["NET_ADMIN"], "drop": ["MKNOD"]},
     }
-    pod = kinds(sandbox.sync(sync_request(parent), now=NOW))["Pod/my-sandbox"]
-    assert pod["spec"]["automountServiceAccountToken"] is True
-    assert pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is True
+    spec = kinds(sandbox.sync(sync_request(parent), now=NOW))["Pod/my-sandbox"]["spec"]
+    assert spec["automountServiceAccountToken"] is True
+    # Asked for root: gets root, not runAsNonRoot (which would stop the container).
+    assert spec["securityContext"] == {
+        "runAsUser": 0,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "seccompProfile": {"type": "Unconfined"},
+    }
+    assert spec["containers"][0]["securityContext"] == {
+        "allowPrivilegeEscalation": True,
+        "capabilities": {"add": ["NET_ADMIN"], "drop": ["MKNOD"]},
+    }
+
+
+def test_defaults_the_api_server_would_refuse_are_left_out():
+    parent = make_sandbox()
+    pod_spec = parent["spec"]["podTemplate"]["spec"]
+    pod_spec["containers"][0]["securityContext"] = {"privileged": True}
+    pod_spec["containers"].append(
+        {"name": "admin", "image": "x", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}
+    )
+    spec = kinds(sandbox.sync(sync_request(parent), now=NOW))["Pod/my-sandbox"]["spec"]
+    for container in spec["containers"]:
+        assert "allowPrivilegeEscalation" not in container["securityContext"]
+    windows = make_sandbox()
+    windows["spec"]["podTemplate"]["spec"]["os"] = {"name": "windows"}
+    spec = kinds(sandbox.sync(sync_request(windows), now=NOW))["Pod/my-sandbox"]["spec"]
+    assert "securityContext" not in spec, "Linux-only fields are refused on Windows pods"
+    assert spec["automountServiceAccountToken"] is False
 
 
 def test_volume_claim_templates_become_pvcs_mounted_as_volumes():
@@ -87,7 +143,11 @@ def test_volume_claim_templates_become_pvcs_mounted_as_volumes():
     got = kinds(sandbox.sync(sync_request(parent), now=NOW))
     pvc = got["PersistentVolumeClaim/workspace-my-sandbox"]
     assert pvc["spec"] == vct["spec"]
-    assert pvc["metadata"]["labels"] == {"tier": "fast", objects.SANDBOX_LABEL: "my-sandbox"}
+    assert pvc["metadata"]["labels"] == {
+        "tier": "fast",
+        objects.SANDBOX_LABEL: "my-sandbox",
+        objects.SANDBOX_UID_LABEL: UID,
+    }
     assert got["Pod/my-sandbox"]["spec"]["volumes"] == [
         {"name": "workspace", "persistentVolumeClaim": {"claimName": "workspace-my-sandbox"}}
     ]
@@ -131,7 +191,7 @@ def test_status_reports_the_observed_pod():
     )
     assert got["status"] | {"conditions": None} == {
         "replicas": 1,
-        "selector": "agents.x-k8s.io/sandbox=my-sandbox",
+        "selector": f"agents.x-k8s.io/sandbox-uid={UID}",
         "podIPs": ["10.0.0.7"],
         "podName": "my-sandbox",
         "service": "my-sandbox",
@@ -182,7 +242,17 @@ def test_condition_transition_time_moves_only_when_status_flips():
     assert ready(flipped)["lastTransitionTime"] == "2026-01-01T00:13:00Z"
 
 
-def warm_pod(name: str, pool: str = "pool", *, bound_to: str | None = None, ready_: bool = True):
+def warm_pod(
+    name: str,
+    pool: str = "pool",
+    *,
+    bound_to: str | None = None,
+    uid: str | None = None,
+    ready_: bool = True,
+    deleting: bool = False,
+):
+    """A pool pod as related: free, or bound to Sandbox `bound_to` (of uid `uid`, by default
+    the uid tests.hookrequests gives a Sandbox of that name)."""
     pool_owner = {
         "apiVersion": "extensions.agents.x-k8s.io/v1alpha1",
         "kind": "SandboxWarmPool",
@@ -191,6 +261,7 @@ def warm_pod(name: str, pool: str = "pool", *, bound_to: str | None = None, read
     labels = {objects.POOL_LABEL: pool}
     if bound_to:
         labels[objects.SANDBOX_LABEL] = bound_to
+        labels[objects.SANDBOX_UID_LABEL] = uid or f"uid-sandbox-{bound_to}"
     pod = owned(
         {
             "apiVersion": "v1",
@@ -200,11 +271,24 @@ def warm_pod(name: str, pool: str = "pool", *, bound_to: str | None = None, read
         },
         pool_owner,
     )
-    return with_pod_status(pod, ready=ready_, ip="10.0.0.9")
+    pod = with_pod_status(pod, ready=ready_, ip="10.0.0.9")
+    if deleting:
+        pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:09:59Z"
+    return pod
+
+
+def pool_sandbox(created: str = "2026-01-01T00:09:58Z", **kwargs) -> dict:
+    return make_sandbox(labels={objects.POOL_LABEL: "pool"}, created=created, **kwargs)
+
+
+def reported(parent: dict, pod_name: str) -> dict:
+    """The Sandbox after an earlier answer named `pod_name` in its status."""
+    parent["status"] = {"podName": pod_name, "replicas": 1, "podIPs": ["10.0.0.9"]}
+    return parent
 
 
 def test_a_bound_warm_pod_serves_the_sandbox_without_a_pod_of_its_own():
-    parent = make_sandbox(labels={objects.POOL_LABEL: "pool"})
+    parent = pool_sandbox()
     related = [warm_pod("pool-abcde", bound_to="my-sandbox"), warm_pod("pool-fghij")]
     got = sandbox.sync(sync_request(parent, related=related), now=NOW)
     assert set(kinds(got)) == {"Service/my-sandbox"}
@@ -213,26 +297,49 @@ def test_a_bound_warm_pod_serves_the_sandbox_without_a_pod_of_its_own():
     assert ready(got)["status"] == "True"
 
 
-def test_waits_for_a_free_warm_pod_within_the_grace_then_goes_cold():
-    young = make_sandbox(labels={objects.POOL_LABEL: "pool"}, created="2026-01-01T00:09:58Z")
+def test_a_pod_bound_to_an_earlier_sandbox_of_the_same_name_is_never_served():
+    """Delete my-sandbox, make it again: the new one (another uid) must not pick up the pod
+    that served the old one, though that pod still carries the name."""
+    parent = pool_sandbox()
+    old = warm_pod("pool-abcde", bound_to="my-sandbox", uid="uid-of-the-previous-tenant")
+    got = sandbox.sync(sync_request(parent, related=[old, warm_pod("pool-fghij")]), now=NOW)
+    assert got["status"].get("podName") is None
+    assert "10.0.0.9" not in got["status"]["podIPs"]
+    assert ready(got)["reason"] == objects.WAITING_FOR_WARM_POD
+
+
+def test_offers_itself_to_the_pool_while_a_free_pod_exists_then_goes_cold():
+    young = pool_sandbox(created="2026-01-01T00:09:58Z")
     related = [warm_pod("pool-fghij")]
     got = sandbox.sync(sync_request(young, related=related), now=NOW)
     assert set(kinds(got)) == {"Service/my-sandbox"}
     assert ready(got)["reason"] == objects.WAITING_FOR_WARM_POD
     assert got["resyncAfterSeconds"] == 3.0
-    old = make_sandbox(labels={objects.POOL_LABEL: "pool"}, created="2026-01-01T00:09:00Z")
+    # A pod still warming up counts: it will be Ready before a cold pod would be.
+    warming = sandbox.sync(
+        sync_request(young, related=[warm_pod("pool-fghij", ready_=False)]), now=NOW
+    )
+    assert ready(warming)["reason"] == objects.WAITING_FOR_WARM_POD
+    old = pool_sandbox(created="2026-01-01T00:09:00Z")
     assert "Pod/my-sandbox" in kinds(sandbox.sync(sync_request(old, related=related), now=NOW))
 
 
-def test_no_free_warm_pod_means_a_cold_pod_at_once():
-    young = make_sandbox(labels={objects.POOL_LABEL: "pool"}, created="2026-01-01T00:09:59Z")
-    related = [warm_pod("pool-fghij", ready_=False), warm_pod("pool-x", bound_to="other")]
+def test_no_free_pool_pod_means_a_cold_pod_at_once_and_no_offer_after():
+    young = pool_sandbox(created="2026-01-01T00:09:59Z")
+    related = [warm_pod("pool-x", bound_to="other"), warm_pod("pool-y", deleting=True)]
     got = sandbox.sync(sync_request(young, related=related), now=NOW)
     assert "Pod/my-sandbox" in kinds(got)
+    assert ready(got)["reason"] == objects.POD_NOT_READY
+    # Once it started its own pod it never offers itself again, even if a pool pod frees up:
+    # a binding landing now would leave it two pods.
+    young["status"] = got["status"]
+    again = sandbox.sync(sync_request(young, related=[warm_pod("pool-z")]), now=NOW)
+    assert "Pod/my-sandbox" in kinds(again)
+    assert ready(again)["reason"] == objects.POD_NOT_READY
 
 
-def test_own_pod_wins_over_a_late_warm_binding():
-    parent = make_sandbox(labels={objects.POOL_LABEL: "pool"})
+def test_own_pod_wins_over_a_late_warm_binding_when_nothing_was_reported():
+    parent = pool_sandbox()
     first = sandbox.sync(sync_request(parent), now=NOW)
     children = applied(parent, first, pod_ready=True)
     got = sandbox.sync(
@@ -242,18 +349,97 @@ def test_own_pod_wins_over_a_late_warm_binding():
     assert got["status"]["podName"] == "my-sandbox"
 
 
-def test_customize_asks_for_the_pool_pods_only_when_pool_served():
-    assert sandbox.customize({"controller": {}, "parent": make_sandbox()}) == {
-        "relatedResources": []
+def test_a_reported_warm_pod_is_kept_even_when_an_own_pod_appears():
+    """It said p-1 before: it keeps p-1 and lets its own pod (made before it knew) go."""
+    parent = reported(pool_sandbox(), "p-1")
+    own = applied(parent, {"children": [sandbox.desired_pod(parent)]}, pod_ready=True)
+    got = sandbox.sync(
+        sync_request(parent, own, [warm_pod("p-1", bound_to="my-sandbox")]), now=NOW
+    )
+    assert "Pod/my-sandbox" not in kinds(got)
+    assert got["status"]["podName"] == "p-1"
+    assert ready(got)["status"] == "True"
+
+
+def test_a_sandbox_whose_pod_goes_reports_pod_lost_and_takes_no_other():
+    parent = reported(pool_sandbox(), "p-1")
+    free = warm_pod("p-2")
+    for related in ([free], [free, warm_pod("p-1", bound_to="my-sandbox", deleting=True)]):
+        got = sandbox.sync(sync_request(parent, related=related), now=NOW)
+        assert set(kinds(got)) == {"Service/my-sandbox"}, "no cold pod, no other warm pod"
+        assert (ready(got)["status"], ready(got)["reason"]) == ("False", objects.POD_LOST)
+        assert "p-1" in ready(got)["message"]
+        assert got["status"]["podName"] == "p-1", "the name stays: it is what was lost"
+        assert got["status"]["podIPs"] == []
+    # Its own pod, deleted by someone: not made again under the same name either.
+    cold = reported(make_sandbox(), "my-sandbox")
+    got = sandbox.sync(sync_request(cold), now=NOW)
+    assert "Pod/my-sandbox" not in kinds(got)
+    assert ready(got)["reason"] == objects.POD_LOST
+    # Scaling to 0 and back is how it gets a fresh pod.
+    cold["spec"]["replicas"] = 0
+    zero = sandbox.sync(sync_request(cold), now=NOW)
+    assert "podName" not in zero["status"]
+    cold["status"], cold["spec"]["replicas"] = zero["status"], 1
+    assert "Pod/my-sandbox" in kinds(sandbox.sync(sync_request(cold), now=NOW))
+
+
+def test_never_ready_on_a_terminating_pod():
+    parent = pool_sandbox()
+    got = sandbox.sync(
+        sync_request(parent, related=[warm_pod("p-1", bound_to="my-sandbox", deleting=True)]),
+        now=NOW,
+    )
+    assert ready(got)["status"] == "False"
+    assert got["status"].get("podName") != "p-1"
+
+
+def test_a_claims_sandbox_is_ready_only_once_the_claim_named_its_pod():
+    claim_owner = {
+        "apiVersion": "extensions.agents.x-k8s.io/v1alpha1",
+        "kind": "SandboxClaim",
+        "metadata": {"name": "my-sandbox", "uid": "uid-claim", "namespace": "default"},
     }
-    parent = make_sandbox(labels={objects.POOL_LABEL: "pool"})
+    parent = owned(pool_sandbox(), claim_owner)
+    parent["metadata"]["uid"] = UID
+    related = [warm_pod("p-1", bound_to="my-sandbox")]
+    got = sandbox.sync(sync_request(parent, related=related), now=NOW)
+    assert ready(got)["reason"] == objects.WAITING_FOR_ANNOTATION
+    assert got["status"]["podName"] == "p-1", "named in status first, for the claim to copy"
+    parent["metadata"]["annotations"][objects.POD_NAME_ANNOTATION] = "p-1"
+    got = sandbox.sync(sync_request(parent, related=related), now=NOW)
+    assert (ready(got)["status"], ready(got)["reason"]) == ("True", objects.SANDBOX_READY)
+
+
+def test_customize_relates_pool_pods_and_objects_named_like_its_children():
+    named = [
+        {"apiVersion": "v1", "resource": "pods", "namespace": "default", "names": ["my-sandbox"]},
+        {
+            "apiVersion": "v1",
+            "resource": "services",
+            "namespace": "default",
+            "names": ["my-sandbox"],
+        },
+    ]
+    assert sandbox.customize({"controller": {}, "parent": make_sandbox()}) == {
+        "relatedResources": named
+    }
+    vct = {"metadata": {"name": "data"}, "spec": {}}
+    parent = make_sandbox(labels={objects.POOL_LABEL: "pool"}, volumeClaimTemplates=[vct])
     assert sandbox.customize({"controller": {}, "parent": parent})["relatedResources"] == [
+        *named,
+        {
+            "apiVersion": "v1",
+            "resource": "persistentvolumeclaims",
+            "namespace": "default",
+            "names": ["data-my-sandbox"],
+        },
         {
             "apiVersion": "v1",
             "resource": "pods",
             "namespace": "default",
             "labelSelector": {"matchLabels": {objects.POOL_LABEL: "pool"}},
-        }
+        },
     ]
 
 

@@ -10,9 +10,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hooks import objects
-from hooks.objects import POOL_LABEL, SANDBOX_LABEL
+from hooks.objects import POOL_LABEL, SANDBOX_LABEL, SANDBOX_UID_LABEL
 from tests.hookrequests import SEED_POD_TEMPLATE
 from tests.metacontroller_sim import Cluster
+from tests.tenancy_rules import check, leftover_bound_pods
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 X = "extensions.agents.x-k8s.io/v1alpha1"
@@ -58,7 +59,8 @@ def free_pods(cluster: Cluster) -> list[dict]:
     return [
         p
         for p in cluster.list("Pod")
-        if POOL_LABEL in objects.labels_of(p) and SANDBOX_LABEL not in objects.labels_of(p)
+        if POOL_LABEL in objects.labels_of(p) and not objects.is_bound(p)
+        and not objects.is_deleting(p)
     ]
 
 
@@ -109,9 +111,12 @@ def test_a_claim_is_served_by_a_warm_pod_at_once_and_the_pool_refills(seeded: Cl
         "podName": sandbox["status"]["podName"],
     }
     served = seeded.get("Pod", sandbox["status"]["podName"])
+    uid = sandbox["metadata"]["uid"]
     assert objects.labels_of(served)[SANDBOX_LABEL] == "my-claim"
-    assert seeded.get("Service", "my-claim")["spec"]["selector"] == {SANDBOX_LABEL: "my-claim"}
+    assert objects.labels_of(served)[SANDBOX_UID_LABEL] == uid
+    assert seeded.get("Service", "my-claim")["spec"]["selector"] == {SANDBOX_UID_LABEL: uid}
     assert len(free_pods(seeded)) == 2, "the pool refilled"
+    assert check(seeded.events).count() == 0, check(seeded.events).summary()
 
 
 def test_many_claims_at_once_never_share_a_pod(seeded: Cluster):
@@ -124,7 +129,7 @@ def test_many_claims_at_once_never_share_a_pod(seeded: Cluster):
     assert len(set(served)) == 6
     warm_served = [name for name in served if not name.startswith("c")]
     assert len(warm_served) >= 2
-    assert all(len(names) <= 1 for names in seeded.bindings.values()), seeded.bindings
+    assert check(seeded.events).count() == 0, check(seeded.events).summary()
     assert all(ready_reason(seeded.get("SandboxClaim", f"c{i}"))[0] == "True" for i in range(6))
 
 
@@ -237,19 +242,25 @@ OPERATIONS = st.lists(
     st.one_of(
         st.tuples(st.just("claim"), st.integers(0, 3)),
         st.tuples(st.just("unclaim"), st.integers(0, 3)),
+        # Delete a claim and create one of the same name at once: a new uid, same name.
+        st.tuples(st.just("recreate"), st.integers(0, 3)),
         st.tuples(st.just("scale"), st.integers(0, 4)),
         st.tuples(st.just("template"), st.integers(0, 2)),
         st.tuples(st.just("wait"), st.sampled_from([1, 3, 10])),
         st.tuples(st.just("stall"), st.just(0)),  # a round with no kubelet: pods stay unready
+        st.tuples(st.just("round"), st.just(0)),  # one round only: the next op meets it midway
+        st.tuples(st.just("stale"), st.just(0)),  # one round reading every parent stale
     ),
     min_size=1,
     max_size=16,
 )
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(operations=OPERATIONS)
 @example(operations=[("claim", 0), ("unclaim", 0), ("claim", 1)])
+@example(operations=[("claim", 0), ("recreate", 0)])
+@example(operations=[("claim", 0), ("round", 0), ("recreate", 0), ("round", 0), ("claim", 1)])
 @example(
     operations=[
         ("claim", 0),
@@ -263,23 +274,27 @@ OPERATIONS = st.lists(
         ("wait", 10),
     ]
 )
-def test_property_warm_pods_serve_one_sandbox_ever_and_are_never_pulled_from_a_live_claim(
+def test_property_warm_pods_serve_one_sandbox_uid_ever_and_are_never_pulled_from_a_live_claim(
     operations,
 ):
+    """Over random claims, deletions, same-name re-creations, scaling, template changes, time,
+    half-finished rounds and stale reads: every rule of tests/tenancy_rules.py holds (a pod
+    serves one Sandbox uid ever, no Sandbox switches pods or is Ready on a pod that is gone or
+    terminating, the claim's annotation precedes Ready), no pod serving a live claim's Sandbox
+    is deleted, and in the end every claim is Ready on a pod of its own."""
     cluster = Cluster(now=START)
     violations: list[str] = []
 
-    def check_delete(obj: dict) -> None:
-        bound = objects.labels_of(obj).get(SANDBOX_LABEL)
-        if obj["kind"] != "Pod" or not bound:
-            return
-        sandbox = cluster.get("Sandbox", bound)
+    def check_delete(pod: dict) -> None:
+        owner = objects.labels_of(pod).get(SANDBOX_UID_LABEL)
+        sandbox = cluster.by_uid(owner) if owner else None
         if (
-            cluster.get("SandboxClaim", bound) is not None
-            and sandbox is not None
-            and sandbox.get("status", {}).get("podName") == obj["metadata"]["name"]
+            sandbox is not None
+            and objects.sandbox_wants_pod(sandbox, cluster.now)
+            and objects.controller_of(sandbox) is not None
+            and (sandbox.get("status") or {}).get("podName") == pod["metadata"]["name"]
         ):
-            violations.append(f"pod {obj['metadata']['name']} deleted while serving {bound}")
+            violations.append(f"pod {pod['metadata']['name']} deleted while serving {owner}")
 
     cluster.on_delete.append(check_delete)
     cluster.create(template())
@@ -290,6 +305,9 @@ def test_property_warm_pods_serve_one_sandbox_ever_and_are_never_pulled_from_a_l
             cluster.create(claim(f"c{arg}"))
         elif op == "unclaim":
             cluster.delete("SandboxClaim", f"c{arg}")
+        elif op == "recreate":
+            cluster.delete("SandboxClaim", f"c{arg}")
+            cluster.create(claim(f"c{arg}"))
         elif op == "scale":
             cluster.update_spec("SandboxWarmPool", "python-sandbox-warmpool", pool(arg)["spec"])
         elif op == "template":
@@ -300,13 +318,18 @@ def test_property_warm_pods_serve_one_sandbox_ever_and_are_never_pulled_from_a_l
             )
         elif op == "wait":
             cluster.advance(arg)
-        cluster.settle(kubelet=op != "stall")
+        if op in ("round", "stale"):
+            cluster.round(stale=op == "stale")
+        else:
+            cluster.settle(kubelet=op != "stall")
     cluster.make_pods_ready()
     cluster.advance(10)
     cluster.settle()
+    found = check(cluster.events)
     assert violations == []
-    assert all(len(names) <= 1 for names in cluster.bindings.values()), cluster.bindings
-    live = [s for s in cluster.list("Sandbox")]
+    assert found.count() == 0, found.summary()
+    assert leftover_bound_pods(cluster.events) == []
+    live = cluster.list("Sandbox")
     served = [s["status"].get("podName") for s in live]
     assert len(served) == len(set(served)), "two sandboxes share a pod"
     for sandbox in live:

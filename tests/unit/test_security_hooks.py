@@ -119,6 +119,12 @@ def test_generated_pods_get_the_secure_defaults_on_every_path(hostile, path):
                 assert container["securityContext"]["allowPrivilegeEscalation"] is False
         with hostile("pods", f"{path}: the template's runtime class (gVisor)"):
             assert spec["runtimeClassName"] == "gvisor"
+        with hostile("pods", f"{path}: restricted defaults (non-root, seccomp, no capabilities)"):
+            assert spec["securityContext"]["runAsNonRoot"] is True
+            assert spec["securityContext"]["runAsUser"] != 0
+            assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            for container in spec.get("initContainers", []) + spec["containers"]:
+                assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
 
 
 @pytest.mark.parametrize("path", PATHS)

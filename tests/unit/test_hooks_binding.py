@@ -1,0 +1,139 @@
+"""Binding by uid in the warm-pool and claim hooks: a pod serves one Sandbox uid, ever.
+
+The pool binds only Sandboxes that offer themselves, early in their grace; a pod bound to a
+uid that is gone is deleted even when a Sandbox of the same name waits; the claim names the
+pod on its Sandbox as soon as the Sandbox reports it, and forwards a loss as its own reason.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from hooks import objects, sandboxclaim, sandboxwarmpool
+from tests.hookrequests import SEED_POD_TEMPLATE, owned, resource, sync_request, with_pod_status
+from tests.unit.test_hooks_contract import NOW, POOL, TEMPLATE
+
+
+def waiting_sandbox(name: str, uid: str, *, created: str = "2026-01-01T00:09:59Z",
+                    reason: str | None = objects.WAITING_FOR_WARM_POD) -> dict:
+    sandbox = resource(
+        "Sandbox", name, {"podTemplate": SEED_POD_TEMPLATE},
+        labels={objects.POOL_LABEL: "pool", objects.TEMPLATE_LABEL: "python-runtime-template"},
+        created=created,
+    )
+    sandbox["metadata"]["uid"] = uid
+    if reason:
+        sandbox["status"] = {"conditions": [{"type": "Ready", "status": "False",
+                                             "reason": reason, "message": ""}]}
+    return sandbox
+
+
+def pool_pods(bound: dict[str, dict[str, str]] | None = None) -> list[dict]:
+    """The pool's first answer applied and Ready; `bound` maps pod index to binding labels."""
+    first = sandboxwarmpool.sync(sync_request(POOL, related=[TEMPLATE]), now=NOW)
+    pods = []
+    for index, child in enumerate(first["children"]):
+        child["metadata"]["labels"].update((bound or {}).get(str(index), {}))  # as applied
+        pods.append(with_pod_status(owned(child, POOL), ready=True))
+    return pods
+
+
+def by_name(answer: dict) -> dict[str, dict]:
+    return {c["metadata"]["name"]: c for c in answer["children"]}
+
+
+def test_a_pod_of_a_gone_uid_is_deleted_not_handed_to_the_new_sandbox_of_that_name():
+    old = {objects.SANDBOX_LABEL: "foo", objects.SANDBOX_UID_LABEL: "uid-old"}
+    pods = pool_pods({"0": old})
+    new = waiting_sandbox("foo", "uid-new")
+    got = sandboxwarmpool.sync(sync_request(POOL, pods, [TEMPLATE, new]), now=NOW)
+    children = by_name(got)
+    old_name, free_name = pods[0]["metadata"]["name"], pods[1]["metadata"]["name"]
+    assert old_name not in children, "the old tenant's pod is deleted"
+    assert children[free_name]["metadata"]["labels"][objects.SANDBOX_UID_LABEL] == "uid-new"
+
+
+def test_a_pod_bound_by_name_only_is_deleted():
+    """Pods bound before uids carry only the name: nobody can tell which Sandbox of that
+    name they served, so none keeps them."""
+    pods = pool_pods({"0": {objects.SANDBOX_LABEL: "foo"}})
+    sandbox = waiting_sandbox("foo", "uid-foo", reason=objects.SANDBOX_READY)
+    sandbox["status"]["podName"] = pods[0]["metadata"]["name"]
+    got = sandboxwarmpool.sync(sync_request(POOL, pods, [TEMPLATE, sandbox]), now=NOW)
+    assert pods[0]["metadata"]["name"] not in by_name(got)
+
+
+def test_only_a_sandbox_that_offers_itself_early_in_its_grace_is_bound():
+    pods = pool_pods()
+    cases = {
+        "offers": (waiting_sandbox("a", "uid-a"), True),
+        "has not answered yet": (waiting_sandbox("b", "uid-b", reason=None), True),
+        "started its own pod": (
+            waiting_sandbox("c", "uid-c", reason=objects.POD_NOT_READY), False),
+        "late in its grace": (
+            waiting_sandbox("d", "uid-d", created="2026-01-01T00:09:55Z"), False),
+    }
+    for case, (sandbox, bound) in cases.items():
+        got = sandboxwarmpool.sync(sync_request(POOL, pods, [TEMPLATE, sandbox]), now=NOW)
+        uids = [c["metadata"].get("labels", {}).get(objects.SANDBOX_UID_LABEL)
+                for c in got["children"]]
+        assert (sandbox["metadata"]["uid"] in uids) == bound, case
+
+
+def test_a_bound_pod_stays_while_its_sandbox_holds_it_and_goes_when_it_names_another():
+    pods = pool_pods({"0": {objects.SANDBOX_LABEL: "foo", objects.SANDBOX_UID_LABEL: "uid-foo"}})
+    name = pods[0]["metadata"]["name"]
+    holder = waiting_sandbox("foo", "uid-foo", reason=objects.SANDBOX_READY)
+    holder["status"]["podName"] = name
+    kept = sandboxwarmpool.sync(sync_request(POOL, pods, [TEMPLATE, holder]), now=NOW)
+    assert by_name(kept)[name]["metadata"]["labels"][objects.SANDBOX_UID_LABEL] == "uid-foo"
+    holder["status"]["podName"] = "foo"  # served by its own pod after all
+    gone = sandboxwarmpool.sync(sync_request(POOL, pods, [TEMPLATE, holder]), now=NOW)
+    assert name not in by_name(gone)
+
+
+def claim_with_sandbox(sandbox_status: dict) -> tuple[dict, list[dict]]:
+    claim = resource(
+        "SandboxClaim", "my-claim", {"sandboxTemplateRef": {"name": "python-runtime-template"}}
+    )
+    first = sandboxclaim.sync(sync_request(claim, related=[TEMPLATE, POOL]), now=NOW)
+    (child,) = first["children"]
+    sandbox = owned(child, claim)
+    sandbox["status"] = copy.deepcopy(sandbox_status)
+    return claim, [sandbox]
+
+
+def ready_of(answer: dict) -> tuple[str, str]:
+    (cond,) = answer["status"]["conditions"]
+    return cond["status"], cond["reason"]
+
+
+def sandbox_says(reason: str, pod: str | None = None) -> dict:
+    status: dict = {"conditions": [
+        {"type": "Ready", "status": "False", "reason": reason, "message": "m"}]}
+    if pod:
+        status["podName"] = pod
+    return status
+
+
+def test_the_claim_names_the_pod_and_is_ready_as_the_annotation_is_written():
+    claim, children = claim_with_sandbox(sandbox_says(objects.WAITING_FOR_ANNOTATION, "p-1"))
+    got = sandboxclaim.sync(sync_request(claim, children, [TEMPLATE, POOL]), now=NOW)
+    (sandbox,) = got["children"]
+    assert sandbox["metadata"]["annotations"][objects.POD_NAME_ANNOTATION] == "p-1"
+    assert ready_of(got) == ("True", objects.SANDBOX_READY)
+    assert got["status"]["sandbox"] == {"name": "my-claim", "podName": "p-1"}
+
+
+def test_the_claim_writes_no_annotations_before_a_pod_is_named():
+    claim, children = claim_with_sandbox(sandbox_says(objects.WAITING_FOR_WARM_POD))
+    got = sandboxclaim.sync(sync_request(claim, children, [TEMPLATE, POOL]), now=NOW)
+    (sandbox,) = got["children"]
+    assert "annotations" not in sandbox["metadata"], "an empty map would be a needless write"
+    assert ready_of(got) == ("False", objects.SANDBOX_NOT_READY)
+
+
+def test_a_lost_pod_is_the_claims_own_terminal_reason():
+    claim, children = claim_with_sandbox(sandbox_says(objects.POD_LOST, "p-1"))
+    got = sandboxclaim.sync(sync_request(claim, children, [TEMPLATE, POOL]), now=NOW)
+    assert ready_of(got) == ("False", objects.POD_LOST)
