@@ -8,7 +8,9 @@ The walkthrough's client waits for a Sandbox of the claim's name and routes with
 warm pool (spec.warmPoolRef, else the first pool of its template) and labels its Sandbox with
 it; the pool binds a warm pod, or the Sandbox starts its own after a short grace. The claim
 forwards the Sandbox's readiness and names the serving pod (status and the Sandbox's
-`agents.x-k8s.io/pod-name` annotation).
+`agents.x-k8s.io/pod-name` annotation). Its lifecycle.shutdownTime is the Sandbox's
+spec.shutdownTime, kept in step on every sync; past it, shutdownPolicy (read on every sync, so
+an edit is honoured) deletes the Sandbox or retains it, expired.
 """
 
 from __future__ import annotations
@@ -73,10 +75,7 @@ def desired_sandbox(claim: KubeObject, template: KubeObject, pool: KubeObject | 
     if pool is not None:
         labels[POOL_LABEL] = pool["metadata"]["name"]
     spec: dict[str, Any] = {"podTemplate": objects.clone(template["spec"]["podTemplate"])}
-    deadline = (claim["spec"].get("lifecycle") or {}).get("shutdownTime")
-    if deadline:
-        spec["shutdownTime"] = deadline
-    return {
+    sandbox = {
         "apiVersion": objects.SANDBOX_API,
         "kind": "Sandbox",
         "metadata": {
@@ -86,6 +85,22 @@ def desired_sandbox(claim: KubeObject, template: KubeObject, pool: KubeObject | 
         },
         "spec": spec,
     }
+    return with_shutdown_time(sandbox, claim)
+
+
+def with_shutdown_time(sandbox: KubeObject, claim: KubeObject) -> KubeObject:
+    """The claim's lifecycle.shutdownTime as its Sandbox's spec.shutdownTime (none if none).
+
+    Applied to a live Sandbox on every sync, so extending, shortening or removing a live
+    claim's deadline moves its Sandbox's, and the two always expire together.
+    """
+    deadline = (claim["spec"].get("lifecycle") or {}).get("shutdownTime")
+    spec = sandbox.setdefault("spec", {})
+    if deadline:
+        spec["shutdownTime"] = deadline
+    else:
+        spec.pop("shutdownTime", None)
+    return sandbox
 
 
 def with_pod_annotation(sandbox: KubeObject, pod_name: str | None) -> KubeObject:
@@ -137,19 +152,26 @@ def sync(
                 f"lifecycle.shutdownTime {claim['spec']['lifecycle']['shutdownTime']} "
                 f"has passed; the sandbox was deleted",
             )
-        kept = objects.as_desired(existing)
+        kept = with_shutdown_time(objects.clone(objects.as_desired(existing)), claim)
+        # Said from the Sandbox's own report: until it has expired too, its pod still runs.
+        if (sandbox_ready(existing) or {}).get("reason") == objects.SANDBOX_EXPIRED:
+            state = "has expired too: its pod is deleted, its volumes kept"
+        else:
+            state = "is stopping its pod"
         return answer(
             [kept],
             False,
             objects.EXPIRED,
-            "lifecycle.shutdownTime has passed; the sandbox is retained, its pod stopped",
+            f"lifecycle.shutdownTime has passed; sandbox {name} is retained and {state}",
             {"name": name},
         )
 
     if existing is not None:
-        # The Sandbox keeps the spec it was made with; only the pod-name annotation follows it.
+        # The Sandbox keeps the pod template it was made with; its shutdownTime follows the
+        # claim's lifecycle, and the pod-name annotation follows its status.
         pod_name = (existing.get("status") or {}).get("podName")
         sandbox = with_pod_annotation(objects.clone(objects.as_desired(existing)), pod_name)
+        sandbox = with_shutdown_time(sandbox, claim)
         cond = sandbox_ready(existing)
         sandbox_status = {"name": name, **({"podName": pod_name} if pod_name else {})}
         if cond is not None and cond.get("status") == "True":
