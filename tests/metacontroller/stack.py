@@ -615,6 +615,10 @@ class Kubelet(threading.Thread):
             workers = list(self.workers)
             runs = list(self.pods.values())
             self.pods.clear()
+        for run in runs:  # all at once, then wait for each
+            if run.process is not None and run.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(run.process.pid, signal.SIGTERM)
         for run in runs:
             if run.process is not None:
                 stop_process(run.process, grace=5.0)
