@@ -436,10 +436,11 @@ class Kubelet(threading.Thread):
                    for c in (pod.status.conditions or [])):
                 return
             with self.lock:
-                self.seen.add(uid)
-                address = self.ip or ADDRESSES.take()
+                address = self.addresses.get(name) or self.ip or ADDRESSES.take()
                 self.addresses[name] = address
             self._patch_status(name, running_status(address, ready=True))
+            with self.lock:  # only once it took: a failed patch is retried on the next event
+                self.seen.add(uid)
             return
         if kind == "DELETED":
             with self.lock:
