@@ -344,9 +344,9 @@ class PodRun:
     address: str
     port: int
     workspace: Path
+    log: Path
     process: subprocess.Popen[bytes] | None = None
     terminating: bool = False
-    log: Path | None = None
 
 
 class Kubelet(threading.Thread):
@@ -395,11 +395,6 @@ class Kubelet(threading.Thread):
     def address_of(self, pod_name: str) -> str:
         with self.lock:
             return self.addresses[pod_name]
-
-    def url_of(self, pod_name: str) -> str:
-        with self.lock:
-            run = next(r for r in self.pods.values() if r.name == pod_name)
-            return f"http://{run.address}:{run.port}"
 
     def volume_dir(self, claim_name: str) -> Path:
         """The host directory behind a PersistentVolumeClaim of this namespace."""
@@ -506,7 +501,6 @@ class Kubelet(threading.Thread):
         workspace.mkdir(parents=True, exist_ok=True)
         run = PodRun(name=name, uid=uid, address=address, port=port, workspace=workspace,
                      log=self.state_dir / "logs" / f"{name}-{uid}.log")
-        assert run.log is not None
         run.log.parent.mkdir(parents=True, exist_ok=True)
         with self.lock:
             if self.stopping.is_set() or uid in self.gone:
@@ -597,15 +591,6 @@ class Kubelet(threading.Thread):
                 with contextlib.suppress(ApiException):
                     self.core.delete_namespaced_pod(pod.metadata.name, self.namespace,
                                                     grace_period_seconds=0)
-
-    # ---- compatibility with the first stand-in ---------------------------------------------
-
-    def mark_ready(self, name: str) -> None:
-        """Mark one pod Running and Ready at once (instant mode's patch)."""
-        address = self.ip or ADDRESSES.take()
-        with self.lock:
-            self.addresses[name] = address
-        self._patch_status(name, running_status(address, ready=True))
 
     def stop(self) -> None:
         """Stop watching, stop every runtime at once, remove what this stand-in made."""

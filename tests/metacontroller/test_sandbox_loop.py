@@ -144,3 +144,5 @@ def test_pause_and_resume_keep_the_name_and_the_volumes_data(
     url = f"http://{resumed['status']['podIPs'][0]}:8888"
     read = requests.get(url + "/download/notes/state.txt", timeout=30)
     assert read.status_code == 200 and read.content == b"kept across a pause\n"
+    # It lived in the claim's volume, not in either pod.
+    assert (kubelet.volume_dir("workspace-pausable") / "notes" / "state.txt").exists()
