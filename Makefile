@@ -7,7 +7,7 @@ K8S_VERSION ?= v1.34.4
 export K8S_VERSION
 PYTEST_ARGS ?=
 
-.PHONY: help install system k8s demo test test-unit test-http test-controlplane test-dataplane \
+.PHONY: help install system k8s etcd demo test test-unit test-http test-controlplane test-dataplane \
         test-metacontroller serve bench lint format manifests check-manifests clean
 
 help:
@@ -21,11 +21,14 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install the package with every extra
 
-system: ## install runsc and etcd with apt-get if missing
+system: ## install runsc, openssl and prlimit with apt-get if missing
 	bash hack/setup-system.sh
 
-k8s: ## build kube-apiserver, kube-controller-manager, kubectl once into ~/.cache
+k8s: etcd ## build kube-apiserver, kube-controller-manager, kubectl (and etcd) once into ~/.cache
 	bash hack/build-k8s.sh
+
+etcd: ## build etcd v3.6 from its Go modules once into ~/.cache
+	bash hack/build-etcd.sh
 
 demo: install system ## run the walkthrough's client script on the local gVisor backend
 	$(PY) examples/walkthrough.py
@@ -41,7 +44,7 @@ test-controlplane: install system k8s
 	$(PY) -m pytest -m controlplane $(PYTEST_ARGS)
 test-dataplane: install system
 	$(PY) -m pytest -m dataplane $(PYTEST_ARGS)
-test-metacontroller: install system k8s ## needs METACONTROLLER_BIN
+test-metacontroller: install system k8s ## METACONTROLLER_BIN, else ../shared/bin/metacontroller
 	$(PY) -m pytest -m metacontroller $(PYTEST_ARGS)
 
 serve: install ## the hook server on 127.0.0.1:9443, where manifests/overlays/loopback points

@@ -26,14 +26,10 @@ if [ "$missing" = 0 ]; then
   exit 0
 fi
 
-if ! command -v go >/dev/null 2>&1; then
-  if [ -x /usr/local/go/bin/go ]; then
-    export PATH="/usr/local/go/bin:$PATH"
-  else
-    echo "go is not installed: the k8s binaries build from source (Go >= 1.24)" >&2
-    exit 1
-  fi
-fi
+GO_MIN=1.24  # k8s.io/kubernetes v1.34's go.mod
+# shellcheck source=hack/go-env.sh
+source "$(dirname "$0")/go-env.sh"
+require_go
 
 staging_version="v0.${version#v1.}"
 work="$(mktemp -d)"

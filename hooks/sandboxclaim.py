@@ -11,7 +11,9 @@ forwards the Sandbox's readiness (a reason the Sandbox cannot recover from, such
 becomes the claim's own) and names the serving pod: in its status, and in the Sandbox's
 `agents.x-k8s.io/pod-name` annotation as soon as the Sandbox reports the pod. A claim's
 Sandbox reports Ready only once that annotation names its pod, so a client that reads the
-annotation at the first Ready event always finds it.
+annotation at the first Ready event always finds it. Its lifecycle.shutdownTime is the
+Sandbox's spec.shutdownTime, kept in step on every sync; past it, shutdownPolicy (read on every
+sync, so an edit is honoured) deletes the Sandbox or retains it, expired.
 """
 
 from __future__ import annotations
@@ -74,10 +76,7 @@ def desired_sandbox(claim: KubeObject, template: KubeObject, pool: KubeObject | 
     if pool is not None:
         labels[POOL_LABEL] = pool["metadata"]["name"]
     spec: dict[str, Any] = {"podTemplate": objects.clone(template["spec"]["podTemplate"])}
-    deadline = (claim["spec"].get("lifecycle") or {}).get("shutdownTime")
-    if deadline:
-        spec["shutdownTime"] = deadline
-    return {
+    sandbox = {
         "apiVersion": objects.SANDBOX_API,
         "kind": "Sandbox",
         "metadata": {
@@ -87,6 +86,22 @@ def desired_sandbox(claim: KubeObject, template: KubeObject, pool: KubeObject | 
         },
         "spec": spec,
     }
+    return with_shutdown_time(sandbox, claim)
+
+
+def with_shutdown_time(sandbox: KubeObject, claim: KubeObject) -> KubeObject:
+    """The claim's lifecycle.shutdownTime as its Sandbox's spec.shutdownTime (none if none).
+
+    Applied to a live Sandbox on every sync, so extending, shortening or removing a live
+    claim's deadline moves its Sandbox's, and the two always expire together.
+    """
+    deadline = (claim["spec"].get("lifecycle") or {}).get("shutdownTime")
+    spec = sandbox.setdefault("spec", {})
+    if deadline:
+        spec["shutdownTime"] = deadline
+    else:
+        spec.pop("shutdownTime", None)
+    return sandbox
 
 
 def with_pod_annotation(sandbox: KubeObject, pod_name: str | None) -> KubeObject:
@@ -138,19 +153,26 @@ def sync(
                 f"lifecycle.shutdownTime {claim['spec']['lifecycle']['shutdownTime']} "
                 f"has passed; the sandbox was deleted",
             )
-        kept = objects.as_desired(existing)
+        kept = with_shutdown_time(objects.clone(objects.as_desired(existing)), claim)
+        # Said from the Sandbox's own report: until it has expired too, its pod still runs.
+        if (sandbox_ready(existing) or {}).get("reason") == objects.SANDBOX_EXPIRED:
+            state = "has expired too: its pod is deleted, its volumes kept"
+        else:
+            state = "is stopping its pod"
         return answer(
             [kept],
             False,
             objects.EXPIRED,
-            "lifecycle.shutdownTime has passed; the sandbox is retained, its pod stopped",
+            f"lifecycle.shutdownTime has passed; sandbox {name} is retained and {state}",
             {"name": name},
         )
 
     if existing is not None:
-        # The Sandbox keeps the spec it was made with; only the pod-name annotation follows it.
+        # The Sandbox keeps the pod template it was made with; its shutdownTime follows the
+        # claim's lifecycle, and the pod-name annotation follows its status.
         pod_name = (existing.get("status") or {}).get("podName")
         sandbox = with_pod_annotation(objects.clone(objects.as_desired(existing)), pod_name)
+        sandbox = with_shutdown_time(sandbox, claim)
         cond = sandbox_ready(existing) or {}
         sandbox_status = {"name": name, **({"podName": pod_name} if pod_name else {})}
         # A Sandbox whose pod is Ready waits only for the annotation this answer writes, and

@@ -3,7 +3,10 @@
 Used by the control-plane tier (tests/controlplane/conftest.py) and the Metacontroller tier
 (tests/metacontroller/conftest.py) to start a throw-away cluster without a kubelet. Binaries:
 kube-apiserver, kube-controller-manager and kubectl from `make k8s` (hack/build-k8s.sh, cached in
-~/.cache/agent-sandbox/k8s/<version>/), etcd from Debian's etcd-server (or $ETCD_BIN).
+~/.cache/agent-sandbox/k8s/<version>/); etcd v3.6 from `make etcd` (hack/build-etcd.sh, cached in
+~/.cache/agent-sandbox/etcd/<version>/), or $ETCD_BIN. An etcd found only on PATH (Debian's 3.4)
+is a fallback that etcd_report() names: it lacks watch progress notifications, so a watch
+opened without a resourceVersion fails after about 3 s, which no real cluster does.
 
 Choices, so the cluster behaves like a real one while staying on 127.0.0.1 only:
 - TLS everywhere with a throw-away CA made by openssl at start-up; the admin authenticates
@@ -24,6 +27,7 @@ It must not: listen on anything but 127.0.0.1, touch ~/.kube, or leave a process
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -43,6 +47,10 @@ from tests.support import REPO, free_port, stop_process
 K8S_VERSION = os.environ.get("K8S_VERSION", "v1.34.4")
 K8S_CACHE = Path(os.environ.get("K8S_CACHE", Path.home() / ".cache" / "agent-sandbox" / "k8s"))
 BIN_DIR = K8S_CACHE / K8S_VERSION
+ETCD_VERSION = os.environ.get("ETCD_VERSION", "v3.6.16")
+ETCD_CACHE = Path(os.environ.get("ETCD_CACHE",
+                                 Path.home() / ".cache" / "agent-sandbox" / "etcd"))
+BUILT_ETCD = ETCD_CACHE / ETCD_VERSION / "etcd"
 CRD_DIR = REPO / "manifests" / "crds"
 START_TIMEOUT = 90.0
 # What a cluster with gVisor installed has (GKE Sandbox and the gVisor docs name it so).
@@ -51,11 +59,37 @@ GVISOR_RUNTIME_CLASS = {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
 
 
 def etcd_path() -> str | None:
-    """etcd: $ETCD_BIN, else one built next to the k8s binaries, else the one on PATH."""
-    for candidate in (os.environ.get("ETCD_BIN"), str(BIN_DIR / "etcd")):
+    """etcd: $ETCD_BIN, else the one `make etcd` built, else (a reported fallback) PATH's."""
+    for candidate in (os.environ.get("ETCD_BIN"), str(BUILT_ETCD)):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return shutil.which("etcd")
+
+
+@functools.cache
+def etcd_version(path: str) -> str:
+    """What `etcd --version` says its version is ("3.6.16"), or "unknown"."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10,
+                             check=False).stdout
+        for line in out.splitlines():
+            if line.startswith("etcd Version:"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def etcd_report() -> str:
+    """One line naming the etcd the control plane runs on, and whether it is the fallback."""
+    path = etcd_path()
+    if path is None:
+        return "etcd: none found (run `make etcd`)"
+    version = etcd_version(path)
+    line = f"etcd {version} ({path})"
+    major_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if len(major_minor) < 2 or major_minor < (3, 5):
+        line += (" -- FALLBACK: older than 3.5, no watch progress notifications; "
+                 "run `make etcd` to build v3.6")
+    return line
 
 
 def kubectl_path() -> str | None:
@@ -206,9 +240,16 @@ class ControlPlane:
 
     def get(self, path: str, **params: Any) -> requests.Response:
         """A raw GET against the API server as the admin (for health and discovery checks)."""
-        return requests.get(self.server + path, params=params, timeout=10,
-                            verify=str(self.pki / "ca.crt"),
-                            cert=(str(self.pki / "admin.crt"), str(self.pki / "admin.key")))
+        return requests.get(self.server + path, params=params, timeout=10, **self._admin_tls())
+
+    def get_stream(self, path: str, timeout: float = 90.0) -> requests.Response:
+        """A streaming GET as the admin (a watch); use the answer as a context manager."""
+        return requests.get(self.server + path, stream=True, timeout=timeout,
+                            **self._admin_tls())
+
+    def _admin_tls(self) -> dict[str, Any]:
+        return {"verify": str(self.pki / "ca.crt"),
+                "cert": (str(self.pki / "admin.crt"), str(self.pki / "admin.key"))}
 
     def install_crds(self, files: Iterable[Path]) -> list[str]:
         """Server-side apply CRD files and wait until each is Established; returns their names.

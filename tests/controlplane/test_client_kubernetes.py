@@ -49,8 +49,7 @@ def missing_pieces() -> list[str]:
 @pytest.fixture(scope="module")
 def stack(control_plane, tmp_path_factory):
     missing = missing_pieces()
-    if missing:
-        pytest.skip(f"missing for the client's Kubernetes test: {', '.join(missing)}")
+    assert not missing, f"missing for the client's Kubernetes test: {', '.join(missing)}"
     tmp = tmp_path_factory.mktemp("client-k8s")
     namespace = f"client-{uuid.uuid4().hex[:8]}"
     control_plane.kubectl("create", "namespace", namespace)

@@ -175,16 +175,25 @@ def crd_param(path: Path):
     return pytest.param(path, id=path.name.split(".")[0])
 
 
+NO_CRDS = "no CRD manifests under manifests/crds/ (run `make manifests`)"
+
+
 def kinds_param(kinds: list[str]):
     if not KINDS:
-        return [pytest.param(None, marks=pytest.mark.skip(
-            reason="no CRD manifests under manifests/crds/ yet"))]
+        return [pytest.param(None, id="no-crds")]
     return [pytest.param(kind, id=kind) for kind in kinds]
 
 
-@pytest.mark.parametrize("path", [crd_param(p) for p in CRD_FILES] or [pytest.param(
-    None, marks=pytest.mark.skip(reason="no CRD manifests under manifests/crds/ yet"))])
+def require_crd(kind: str | None) -> None:
+    """A kind the tests name must have its CRD: a missing one is a failure, not a skip."""
+    assert KINDS, NO_CRDS
+    assert kind in KINDS, f"no CRD for {kind} under manifests/crds/"
+
+
+@pytest.mark.parametrize("path", [crd_param(p) for p in CRD_FILES] or [
+    pytest.param(None, id="no-crds")])
 def test_crd_is_established_and_structural(control_plane, crds, path):
+    assert path is not None, NO_CRDS
     for doc in kube.load_documents(path):
         if doc.get("kind") != "CustomResourceDefinition":
             continue
@@ -210,8 +219,7 @@ def test_every_kind_has_bad_specs(crds):
 
 @pytest.mark.parametrize("kind", kinds_param(sorted(VALID)))
 def test_seed_example_is_accepted(control_plane, crds, kind):
-    if kind not in KINDS:
-        pytest.skip(f"no CRD for {kind} under manifests/crds/ yet")
+    require_crd(kind)
     sent = valid_object(kind)
     result = dry_run_create(control_plane, sent)
     assert result.returncode == 0, result.stderr
@@ -224,8 +232,7 @@ def test_seed_example_is_accepted(control_plane, crds, kind):
     [pytest.param(kind, changes, field, id=f"{kind}-{case}")
      for kind, case, changes, field in BAD_SPECS])
 def test_bad_spec_is_rejected_naming_the_field(control_plane, crds, kind, changes, field):
-    if kind not in KINDS:
-        pytest.skip(f"no CRD for {kind} under manifests/crds/ yet")
+    require_crd(kind)
     result = dry_run_create(control_plane, mutate(valid_object(kind), changes))
     assert result.returncode != 0, f"accepted: {result.stdout}"
     assert field in result.stderr, result.stderr
@@ -243,8 +250,7 @@ def test_defaults_are_applied_by_the_api_server(control_plane, crds, namespace):
         "SandboxWarmPool": ("spec.replicas", 1),
     }
     for kind, (dotted, value) in expected.items():
-        if kind not in KINDS:
-            continue
+        require_crd(kind)
         obj = valid_object(kind)
         obj["spec"].pop("replicas", None)
         if kind == "SandboxClaim":
@@ -267,8 +273,7 @@ def _scale(control_plane: kube.ControlPlane, namespace: str, resource: str) -> d
     pytest.param("SandboxWarmPool", "sandboxwarmpool", 0, 5, 1001, id="SandboxWarmPool"),
 ])
 def test_scale_subresource(control_plane, crds, namespace, kind, resource, low, high, too_high):
-    if kind not in KINDS:
-        pytest.skip(f"no CRD for {kind} under manifests/crds/ yet")
+    require_crd(kind)
     obj = valid_object(kind, name="scaled")
     control_plane.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(obj))
     target = f"{resource}/scaled"
@@ -298,8 +303,7 @@ def test_scale_subresource(control_plane, crds, namespace, kind, resource, low, 
 def test_python_client_creates_and_watches_a_sandbox(control_plane, crds, namespace):
     """The kubernetes client (as agentic_sandbox uses it) authenticates with the fixture's
     kubeconfig, creates a custom object and sees it through a watch (served from etcd)."""
-    if "Sandbox" not in KINDS:
-        pytest.skip("no Sandbox CRD under manifests/crds/ yet")
+    require_crd("Sandbox")
     from kubernetes import client, watch
 
     api_client = control_plane.api_client()

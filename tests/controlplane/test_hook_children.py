@@ -23,18 +23,11 @@ from typing import Any
 
 import pytest
 
+from hooks import objects as hook_objects
+from hooks.app import ROUTES
 from tests.controlplane import kube
 from tests.controlplane.test_crds import SEED_POD_TEMPLATE
 from tests.support import REPO
-
-try:
-    from hooks import objects as hook_objects
-    from hooks.app import ROUTES
-except ImportError as exc:  # the hooks package is written alongside this tier
-    ROUTES = None
-    IMPORT_ERROR = str(exc)
-else:
-    IMPORT_ERROR = ""
 
 EXAMPLE_REQUESTS = REPO / "examples" / "requests"
 CONTROLLERS = REPO / "manifests" / "controllers"
@@ -109,7 +102,7 @@ def plural(kind: str) -> str:
 
 
 def registration(parent_kind: str) -> dict[str, Any]:
-    """The CompositeController registered for a parent kind, or {} if not written yet."""
+    """The CompositeController registered for a parent kind, or {} if there is none."""
     resource = plural(parent_kind)
     for path in sorted(CONTROLLERS.glob("*.yaml")) if CONTROLLERS.is_dir() else []:
         for doc in kube.load_documents(path):
@@ -191,13 +184,10 @@ ALL_CASES = TABLE + example_cases()
     for case, parent, related, finalizing, floor in ALL_CASES])
 def test_hook_children_and_status_are_accepted(control_plane, crds, namespace, parent, related,
                                                finalizing, floor):
-    if ROUTES is None:
-        pytest.skip(f"hooks not importable yet: {IMPORT_ERROR}")
     resource = parent["kind"].lower()
     hook = "finalize" if finalizing else "sync"
     function = ROUTES.get((hook, resource))
-    if function is None:
-        pytest.skip(f"no {hook} hook for {resource} in hooks.app.ROUTES yet")
+    assert function is not None, f"no {hook} hook for {resource} in hooks.app.ROUTES"
     controller = registration(parent["kind"])
 
     related_map: dict[str, dict[str, Any]] = {}
@@ -245,8 +235,6 @@ def test_hook_children_and_status_are_accepted(control_plane, crds, namespace, p
 
 
 def test_every_routed_kind_has_a_representative_parent():
-    if ROUTES is None:
-        pytest.skip(f"hooks not importable yet: {IMPORT_ERROR}")
     covered = {(("finalize" if fin else "sync"), parent["kind"].lower())
                for _, parent, _, fin, _ in ALL_CASES}
     routed = {route for route in ROUTES if route[0] in ("sync", "finalize")}
@@ -256,8 +244,6 @@ def test_every_routed_kind_has_a_representative_parent():
 def test_hook_objects_module_matches_our_keys():
     """The request keys used above are the hooks' own constants (a rename would silently make
     the related objects invisible to the hooks)."""
-    if ROUTES is None:
-        pytest.skip(f"hooks not importable yet: {IMPORT_ERROR}")
     expected = {"TEMPLATE": f"SandboxTemplate.{EXT_API}", "POOL": f"SandboxWarmPool.{EXT_API}",
                 "SANDBOX": f"Sandbox.{SANDBOX_API}", "POD": "Pod.v1"}
     assert {name: getattr(hook_objects, name) for name in expected} == expected

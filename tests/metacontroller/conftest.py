@@ -1,52 +1,48 @@
-"""Fixtures of the Metacontroller tier: the whole loop on loopback, with the tests as kubelet.
+"""Fixtures of the Metacontroller tier: the whole loop on loopback, with a kubelet stand-in.
 
 `metacontroller_stack` (one per test package run) starts its own control plane
 (tests/controlplane/kube.py), our hooks under gunicorn (`sandbox-hooks --bind 127.0.0.1:<port>`),
-applies manifests/overlays/loopback with the hooks' port, and starts the Metacontroller binary
-named by METACONTROLLER_BIN against that kubeconfig. Without the variable every test here is
-skipped with the reason printed (`-ra`). The binary is built by hand from Metacontroller's
-public source, outside this repository (docs/testing.md); nothing here builds or fetches it.
+applies manifests/overlays/loopback with the hooks' port, and starts Metacontroller against
+that kubeconfig: METACONTROLLER_BIN, else `../shared/bin/metacontroller` beside the repository
+(stack.metacontroller_binary()). Without either every test here is skipped with the reason
+printed (`-ra`), and in CI that skip is a failure (tests/conftest.py). Nothing here builds or
+fetches Metacontroller. Missing project files (CRDs, the loopback overlay) are failures, not
+skips: they are this repository's own.
 
-Helpers read like the walkthrough: `stack.wait_for("sandbox", name, ready, namespace=ns)`,
-`stack.make_pod_ready(name, "127.0.0.1", namespace=ns)`. Everything listens on 127.0.0.1 and is
-stopped, process group by process group, when the package's tests are done.
+`kubelet` runs the kubelet stand-in (stack.Kubelet, runtime mode) for the test's namespace:
+every pod gets its own loopback address and a real `sandbox-runtime`. Everything listens on
+127.0.0.1/8 and is stopped, process group by process group, when the tests are done.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.controlplane import kube
-from tests.metacontroller.stack import LOOPBACK_OVERLAY, MetacontrollerStack, running_stack
-
-
-def metacontroller_binary() -> str:
-    """METACONTROLLER_BIN, or a skip that says how to get one."""
-    path = os.environ.get("METACONTROLLER_BIN", "")
-    if not path:
-        pytest.skip(
-            "METACONTROLLER_BIN is unset: build Metacontroller from its public source "
-            "outside this repo and point the variable at it (docs/testing.md)"
-        )
-    if not os.access(path, os.X_OK):
-        pytest.skip(f"METACONTROLLER_BIN={path} is not an executable file")
-    return path
+from tests.metacontroller.stack import (
+    LOOPBACK_OVERLAY,
+    Kubelet,
+    MetacontrollerStack,
+    metacontroller_binary,
+    running_stack,
+)
 
 
 @pytest.fixture(scope="package")
 def metacontroller_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetacontrollerStack]:
-    binary = metacontroller_binary()
+    binary, why_not = metacontroller_binary()
+    if binary is None:
+        pytest.skip(why_not)
     missing = kube.missing_binaries()
     if missing:
         pytest.skip(f"control plane binaries missing ({', '.join(missing)}): run `make k8s`")
-    if not kube.crd_files():
-        pytest.skip("no CRD manifests under manifests/crds/ yet")
-    if not (LOOPBACK_OVERLAY / "kustomization.yaml").exists():
-        pytest.skip("manifests/overlays/loopback not written yet")
+    assert kube.crd_files(), "no CRD manifests under manifests/crds/ (run `make manifests`)"
+    assert (LOOPBACK_OVERLAY / "kustomization.yaml").exists(), \
+        f"{LOOPBACK_OVERLAY.relative_to(kube.REPO)}/kustomization.yaml is missing"
     with running_stack(tmp_path_factory.mktemp("metacontroller"), binary) as stack:
         yield stack
 
@@ -63,3 +59,22 @@ def namespace(metacontroller_stack: MetacontrollerStack) -> Iterator[str]:
         yield name
     finally:
         metacontroller_stack.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def kubelet(metacontroller_stack: MetacontrollerStack, namespace: str,
+            tmp_path: Path) -> Iterator[Kubelet]:
+    """The kubelet stand-in (real runtimes on per-pod loopback addresses) for the namespace.
+
+    At the end the test fails if the stand-in hit an error it could not explain (a runtime
+    that never answered, a status patch refused).
+    """
+    api = metacontroller_stack.plane.api_client()
+    player = Kubelet(api, namespace, state_dir=tmp_path / "kubelet")
+    player.start()
+    try:
+        yield player
+    finally:
+        player.stop()
+        api.close()
+    assert not player.errors, player.errors

@@ -1,55 +1,27 @@
 """The Sandbox loop with a real Metacontroller: a Sandbox gets its Pod, headless Service and
 volume; the test plays the kubelet and the Sandbox turns Ready; scaling to zero removes only
-the Pod; deleting the Sandbox lets the garbage collector remove its children.
-
-Skipped (reason printed) unless METACONTROLLER_BIN names a Metacontroller binary.
+the Pod; deleting the Sandbox lets the garbage collector remove its children; past its
+shutdownTime it expires (reason SandboxExpired, volumes kept); paused and resumed
+(replicas 1 -> 0 -> 1) it comes back under the same name with its volume's data.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import time
 
-SANDBOX_API = "agents.x-k8s.io/v1alpha1"
+import requests
+
+from hooks.objects import SANDBOX_EXPIRED, SCALED_TO_ZERO
+from tests.metacontroller.objects import (
+    is_ready,
+    owned_by,
+    ready_condition,
+    reason,
+    rfc3339,
+    sandbox,
+)
+
 POD_IP = "127.0.0.1"
-
-
-def sandbox(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": SANDBOX_API, "kind": "Sandbox", "metadata": {"name": name},
-        "spec": {
-            "podTemplate": {
-                "metadata": {"labels": {"app": "python-sandbox"}},
-                "spec": {
-                    "runtimeClassName": "gvisor",
-                    "containers": [{
-                        "name": "python-runtime",
-                        "image": "registry.k8s.io/agent-sandbox/python-runtime-sandbox:v0.1.0",
-                        "ports": [{"containerPort": 8888}],
-                    }],
-                },
-            },
-            "volumeClaimTemplates": [{
-                "metadata": {"name": "workspace"},
-                "spec": {"accessModes": ["ReadWriteOnce"],
-                         "resources": {"requests": {"storage": "1Gi"}}},
-            }],
-            **spec,
-        },
-    }
-
-
-def ready_condition(obj: dict[str, Any]) -> dict[str, Any]:
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return next((c for c in conditions if c.get("type") == "Ready"), {})
-
-
-def is_ready(obj: dict[str, Any]) -> bool:
-    return ready_condition(obj).get("status") == "True"
-
-
-def owned_by(child: dict[str, Any], parent: dict[str, Any]) -> bool:
-    return any(ref.get("controller") and ref.get("uid") == parent["metadata"]["uid"]
-               for ref in child["metadata"].get("ownerReferences", []))
 
 
 def test_sandbox_gets_pod_headless_service_and_volume(metacontroller_stack, namespace):
@@ -117,3 +89,60 @@ def test_deleting_the_sandbox_removes_its_children(metacontroller_stack, namespa
     # kube-controller-manager's garbage collector follows the ownerReferences.
     stack.wait_gone("pod", "gone", namespace=namespace, timeout=60)
     stack.wait_gone("service", "gone", namespace=namespace, timeout=60)
+
+
+def test_a_sandbox_expires_at_its_shutdown_time_and_keeps_its_volumes(
+        metacontroller_stack, namespace, kubelet):
+    stack = metacontroller_stack
+    stack.apply(sandbox("brief", shutdownTime=rfc3339(20)), namespace)
+    stack.wait_for("sandbox", "brief", is_ready, namespace=namespace, timeout=60)
+
+    # No edit from here on: the hook's resyncAfterSeconds alone brings the expiry.
+    expired = stack.wait_for("sandbox", "brief", lambda s: reason(s) == SANDBOX_EXPIRED,
+                             namespace=namespace, timeout=60)
+    assert ready_condition(expired)["status"] == "False"
+    stack.wait_gone("pod", "brief", namespace=namespace, timeout=30)
+    stack.wait_gone("service", "brief", namespace=namespace, timeout=30)
+    assert stack.get("persistentvolumeclaim", "workspace-brief", namespace) is not None
+
+    # The reason is kept across later syncs (a label edit makes Metacontroller sync again).
+    stack.kubectl("label", "sandbox/brief", "-n", namespace, "touched=yes")
+    stack.wait_for("sandbox", "brief", lambda s: s["metadata"]["labels"].get("touched"),
+                   namespace=namespace)
+    time.sleep(2)
+    again = stack.get("sandbox", "brief", namespace)
+    assert reason(again) == SANDBOX_EXPIRED
+    assert stack.get("pod", "brief", namespace) is None
+    assert stack.get("persistentvolumeclaim", "workspace-brief", namespace) is not None
+
+
+def test_pause_and_resume_keep_the_name_and_the_volumes_data(
+        metacontroller_stack, namespace, kubelet):
+    stack = metacontroller_stack
+    stack.apply(sandbox("pausable"), namespace)
+    first = stack.wait_for("sandbox", "pausable", is_ready, namespace=namespace, timeout=60)
+    first_pod = stack.get("pod", "pausable", namespace)
+    url = f"http://{first['status']['podIPs'][0]}:8888"
+    wrote = requests.post(url + "/execute", timeout=30, json={
+        "command": "mkdir -p notes && echo 'kept across a pause' > notes/state.txt"})
+    assert wrote.json()["exit_code"] == 0
+
+    stack.kubectl("scale", "sandbox/pausable", "-n", namespace, "--replicas=0")
+    paused = stack.wait_for("sandbox", "pausable", lambda s: reason(s) == SCALED_TO_ZERO
+                            and s["status"].get("replicas") == 0, namespace=namespace)
+    assert paused["status"]["podIPs"] == []
+    stack.wait_gone("pod", "pausable", namespace=namespace, timeout=30)
+    assert stack.get("service", "pausable", namespace) is not None
+    assert stack.get("persistentvolumeclaim", "workspace-pausable", namespace) is not None
+
+    stack.kubectl("scale", "sandbox/pausable", "-n", namespace, "--replicas=1")
+    resumed = stack.wait_for("sandbox", "pausable", is_ready, namespace=namespace, timeout=60)
+    second_pod = stack.get("pod", "pausable", namespace)
+    assert second_pod["metadata"]["uid"] != first_pod["metadata"]["uid"], "a new pod"
+    assert resumed["metadata"]["uid"] == first["metadata"]["uid"], "the same Sandbox"
+    assert resumed["status"]["replicas"] == 1
+    url = f"http://{resumed['status']['podIPs'][0]}:8888"
+    read = requests.get(url + "/download/notes/state.txt", timeout=30)
+    assert read.status_code == 200 and read.content == b"kept across a pause\n"
+    # It lived in the claim's volume, not in either pod.
+    assert (kubelet.volume_dir("workspace-pausable") / "notes" / "state.txt").exists()

@@ -1,83 +1,61 @@
-"""The walkthrough on a real Metacontroller: template, warm pool of two, claims served warm.
+"""The walkthrough's warm pool on a real Metacontroller: template, pool of two, claims served warm,
+and the pool's own lifecycle while pods serve claims (scale to zero, template change, deletion).
 
-The tests play the kubelet with a background thread that marks every pending pod of the
-namespace Running and Ready at 127.0.0.1. Skipped (reason printed) unless METACONTROLLER_BIN
-names a Metacontroller binary.
+The kubelet stand-in (conftest `kubelet`) runs a real sandbox-runtime for every pod at its own
+loopback address, so "the bound pod stays" also means "its tenant can still run commands".
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 
-from tests.hookrequests import SEED_POD_TEMPLATE
-from tests.metacontroller.stack import Kubelet
-
-X = "extensions.agents.x-k8s.io/v1alpha1"
-POOL = "python-sandbox-warmpool"
-TEMPLATE = "python-runtime-template"
-SANDBOX_LABEL = "agents.x-k8s.io/sandbox"
-SANDBOX_UID_LABEL = "agents.x-k8s.io/sandbox-uid"
-POOL_LABEL = "agents.x-k8s.io/warm-pool"
-
-
-def ready(obj: dict[str, Any]) -> bool:
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-def pods(stack, namespace: str) -> list[dict[str, Any]]:
-    out = stack.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout
-    return json.loads(out)["items"]
-
-
-def free_warm(stack, namespace: str) -> list[dict[str, Any]]:
-    return [p for p in pods(stack, namespace)
-            if POOL_LABEL in p["metadata"].get("labels", {})
-            and SANDBOX_LABEL not in p["metadata"]["labels"]
-            and not p["metadata"].get("deletionTimestamp")]
-
-
-@contextlib.contextmanager
-def kubelet(stack, namespace: str) -> Iterator[None]:
-    """Mark every pod of the namespace Ready as soon as it appears, until the block ends."""
-    api = stack.plane.api_client()
-    player = Kubelet(api, namespace)
-    player.start()
-    try:
-        yield
-    finally:
-        player.stop()
-        api.close()
+from tests.metacontroller.objects import (
+    POOL,
+    SANDBOX_LABEL,
+    SANDBOX_UID_LABEL,
+    TEMPLATE,
+    claim,
+    free_warm,
+    is_ready,
+    live,
+    pool,
+    pool_ready,
+    template,
+)
+from tests.metacontroller.stack import Kubelet, MetacontrollerStack
 
 
 @pytest.fixture
-def walkthrough(metacontroller_stack, namespace) -> Iterator[tuple[Any, str]]:
-    """The seed's template and warm pool of two, warmed, with the kubelet running."""
+def walkthrough(metacontroller_stack, namespace, kubelet) -> Iterator[tuple[Any, str]]:
+    """The seed's template and warm pool of two, warmed, with the kubelet stand-in running."""
     stack = metacontroller_stack
-    stack.apply({"apiVersion": X, "kind": "SandboxTemplate", "metadata": {"name": TEMPLATE},
-                 "spec": {"podTemplate": SEED_POD_TEMPLATE}}, namespace)
-    stack.apply({"apiVersion": X, "kind": "SandboxWarmPool", "metadata": {"name": POOL},
-                 "spec": {"replicas": 2, "sandboxTemplateRef": {"name": TEMPLATE}}}, namespace)
-    with kubelet(stack, namespace):
-        stack.wait_for("sandboxwarmpool", POOL,
-                       lambda p: (p.get("status") or {}).get("readyReplicas") == 2,
-                       namespace=namespace, timeout=60)
-        yield stack, namespace
+    stack.apply(template(), namespace)
+    stack.apply(pool(2), namespace)
+    stack.wait_for("sandboxwarmpool", POOL, pool_ready(2), namespace=namespace, timeout=90)
+    yield stack, namespace
 
 
-def claim(name: str) -> dict[str, Any]:
-    return {"apiVersion": X, "kind": "SandboxClaim", "metadata": {"name": name},
-            "spec": {"sandboxTemplateRef": {"name": TEMPLATE}}}
+def serve(stack: MetacontrollerStack, namespace: str, name: str) -> str:
+    """Claim `name`, wait until its Sandbox is Ready, return the serving pod's name."""
+    stack.apply(claim(name), namespace)
+    sandbox = stack.wait_for("sandbox", name, is_ready, namespace=namespace, timeout=90)
+    return str(sandbox["status"]["podName"])
+
+
+def runs_commands(kubelet: Kubelet, pod_name: str) -> bool:
+    answer = requests.post(f"http://{kubelet.address_of(pod_name)}:8888/execute",
+                           json={"command": "echo alive"}, timeout=30)
+    return bool(answer.json()["stdout"] == "alive\n")
 
 
 def test_pool_warms_two_fenced_pods(walkthrough):
     stack, namespace = walkthrough
-    warm = free_warm(stack, namespace)
+    warm = free_warm(stack.list("pods", namespace))
     assert len(warm) == 2
     for pod in warm:
         assert pod["spec"]["automountServiceAccountToken"] is False
@@ -88,27 +66,25 @@ def test_pool_warms_two_fenced_pods(walkthrough):
         "agents.x-k8s.io/sandbox-template": TEMPLATE}
 
 
-def test_claim_is_served_by_a_warm_pod_and_the_pool_refills(walkthrough):
+def test_claim_is_served_by_a_warm_pod_and_the_pool_refills(walkthrough, kubelet):
     stack, namespace = walkthrough
-    warm_before = {p["metadata"]["name"] for p in free_warm(stack, namespace)}
-    stack.apply(claim("my-claim"), namespace)
-    done = stack.wait_for("sandboxclaim", "my-claim", ready, namespace=namespace, timeout=60)
-    sandbox = stack.wait_for("sandbox", "my-claim", ready, namespace=namespace)
-    serving = sandbox["status"]["podName"]
+    warm_before = {p["metadata"]["name"] for p in free_warm(stack.list("pods", namespace))}
+    serving = serve(stack, namespace, "my-claim")
+    done = stack.wait_for("sandboxclaim", "my-claim", is_ready, namespace=namespace, timeout=60)
     assert serving in warm_before, "a free warm pod should have served the claim"
     assert done["status"]["sandbox"]["name"] == "my-claim"
     assert stack.get("pod", "my-claim", namespace) is None, "no cold pod"
     pod = stack.get("pod", serving, namespace)
+    sandbox = stack.get("sandbox", "my-claim", namespace)
     assert pod["metadata"]["labels"][SANDBOX_LABEL] == "my-claim"
     assert pod["metadata"]["labels"][SANDBOX_UID_LABEL] == sandbox["metadata"]["uid"]
+    assert runs_commands(kubelet, serving)
     service = stack.get("service", "my-claim", namespace)
     assert service["spec"]["selector"] == {SANDBOX_UID_LABEL: sandbox["metadata"]["uid"]}
     stack.wait_for("sandbox", "my-claim",
                    lambda s: s["metadata"].get("annotations", {}).get(
                        "agents.x-k8s.io/pod-name") == serving, namespace=namespace)
-    stack.wait_for("sandboxwarmpool", POOL,
-                   lambda p: (p.get("status") or {}).get("readyReplicas") == 2,
-                   namespace=namespace, timeout=60)
+    stack.wait_for("sandboxwarmpool", POOL, pool_ready(2), namespace=namespace, timeout=60)
 
     stack.kubectl("delete", "sandboxclaim", "my-claim", "-n", namespace, "--wait=false")
     stack.wait_gone("sandbox", "my-claim", namespace=namespace, timeout=60)
@@ -123,26 +99,77 @@ def test_many_claims_at_once_never_share_a_pod(walkthrough):
                   input=manifest)
     served = []
     for name in names:
-        sandbox = stack.wait_for("sandbox", name, ready, namespace=namespace, timeout=90)
+        sandbox = stack.wait_for("sandbox", name, is_ready, namespace=namespace, timeout=90)
         served.append(sandbox["status"]["podName"])
     assert len(set(served)) == len(names), served
     warm_served = [s for s in served if s.startswith(POOL)]
     assert len(warm_served) >= 2, served
-    for pod in pods(stack, namespace):
+    for pod in stack.list("pods", namespace):
         bound = pod["metadata"].get("labels", {}).get(SANDBOX_LABEL)
-        if bound and POOL_LABEL in pod["metadata"]["labels"]:
+        if bound and live(pod):
             assert stack.get("sandbox", bound, namespace)["status"]["podName"] == \
                 pod["metadata"]["name"]
 
 
-def test_scale_down_keeps_the_pod_that_serves_a_claim(walkthrough):
+def test_scale_to_zero_keeps_the_pod_that_serves_a_claim(walkthrough, kubelet):
     stack, namespace = walkthrough
-    stack.apply(claim("keeper"), namespace)
-    serving = stack.wait_for("sandbox", "keeper", ready, namespace=namespace,
-                             timeout=60)["status"]["podName"]
+    serving = serve(stack, namespace, "keeper")
     stack.kubectl("scale", "sandboxwarmpool", POOL, "--replicas=0", "-n", namespace)
     stack.wait_for("sandboxwarmpool", POOL,
                    lambda p: (p.get("status") or {}).get("replicas") == 0,
                    namespace=namespace, timeout=60)
-    assert stack.get("pod", serving, namespace) is not None
-    assert ready(stack.get("sandbox", "keeper", namespace))
+    for pod in stack.list("pods", namespace):
+        if pod["metadata"]["name"] != serving:
+            stack.wait_gone("pod", pod["metadata"]["name"], namespace=namespace, timeout=30)
+    assert live(stack.get("pod", serving, namespace))
+    assert is_ready(stack.get("sandbox", "keeper", namespace))
+    assert runs_commands(kubelet, serving)
+
+    stack.kubectl("delete", "sandboxclaim", "keeper", "-n", namespace, "--wait=false")
+    stack.wait_gone("pod", serving, namespace=namespace, timeout=60)
+    assert stack.list("pods", namespace) == [], "scaled to zero: nothing refills"
+
+
+def test_a_template_change_while_bound_keeps_the_bound_pod_and_rewarms_with_the_new_one(
+        walkthrough, kubelet):
+    stack, namespace = walkthrough
+    serving = serve(stack, namespace, "steady")
+    bound_uid = stack.get("pod", serving, namespace)["metadata"]["uid"]
+
+    stack.apply(template(image="registry.example/python-runtime:v2"), namespace)
+
+    def rewarmed() -> bool:
+        warm = free_warm(stack.list("pods", namespace))
+        images = {p["spec"]["containers"][0]["image"] for p in warm}
+        ready = stack.get("sandboxwarmpool", POOL, namespace)
+        return images == {"registry.example/python-runtime:v2"} and pool_ready(2)(ready)
+    stack.wait_for("sandboxwarmpool", POOL, lambda _: rewarmed(), namespace=namespace,
+                   timeout=90)
+    pod = stack.get("pod", serving, namespace)
+    assert pod["metadata"]["uid"] == bound_uid and live(pod), "the bound pod was replaced"
+    assert pod["spec"]["containers"][0]["image"].endswith(":v0.1.0")
+    assert is_ready(stack.get("sandbox", "steady", namespace))
+    assert runs_commands(kubelet, serving)
+
+
+def test_pool_deletion_waits_for_the_pods_that_serve_claims(walkthrough, kubelet):
+    stack, namespace = walkthrough
+    serving = serve(stack, namespace, "holder")
+    stack.kubectl("delete", "sandboxwarmpool", POOL, "-n", namespace, "--wait=false")
+
+    held = stack.wait_for("sandboxwarmpool", POOL,
+                          lambda p: bool(p["metadata"].get("deletionTimestamp")),
+                          namespace=namespace)
+    assert held["metadata"].get("finalizers"), "Metacontroller's finalizer holds the pool"
+    for pod in stack.list("pods", namespace):
+        if pod["metadata"]["name"] != serving:
+            stack.wait_gone("pod", pod["metadata"]["name"], namespace=namespace, timeout=30)
+    assert stack.get("sandboxwarmpool", POOL, namespace) is not None
+    assert live(stack.get("pod", serving, namespace))
+    assert is_ready(stack.get("sandbox", "holder", namespace))
+    assert runs_commands(kubelet, serving)
+
+    stack.kubectl("delete", "sandboxclaim", "holder", "-n", namespace, "--wait=false")
+    stack.wait_gone("sandboxwarmpool", POOL, namespace=namespace, timeout=60)
+    stack.wait_gone("pod", serving, namespace=namespace, timeout=60)
+    assert stack.list("pods", namespace) == []

@@ -1,4 +1,9 @@
-"""Template, warm pool and claim hooks together, replayed as Metacontroller would apply them."""
+"""Template, warm pool and claim hooks together, replayed as Metacontroller would apply them.
+
+On tests/metacontroller_sim.py, for speed: the property test and the pool of a thousand are
+only affordable here. Every story below also runs on a real Metacontroller in
+tests/metacontroller/ (test_warm_pool_loop.py, test_claim_lifecycle.py, test_restarts.py).
+"""
 
 from __future__ import annotations
 
