@@ -74,7 +74,8 @@ control_socket_disable = True
 
 def post_worker_init(worker: Any) -> None:
     """Start every pool thread now: under a process-count rlimit (a fork bomb running as the
-    same uid), a thread created later could fail to start and take the worker down."""
+    same uid), a thread created later could fail to start and take the worker down. Then
+    start the worker's first command keeper, off the first command's path."""
     pool = getattr(worker, "tpool", None)
     if pool is None:
         return
@@ -92,6 +93,9 @@ def post_worker_init(worker: Any) -> None:
     gate.set()
     for future in started:
         future.result()
+    runtime = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("sandbox_runtime")
+    if runtime is not None:
+        runtime.prepare_process()  # this worker's first command keeper, started now
 
 
 def pre_fork(server: Any, worker: Any) -> None:

@@ -93,21 +93,23 @@ HIDDEN_DIRS: Final = ("/root", "/home", "/run", "/mnt", "/media")
 # go after the standard library, whose imports then find their modules at the first try;
 # the workspace is the second.
 #
-# It calls stdio.main directly (argparse costs ~25 ms under ptrace), and checks the rlimit
-# mechanism (a shell start, 25-60 ms) in a thread while the rest of the runtime is imported;
-# the streams are taken off fds 0 and 1 first, so that check's shell sees neither.
+# It calls stdio.main directly (argparse costs ~25 ms under ptrace), and starts the first
+# command keeper (its own interpreter start, 40-80 ms under ptrace) before the rest of the
+# runtime is imported, so both start-ups overlap; the streams are taken off fds 0 and 1
+# first, so the keeper sees neither.
 # Standard modules the runtime imports but does not use on its way to answering commands
-# (LATER: dataclasses' inspect, procs' ctypes, files' queue; ~30 ms under ptrace) are
-# imported on first attribute access instead.
+# (LATER: dataclasses' inspect, files' queue; ~30 ms under ptrace) are imported on first
+# attribute access instead.
 #
 # The sandbox's first process is the first runtime. When its channel ends (the client hung
 # up, a stream abandoned), it must not exit: the sandbox would end with it, and the
 # workspace and background processes with the sandbox. It stays as the sandbox's init and
-# reaps orphans (killed command trees are reparented to it); later runtimes come in with
-# `runsc exec`. If it crashes instead, the sandbox ends, which the client sees as
-# end-of-file (a crash must never leave a request waiting on a channel nobody serves).
+# reaps orphans (gVisor has no child subreaper: every orphan is reparented to it); later
+# runtimes come in with `runsc exec`. If it crashes instead, the sandbox ends, which the
+# client sees as end-of-file (a crash must never leave a request waiting on a channel
+# nobody serves).
 RUNTIME_LAUNCH: Final = """\
-LATER = ("inspect", "ctypes", "queue")
+LATER = ("inspect", "queue")
 import fcntl, os, sys, threading
 for fd in (0, 1):
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
@@ -128,24 +130,13 @@ null = os.open(os.devnull, os.O_RDONLY)
 os.dup2(null, 0)
 os.close(null)
 os.dup2(2, 1)
-from sandbox_runtime import config, execute
+from sandbox_runtime import config, procs
 overrides = {"base_dir": sys.argv[2]}
 cfg = config.load(overrides)
-found = []
-def check():
-    try:
-        found.append(execute.choose_limits(cfg))
-    except BaseException as exc:
-        found.append(exc)
-checker = threading.Thread(target=check, daemon=True)
-checker.start()
-def limits():
-    checker.join()
-    if isinstance(found[0], BaseException):
-        raise found[0]
-    return found[0]
+keepers = procs.KeeperPool(cfg)
+keepers.prewarm()
 from sandbox_runtime import stdio
-status = stdio.main(overrides, cfg.log_level, limits, streams)
+status = stdio.main(overrides, cfg.log_level, keepers, streams)
 if os.getpid() != 1:
     sys.exit(status)
 import signal
