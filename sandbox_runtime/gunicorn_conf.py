@@ -1,11 +1,12 @@
 """gunicorn settings of the runtime, applied by __main__.py (or `-c python:...` by hand).
 
-One gthread worker per CPU the pod may use (the app is GIL-bound; see docs/runtime.md), with
-the app preloaded in the master: create_app() runs once, before the fork, so every worker
-shares its command slots (slots.py: the concurrency bound stays global to the pod) and, when
-there are several workers, one metrics directory. Threads serve many keep-alive connections
-per worker (idle ones wait in the worker's poller, not in a thread). Must not import the app
-or read the workspace.
+One threaded worker per CPU the pod may use (the app is GIL-bound; see docs/runtime.md),
+with the app preloaded in the master: create_app() runs once, before the fork, so every
+worker shares its command slots (slots.py: the concurrency bound stays global to the pod)
+and, when there are several workers, one metrics directory. The worker is
+sandbox_common.serving.HeadFirstWorker: idle, kept-alive and half-sent requests wait in the
+worker's poller, and a thread serves a connection only once its request head is complete.
+Must not import the app or read the workspace.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def cpu_limit() -> int:
 
 workers = cpu_limit()
 preload_app = True
-worker_class = "gthread"
+worker_class = "sandbox_common.serving.HeadFirstWorker"  # gthread, heads read first
 threads = 48  # __main__ sets max_concurrent_commands + 16
 worker_connections = 1000
 keepalive = 75  # seconds; longer than typical client pools keep idle connections

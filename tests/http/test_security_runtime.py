@@ -340,11 +340,6 @@ def test_a_full_disk_gives_clean_errors_and_leaves_no_debris(hostile, small_file
             assert response.status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GAP (low: only the sandbox's own user, through the router, or its own code can reach "
-    "the runtime): the gthread worker gives a thread to every connection that sent a first "
-    "byte, so clients holding half a header exhaust the threads and /healthz stops "
-    "answering until they go (owner: sandbox_runtime/gunicorn_conf.py)"))
 def test_slow_header_clients_do_not_starve_the_runtime(hostile, runtime):
     held = []
     try:
