@@ -273,11 +273,15 @@ class ResponseWriter:
     def _write_direct(self, data: bytes) -> None:
         raise RuntimeError("the write() callable is not supported; return an iterable")
 
-    def send(self, body: Iterable[bytes]) -> None:
+    def send(self, body: Iterable[bytes]) -> bool:
+        """Frame and write the answer; False when the app gave less than its declared
+        Content-Length (the stream's framing is lost: the server must stop). A body never
+        carries more than it declared: anything past it is dropped."""
         code = int(self.status.split(" ", 1)[0])
-        names = {name.lower() for name, _ in self.headers}
+        names = {name.lower(): value for name, value in self.headers}
         no_body = self.method == "HEAD" or code < 200 or code in NO_BODY_STATUS
         chunked = not no_body and "content-length" not in names
+        declared = None if no_body or chunked else int(names["content-length"])
         headers = [(n, v) for n, v in self.headers
                    if n.lower() not in ("connection", "transfer-encoding")]
         if chunked:
@@ -286,17 +290,24 @@ class ResponseWriter:
         head = f"HTTP/1.1 {self.status}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers)
         self.out.write(head.encode("latin-1") + b"\r\n")
         self.started = True
+        sent = 0
         for data in body:
             if not data or no_body:
                 continue
+            if declared is not None:
+                data = data[:declared - sent]
+                if not data:
+                    break
             if chunked:
                 self.out.write(b"%x\r\n%s\r\n" % (len(data), data))
             else:
                 self.out.write(data)
+            sent += len(data)
             self.out.flush()
         if chunked:
             self.out.write(b"0\r\n\r\n")
         self.out.flush()
+        return declared is None or sent == declared
 
 
 def serve(app: Callable[..., Iterable[bytes]], stdin: IO[bytes], stdout: IO[bytes],
@@ -330,7 +341,7 @@ def serve(app: Callable[..., Iterable[bytes]], stdin: IO[bytes], stdout: IO[byte
         try:
             result = app(environ, writer.start_response)
             try:
-                writer.send(result)
+                whole = writer.send(result)
             finally:
                 close = getattr(result, "close", None)
                 if close is not None:
@@ -338,6 +349,10 @@ def serve(app: Callable[..., Iterable[bytes]], stdin: IO[bytes], stdout: IO[byte
         finally:
             if quiet is not None:
                 quiet.set_busy(False)
+        if not whole:
+            log.warning("stdio: %s %s gave less than its Content-Length; closing",
+                        environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""))
+            return 1
         try:
             body.drain()
         except BadRequestLine as exc:
