@@ -69,11 +69,18 @@ RUNSC_ENV: Final = "AGENTIC_SANDBOX_RUNSC"
 PLATFORM_ENV: Final = "AGENTIC_SANDBOX_RUNSC_PLATFORM"
 WARM_POOL_ENV: Final = "AGENTIC_SANDBOX_WARM_POOL"
 MEMORY_ENV: Final = "AGENTIC_SANDBOX_LOCAL_MEMORY"
+DISK_ENV: Final = "AGENTIC_SANDBOX_LOCAL_DISK"
+CPU_ENV: Final = "AGENTIC_SANDBOX_LOCAL_CPU"
 ID_PREFIX: Final = "agentsbx"
 WORKSPACE: Final = "/workspace"
 BASE_URL: Final = "http://sandbox.local"
 SANDBOX_UID: Final = 65534  # nobody: cannot read root-only host files such as /etc/shadow
 DEFAULT_MEMORY_BYTES: Final = 2 * 2**30  # when a template sets no memory limit
+DEFAULT_DISK_BYTES: Final = 2**30  # when a template sets no ephemeral-storage
+MIN_DISK_BYTES: Final = 16 * 2**20  # the smallest ext4 worth making
+DEFAULT_CPU_MILLIS: Final = 1000  # when a template sets no CPU limit (nor a larger request)
+CPU_PERIOD_US: Final = 100_000
+WORKSPACE_IMAGE: Final = "workspace.img"
 PIDS_LIMIT: Final = 1024  # a fork bomb ends the sandbox, not the host (design section 7)
 TMP_SIZE: Final = "256m"
 MAX_WARM_POOL: Final = 8
@@ -283,15 +290,12 @@ def oci_spec(template: LocalTemplate, workspace: Path, state_dir: Path, sandbox_
     if cgroups:
         memory = template.memory_limit_bytes or _default_memory()
         resources: dict[str, Any] = {"memory": {"limit": memory},
-                                     "pids": {"limit": PIDS_LIMIT}}
-        cpu: dict[str, Any] = {}
+                                     "pids": {"limit": PIDS_LIMIT},
+                                     "cpu": {"period": CPU_PERIOD_US,
+                                             "quota": cpu_limit_millis(template)
+                                             * CPU_PERIOD_US // 1000}}
         if template.cpu_request_millis:
-            cpu["shares"] = max(2, template.cpu_request_millis * 1024 // 1000)
-        if template.cpu_limit_millis:
-            cpu["period"] = 100_000
-            cpu["quota"] = template.cpu_limit_millis * 100
-        if cpu:
-            resources["cpu"] = cpu
+            resources["cpu"]["shares"] = max(2, template.cpu_request_millis * 1024 // 1000)
         linux["resources"] = resources
         linux["cgroupsPath"] = f"/agent-sandbox/{sandbox_id}"
     return {
@@ -317,6 +321,81 @@ def _default_memory() -> int:
     from agentic_sandbox._templates import parse_memory
     raw = os.environ.get(MEMORY_ENV)
     return parse_memory(raw) if raw else DEFAULT_MEMORY_BYTES
+
+
+def cpu_limit_millis(template: LocalTemplate) -> int:
+    """The sandbox's CPU bound (CFS quota): the template's limit; else its request or the
+    default (1 CPU, or $AGENTIC_SANDBOX_LOCAL_CPU), whichever is larger. A pod without a
+    limit may use its node's idle CPU; a local sandbox must not take this whole machine."""
+    if template.cpu_limit_millis:
+        return template.cpu_limit_millis
+    from agentic_sandbox._templates import parse_cpu
+    raw = os.environ.get(CPU_ENV)
+    default = parse_cpu(raw) if raw else DEFAULT_CPU_MILLIS
+    return max(default, template.cpu_request_millis or 0)
+
+
+def workspace_bytes(template: LocalTemplate) -> int:
+    """The workspace's size: the template's ephemeral-storage (limit, else request), else
+    1 GiB (or $AGENTIC_SANDBOX_LOCAL_DISK); at least MIN_DISK_BYTES."""
+    from agentic_sandbox._templates import parse_memory
+    raw = os.environ.get(DISK_ENV)
+    size = template.ephemeral_storage_bytes or (parse_memory(raw) if raw
+                                                else DEFAULT_DISK_BYTES)
+    return max(size, MIN_DISK_BYTES)
+
+
+def _tool(name: str) -> str:
+    """A system tool (mkfs.ext4, mount, umount), also from /sbin when PATH lacks it."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin") \
+        or name
+
+
+def _quiet(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=RUNSC_TIMEOUT_S, check=False)
+
+
+def mount_workspace(workspace: Path, image: Path, size: int) -> str:
+    """Give the (empty) workspace folder a filesystem of its own, `size` bytes: a sparse
+    ext4 image on a loop device (disk-backed, like a pod's ephemeral storage), else a tmpfs
+    of that size (memory-backed) where loop devices are missing. Writes past it fail with
+    ENOSPC inside the sandbox; the host's disk gives at most `size`. Returns which."""
+    with open(image, "wb") as f:
+        f.truncate(size)
+    made = _quiet([_tool("mkfs.ext4"), "-q", "-F", "-m", "0", "-O", "^has_journal",
+                   "-E", f"root_owner={SANDBOX_UID}:{SANDBOX_UID}", str(image)])
+    kind = "ext4 image"
+    # discard: a file deleted inside gives its blocks back to the host at once.
+    if made.returncode != 0 or _quiet([_tool("mount"), "-o",
+                                        "loop,discard,nosuid,nodev,noatime",
+                                        str(image), str(workspace)]).returncode != 0:
+        image.unlink(missing_ok=True)
+        kind = "tmpfs"
+        done = _quiet([_tool("mount"), "-t", "tmpfs", "-o",
+                       f"size={size},mode=0700,uid={SANDBOX_UID},gid={SANDBOX_UID},"
+                       "nosuid,nodev", "tmpfs", str(workspace)])
+        if done.returncode != 0:
+            raise BackendUnavailableError(
+                "cannot give the sandbox's workspace a bounded filesystem (no loop device "
+                f"for an ext4 image, no tmpfs mount): {done.stderr.strip()}")
+    with contextlib.suppress(OSError):
+        os.rmdir(workspace / "lost+found")
+    os.chown(workspace, SANDBOX_UID, SANDBOX_UID)
+    os.chmod(workspace, 0o700)
+    return kind
+
+
+def release_workspace(workspace: Path) -> None:
+    """Unmount the workspace's filesystem (lazily if something still holds it), then
+    remove the folder. Never removes files through a mount it could not detach."""
+    if os.path.ismount(workspace) and \
+            _quiet([_tool("umount"), str(workspace)]).returncode != 0:
+        _quiet([_tool("umount"), "-l", str(workspace)])
+    if os.path.ismount(workspace):
+        log.warning("could not unmount the workspace %s", workspace)
+        return
+    remove_files(workspace)
 
 
 # -- HTTP over a socketpair -----------------------------------------------------------------
@@ -384,6 +463,7 @@ class LocalSandbox:
         self.platform = platform
         self.dir = state_dir / "sandboxes" / self.id
         self.workspace = state_dir / "workspaces" / self.id
+        self.workspace_kind = ""  # "ext4 image" or "tmpfs", once mounted
         self.log_path = self.dir / "runtime.log"
         self._first_channel: socket.socket | None = None
         self._execs: list[subprocess.Popen[bytes]] = []
@@ -407,7 +487,8 @@ class LocalSandbox:
             {"pid": os.getpid(), "start": _process_start(os.getpid()),
              "workspace": str(self.workspace)}))
         self.workspace.mkdir(parents=True, mode=0o700)
-        os.chown(self.workspace, SANDBOX_UID, SANDBOX_UID)
+        self.workspace_kind = mount_workspace(self.workspace, self.dir / WORKSPACE_IMAGE,
+                                              workspace_bytes(self.template))
         spec = oci_spec(self.template, self.workspace, self.state_dir, self.id, cgroups=cgroups)
         (self.dir / "config.json").write_text(json.dumps(spec, indent=1))
         (self.dir / "process.json").write_text(json.dumps(exec_process(spec)))
@@ -551,7 +632,8 @@ class LocalSandbox:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        remove_files(self.dir, self.workspace)
+        release_workspace(self.workspace)
+        remove_files(self.dir)
 
 
 def delete_container(runsc: str, state_dir: Path, sandbox_id: str) -> None:
@@ -587,7 +669,8 @@ def clean_stale(state_dir: Path, runsc: str) -> list[str]:
             if _owner_alive(record):
                 continue
             delete_container(runsc, state_dir, entry.name)
-            remove_files(entry, state_dir / "workspaces" / entry.name)
+            release_workspace(state_dir / "workspaces" / entry.name)
+            remove_files(entry)
             removed.append(entry.name)
     # Containers whose folder is gone (a crash between the two steps of a cleanup).
     try:
@@ -609,7 +692,7 @@ def clean_stale(state_dir: Path, runsc: str) -> list[str]:
         for entry in workspaces.iterdir():
             if not (sandboxes / entry.name).exists() and entry.name.startswith(ID_PREFIX) \
                     and not entry.name.startswith(f"{ID_PREFIX}-{os.getpid()}-"):
-                remove_files(entry)
+                release_workspace(entry)
     if removed:
         log.info("removed %d stale local sandbox(es): %s", len(removed), ", ".join(removed))
     return removed
