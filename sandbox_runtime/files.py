@@ -89,29 +89,37 @@ def relative(base: str, real: str) -> str:
 
 
 class Bounded(io.RawIOBase):
-    """A file read no further than `size`, the size it had when its download began: the
-    answer never carries more than its Content-Length, however the file grows meanwhile.
-    fileno() stays the file's own (gunicorn's sendfile bounds its count by the declared
-    length itself)."""
+    """A file read no further than offset `size`, the size it had when its download began:
+    the answer never carries more than its Content-Length, however the file grows
+    meanwhile. fileno(), seek() and tell() are the file's own (gunicorn's sendfile uses
+    them, and bounds its count by the declared length itself)."""
 
-    def __init__(self, raw: io.RawIOBase, size: int) -> None:
+    def __init__(self, raw: io.FileIO, size: int) -> None:
         super().__init__()
         self.raw = raw
-        self.left = size
+        self.end = size
+        self.mode = "rb"
 
     def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
         return True
 
     def fileno(self) -> int:
         return self.raw.fileno()
 
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
     def readinto(self, buffer: Any) -> int:
-        want = min(len(buffer), self.left)
+        want = min(len(buffer), self.end - self.raw.tell())
         if want <= 0:
             return 0
-        got = self.raw.readinto(memoryview(buffer)[:want])
-        self.left -= got or 0
-        return got or 0
+        return self.raw.readinto(memoryview(buffer)[:want]) or 0
 
     def close(self) -> None:
         self.raw.close()
