@@ -53,28 +53,30 @@ def small_disk(state_dir, tmp_path):
         yield client
 
 
-def test_a_command_writing_past_the_workspace_bound_gets_enospc(small_disk):
-    result = small_disk.run("head -c 100000000 /dev/zero > big.bin; echo rc=$?; "
-                            "wc -c < big.bin", timeout=120)
-    lines = result.stdout.split()
-    assert lines[0] != "rc=0", result
-    assert "No space left on device" in result.stderr, result
-    assert int(lines[1]) <= BOUND
-    # The host's disk gave at most the bound; deleting gives it back (discard).
-    assert host_bytes(small_disk) <= BOUND
-    assert small_disk.run("rm big.bin; echo ok").stdout == "ok\n"
-    assert host_bytes(small_disk) <= 8 * MIB
+def test_a_command_writing_past_the_workspace_bound_gets_enospc(hostile, small_disk):
+    with hostile("local", "a command writes 100 MB into a 64Mi workspace"):
+        result = small_disk.run("head -c 100000000 /dev/zero > big.bin; echo rc=$?; "
+                                "wc -c < big.bin", timeout=120)
+        lines = result.stdout.split()
+        assert lines[0] != "rc=0", result
+        assert "No space left on device" in result.stderr, result
+        assert int(lines[1]) <= BOUND
+        # The host's disk gave at most the bound; deleting gives it back (discard).
+        assert host_bytes(small_disk) <= BOUND
+        assert small_disk.run("rm big.bin; echo ok").stdout == "ok\n"
+        assert host_bytes(small_disk) <= 8 * MIB
 
 
-def test_an_upload_past_the_workspace_bound_is_a_json_413(small_disk):
-    with pytest.raises(SandboxRequestError) as info:
-        small_disk.write("big.bin", b"u" * (80 * MIB))
-    assert info.value.status_code == 413
-    assert "No space left on device" in str(info.value), info.value
-    assert not small_disk.exists("big.bin")
-    assert host_bytes(small_disk) <= 8 * MIB  # nothing of it stayed on the host
-    small_disk.write("fits.bin", b"f" * MIB)
-    assert small_disk.read("fits.bin") == b"f" * MIB
+def test_an_upload_past_the_workspace_bound_is_a_json_413(hostile, small_disk):
+    with hostile("local", "an 80 MiB upload into a 64Mi workspace"):
+        with pytest.raises(SandboxRequestError) as info:
+            small_disk.write("big.bin", b"u" * (80 * MIB))
+        assert info.value.status_code == 413
+        assert "No space left on device" in str(info.value), info.value
+        assert not small_disk.exists("big.bin")
+        assert host_bytes(small_disk) <= 8 * MIB  # nothing of it stayed on the host
+        small_disk.write("fits.bin", b"f" * MIB)
+        assert small_disk.read("fits.bin") == b"f" * MIB
 
 
 def test_the_walkthrough_template_gets_its_ephemeral_storage_as_its_workspace(sandbox):
@@ -102,15 +104,17 @@ def cpu_usage_ns(sandbox_id: str) -> int:
     return int(dict(line.split() for line in stat.splitlines())["usage_usec"]) * 1000
 
 
-def test_a_template_without_a_cpu_limit_gets_one_cpu(state_dir, tmp_path):
+def test_a_template_without_a_cpu_limit_gets_one_cpu(hostile, state_dir, tmp_path):
     if not local.manager(state_dir).cgroups:
         pytest.skip("runsc cannot create cgroups on this machine: no CPU bound can apply")
     folder = template(tmp_path, "no-cpu-limit", "{requests: {memory: 256Mi}}")
     with SandboxClient("no-cpu-limit", backend="local", templates_dir=str(folder),
                        state_dir=state_dir, warm_pool=0) as client:
         sandbox_id = client.backend.sandbox.id
-        assert cgroup_cpu_quota(sandbox_id) == (100_000, 100_000)
-        used, start = cpu_usage_ns(sandbox_id), time.monotonic()
-        client.run("timeout 3 sh -c 'while :; do :; done & while :; do :; done'", timeout=30)
-        cores = (cpu_usage_ns(sandbox_id) - used) / 1e9 / (time.monotonic() - start)
-        assert cores <= 1.15, cores  # two busy loops, one CPU's worth at most
+        with hostile("local", "two busy loops in a sandbox whose template sets no CPU limit"):
+            assert cgroup_cpu_quota(sandbox_id) == (100_000, 100_000)
+            used, start = cpu_usage_ns(sandbox_id), time.monotonic()
+            client.run("timeout 3 sh -c 'while :; do :; done & while :; do :; done'",
+                       timeout=30)
+            cores = (cpu_usage_ns(sandbox_id) - used) / 1e9 / (time.monotonic() - start)
+            assert cores <= 1.15, cores  # one CPU's worth at most

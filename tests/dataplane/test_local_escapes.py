@@ -16,25 +16,27 @@ from tests.escapes import FORMS, command, markers, survivors_command
 
 
 @pytest.mark.parametrize("name", sorted(FORMS))
-def test_nothing_outlives_a_timeout_under_runsc(sandbox, name):
+def test_nothing_outlives_a_timeout_under_runsc(hostile, sandbox, name):
     marker = markers()[name]
-    result = sandbox.run(command(name), timeout=1)
-    assert result.timed_out, result
-    assert sandbox.run(survivors_command(marker)).stdout == ""
+    with hostile("local", f"escape past a 1 s timeout under runsc: {name}"):
+        result = sandbox.run(command(name), timeout=1)
+        assert result.timed_out, result
+        assert sandbox.run(survivors_command(marker)).stdout == ""
 
 
-def test_nothing_outlives_a_cancelled_stream_under_runsc(sandbox):
+def test_nothing_outlives_a_cancelled_stream_under_runsc(hostile, sandbox):
     name = "env -i setsid in a subshell, fds closed"
     marker = markers()[name]
-    stream = sandbox.stream(f"echo go; {command(name)}", timeout=60)
-    assert next(iter(stream)).data == "go\n"
-    time.sleep(0.5)  # the form has detached by now
-    assert sandbox.run(survivors_command(marker)).stdout != ""
-    stream.close()  # hang up mid-command
-    deadline = time.monotonic() + 10  # the runtime notices the hang-up on its own time
-    while sandbox.run(survivors_command(marker)).stdout and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert sandbox.run(survivors_command(marker)).stdout == ""
+    with hostile("local", f"escape, then the client hangs up, under runsc: {name}"):
+        stream = sandbox.stream(f"echo go; {command(name)}", timeout=60)
+        assert next(iter(stream)).data == "go\n"
+        time.sleep(0.5)  # the form has detached by now
+        assert sandbox.run(survivors_command(marker)).stdout != ""
+        stream.close()  # hang up mid-command
+        deadline = time.monotonic() + 10  # the runtime notices the hang-up on its own time
+        while sandbox.run(survivors_command(marker)).stdout and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sandbox.run(survivors_command(marker)).stdout == ""
 
 
 def test_a_background_process_of_a_command_that_ended_stays(sandbox):
@@ -47,9 +49,10 @@ def test_a_background_process_of_a_command_that_ended_stays(sandbox):
         sandbox.run(f"pkill -f 'sleep {marker}' || true")
 
 
-def test_a_command_that_kills_its_keeper_loses_every_process_under_runsc(sandbox):
+def test_a_command_that_kills_its_keeper_loses_every_process_under_runsc(hostile, sandbox):
     marker = 4246201
-    result = sandbox.run(f"(setsid sleep {marker} </dev/null >/dev/null 2>&1 &); "
-                         "kill -9 $PPID; sleep 30", timeout=20)
-    assert (result.exit_code, result.timed_out) == (-9, False), result
-    assert sandbox.run(survivors_command(marker)).stdout == ""
+    with hostile("local", "a command kills its keeper, then detaches, under runsc"):
+        result = sandbox.run(f"(setsid sleep {marker} </dev/null >/dev/null 2>&1 &); "
+                             "kill -9 $PPID; sleep 30", timeout=20)
+        assert (result.exit_code, result.timed_out) == (-9, False), result
+        assert sandbox.run(survivors_command(marker)).stdout == ""

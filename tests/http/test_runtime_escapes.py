@@ -34,13 +34,14 @@ def kill_leftovers(marker: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(FORMS))
-def test_nothing_outlives_a_timeout(runtime, name):
+def test_nothing_outlives_a_timeout(hostile, runtime, name):
     marker = str(markers()[name])
     try:
-        out = runtime.run(command(name, sys.executable), timeout=1)
-        assert out["timed_out"] is True, out
-        assert processes_with(marker) == []
-        assert runtime.run("echo next")["stdout"] == "next\n"
+        with hostile("runtime", f"escape past a 1 s timeout: {name}"):
+            out = runtime.run(command(name, sys.executable), timeout=1)
+            assert out["timed_out"] is True, out
+            assert processes_with(marker) == []
+            assert runtime.run("echo next")["stdout"] == "next\n"
     finally:
         kill_leftovers(marker)
 
@@ -50,34 +51,37 @@ CANCELLED = ["env -i setsid in a subshell, fds closed",
 
 
 @pytest.mark.parametrize("name", CANCELLED)
-def test_nothing_outlives_a_client_that_hangs_up(runtime, name):
+def test_nothing_outlives_a_client_that_hangs_up(hostile, runtime, name):
     marker = str(markers()[name])
     session = requests.Session()
     try:
-        response = session.post(f"{runtime.url}/execute/stream", stream=True, timeout=30, json={
-            "command": f"echo go; {command(name, sys.executable)}", "timeout": 30})
-        lines = response.iter_lines()
-        assert json.loads(next(lines)) == {"stream": "stdout", "data": "go\n"}
-        time.sleep(0.5)  # the form has detached by now
-        assert processes_with(marker)
-        response.close()
-        session.close()
-        deadline = time.monotonic() + 10  # the server notices the hang-up on its own time
-        while processes_with(marker) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert processes_with(marker) == []
+        with hostile("runtime", f"escape, then the client hangs up: {name}"):
+            response = session.post(f"{runtime.url}/execute/stream", stream=True, timeout=30,
+                                    json={"command": f"echo go; {command(name, sys.executable)}",
+                                          "timeout": 30})
+            lines = response.iter_lines()
+            assert json.loads(next(lines)) == {"stream": "stdout", "data": "go\n"}
+            time.sleep(0.5)  # the form has detached by now
+            assert processes_with(marker)
+            response.close()
+            session.close()
+            deadline = time.monotonic() + 10  # the server notices the hang-up on its own time
+            while processes_with(marker) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert processes_with(marker) == []
     finally:
         kill_leftovers(marker)
 
 
-def test_a_command_that_kills_its_keeper_loses_every_process(runtime):
+def test_a_command_that_kills_its_keeper_loses_every_process(hostile, runtime):
     marker = "4246201"
     try:
-        out = runtime.run(f"(setsid sleep {marker} </dev/null >/dev/null 2>&1 &); "
-                          "kill -9 $PPID; sleep 30", timeout=20)
-        assert (out["exit_code"], out["timed_out"]) == (-9, False), out
-        assert processes_with(marker) == []
-        assert runtime.run("echo next")["stdout"] == "next\n"
+        with hostile("runtime", "a command kills its keeper, then detaches"):
+            out = runtime.run(f"(setsid sleep {marker} </dev/null >/dev/null 2>&1 &); "
+                              "kill -9 $PPID; sleep 30", timeout=20)
+            assert (out["exit_code"], out["timed_out"]) == (-9, False), out
+            assert processes_with(marker) == []
+            assert runtime.run("echo next")["stdout"] == "next\n"
     finally:
         kill_leftovers(marker)
 

@@ -204,7 +204,8 @@ def test_light_routes_and_flask_routes_share_one_runtime(stdio_runtime):
     assert "sandbox_runtime_command_duration_seconds_count 1.0" in metrics
 
 
-def test_a_download_of_a_growing_file_carries_exactly_its_content_length(stdio_runtime):
+def test_a_download_of_a_growing_file_carries_exactly_its_content_length(hostile,
+                                                                        stdio_runtime):
     """The file grows while it is sent: the answer stops at the size it declared, and the
     next answer on the same stream parses (extra bytes would forge its start)."""
     process, workspace = stdio_runtime
@@ -226,10 +227,11 @@ def test_a_download_of_a_growing_file_carries_exactly_its_content_length(stdio_r
     while (line := process.stdout.readline()) not in (b"\r\n", b""):
         name, _, value = line.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
-    assert int(headers["content-length"]) == size
-    assert process.stdout.read(size) == b"a" * size
-    status, _, body = read_response(process.stdout)
-    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    with hostile("runtime", "--stdio: a file grows while it is downloaded"):
+        assert int(headers["content-length"]) == size
+        assert process.stdout.read(size) == b"a" * size
+        status, _, body = read_response(process.stdout)
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
 
 
 def test_a_download_of_a_file_truncated_meanwhile_ends_the_stream(stdio_runtime):

@@ -23,10 +23,13 @@ from tests.http.runtime_fixtures import runtime_server
 from tests.slowclients import fresh_get, held_connections, latencies, percentile
 from tests.support import free_port, script, serve
 
-# The goal is p99 <= 100 ms. This machine has 2 cores shared with other test runs; the bound
-# asserted leaves room for that contention (measured p99 under such load: docs/runtime.md),
-# while a server that hands threads to slow clients misses it by seconds.
-P99_BOUND_S = 0.1
+# The goal is p99 <= 100 ms, and `make bench` reports the figure against it. The test asserts
+# 250 ms: on this 2-core machine shared with other test runs (load average 5-8), 20 runs of
+# 200 probes each measured p99 from 3.6 to 94 ms and single probes up to 187 ms, all of it
+# waiting for a CPU, not for the server (p50 stayed 0.9-1.6 ms). A server that hands a
+# thread to a slow client fails by seconds: plain gthread stalled 4.5 s per idle connection
+# and indefinitely behind half-sent heads.
+P99_BOUND_S = 0.25
 PROBES = 200
 
 
@@ -46,18 +49,21 @@ def runtime_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 
 @pytest.fixture(params=["hooks", "runtime"])
-def port(request: pytest.FixtureRequest) -> int:
-    return int(request.getfixturevalue(f"{request.param}_port"))
+def server(request: pytest.FixtureRequest) -> tuple[str, int]:
+    """(surface name, port) of each server in turn."""
+    return request.param, int(request.getfixturevalue(f"{request.param}_port"))
 
 
-def test_healthz_answers_fast_while_idle_and_half_header_clients_are_held(port):
+def test_healthz_answers_fast_while_idle_and_half_header_clients_are_held(hostile, server):
+    name, port = server
     fresh_get(port)  # warm
-    with held_connections(port, idle=64, half=64):
-        samples = latencies(lambda: fresh_get(port), PROBES)
-    assert percentile(samples, 0.99) <= P99_BOUND_S, sorted(samples)[-5:]
+    with hostile(name, "64 idle + 64 half-header connections held: /healthz p99"):
+        with held_connections(port, idle=64, half=64):
+            samples = latencies(lambda: fresh_get(port), PROBES)
+        assert percentile(samples, 0.99) <= P99_BOUND_S, sorted(samples)[-5:]
 
 
-def test_hook_posts_are_not_delayed_by_held_clients(hooks_port):
+def test_hook_posts_are_not_delayed_by_held_clients(hostile, hooks_port):
     body = json.dumps(sync_request(sandbox("web"))).encode()
     conn = http.client.HTTPConnection("127.0.0.1", hooks_port, timeout=30)
 
@@ -70,15 +76,18 @@ def test_hook_posts_are_not_delayed_by_held_clients(hooks_port):
         return time.perf_counter() - start
 
     post()
-    with held_connections(hooks_port, idle=64, half=64):
-        samples = latencies(post, PROBES)
-    conn.close()
-    assert percentile(samples, 0.99) <= P99_BOUND_S, sorted(samples)[-5:]
+    with hostile("hooks", "64 idle + 64 half-header connections held: sync POST p99"):
+        with held_connections(hooks_port, idle=64, half=64):
+            samples = latencies(post, PROBES)
+        conn.close()
+        assert percentile(samples, 0.99) <= P99_BOUND_S, sorted(samples)[-5:]
 
 
-def test_a_stalled_head_is_dropped_after_its_deadline_and_the_rest_is_served(port):
-    # Each held connection costs no thread: more of them than threads changes nothing.
-    with held_connections(port, idle=0, half=200):
+def test_many_more_stalled_heads_than_threads_starve_nothing(hostile, server):
+    name, port = server
+    # Each held connection costs no thread: far more of them than threads changes nothing.
+    with hostile(name, "200 half-header connections held"), \
+            held_connections(port, idle=0, half=200):
         assert fresh_get(port) < 5
 
 
@@ -111,10 +120,13 @@ GUNICORN_ERRORS = {
 
 
 @pytest.mark.parametrize("case", sorted(GUNICORN_ERRORS))
-def test_gunicorn_own_errors_are_json(port, case):
+def test_gunicorn_own_errors_are_json(hostile, server, case):
+    name, port = server
     status, request = GUNICORN_ERRORS[case]
-    got, headers, body = raw(port, request)
-    assert got == status, body[:300]
-    assert headers["content-type"] == "application/json"
-    answer = json.loads(body)
-    assert list(answer) == ["error"] and isinstance(answer["error"], str) and answer["error"]
+    with hostile(name, f"gunicorn's own error answer is JSON: {case}"):
+        got, headers, body = raw(port, request)
+        assert got == status, body[:300]
+        assert headers["content-type"] == "application/json"
+        answer = json.loads(body)
+        assert list(answer) == ["error"] and isinstance(answer["error"], str)
+        assert answer["error"]
