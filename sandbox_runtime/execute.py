@@ -258,6 +258,8 @@ class Command:
         self._files.clear()
         if not self._killed:
             self._keepers.release(self.keeper, clean=self._clean)
+        if self._killed or not self._clean:
+            self._keepers.prewarm()  # the next command finds a keeper ready
         out = self.outcome
         out.stdout = b"".join(self._kept["stdout"])
         out.stderr = b"".join(self._kept["stderr"])

@@ -316,6 +316,11 @@ class Keeper:
         self.send(HELLO, self.flags)
         retired = False
         while True:
+            if not self.connected:  # the server is gone (end-of-file, or a send failed)
+                if self.child:
+                    os.killpg(0, SIGKILL)  # mid-command: end it all, this keeper included
+                if not retired:
+                    return 0
             timeout = None
             if self.child and self.deadline is not None:
                 timeout = max(0.0, self.deadline + BACKUP_GRACE_S - time.monotonic())
@@ -343,10 +348,6 @@ class Keeper:
                 request = self.receive()
                 if request is None:
                     self.connected = False
-                    if self.child:
-                        os.killpg(0, SIGKILL)  # the server is gone mid-command
-                    if not retired:
-                        return 0
                     continue
                 path, argv, env, cwd, deadline, fds = request
                 if self.child or retired:
