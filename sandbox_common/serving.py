@@ -118,8 +118,8 @@ class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
         conn.head = bytearray()
-        self._await_head(conn, time.monotonic() + HEAD_TIMEOUT_S)
-        self._on_head_readable(conn, client)
+        self.heads[conn] = time.monotonic() + HEAD_TIMEOUT_S
+        self._on_head_readable(conn, client, registered=False)
 
     def enqueue_req(self, conn: TConn) -> None:
         """Pipelined bytes left by the previous request are only given to a thread once
@@ -139,27 +139,35 @@ class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]
         self.poller.register(conn.sock, selectors.EVENT_READ,
                              partial(self._on_head_readable, conn))
 
-    def _on_head_readable(self, conn: TConn, client: Any) -> None:
+    def _on_head_readable(self, conn: TConn, client: Any, registered: bool = True) -> None:
+        """Read what the connection has; hand it to a thread once its head is complete.
+        `registered`: whether the poller watches it (a kept-alive connection that just
+        became readable is read first, and only watched if its head is still partial)."""
         try:
             data = conn.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
-            return
+            data = None
         except OSError:
             data = b""
-        if not data:
-            self._drop(conn)
+        if data == b"":
+            self._drop(conn)  # the client left (unregistering what is not: suppressed)
             return
-        if not conn.head:
-            self.heads[conn] = time.monotonic() + HEAD_TIMEOUT_S  # the head's clock starts
-        conn.head += data
-        if head_complete(conn.head) or len(conn.head) > self.max_head:
-            self.poller.unregister(conn.sock)
+        if data:
+            if not conn.head:
+                self.heads[conn] = time.monotonic() + HEAD_TIMEOUT_S  # the head's clock
+            conn.head += data
+        if data and (head_complete(conn.head) or len(conn.head) > self.max_head):
+            if registered:
+                self.poller.unregister(conn.sock)
             del self.heads[conn]
             conn.init()  # the parser (no TLS, no HTTP/2 sniffing: nothing blocks here)
             conn.parser.unreader.unread(bytes(conn.head))
             conn.head = None
             conn.data_ready = True
             super().enqueue_req(conn)
+        elif not registered:
+            self.poller.register(conn.sock, selectors.EVENT_READ,
+                                 partial(self._on_head_readable, conn))
 
     def _drop(self, conn: TConn) -> None:
         del self.heads[conn]
