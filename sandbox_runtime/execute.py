@@ -89,7 +89,6 @@ class Command:
         self._keepers = keepers
         self._done = False
         self._exited = False
-        self._clean = False
         self._killed = False
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -188,8 +187,9 @@ class Command:
             if remaining <= 0:
                 self._kill(reason="deadline")
                 return True
-            events = [(keeper_fd, select.POLLIN)] if self.keeper.pending() else \
-                poller.poll(remaining * 1000)
+            # A message already buffered (with the one read last) shows in no poll.
+            events = [(keeper_fd, select.POLLIN)] if not self._exited and \
+                self.keeper.pending() else poller.poll(remaining * 1000)
             for fd, mask in events:
                 if fd == client_fd:
                     if mask & HANGUP or _client_left(client):
@@ -205,7 +205,7 @@ class Command:
                         # The keeper died (a command killed it) or broke the protocol.
                         self._kill(reason="keeper lost")
                         return True
-                    self.outcome.exit_code, self._clean = message[1], bool(message[2])
+                    self.outcome.exit_code = message[1]
                     self._exited = True
                     poller.unregister(fd)
                     continue
@@ -257,8 +257,8 @@ class Command:
             os.close(fd)
         self._files.clear()
         if not self._killed:
-            self._keepers.release(self.keeper, clean=self._clean)
-        if self._killed or not self._clean:
+            self._keepers.release(self.keeper)
+        if self._killed or self.keeper.clean is False:
             self._keepers.prewarm()  # the next command finds a keeper ready
         out = self.outcome
         out.stdout = b"".join(self._kept["stdout"])

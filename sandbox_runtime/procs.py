@@ -42,6 +42,8 @@ tracked: set[int] = set()
 KEEPER_PATH = os.path.abspath(keeper_mod.__file__)
 MAX_IDLE = 8
 REAP_INTERVAL_S = 2.0
+# How long acquire() waits for a verdict (normally there already: it takes one /proc scan).
+SETTLE_TIMEOUT_S = 5.0
 
 
 class KeeperError(OSError):
@@ -55,36 +57,54 @@ class Keeper:
         self.pid = pid
         self.sock = sock
         self.flags: int | None = None  # from its HELLO
+        self.clean: bool | None = True  # its last VERDICT; None while one is due
         self._buffer = b""
 
     def send_run(self, path: str, argv: list[str], env: dict[str, str], cwd: str,
                  deadline: float, fds: list[int]) -> None:
         data = keeper_mod.encode_run(path, argv, env, cwd, deadline)
+        self.clean = None
         sent = self.sock.sendmsg([data[:65536]],
                                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_array(fds))])
         if sent < len(data):
             self.sock.sendall(data[sent:])
 
     def read(self, timeout: float | None) -> tuple[bytes, int, int] | None:
-        """The next message; None at end-of-file. TimeoutError if none came in `timeout`."""
-        while len(self._buffer) < keeper_mod.MESSAGE_SIZE:
-            if timeout is not None:
-                ready, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
-                if not ready:
-                    raise TimeoutError("the keeper did not answer")
+        """The next message (a HELLO is recorded and skipped, a VERDICT recorded and
+        returned); None at end-of-file. TimeoutError if none came in `timeout` seconds."""
+        while True:
+            while len(self._buffer) < keeper_mod.MESSAGE_SIZE:
+                if timeout is not None:
+                    ready, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
+                    if not ready:
+                        raise TimeoutError("the keeper did not answer")
+                try:
+                    data = self.sock.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    return None
+                self._buffer += data
+            kind, a, b = keeper_mod.parse_message(self._buffer[:keeper_mod.MESSAGE_SIZE])
+            self._buffer = self._buffer[keeper_mod.MESSAGE_SIZE:]
+            if kind == keeper_mod.HELLO:
+                self.flags = a
+                continue
+            if kind == keeper_mod.VERDICT:
+                self.clean = bool(a)
+            return kind, a, b
+
+    def settle(self, timeout: float) -> bool:
+        """Wait (at most `timeout`) for the verdict on the last command: True if nothing
+        of it is alive. A keeper that died or says nothing in time counts as not clean."""
+        deadline = time.monotonic() + timeout
+        while self.clean is None:
             try:
-                data = self.sock.recv(4096)
-            except OSError:
-                data = b""
-            if not data:
-                return None
-            self._buffer += data
-        kind, a, b = keeper_mod.parse_message(self._buffer[:keeper_mod.MESSAGE_SIZE])
-        self._buffer = self._buffer[keeper_mod.MESSAGE_SIZE:]
-        if kind == keeper_mod.HELLO:
-            self.flags = a
-            return self.read(timeout)
-        return kind, a, b
+                if self.read(max(0.0, deadline - time.monotonic())) is None:
+                    return False
+            except (TimeoutError, OSError):
+                return False
+        return self.clean
 
     def pending(self) -> bool:
         """Whether a whole message is already buffered (poll would not say so)."""
@@ -137,12 +157,16 @@ class KeeperPool:
         return Keeper(pid, ours)
 
     def acquire(self) -> Keeper:
-        """An idle keeper, or a new one."""
+        """An idle keeper whose last command left nothing alive, or a new one."""
         self.reap_retired()
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return self.spawn()
+        while True:
+            with self._lock:
+                keeper = self._idle.pop() if self._idle else None
+            if keeper is None:
+                return self.spawn()
+            if keeper.clean is not False and keeper.settle(SETTLE_TIMEOUT_S):
+                return keeper
+            self._retire(keeper)
 
     def prewarm(self) -> None:
         """Have one idle keeper ready (its interpreter start is off the next command's path)."""
@@ -157,14 +181,18 @@ class KeeperPool:
         with self._lock:
             self._idle.append(keeper)
 
-    def release(self, keeper: Keeper, *, clean: bool) -> None:
-        """A command ended normally. `clean`: nothing of it is alive, reuse the keeper;
-        else retire it (it keeps the background processes and exits when they end)."""
-        if clean:
+    def release(self, keeper: Keeper) -> None:
+        """A command ended normally. If its verdict says something of it is alive, retire
+        the keeper now (it keeps those processes and exits when they end); with the
+        verdict still due, keep it idle: acquire() reads the verdict before reuse."""
+        if keeper.clean is not False:
             with self._lock:
                 if len(self._idle) < MAX_IDLE:
                     self._idle.append(keeper)
                     return
+        self._retire(keeper)
+
+    def _retire(self, keeper: Keeper) -> None:
         keeper.sock.close()  # an idle keeper exits at end-of-file; a retired one lives on
         with self._lock:
             self._retired.add(keeper.pid)

@@ -69,10 +69,10 @@ def test_a_stopped_server_leaves_no_keeper(tmp_path):
 
 def test_a_retired_keeper_ends_with_its_background_process(tmp_path):
     with runtime_server(tmp_path) as server:
-        out = server.run("sleep 1.5 </dev/null >/dev/null 2>&1 & echo $PPID")
+        out = server.run("sleep 4 </dev/null >/dev/null 2>&1 & echo $PPID")
         keeper = int(out["stdout"])
         assert alive(keeper)  # retired: it holds the background sleep's group
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 20
         while Path(f"/proc/{keeper}").exists() and time.monotonic() < deadline:
             time.sleep(0.5)
             server.run("true")  # the server reaps exited retired keepers as it goes
