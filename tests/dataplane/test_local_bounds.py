@@ -15,25 +15,10 @@ import pytest
 
 from agentic_sandbox import SandboxClient, SandboxRequestError
 from agentic_sandbox._backends import local
+from tests.dataplane.conftest import write_template
 
 MIB = 2**20
 BOUND = 64 * MIB
-
-
-def template(folder: Path, name: str, resources: str) -> Path:
-    (folder / f"{name}.yaml").write_text(f"""\
-apiVersion: extensions.agents.x-k8s.io/v1alpha1
-kind: SandboxTemplate
-metadata: {{name: {name}}}
-spec:
-  podTemplate:
-    spec:
-      containers:
-      - name: runtime
-        image: unused
-        resources: {resources}
-""")
-    return folder
 
 
 def host_bytes(client: SandboxClient) -> int:
@@ -47,7 +32,8 @@ def host_bytes(client: SandboxClient) -> int:
 
 @pytest.fixture
 def small_disk(state_dir, tmp_path):
-    folder = template(tmp_path, "small-disk", "{limits: {ephemeral-storage: 64Mi}}")
+    folder = write_template(tmp_path, "small-disk",
+                            "resources: {limits: {ephemeral-storage: 64Mi}}")
     with SandboxClient("small-disk", backend="local", templates_dir=str(folder),
                        state_dir=state_dir, warm_pool=0) as client:
         yield client
@@ -107,7 +93,7 @@ def cpu_usage_ns(sandbox_id: str) -> int:
 def test_a_template_without_a_cpu_limit_gets_one_cpu(hostile, state_dir, tmp_path):
     if not local.manager(state_dir).cgroups:
         pytest.skip("runsc cannot create cgroups on this machine: no CPU bound can apply")
-    folder = template(tmp_path, "no-cpu-limit", "{requests: {memory: 256Mi}}")
+    folder = write_template(tmp_path, "no-cpu-limit", "resources: {requests: {memory: 256Mi}}")
     with SandboxClient("no-cpu-limit", backend="local", templates_dir=str(folder),
                        state_dir=state_dir, warm_pool=0) as client:
         sandbox_id = client.backend.sandbox.id

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from sandbox_runtime import config, procs
-from tests.http.runtime_fixtures import processes_with, runtime_server
+from tests.http.runtime_fixtures import processes, processes_with, runtime_server
 
 
 def alive(pid: int) -> bool:
@@ -32,18 +32,8 @@ def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
 
 
 def keepers_of(parent: int) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            argv = Path(f"/proc/{name}/cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == parent and procs.KEEPER_PATH.encode() in argv:
-            found.append(int(name))
-    return found
+    return [pid for pid, ppid, _, cmdline in processes()
+            if ppid == parent and procs.KEEPER_PATH.encode() in cmdline]
 
 
 def test_a_keeper_whose_server_closed_before_its_hello_exits(tmp_path):

@@ -204,21 +204,30 @@ def test_light_routes_and_flask_routes_share_one_runtime(stdio_runtime):
     assert "sandbox_runtime_command_duration_seconds_count 1.0" in metrics
 
 
+DOWNLOAD_SIZE = 4 * 1024 * 1024
+
+
+def download_then_healthz(stdio_runtime, name: str):
+    """Ask for a 4 MiB file, then /healthz, on one stream; return once the download's
+    status line is read. The answer goes through a 64 KiB pipe nobody reads yet, so the
+    server is still in the middle of the file: the caller changes it now."""
+    process, workspace = stdio_runtime
+    path = workspace / name
+    path.write_bytes(b"a" * DOWNLOAD_SIZE)
+    process.stdin.write(request("GET", f"/download/{name}"))
+    process.stdin.write(request("GET", "/healthz"))
+    process.stdin.flush()
+    status_line = process.stdout.readline()
+    assert status_line.startswith(b"HTTP/1.1 200"), status_line
+    return process, path
+
+
 def test_a_download_of_a_growing_file_carries_exactly_its_content_length(hostile,
                                                                         stdio_runtime):
     """The file grows while it is sent: the answer stops at the size it declared, and the
     next answer on the same stream parses (extra bytes would forge its start)."""
-    process, workspace = stdio_runtime
-    size = 4 * 1024 * 1024
-    growing = workspace / "growing.bin"
-    growing.write_bytes(b"a" * size)
-    process.stdin.write(request("GET", "/download/growing.bin"))
-    process.stdin.write(request("GET", "/healthz"))
-    process.stdin.flush()
-    # The answer is 4 MiB through a 64 KiB pipe that nobody reads yet: the server is still
-    # in the middle of the file while it grows here.
-    status_line = process.stdout.readline()
-    assert status_line.startswith(b"HTTP/1.1 200"), status_line
+    process, growing = download_then_healthz(stdio_runtime, "growing.bin")
+    size = DOWNLOAD_SIZE
     with growing.open("ab") as f:
         for _ in range(100):
             f.write(b"FORGED" * 100)
@@ -237,15 +246,8 @@ def test_a_download_of_a_growing_file_carries_exactly_its_content_length(hostile
 def test_a_download_of_a_file_truncated_meanwhile_ends_the_stream(stdio_runtime):
     """Fewer bytes than declared cannot be framed: the server stops (exit 1), so the reader
     sees end-of-file instead of taking the next answer's bytes for the rest."""
-    process, workspace = stdio_runtime
-    size = 4 * 1024 * 1024
-    shrinking = workspace / "shrinking.bin"
-    shrinking.write_bytes(b"a" * size)
-    process.stdin.write(request("GET", "/download/shrinking.bin"))
-    process.stdin.write(request("GET", "/healthz"))
-    process.stdin.flush()
-    assert process.stdout.readline().startswith(b"HTTP/1.1 200")
+    process, shrinking = download_then_healthz(stdio_runtime, "shrinking.bin")
     os.truncate(shrinking, 1024)
     rest = process.stdout.read()  # to end-of-file
-    assert len(rest) < size and b"HTTP/1.1" not in rest
+    assert len(rest) < DOWNLOAD_SIZE and b"HTTP/1.1" not in rest
     assert process.wait(timeout=10) == 1
