@@ -116,7 +116,8 @@ class Command:
         for attempt in (1, 2):
             keeper = self._keepers.acquire() if attempt == 1 else self._keepers.spawn()
             try:
-                keeper.send_run(SHELL, argv, env, cwd, self.deadline, fds)
+                keeper.send_run(SHELL, argv, env, cwd, self.deadline, self._keepers.limits,
+                                fds)
                 answer = keeper.read(max(0.0, self.deadline - time.monotonic()))
             except TimeoutError:
                 return keeper, False

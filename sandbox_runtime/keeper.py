@@ -1,9 +1,11 @@
 """The command keeper: a small process that runs a server's commands, one at a time, each in
 a session and process group that nothing it starts can leave.
 
-Who runs it: procs.KeeperPool starts it as its own interpreter, in a new process group of
-the server's session (`python -I -S -B keeper.py FD AS FSIZE NPROC CORE`), and the runtime
-imports it too for the protocol and for `kill_group`. As a program it imports only modules
+Who runs it: procs.KeeperPool starts it (`start()`: its own interpreter, `python -I -S -B
+keeper.py FD`, in a new process group of the server's session), and so does the local
+backend's launcher, first thing, before the rest of the runtime is imported (both
+interpreters then start side by side); the runtime imports it too for the protocol and for
+`kill_group`. As a program it imports only modules
 built into CPython or its own extensions (no site, no package, no typing or collections):
 its start-up is one bare interpreter start.
 
@@ -23,14 +25,14 @@ What a keeper is, once set up:
   go to the sandbox's init): orphans then stay its children, so it reaps them and knows, from
   waitpid alone, whether anything of a command is still alive;
 - holding the command rlimits (address space, file size, processes, core) as its own hard
-  limits, which every command inherits;
+  limits, which every command inherits (they come with each command; the first sets them);
 - ignoring the catchable signals a command might send to its whole group (`kill 0`), while
   its commands get them at their defaults.
 
 The protocol, on a stream socket the server holds the other end of (FD):
 
 - server -> keeper: RUN = 4-byte little-endian length + marshal((path, argv, env, cwd,
-  deadline)),
+  deadline, rlimits)),
   with the command's stdout and stderr pipe ends attached (SCM_RIGHTS) to its first bytes;
   `deadline` is on the monotonic clock both share.
 - keeper -> server: fixed 17-byte messages (kind, a, b): HELLO (flags: LOCKED, SUBREAPER),
@@ -96,9 +98,10 @@ def parse_message(data: bytes) -> tuple[bytes, int, int]:
             int.from_bytes(data[9:17], "little", signed=True))
 
 
-def encode_run(path: str, argv: list[str], env: dict[str, str], cwd: str,
-               deadline: float) -> bytes:
-    payload = marshal.dumps((path, argv, env, cwd, deadline))
+def encode_run(path: str, argv: list[str], env: dict[str, str], cwd: str, deadline: float,
+               limits: list[int]) -> bytes:
+    """`limits`: address space, file size, processes, core, as soft = hard rlimits."""
+    payload = marshal.dumps((path, argv, env, cwd, deadline, limits))
     return len(payload).to_bytes(HEADER_SIZE, "little") + payload
 
 
@@ -214,6 +217,7 @@ class Keeper:
         self.child = 0  # the running command's shell
         self.deadline: float | None = None
         self.connected = True
+        self.limits: list[int] = []
 
     def send(self, kind: bytes, a: int = 0, b: int = 0) -> None:
         if self.connected:
@@ -222,16 +226,23 @@ class Keeper:
             except OSError:
                 self.connected = False
 
-    def setup(self, limits: list[int]) -> None:
-        import resource
-
+    def setup(self) -> None:
         if os.getpgid(0) != self.me:
             os.setpgid(0, 0)
+        self.flags = _secure_self()
+
+    def hold_limits(self, limits: list[int]) -> None:
+        """Make `limits` this keeper's own (hard = soft), once: commands inherit them. Hard
+        limits only go down, so a server asking for more later gets EPERM."""
+        if limits == self.limits:
+            return
+        import resource
+
         for res, value in zip((resource.RLIMIT_AS, resource.RLIMIT_FSIZE,
                                resource.RLIMIT_NPROC, resource.RLIMIT_CORE), limits,
                               strict=True):
             resource.setrlimit(res, (value, value))
-        self.flags = _secure_self()
+        self.limits = list(limits)
 
     def clean(self) -> bool:
         """Whether nothing of the last command is alive (zombies are reaped on the way)."""
@@ -259,7 +270,8 @@ class Keeper:
             if pid == self.child:
                 code = os.waitstatus_to_exitcode(status)
 
-    def receive(self) -> tuple[str, list[str], dict[str, str], str, float, list[int]] | None:
+    def receive(self) -> tuple[str, list[str], dict[str, str], str, float, list[int],
+                               list[int]] | None:
         import _socket
 
         try:
@@ -288,8 +300,8 @@ class Keeper:
             for fd in fds:
                 os.close(fd)
             return None
-        path, argv, env, cwd, deadline = marshal.loads(b"".join(parts))
-        return path, argv, env, cwd, deadline, fds
+        path, argv, env, cwd, deadline, limits = marshal.loads(b"".join(parts))
+        return path, argv, env, cwd, deadline, limits, fds
 
     def _recv(self, size: int) -> bytes:
         try:
@@ -298,10 +310,11 @@ class Keeper:
             return b""
 
     def spawn(self, path: str, argv: list[str], env: dict[str, str], cwd: str,
-              fds: list[int]) -> None:
+              limits: list[int], fds: list[int]) -> None:
         try:
             if len(fds) != 2:
                 raise OSError(22, "expected the stdout and stderr pipes")
+            self.hold_limits(limits)
             os.chdir(cwd)
             self.child = os.posix_spawn(path, argv, env, file_actions=[
                 (os.POSIX_SPAWN_DUP2, self.devnull, 0), (os.POSIX_SPAWN_DUP2, fds[0], 1),
@@ -353,20 +366,40 @@ class Keeper:
                 if request is None:
                     self.connected = False
                     continue
-                path, argv, env, cwd, deadline, fds = request
+                path, argv, env, cwd, deadline, limits, fds = request
                 if self.child or retired:
                     for fd in fds:
                         os.close(fd)
                     self.send(SPAWN_ERROR, 16)  # EBUSY: the server broke the protocol
                     continue
                 self.deadline = deadline
-                self.spawn(path, argv, env, cwd, fds)
+                self.spawn(path, argv, env, cwd, limits, fds)
+
+
+def start(python: str, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """Start a keeper: (its pid, our end of its control socket, a non-inheritable fd). The
+    caller must not spawn anything else meanwhile (the keeper's end is inheritable for the
+    spawn: procs.SPAWN_LOCK)."""
+    import _socket
+
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        os.set_inheritable(theirs.fileno(), True)
+        pid = os.posix_spawn(python, [python, "-I", "-S", "-B", os.path.abspath(__file__),
+                                      str(theirs.fileno())],
+                             dict(os.environ) if env is None else env, setpgroup=0)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return pid, ours.detach()
 
 
 def main(argv: list[str]) -> int:
     keeper = Keeper(int(argv[1]))
     try:
-        keeper.setup([int(v) for v in argv[2:6]])
+        keeper.setup()
     except OSError as exc:
         keeper.send(FAILED, exc.errno or 0)
         return 1

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 SPAWN_LOCK = threading.Lock()
 tracked: set[int] = set()
-KEEPER_PATH = os.path.abspath(keeper_mod.__file__)
+KEEPER_PATH = os.path.abspath(keeper_mod.__file__)  # in every keeper's argv
 MAX_IDLE = 8
 REAP_INTERVAL_S = 2.0
 # How long acquire() waits for a verdict (normally there already: it takes one /proc scan).
@@ -61,8 +61,8 @@ class Keeper:
         self._buffer = b""
 
     def send_run(self, path: str, argv: list[str], env: dict[str, str], cwd: str,
-                 deadline: float, fds: list[int]) -> None:
-        data = keeper_mod.encode_run(path, argv, env, cwd, deadline)
+                 deadline: float, limits: list[int], fds: list[int]) -> None:
+        data = keeper_mod.encode_run(path, argv, env, cwd, deadline, limits)
         self.clean = None
         sent = self.sock.sendmsg([data[:65536]],
                                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_array(fds))])
@@ -140,21 +140,22 @@ class KeeperPool:
     def spawn(self) -> Keeper:
         """Start a keeper, leader of a new process group; it sets itself up while the
         caller goes on (its HELLO comes first)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        argv = [sys.executable, "-I", "-S", "-B", KEEPER_PATH, str(theirs.fileno()),
-                *(str(v) for v in self.limits)]
         try:
             with SPAWN_LOCK:
-                os.set_inheritable(theirs.fileno(), True)
-                pid = os.posix_spawn(sys.executable, argv, dict(os.environ), setpgroup=0)
+                pid, fd = keeper_mod.start(sys.executable)
                 tracked.add(pid)
         except OSError as exc:
-            ours.close()
             raise KeeperError(exc.errno, f"cannot start a command keeper: {exc.strerror}") \
                 from None
-        finally:
-            theirs.close()
-        return Keeper(pid, ours)
+        return Keeper(pid, socket.socket(fileno=fd))
+
+    def adopt(self, pid: int, fd: int) -> None:
+        """Take in a keeper started by keeper.start() before this pool existed (the local
+        backend's launcher starts one before importing the rest of the runtime)."""
+        with SPAWN_LOCK:
+            tracked.add(pid)
+        with self._lock:
+            self._idle.append(Keeper(pid, socket.socket(fileno=fd)))
 
     def acquire(self) -> Keeper:
         """An idle keeper whose last command left nothing alive, or a new one."""
