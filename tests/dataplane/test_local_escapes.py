@@ -40,10 +40,14 @@ def test_nothing_outlives_a_cancelled_stream_under_runsc(hostile, sandbox):
 
 
 def test_a_background_process_of_a_command_that_ended_stays(sandbox):
+    """...and stays its own command's: a later command timing out does not take it along
+    (its keeper was retired, not reused)."""
     marker = 4246101
     result = sandbox.run(f"nohup sleep {marker} </dev/null >/dev/null 2>&1 & echo started")
     assert (result.stdout, result.timed_out, result.exit_code) == ("started\n", False, 0)
     try:
+        assert sandbox.run(survivors_command(marker)).stdout != ""
+        assert sandbox.run("sleep 30", timeout=1).timed_out
         assert sandbox.run(survivors_command(marker)).stdout != ""
     finally:
         sandbox.run(f"pkill -f 'sleep {marker}' || true")

@@ -95,5 +95,8 @@ def test_background_processes_of_a_command_that_ended_stay_in_its_keepers_group(
         group = os.getpgid(pid)
         keeper = Path(f"/proc/{group}/cmdline").read_bytes().split(b"\0")
         assert any(part.endswith(b"keeper.py") for part in keeper), keeper
+        # A later command that times out does not take it along (its keeper was retired).
+        assert runtime.run("sleep 30", timeout=1)["timed_out"] is True
+        assert processes_with(marker) == [pid]
     finally:
         kill_leftovers(marker)
