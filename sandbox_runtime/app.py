@@ -111,8 +111,7 @@ def create_app(config: Mapping[str, Any] | None = None, *,
         if not os.path.isdir(cfg.base_dir):
             raise ValueError(f"workspace {cfg.base_dir!r} is not a directory")
         rt = Runtime(cfg, Metrics())
-        log.info("sandbox-runtime settings %s rlimits=%s", config_mod.describe(cfg),
-                 rt.limits.kind)
+        log.info("sandbox-runtime settings %s", config_mod.describe(cfg))
     else:
         rt, cfg = runtime, runtime.cfg
     service = Service(rt)

@@ -37,8 +37,6 @@ class Config:
     command_address_space_mib: int = 4096
     command_file_size_mib: int = 1024
     command_max_processes: int = 512
-    # Become a child subreaper so double-forked orphans stay our children (and get reaped).
-    subreaper: bool = True
     log_level: str = "INFO"
     # gunicorn worker processes (TCP mode); 0: one per CPU the pod may use, at most 8.
     workers: int = 0

@@ -32,7 +32,7 @@ from sandbox_runtime.errors import (
     TooManyRequests,
     status_line,
 )
-from sandbox_runtime.execute import Client, Command, Limits, StreamDecoder, choose_limits
+from sandbox_runtime.execute import Client, Command, StreamDecoder
 
 log = logging.getLogger("sandbox_runtime")
 
@@ -160,44 +160,37 @@ class PlainMetrics(MetricsLike):
 
 
 class Runtime:
-    """What the views share: settings, the command slots, the rlimit mechanism, metrics."""
+    """What the views share: settings, the command slots, the command keepers, metrics."""
 
     def __init__(self, cfg: config_mod.Config, metrics: MetricsLike,
-                 limits: Callable[[], Limits] | None = None) -> None:
-        """`limits`, when given, supplies the rlimit mechanism on first need (the --stdio
-        launcher checks it in a thread while the rest of the runtime is imported: the check
-        starts a shell, tens of milliseconds under gVisor); else it is checked here."""
+                 keepers: procs.KeeperPool | None = None) -> None:
+        """`keepers`: a pool already started in this process (the --stdio launcher starts
+        its first keeper before the rest of the runtime is imported)."""
         self.cfg = cfg
         # Shared by every gunicorn worker forked from the process that made it.
         self.slots = slots.make(cfg.max_concurrent_commands)
-        self._limits: Limits | None = None if limits is not None else choose_limits(cfg)
-        self._limits_source = limits
         self.metrics = metrics
         # Commands see the pod's environment, minus the server's own settings.
         self.base_env = {k: v for k, v in os.environ.items()
                          if not k.startswith(config_mod.ENV_PREFIX) and k != MULTIPROC_ENV}
-        self._owner_pid = -1
+        self._keepers = keepers
         self._lock = threading.Lock()
 
     @property
-    def limits(self) -> Limits:
-        if self._limits is None:
-            assert self._limits_source is not None
-            self._limits = self._limits_source()
-        return self._limits
+    def keepers(self) -> procs.KeeperPool:
+        """This process's keepers; made on first need after a fork (gunicorn's workers),
+        never shared across processes: a keeper answers only the process that started it."""
+        pool = self._keepers
+        if pool is None or pool.owner != os.getpid():
+            with self._lock:
+                pool = self._keepers
+                if pool is None or pool.owner != os.getpid():
+                    pool = self._keepers = procs.KeeperPool(self.cfg)
+        return pool
 
     def prepare_process(self) -> None:
-        """Per-process set-up (after gunicorn's fork): subreaper and reaper thread."""
-        if self._owner_pid == os.getpid():
-            return
-        with self._lock:
-            if self._owner_pid != os.getpid():
-                # Pid 1 (a local sandbox's first runtime, or a container's) adopts every
-                # orphan anyway; becoming a subreaper needs ctypes, ~20 ms to import under
-                # gVisor's ptrace platform, on the first command's path.
-                if self.cfg.subreaper and (os.getpid() == 1 or procs.become_subreaper()):
-                    procs.start_reaper()
-                self._owner_pid = os.getpid()
+        """Per-process set-up (a gunicorn worker after its fork): one keeper ready."""
+        self.keepers.prewarm()
 
     def record(self, command: Command) -> None:
         out = command.outcome
@@ -257,6 +250,16 @@ def body_length(environ: Mapping[str, Any]) -> int | None:
     return length
 
 
+def _encodable(text: str) -> bool:
+    """Whether `text` is valid Unicode (JSON's \\ud800 escapes give lone surrogates,
+    which no argv or environment can carry)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_execute(body: Mapping[str, Any], rt: Runtime) -> tuple[str, float, dict[str, str], str]:
     """Validate an /execute body; every message names the field at fault."""
     cfg = rt.cfg
@@ -267,8 +270,10 @@ def parse_execute(body: Mapping[str, Any], rt: Runtime) -> tuple[str, float, dic
     command = body.get("command")
     if not isinstance(command, str):
         raise BadRequest("command: required, must be a string")
-    if "\0" in command or len(command.encode()) > cfg.max_command_bytes:
-        raise BadRequest(f"command: must hold no NUL and at most {cfg.max_command_bytes} bytes")
+    if "\0" in command or not _encodable(command) or \
+            len(command.encode()) > cfg.max_command_bytes:
+        raise BadRequest(f"command: must hold no NUL or lone surrogates and at most "
+                         f"{cfg.max_command_bytes} bytes")
     timeout = body.get("timeout", cfg.default_timeout_s)
     if timeout is None:
         timeout = cfg.default_timeout_s
@@ -282,11 +287,12 @@ def parse_execute(body: Mapping[str, Any], rt: Runtime) -> tuple[str, float, dic
     if len(env) > cfg.max_env_entries:
         raise BadRequest(f"env: at most {cfg.max_env_entries} entries")
     for key, value in env.items():
-        if not ENV_NAME.match(key) or key == procs.MARKER_ENV:
+        if not ENV_NAME.match(key):
             raise BadRequest(f"env: invalid variable name {key[:100]!r}")
-        if not isinstance(value, str) or "\0" in value or len(value) > MAX_ENV_VALUE:
-            raise BadRequest(f"env: value of {key!r} must be a string without NUL, "
-                             f"at most {MAX_ENV_VALUE} characters")
+        if not isinstance(value, str) or "\0" in value or len(value) > MAX_ENV_VALUE \
+                or not _encodable(value):
+            raise BadRequest(f"env: value of {key!r} must be a string without NUL or lone "
+                             f"surrogates, at most {MAX_ENV_VALUE} characters")
     cwd_arg = body.get("cwd")
     if cwd_arg is None:
         cwd = cfg.base_dir
@@ -372,7 +378,6 @@ class Service:
     def start(self, command: str, timeout: float, env: dict[str, str],
               cwd: str) -> tuple[Command, int]:
         rt = self.rt
-        rt.prepare_process()
         slot = rt.slots.acquire()
         if slot is None:
             rt.metrics.rejected.inc()
@@ -380,7 +385,7 @@ class Service:
                                   "running; retry later")
         try:
             cmd = Command(command, timeout_s=timeout, cwd=cwd, env=env, config=rt.cfg,
-                          limits=rt.limits, base_env=rt.base_env)
+                          keepers=rt.keepers, base_env=rt.base_env)
         except OSError as exc:
             rt.slots.release(slot)
             # EAGAIN: the process limit is reached (a fork bomb is still being cleaned up).

@@ -10,12 +10,13 @@ nothing here may read a whole upload or download into memory.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import queue
 import stat
 import threading
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from sandbox_runtime.errors import BadRequest, Forbidden, NotFound, RequestEntityTooLarge
 
@@ -87,8 +88,47 @@ def relative(base: str, real: str) -> str:
     return os.path.relpath(real, base) if real != base else "."
 
 
+class Bounded(io.RawIOBase):
+    """A file read no further than offset `size`, the size it had when its download began:
+    the answer never carries more than its Content-Length, however the file grows
+    meanwhile. fileno(), seek() and tell() are the file's own (gunicorn's sendfile uses
+    them, and bounds its count by the declared length itself)."""
+
+    def __init__(self, raw: io.FileIO, size: int) -> None:
+        super().__init__()
+        self.raw = raw
+        self.end = size
+        self.mode = "rb"
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), self.end - self.raw.tell())
+        if want <= 0:
+            return 0
+        return self.raw.readinto(memoryview(buffer)[:want]) or 0
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
 def open_for_download(base: str, user_path: str) -> tuple[IO[bytes], int]:
-    """An open regular file inside the workspace and its size; 404, 403 or 400 otherwise."""
+    """An open regular file inside the workspace and its size (stat once: the file reads
+    no further, see Bounded); 404, 403 or 400 otherwise."""
     real = resolve(base, user_path)
     try:
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -105,7 +145,7 @@ def open_for_download(base: str, user_path: str) -> tuple[IO[bytes], int]:
         kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
         raise BadRequest(f"path: {user_path!r} is {kind}")
     os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb", buffering=0), info.st_size
+    return cast(IO[bytes], Bounded(io.FileIO(fd, "rb"), info.st_size)), info.st_size
 
 
 def entry_type(entry: os.DirEntry[str]) -> str:

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sandbox_runtime.execute import Limits
+    from sandbox_runtime.procs import KeeperPool
 
 log = logging.getLogger(__name__)
 
@@ -273,11 +273,15 @@ class ResponseWriter:
     def _write_direct(self, data: bytes) -> None:
         raise RuntimeError("the write() callable is not supported; return an iterable")
 
-    def send(self, body: Iterable[bytes]) -> None:
+    def send(self, body: Iterable[bytes]) -> bool:
+        """Frame and write the answer; False when the app gave less than its declared
+        Content-Length (the stream's framing is lost: the server must stop). A body never
+        carries more than it declared: anything past it is dropped."""
         code = int(self.status.split(" ", 1)[0])
-        names = {name.lower() for name, _ in self.headers}
+        names = {name.lower(): value for name, value in self.headers}
         no_body = self.method == "HEAD" or code < 200 or code in NO_BODY_STATUS
         chunked = not no_body and "content-length" not in names
+        declared = None if no_body or chunked else int(names["content-length"])
         headers = [(n, v) for n, v in self.headers
                    if n.lower() not in ("connection", "transfer-encoding")]
         if chunked:
@@ -286,17 +290,24 @@ class ResponseWriter:
         head = f"HTTP/1.1 {self.status}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers)
         self.out.write(head.encode("latin-1") + b"\r\n")
         self.started = True
+        sent = 0
         for data in body:
             if not data or no_body:
                 continue
+            if declared is not None:
+                data = data[:declared - sent]
+                if not data:
+                    break
             if chunked:
                 self.out.write(b"%x\r\n%s\r\n" % (len(data), data))
             else:
                 self.out.write(data)
+            sent += len(data)
             self.out.flush()
         if chunked:
             self.out.write(b"0\r\n\r\n")
         self.out.flush()
+        return declared is None or sent == declared
 
 
 def serve(app: Callable[..., Iterable[bytes]], stdin: IO[bytes], stdout: IO[bytes],
@@ -330,7 +341,7 @@ def serve(app: Callable[..., Iterable[bytes]], stdin: IO[bytes], stdout: IO[byte
         try:
             result = app(environ, writer.start_response)
             try:
-                writer.send(result)
+                whole = writer.send(result)
             finally:
                 close = getattr(result, "close", None)
                 if close is not None:
@@ -338,6 +349,10 @@ def serve(app: Callable[..., Iterable[bytes]], stdin: IO[bytes], stdout: IO[byte
         finally:
             if quiet is not None:
                 quiet.set_busy(False)
+        if not whole:
+            log.warning("stdio: %s %s gave less than its Content-Length; closing",
+                        environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""))
+            return 1
         try:
             body.drain()
         except BadRequestLine as exc:
@@ -381,17 +396,17 @@ class LazyApp:
     platform; a local sandbox's first command must not wait for it."""
 
     def __init__(self, overrides: Mapping[str, Any], quiet: Quiet | None = None,
-                 limits: Callable[[], Limits] | None = None) -> None:
+                 keepers: KeeperPool | None = None) -> None:
         from sandbox_runtime import config as config_mod
         from sandbox_runtime import core
 
         cfg = config_mod.load(overrides)
         if not os.path.isdir(cfg.base_dir):
             raise ValueError(f"workspace {cfg.base_dir!r} is not a directory")
-        self.runtime = core.Runtime(cfg, core.PlainMetrics(), limits)
+        self.runtime = core.Runtime(cfg, core.PlainMetrics(), keepers)
+        self.runtime.prepare_process()
         self.service = core.Service(self.runtime)
-        log.info("sandbox-runtime settings %s rlimits=%s", config_mod.describe(cfg),
-                 "checking" if limits is not None else self.runtime.limits.kind)
+        log.info("sandbox-runtime settings %s", config_mod.describe(cfg))
         self._flask: Callable[..., Iterable[bytes]] | None = None
         self._lock = threading.Lock()
         if quiet is not None:
@@ -434,13 +449,13 @@ INIT_REAP_INTERVAL_S = 1.0
 
 
 def reap_adopted_zombies() -> int:
-    """waitpid every zombie child of ours that no Popen owns; the number reaped.
+    """waitpid every zombie child of ours that is not a keeper; the number reaped.
 
-    For a runtime that is its sandbox's first process (pid 1): every orphan of a killed
-    command tree is reparented to it. procs.reap_orphans finds children through
-    /proc/<pid>/task/<tid>/children, which gVisor leaves empty, so this reads each
-    process's parent from /proc/<pid>/stat instead; only zombies are touched, never a pid a
-    live Popen may still wait for (procs.tracked, under procs.SPAWN_LOCK).
+    For a runtime that is its sandbox's first process (pid 1): gVisor has no child
+    subreaper, so every orphan of a command (and of a killed keeper) is reparented to it.
+    gVisor leaves /proc/<pid>/task/<tid>/children empty, so this reads each process's
+    parent from /proc/<pid>/stat; only zombies are touched, never a keeper, which the
+    runtime reaps itself once its group is empty (procs.tracked, under procs.SPAWN_LOCK).
     """
     from sandbox_runtime import procs
 
@@ -486,18 +501,18 @@ def take_stdio() -> tuple[int, int]:
 
 
 def main(overrides: Mapping[str, Any], log_level: str,
-         limits: Callable[[], Limits] | None = None,
+         keepers: KeeperPool | None = None,
          streams: tuple[int, int] | None = None) -> int:
     """Entry point of `sandbox-runtime --stdio`. The local backend's launcher calls it
-    with `streams` already taken (take_stdio) and `limits` being checked in a thread (see
-    core.Runtime), started before the rest of the runtime is imported."""
+    with `streams` already taken (take_stdio) and `keepers` holding a keeper that started
+    before the rest of the runtime was imported."""
     from sandbox_runtime import logs
 
     request_fd, response_fd = streams if streams is not None else take_stdio()
     sys.stdout = sys.stderr
     logs.setup(log_level)
     quiet = Quiet()
-    app = LazyApp(dict(overrides), quiet, limits)
+    app = LazyApp(dict(overrides), quiet, keepers)
     if os.getpid() == 1:
         threading.Thread(target=_init_reaper, name="sandbox-runtime-init-reaper",
                          daemon=True).start()
@@ -514,3 +529,5 @@ def main(overrides: Mapping[str, Any], log_level: str,
             return serve(app, stdin, stdout, watched, quiet)
     except (BrokenPipeError, ConnectionResetError):
         return 0  # the client left (the close's final flush can say so too)
+    finally:
+        app.runtime.keepers.close()  # idle keepers exit; retired ones keep their processes

@@ -69,11 +69,18 @@ RUNSC_ENV: Final = "AGENTIC_SANDBOX_RUNSC"
 PLATFORM_ENV: Final = "AGENTIC_SANDBOX_RUNSC_PLATFORM"
 WARM_POOL_ENV: Final = "AGENTIC_SANDBOX_WARM_POOL"
 MEMORY_ENV: Final = "AGENTIC_SANDBOX_LOCAL_MEMORY"
+DISK_ENV: Final = "AGENTIC_SANDBOX_LOCAL_DISK"
+CPU_ENV: Final = "AGENTIC_SANDBOX_LOCAL_CPU"
 ID_PREFIX: Final = "agentsbx"
 WORKSPACE: Final = "/workspace"
 BASE_URL: Final = "http://sandbox.local"
 SANDBOX_UID: Final = 65534  # nobody: cannot read root-only host files such as /etc/shadow
 DEFAULT_MEMORY_BYTES: Final = 2 * 2**30  # when a template sets no memory limit
+DEFAULT_DISK_BYTES: Final = 2**30  # when a template sets no ephemeral-storage
+MIN_DISK_BYTES: Final = 16 * 2**20  # the smallest ext4 worth making
+DEFAULT_CPU_MILLIS: Final = 1000  # when a template sets no CPU limit (nor a larger request)
+CPU_PERIOD_US: Final = 100_000
+WORKSPACE_IMAGE: Final = "workspace.img"
 PIDS_LIMIT: Final = 1024  # a fork bomb ends the sandbox, not the host (design section 7)
 TMP_SIZE: Final = "256m"
 MAX_WARM_POOL: Final = 8
@@ -93,21 +100,23 @@ HIDDEN_DIRS: Final = ("/root", "/home", "/run", "/mnt", "/media")
 # go after the standard library, whose imports then find their modules at the first try;
 # the workspace is the second.
 #
-# It calls stdio.main directly (argparse costs ~25 ms under ptrace), and checks the rlimit
-# mechanism (a shell start, 25-60 ms) in a thread while the rest of the runtime is imported;
-# the streams are taken off fds 0 and 1 first, so that check's shell sees neither.
+# It calls stdio.main directly (argparse costs ~25 ms under ptrace), and starts the first
+# command keeper (its own interpreter start, about 60 ms under ptrace) before anything else
+# of the runtime is imported (config and procs alone take ~120 ms there), so both start-ups
+# overlap; the streams are taken off fds 0 and 1 first, so the keeper sees neither.
 # Standard modules the runtime imports but does not use on its way to answering commands
-# (LATER: dataclasses' inspect, procs' ctypes, files' queue; ~30 ms under ptrace) are
-# imported on first attribute access instead.
+# (LATER: dataclasses' inspect, files' queue; ~30 ms under ptrace) are imported on first
+# attribute access instead.
 #
 # The sandbox's first process is the first runtime. When its channel ends (the client hung
 # up, a stream abandoned), it must not exit: the sandbox would end with it, and the
 # workspace and background processes with the sandbox. It stays as the sandbox's init and
-# reaps orphans (killed command trees are reparented to it); later runtimes come in with
-# `runsc exec`. If it crashes instead, the sandbox ends, which the client sees as
-# end-of-file (a crash must never leave a request waiting on a channel nobody serves).
+# reaps orphans (gVisor has no child subreaper: every orphan is reparented to it); later
+# runtimes come in with `runsc exec`. If it crashes instead, the sandbox ends, which the
+# client sees as end-of-file (a crash must never leave a request waiting on a channel
+# nobody serves).
 RUNTIME_LAUNCH: Final = """\
-LATER = ("inspect", "ctypes", "queue")
+LATER = ("inspect", "queue")
 import fcntl, os, sys, threading
 for fd in (0, 1):
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
@@ -128,24 +137,15 @@ null = os.open(os.devnull, os.O_RDONLY)
 os.dup2(null, 0)
 os.close(null)
 os.dup2(2, 1)
-from sandbox_runtime import config, execute
+from sandbox_runtime import keeper
+first_keeper = keeper.start(sys.executable)
+from sandbox_runtime import config, procs
 overrides = {"base_dir": sys.argv[2]}
 cfg = config.load(overrides)
-found = []
-def check():
-    try:
-        found.append(execute.choose_limits(cfg))
-    except BaseException as exc:
-        found.append(exc)
-checker = threading.Thread(target=check, daemon=True)
-checker.start()
-def limits():
-    checker.join()
-    if isinstance(found[0], BaseException):
-        raise found[0]
-    return found[0]
+keepers = procs.KeeperPool(cfg)
+keepers.adopt(*first_keeper)
 from sandbox_runtime import stdio
-status = stdio.main(overrides, cfg.log_level, limits, streams)
+status = stdio.main(overrides, cfg.log_level, keepers, streams)
 if os.getpid() != 1:
     sys.exit(status)
 import signal
@@ -297,8 +297,8 @@ def oci_spec(template: LocalTemplate, workspace: Path, state_dir: Path, sandbox_
         if template.cpu_request_millis:
             cpu["shares"] = max(2, template.cpu_request_millis * 1024 // 1000)
         if template.cpu_limit_millis:
-            cpu["period"] = 100_000
-            cpu["quota"] = template.cpu_limit_millis * 100
+            cpu["period"] = CPU_PERIOD_US
+            cpu["quota"] = template.cpu_limit_millis * CPU_PERIOD_US // 1000
         if cpu:
             resources["cpu"] = cpu
         linux["resources"] = resources
@@ -326,6 +326,105 @@ def _default_memory() -> int:
     from agentic_sandbox._templates import parse_memory
     raw = os.environ.get(MEMORY_ENV)
     return parse_memory(raw) if raw else DEFAULT_MEMORY_BYTES
+
+
+def cpu_limit_millis(template: LocalTemplate) -> int:
+    """The sandbox's CPU bound (CFS quota): the template's limit (in the spec); else its
+    request or the default (1 CPU, or $AGENTIC_SANDBOX_LOCAL_CPU), whichever is larger, set
+    once the sandbox is ready (set_cpu_quota). A pod without a limit may use its node's
+    idle CPU; a local sandbox must not take this whole machine."""
+    if template.cpu_limit_millis:
+        return template.cpu_limit_millis
+    from agentic_sandbox._templates import parse_cpu
+    raw = os.environ.get(CPU_ENV)
+    default = parse_cpu(raw) if raw else DEFAULT_CPU_MILLIS
+    return max(default, template.cpu_request_millis or 0)
+
+
+def set_cpu_quota(sandbox_id: str, millis: int) -> bool:
+    """Write a CFS quota into a running sandbox's cgroup (v1 or v2); False if there is none.
+
+    For templates without a CPU limit: the default bound is set once the sandbox is ready,
+    not in its spec, so the start-up burst (runsc's boot, the runtime's and its first
+    keeper's interpreters, measured at 60-100 ms longer under a one-CPU quota) is not
+    throttled; everything the sandbox's code runs afterwards is."""
+    quota = millis * CPU_PERIOD_US // 1000
+    v1 = Path("/sys/fs/cgroup/cpu/agent-sandbox") / sandbox_id
+    v2 = Path("/sys/fs/cgroup/agent-sandbox") / sandbox_id / "cpu.max"
+    try:
+        if (v1 / "cpu.cfs_quota_us").exists():
+            (v1 / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+            (v1 / "cpu.cfs_quota_us").write_text(str(quota))
+            return True
+        if v2.exists():
+            v2.write_text(f"{quota} {CPU_PERIOD_US}")
+            return True
+    except OSError as exc:
+        log.warning("cannot set the CPU quota of sandbox %s: %s", sandbox_id, exc)
+    return False
+
+
+def workspace_bytes(template: LocalTemplate) -> int:
+    """The workspace's size: the template's ephemeral-storage (limit, else request), else
+    1 GiB (or $AGENTIC_SANDBOX_LOCAL_DISK); at least MIN_DISK_BYTES."""
+    from agentic_sandbox._templates import parse_memory
+    raw = os.environ.get(DISK_ENV)
+    size = template.ephemeral_storage_bytes or (parse_memory(raw) if raw
+                                                else DEFAULT_DISK_BYTES)
+    return max(size, MIN_DISK_BYTES)
+
+
+def _tool(name: str) -> str:
+    """A system tool (mkfs.ext4, mount, umount), also from /sbin when PATH lacks it."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin") \
+        or name
+
+
+def _quiet(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=RUNSC_TIMEOUT_S, check=False)
+
+
+def mount_workspace(workspace: Path, image: Path, size: int) -> str:
+    """Give the (empty) workspace folder a filesystem of its own, `size` bytes: a sparse
+    ext4 image on a loop device (disk-backed, like a pod's ephemeral storage), else a tmpfs
+    of that size (memory-backed) where loop devices are missing. Writes past it fail with
+    ENOSPC inside the sandbox; the host's disk gives at most `size`. Returns which."""
+    with open(image, "wb") as f:
+        f.truncate(size)
+    made = _quiet([_tool("mkfs.ext4"), "-q", "-F", "-m", "0", "-O", "^has_journal",
+                   "-E", f"root_owner={SANDBOX_UID}:{SANDBOX_UID}", str(image)])
+    kind = "ext4 image"
+    # discard: a file deleted inside gives its blocks back to the host at once.
+    if made.returncode != 0 or _quiet([_tool("mount"), "-o",
+                                        "loop,discard,nosuid,nodev,noatime",
+                                        str(image), str(workspace)]).returncode != 0:
+        image.unlink(missing_ok=True)
+        kind = "tmpfs"
+        done = _quiet([_tool("mount"), "-t", "tmpfs", "-o",
+                       f"size={size},mode=0700,uid={SANDBOX_UID},gid={SANDBOX_UID},"
+                       "nosuid,nodev", "tmpfs", str(workspace)])
+        if done.returncode != 0:
+            raise BackendUnavailableError(
+                "cannot give the sandbox's workspace a bounded filesystem (no loop device "
+                f"for an ext4 image, no tmpfs mount): {done.stderr.strip()}")
+    with contextlib.suppress(OSError):
+        os.rmdir(workspace / "lost+found")
+    os.chown(workspace, SANDBOX_UID, SANDBOX_UID)
+    os.chmod(workspace, 0o700)
+    return kind
+
+
+def release_workspace(workspace: Path) -> None:
+    """Unmount the workspace's filesystem (lazily if something still holds it), then
+    remove the folder. Never removes files through a mount it could not detach."""
+    if os.path.ismount(workspace) and \
+            _quiet([_tool("umount"), str(workspace)]).returncode != 0:
+        _quiet([_tool("umount"), "-l", str(workspace)])
+    if os.path.ismount(workspace):
+        log.warning("could not unmount the workspace %s", workspace)
+        return
+    remove_files(workspace)
 
 
 # -- HTTP over a socketpair -----------------------------------------------------------------
@@ -393,6 +492,7 @@ class LocalSandbox:
         self.platform = platform
         self.dir = state_dir / "sandboxes" / self.id
         self.workspace = state_dir / "workspaces" / self.id
+        self.workspace_kind = ""  # "ext4 image" or "tmpfs", once mounted
         self.log_path = self.dir / "runtime.log"
         self._first_channel: socket.socket | None = None
         self._execs: list[subprocess.Popen[bytes]] = []
@@ -416,7 +516,8 @@ class LocalSandbox:
             {"pid": os.getpid(), "start": _process_start(os.getpid()),
              "workspace": str(self.workspace)}))
         self.workspace.mkdir(parents=True, mode=0o700)
-        os.chown(self.workspace, SANDBOX_UID, SANDBOX_UID)
+        self.workspace_kind = mount_workspace(self.workspace, self.dir / WORKSPACE_IMAGE,
+                                              workspace_bytes(self.template))
         spec = oci_spec(self.template, self.workspace, self.state_dir, self.id, cgroups=cgroups)
         (self.dir / "config.json").write_text(json.dumps(spec, indent=1))
         (self.dir / "process.json").write_text(json.dumps(exec_process(spec)))
@@ -560,7 +661,8 @@ class LocalSandbox:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        remove_files(self.dir, self.workspace)
+        release_workspace(self.workspace)
+        remove_files(self.dir)
 
 
 def delete_container(runsc: str, state_dir: Path, sandbox_id: str) -> None:
@@ -596,7 +698,8 @@ def clean_stale(state_dir: Path, runsc: str) -> list[str]:
             if _owner_alive(record):
                 continue
             delete_container(runsc, state_dir, entry.name)
-            remove_files(entry, state_dir / "workspaces" / entry.name)
+            release_workspace(state_dir / "workspaces" / entry.name)
+            remove_files(entry)
             removed.append(entry.name)
     # Containers whose folder is gone (a crash between the two steps of a cleanup).
     try:
@@ -618,7 +721,7 @@ def clean_stale(state_dir: Path, runsc: str) -> list[str]:
         for entry in workspaces.iterdir():
             if not (sandboxes / entry.name).exists() and entry.name.startswith(ID_PREFIX) \
                     and not entry.name.startswith(f"{ID_PREFIX}-{os.getpid()}-"):
-                remove_files(entry)
+                release_workspace(entry)
     if removed:
         log.info("removed %d stale local sandbox(es): %s", len(removed), ", ".join(removed))
     return removed
@@ -726,6 +829,9 @@ class _Manager:
             try:
                 sandbox.start(cgroups=self.cgroups)
                 sandbox.wait_ready(ready_timeout, warm_up=warm_up)
+                if self.cgroups and not template.cpu_limit_millis and \
+                        not set_cpu_quota(sandbox.id, cpu_limit_millis(template)):
+                    log.warning("sandbox %s runs without a CPU bound", sandbox.id)
             except BackendUnavailableError:
                 if not self.cgroups or "cgroup" not in sandbox.log_tail().lower():
                     raise

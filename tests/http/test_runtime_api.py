@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 
@@ -95,6 +96,21 @@ def test_stream_delivers_output_before_the_command_ends(runtime):
     assert first == {"stream": "stdout", "data": "early\n"}
     rest = [json.loads(line) for line in lines if line]
     assert rest[-1]["exit_code"] == 0
+
+
+def test_downloads_keep_the_connection_alive(runtime):
+    """gunicorn sends files with sendfile(); the connection must serve the next request."""
+    (runtime.workspace / "twice.bin").write_bytes(b"t" * 200_000)
+    host, port = runtime.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        for _ in range(3):
+            conn.request("GET", "/download/twice.bin")
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"t" * 200_000)
+            assert not response.will_close
+    finally:
+        conn.close()
 
 
 def test_stream_validates_like_execute(runtime):

@@ -7,6 +7,7 @@ here the same process runs on the host so the framing itself is tested.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from typing import IO
 
@@ -201,3 +202,52 @@ def test_light_routes_and_flask_routes_share_one_runtime(stdio_runtime):
     assert 'sandbox_runtime_http_errors_total{status="403"} 1.0' in metrics
     assert 'sandbox_runtime_http_errors_total{status="404"} 1.0' in metrics
     assert "sandbox_runtime_command_duration_seconds_count 1.0" in metrics
+
+
+DOWNLOAD_SIZE = 4 * 1024 * 1024
+
+
+def download_then_healthz(stdio_runtime, name: str):
+    """Ask for a 4 MiB file, then /healthz, on one stream; return once the download's
+    status line is read. The answer goes through a 64 KiB pipe nobody reads yet, so the
+    server is still in the middle of the file: the caller changes it now."""
+    process, workspace = stdio_runtime
+    path = workspace / name
+    path.write_bytes(b"a" * DOWNLOAD_SIZE)
+    process.stdin.write(request("GET", f"/download/{name}"))
+    process.stdin.write(request("GET", "/healthz"))
+    process.stdin.flush()
+    status_line = process.stdout.readline()
+    assert status_line.startswith(b"HTTP/1.1 200"), status_line
+    return process, path
+
+
+def test_a_download_of_a_growing_file_carries_exactly_its_content_length(hostile,
+                                                                        stdio_runtime):
+    """The file grows while it is sent: the answer stops at the size it declared, and the
+    next answer on the same stream parses (extra bytes would forge its start)."""
+    process, growing = download_then_healthz(stdio_runtime, "growing.bin")
+    size = DOWNLOAD_SIZE
+    with growing.open("ab") as f:
+        for _ in range(100):
+            f.write(b"FORGED" * 100)
+            f.flush()
+    headers: dict[str, str] = {}
+    while (line := process.stdout.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    with hostile("runtime", "--stdio: a file grows while it is downloaded"):
+        assert int(headers["content-length"]) == size
+        assert process.stdout.read(size) == b"a" * size
+        status, _, body = read_response(process.stdout)
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
+
+
+def test_a_download_of_a_file_truncated_meanwhile_ends_the_stream(stdio_runtime):
+    """Fewer bytes than declared cannot be framed: the server stops (exit 1), so the reader
+    sees end-of-file instead of taking the next answer's bytes for the rest."""
+    process, shrinking = download_then_healthz(stdio_runtime, "shrinking.bin")
+    os.truncate(shrinking, 1024)
+    rest = process.stdout.read()  # to end-of-file
+    assert len(rest) < DOWNLOAD_SIZE and b"HTTP/1.1" not in rest
+    assert process.wait(timeout=10) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agentic_sandbox import TemplateNotFoundError
@@ -51,6 +53,7 @@ def test_builtin_is_the_walkthrough_template():
     assert template.cpu_request_millis == 250
     assert template.memory_limit_bytes is None  # requests only: no hard limit from it
     assert template.warm_pool == 0
+    assert template.ephemeral_storage_bytes == 512 * 2**20  # the walkthrough's request
     assert "image" in template.ignored and "runtimeClassName" in template.ignored
 
 
@@ -103,6 +106,36 @@ def test_oci_spec_is_locked_down(tmp_path):
     assert resources["pids"]["limit"] == local.PIDS_LIMIT
     no_cgroups = local.oci_spec(template, tmp_path, tmp_path, "x", cgroups=False)
     assert "resources" not in no_cgroups["linux"]
+
+
+def test_cpu_and_disk_are_bounded_by_default(monkeypatch):
+    monkeypatch.delenv(local.CPU_ENV, raising=False)
+    monkeypatch.delenv(local.DISK_ENV, raising=False)
+    bare = local.LocalTemplate(name="bare", source="x")
+    assert local.cpu_limit_millis(bare) == 1000  # one CPU, not the whole machine
+    assert local.workspace_bytes(bare) == 2**30
+    requested = local.LocalTemplate(name="r", source="x", cpu_request_millis=1500,
+                                    ephemeral_storage_bytes=1)
+    assert local.cpu_limit_millis(requested) == 1500  # a larger request raises the bound
+    assert local.workspace_bytes(requested) == local.MIN_DISK_BYTES
+    limited = local.LocalTemplate(name="l", source="x", cpu_limit_millis=250,
+                                  cpu_request_millis=1500)
+    assert local.cpu_limit_millis(limited) == 250  # a limit is the limit
+    monkeypatch.setenv(local.CPU_ENV, "500m")
+    monkeypatch.setenv(local.DISK_ENV, "64Mi")
+    assert (local.cpu_limit_millis(bare), local.workspace_bytes(bare)) == (500, 64 * 2**20)
+    # Without a template limit the bound is set once the sandbox is ready, not in its spec
+    # (the data-plane tier checks the running sandbox's cgroup).
+    spec = local.oci_spec(bare, Path("/ws"), Path("/state"), "agentsbx-1-ab")
+    assert "cpu" not in spec["linux"]["resources"]
+
+
+def test_ephemeral_storage_limit_wins_over_the_request(tmp_path):
+    (tmp_path / "t.yaml").write_text(USER_TEMPLATE.replace(
+        "requests: {cpu: 500m}", "requests: {cpu: 500m, ephemeral-storage: 1Gi}").replace(
+        'memory: 1Gi}', 'memory: 1Gi, ephemeral-storage: 100Mi}'))
+    template = load_template("python-runtime-template", template_dirs(str(tmp_path)))
+    assert template.ephemeral_storage_bytes == 100 * 2**20
 
 
 def test_code_under_a_private_or_hidden_folder_is_bound_back_read_only(tmp_path, monkeypatch):

@@ -1,0 +1,10 @@
+"""sandbox_common: serving code shared by the hook server and the runtime, defined once.
+
+- serving.py  the gunicorn worker both servers use (HeadFirstWorker): a connection gets a
+              thread only once its request head is complete, and every answer gunicorn
+              writes itself (400, 414, 431, 501, 500...) is the JSON error `{"error": ...}`.
+
+Small and dependency-free: nothing here imports Flask or the servers' own packages; the
+worker module imports gunicorn, and is only loaded by gunicorn (from the servers'
+gunicorn_conf), never by hook or runtime modules.
+"""
