@@ -29,6 +29,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ RETRY_AFTER_SECONDS = 1
 # Fetched records kept beside the watch cache while they are newer than it (a bound, not a
 # working size: an entry lives only until the watch catches up).
 MAX_FETCHED = 4096
+# A Sandbox a read found not Ready is read again for a request at most this often (seconds):
+# the watch may lag behind its turning Ready, and clients retrying must not each cost a read.
+NOT_READY_RECHECK_SECONDS = 0.25
 
 
 class ResolveError(Exception):
@@ -585,15 +589,16 @@ class Resolver:
 
     def __init__(self, source: Source, policy: AddressPolicy, *,
                  cluster_domain: str = "cluster.local",
-                 on_read: Callable[[str, str], None] | None = None) -> None:
+                 on_read: Callable[[str, str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.source = source
         self.policy = policy
         self.cluster_domain = cluster_domain
         self.reads: Reads[SandboxRecord | None] = Reads()
         self._on_read = on_read
-        # Records from the watch already found not servable by a direct read: asked again
-        # only once the watch brings a new record for the name.
-        self._checked: dict[tuple[str, str], SandboxRecord] = {}
+        self._clock = clock
+        # When a read last found each name not servable (see NOT_READY_RECHECK_SECONDS).
+        self._not_ready_at: dict[tuple[str, str], float] = {}
 
     async def resolve(self, route: Route, *,
                       connection: ConnectionMemory | None = None) -> Target:
@@ -637,7 +642,9 @@ class Resolver:
         expected = route.uid if route.uid is not None else (
             connection.get(key) if connection is not None else None)
         if record is not None and expected is not None and record.uid == expected:
-            if not record.unservable or record.fetched or self._checked.get(key) is record:
+            checked = self._not_ready_at.get(key)
+            if not record.unservable or (
+                    checked is not None and self._clock() - checked < NOT_READY_RECHECK_SECONDS):
                 return record
             why = "not_ready"  # the watch may lag behind a Sandbox that turned Ready
         elif route.uid is not None:
@@ -651,11 +658,11 @@ class Resolver:
             self._count(why, "error")
             raise Unconfirmed(f"cannot confirm {where} with the API server: {exc}") from None
         self._count(why, "absent" if fresh is None else "found")
-        if record is not None and fresh is not None and fresh.unservable:
-            self._checked.pop(key, None)
-            self._checked[key] = record
-            while len(self._checked) > MAX_FETCHED:
-                self._checked.pop(next(iter(self._checked)), None)
+        self._not_ready_at.pop(key, None)
+        if fresh is not None and fresh.unservable:
+            self._not_ready_at[key] = self._clock()
+            while len(self._not_ready_at) > MAX_FETCHED:
+                self._not_ready_at.pop(next(iter(self._not_ready_at)), None)
         if route.uid is not None:
             if fresh is None:
                 raise SandboxReplaced(f"{where} (uid {route.uid}) no longer exists")

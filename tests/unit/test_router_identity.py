@@ -16,6 +16,7 @@ from sandbox_router.addresses import AddressPolicy
 from sandbox_router.headers import Route
 from sandbox_router.identity import CONNECTION_NAMES, ConnectionMemory, Reads
 from sandbox_router.resolve import (
+    NOT_READY_RECHECK_SECONDS,
     NotServable,
     Resolver,
     SandboxCache,
@@ -257,17 +258,35 @@ def test_connection_memory_is_bounded_and_forgets_the_oldest_name():
 
 def test_a_sandbox_that_is_not_ready_is_refused_with_503_and_retry_after():
     source = CacheSource(new(ready="False", reason="PodLost"))
-    resolver = Resolver(source, AddressPolicy())
+    now = [100.0]
+    resolver = Resolver(source, AddressPolicy(), clock=lambda: now[0])
     for _ in range(3):
         with pytest.raises(NotServable, match="PodLost") as refused:
             run(resolver, route(NEW))
         assert refused.value.status == 503 and refused.value.retry_after == 1
-    # One read to check the cache was not merely behind; none again until the watch moves.
+    # One read to check the cache was not merely behind; clients retrying at once cost none.
     assert len(source.fetched) == 1
-    source.deliver(("MODIFIED", new(rv="21", ready="False", reason="PodLost")))
+    now[0] += NOT_READY_RECHECK_SECONDS
+    with pytest.raises(NotServable):
+        run(resolver, route(), connection=ConnectionMemory())
     with pytest.raises(NotServable):
         run(resolver, route(NEW))
-    assert len(source.fetched) == 2
+    assert len(source.fetched) == 2  # the name-only request's read counts for both
+
+
+def test_a_sandbox_found_not_ready_is_read_again_while_the_watch_lags():
+    source = CacheSource(new(rv="20"))
+    source.serve(new(rv="21", ready="False", reason="WaitingForPodNameAnnotation"))
+    source.deliver(("MODIFIED", new(rv="21", ready="False",
+                                    reason="WaitingForPodNameAnnotation")))
+    now = [100.0]
+    resolver = Resolver(source, AddressPolicy(), clock=lambda: now[0])
+    with pytest.raises(NotServable):
+        run(resolver, route(NEW))
+    source.serve(new(rv="22"))  # Ready now; the watch does not say so yet
+    now[0] += NOT_READY_RECHECK_SECONDS
+    (target,) = run(resolver, route(NEW))
+    assert target.addresses == (NEW_IP,) and len(source.fetched) == 2
 
 
 def test_a_cache_that_is_behind_a_sandbox_turning_ready_costs_one_read_not_a_refusal():
