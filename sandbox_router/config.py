@@ -36,6 +36,18 @@ class Config:
     # processes on this machine (the Metacontroller test tier, a laptop); never in a cluster.
     allow_loopback_pods: bool = False
     cluster_domain: str = "cluster.local"
+    # Kubernetes source, requests without X-Sandbox-UID: when the router confirms which
+    # Sandbox uid a name means with a direct read from the API server. "connection": the first
+    # time a client connection names a sandbox, and again whenever the cache disagrees with
+    # what that connection was told; "request": for every such request (for a front that
+    # pools connections across tenants). docs/router.md has the guarantee of each.
+    name_confirmation: str = "connection"
+    # Kubernetes source: seconds a direct read of a Sandbox may take; how many run at once.
+    api_timeout: float = 5.0
+    api_concurrency: int = 8
+    # Testing only: while this file exists, watch events are held back (in order) and applied
+    # once it is removed, so a test can make the cache lag on purpose. Empty: off.
+    test_watch_hold_file: str = ""
     # Extra allow-list: when set, a sandbox address must also fall in one of these CIDRs.
     allowed_cidrs: tuple[str, ...] = ()
     default_port: int = 8888
@@ -112,8 +124,13 @@ def check(config: Config) -> None:
         raise ValueError(f"source must be 'kubernetes' or 'static', not {config.source!r}")
     if config.source == "static" and not config.static_file:
         raise ValueError("source 'static' needs static_file")
+    if config.name_confirmation not in ("connection", "request"):
+        raise ValueError("name_confirmation must be 'connection' or 'request', not "
+                         f"{config.name_confirmation!r}")
+    if config.api_concurrency < 1:
+        raise ValueError("api_concurrency must be at least 1")
     for name in ("connect_timeout", "default_timeout", "max_timeout", "keepalive_timeout",
-                 "token_reload_seconds"):
+                 "token_reload_seconds", "api_timeout"):
         if not getattr(config, name) > 0:
             raise ValueError(f"{name} must be positive")
     if config.default_timeout > config.max_timeout:

@@ -4,17 +4,20 @@ Called by SandboxClient (backend="kubernetes", or "auto" when a cluster is confi
 open(): check the SandboxTemplate exists, create a SandboxClaim
 (extensions.agents.x-k8s.io/v1alpha1, `spec.sandboxTemplateRef.name`) with a unique name,
 watch it until Ready (a terminal Ready=False reason fails at once), read the Sandbox's name
-from `status.sandbox.name` (it equals the claim's), open the connection to the router and
-check the runtime answers through it. Named sandboxes (the command line's `create NAME`,
+from `status.sandbox.name` (it equals the claim's) and its uid from the Sandbox itself
+(checking that the claim owns it), open the connection to the router and check the runtime
+answers through it. Named sandboxes (the command line's `create NAME`,
 `exec NAME`, `delete NAME`; SandboxClient(attach=NAME)): `claim=` names the claim instead of
 a random name, `attach=True` uses an existing claim (never created, never deleted here),
 release() hands a created claim over to the caller, delete() removes a claim by name.
 Connection modes: a `kubectl port-forward` tunnel to
 the router Service on a free loopback port (the default: two clients never collide), a
 direct or gateway `api_url`, or the router Service's in-cluster DNS name. Every request
-carries X-Sandbox-ID / X-Sandbox-Namespace / X-Sandbox-Port, and the router's bearer token
-when one is configured. close() (and any failure after the claim exists) deletes the claim
-and closes the tunnel. The `kubernetes` package is imported lazily: it is an extra.
+carries X-Sandbox-ID / X-Sandbox-Namespace / X-Sandbox-Port, X-Sandbox-UID (so the router
+never forwards to another Sandbox that held or will hold the same name), and the router's
+bearer token when one is configured. close() (and any failure after the claim exists)
+deletes the claim and closes the tunnel. The `kubernetes` package is imported lazily: it is
+an extra.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 GROUP: Final = "extensions.agents.x-k8s.io"
 VERSION: Final = "v1alpha1"
 CLAIM_PLURAL: Final = "sandboxclaims"
+SANDBOX_GROUP: Final = "agents.x-k8s.io"
+SANDBOX_PLURAL: Final = "sandboxes"
 TEMPLATE_PLURAL: Final = "sandboxtemplates"
 READY: Final = "Ready"
 TOKEN_ENV: Final = "AGENTIC_SANDBOX_ROUTER_TOKEN"
@@ -164,7 +169,9 @@ class KubernetesBackend:
         self.router_port = router_port
         self.server_port = server_port
         self.claim: str | None = None
+        self.claim_uid: str | None = None
         self.sandbox: str | None = None
+        self.sandbox_uid: str | None = None
         # Named sandboxes: a claim owned by the caller is never deleted here.
         self.claim_name = claim
         self.attach = attach
@@ -241,6 +248,7 @@ class KubernetesBackend:
         except Exception as exc:
             raise self._api_error(exc, "creating the SandboxClaim") from exc
         self.claim = name
+        self.claim_uid = str((created.get("metadata") or {}).get("uid") or "") or None
         log.info("created SandboxClaim %s/%s for template %s", self.namespace, name,
                  self.template_name)
         return str(created.get("metadata", {}).get("resourceVersion", ""))
@@ -339,7 +347,39 @@ class KubernetesBackend:
         except Exception as exc:
             raise self._api_error(exc, "reading the SandboxClaim") from exc
         self.claim = name
+        self.claim_uid = str((found.get("metadata") or {}).get("uid") or "") or None
         return found
+
+    def _sandbox_uid(self, api: Any) -> str | None:
+        """The uid of the claim's Sandbox, after checking the claim owns it.
+
+        Sent as X-Sandbox-UID: a name may be taken again by another Sandbox (delete a claim,
+        create one of the same name) while the router's cache still shows the old one; a uid
+        never is. None when the Sandbox cannot be read (no permission, or a cluster whose
+        claims are not served by Sandboxes): requests then carry the name only, and the
+        router confirms it per connection (docs/router.md)."""
+        from kubernetes.client.exceptions import ApiException
+        where = f"Sandbox {self.namespace}/{self.sandbox}"
+        try:
+            obj = api.get_namespaced_custom_object(SANDBOX_GROUP, VERSION, self.namespace,
+                                                   SANDBOX_PLURAL, self.sandbox)
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                log.info("%s not readable (%s): requests carry its name only", where,
+                         exc.status)
+                return None
+            raise self._api_error(exc, f"reading the {where}") from exc
+        except Exception as exc:
+            raise self._api_error(exc, f"reading the {where}") from exc
+        meta = obj.get("metadata") or {}
+        owners = {str(ref.get("uid")) for ref in meta.get("ownerReferences") or ()
+                  if isinstance(ref, dict) and ref.get("controller")}
+        if self.claim_uid is not None and self.claim_uid not in owners:
+            raise ClaimFailedError(
+                f"{where} does not belong to SandboxClaim {self.namespace}/{self.claim}: the "
+                "claim's Sandbox was replaced", reason="SandboxReplaced",
+                claim=self.claim or "")
+        return str(meta.get("uid") or "") or None
 
     def _delete(self, name: str) -> bool:
         """Delete a claim by name; False if it was not there. Raises ApiException or ours."""
@@ -413,6 +453,8 @@ class KubernetesBackend:
     def headers(self) -> dict[str, str]:
         headers = {"X-Sandbox-ID": self.sandbox or "", "X-Sandbox-Namespace": self.namespace,
                    "X-Sandbox-Port": str(self.server_port)}
+        if self.sandbox_uid:
+            headers["X-Sandbox-UID"] = self.sandbox_uid
         if self.router_token:
             headers["Authorization"] = f"Bearer {self.router_token}"
         return headers
@@ -435,6 +477,12 @@ class KubernetesBackend:
                     raise SandboxConnectionError(
                         f"the router refused the request ({response.status_code}): set "
                         f"router_token= or ${TOKEN_ENV}")
+                if response.status_code == 409:
+                    # The router read the name: it belongs to another Sandbox uid now.
+                    raise ClaimFailedError(
+                        f"sandbox {self.namespace}/{self.sandbox} was replaced: "
+                        f"{response.text[:200]}", reason="SandboxReplaced",
+                        claim=self.claim or "")
                 last = f"{response.status_code} {response.text[:200]}"
             except requests.RequestException as exc:
                 last = str(exc)
@@ -463,6 +511,7 @@ class KubernetesBackend:
             self.sandbox = self._judge(found) if found else None
             if self.sandbox is None:
                 self.sandbox = self._wait_ready(api, version, deadline)
+            self.sandbox_uid = self._sandbox_uid(api)
             base_url = self._base_url(deadline)
             adapter = HTTPAdapter(max_retries=0)
             self._wait_routable(base_url, adapter, deadline)
