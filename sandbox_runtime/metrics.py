@@ -88,14 +88,16 @@ GAUGES = [index for family in FAMILIES if family.kind == "gauge"
 class Series:
     """What the code updates: one series, or (`labels()`) one of a family's series."""
 
-    def __init__(self, metrics: Metrics, family: Family) -> None:
+    def __init__(self, metrics: Metrics, index: int,
+                 children: dict[str, Series] | None = None) -> None:
         self._metrics = metrics
-        self._index = family.offset
-        self._children: dict[str, Series] = {}
-        if family.label:
-            for value, _, index in family.series():
-                child = self._children[value] = Series.__new__(Series)
-                child._metrics, child._index, child._children = metrics, index, {}
+        self._index = index
+        self._children = children or {}
+
+    @classmethod
+    def of(cls, metrics: Metrics, family: Family) -> Series:
+        children = {value: cls(metrics, index) for value, _, index in family.series()}
+        return cls(metrics, family.offset, children if family.label else None)
 
     def labels(self, value: str) -> Series:
         return self._children[value]  # KeyError: a label value the family does not declare
@@ -125,7 +127,7 @@ class Metrics:
     def __init__(self) -> None:
         self.commands, self.rejected, self.killed, self.truncated, self.uploaded, \
             self.downloaded, self.errors, self.running = (
-                Series(self, family) for family in FAMILIES[:-1])
+                Series.of(self, family) for family in FAMILIES[:-1])
         self.duration = Histogram(self, FAMILIES[-1])
         # MAP_SHARED and anonymous: processes forked from this one see the same pages.
         self._memory = mmap.mmap(-1, ROWS * WIDTH * VALUE.size)
