@@ -7,7 +7,7 @@ empty read-only tmpfs (the Python that runs the runtime is bound back read-only)
 writable workspace at /workspace (a fresh host folder), a private /tmp tmpfs,
 `--network=none`, uid 65534 with no capabilities, the template's CPU and memory in a
 cgroup. Its first process is the runtime (`sandbox-runtime --stdio`, through
-RUNTIME_LAUNCH), speaking HTTP/1.1 over its stdin/stdout, which are one end of a
+sandbox_runtime/launch.py), speaking HTTP/1.1 over its stdin/stdout, which are one end of a
 socketpair; the other end is this process's. So no socket listens anywhere: only this
 process holds the channel (docs/client.md, "Why a socketpair"). When that first channel
 ends, the runtime stays as the sandbox's init (it reaps orphans).
@@ -87,79 +87,6 @@ MAX_WARM_POOL: Final = 8
 REFILL_DELAY_S: Final = 0.5
 RUNSC_TIMEOUT_S: Final = 30.0
 HIDDEN_DIRS: Final = ("/root", "/home", "/run", "/mnt", "/media")
-# gVisor imports the donated stdin and stdout one after the other; both are the same host
-# socket, and importing stdin makes it non-blocking on the host, so stdout arrives in the
-# sandbox with O_NONBLOCK set and a large answer fails with EAGAIN once the socket buffer is
-# full. Clearing the flag inside (the sentry then waits as for any blocking file) fixes it,
-# in the same interpreter that then runs the runtime.
-#
-# The interpreter starts with -I -S -B: no site (its .pth and editable-install finders cost
-# ~50 ms under ptrace), no environment, nothing from the current directory (the workspace,
-# which code in the sandbox can write) on sys.path, no attempt to write bytecode to the
-# read-only host. The directories the runtime imports from come as the first argument and
-# go after the standard library, whose imports then find their modules at the first try;
-# the workspace is the second.
-#
-# It calls stdio.main directly (argparse costs ~25 ms under ptrace), and starts the first
-# command keeper (its own interpreter start, about 60 ms under ptrace) before anything else
-# of the runtime is imported (config and procs alone take ~120 ms there), so both start-ups
-# overlap; the streams are taken off fds 0 and 1 first, so the keeper sees neither.
-# Standard modules the runtime imports but does not use on its way to answering commands
-# (LATER: dataclasses' inspect, files' queue; ~30 ms under ptrace) are imported on first
-# attribute access instead.
-#
-# The sandbox's first process is the first runtime. When its channel ends (the client hung
-# up, a stream abandoned), it must not exit: the sandbox would end with it, and the
-# workspace and background processes with the sandbox. It stays as the sandbox's init and
-# reaps orphans (gVisor has no child subreaper: every orphan is reparented to it); later
-# runtimes come in with `runsc exec`. If it crashes instead, the sandbox ends, which the
-# client sees as end-of-file (a crash must never leave a request waiting on a channel
-# nobody serves).
-RUNTIME_LAUNCH: Final = """\
-LATER = ("inspect", "queue")
-import fcntl, os, sys, threading
-for fd in (0, 1):
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-sys.path += sys.argv[1].split(os.pathsep)
-later_lock = threading.Lock()
-class Later(type(sys)):
-    def __getattr__(self, attr):
-        with later_lock:
-            if sys.modules.get(self.__name__) is self:
-                del sys.modules[self.__name__]
-            real = __import__(self.__name__)
-            vars(self).update(vars(real))
-        return getattr(real, attr)
-for name in LATER:
-    sys.modules.setdefault(name, Later(name))
-streams = (os.dup(0), os.dup(1))
-null = os.open(os.devnull, os.O_RDONLY)
-os.dup2(null, 0)
-os.close(null)
-os.dup2(2, 1)
-from sandbox_runtime import keeper
-first_keeper = keeper.start(sys.executable)
-from sandbox_runtime import config, procs
-overrides = {"base_dir": sys.argv[2]}
-cfg = config.load(overrides)
-keepers = procs.KeeperPool(cfg)
-keepers.adopt(*first_keeper)
-from sandbox_runtime import stdio
-status = stdio.main(overrides, cfg.log_level, keepers, streams)
-if os.getpid() != 1:
-    sys.exit(status)
-import signal
-signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
-while True:
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
-    except ChildProcessError:
-        pass
-    signal.sigwaitinfo([signal.SIGCHLD])
-"""
-
-
 def _default_state_dir() -> Path:
     return Path(os.environ.get(STATE_ENV) or Path.home() / ".cache" / "agent-sandbox" / "local")
 
@@ -225,8 +152,13 @@ def _runtime_paths() -> list[str]:
 
 
 def _runtime_argv() -> list[str]:
-    return [sys.executable, "-I", "-S", "-B", "-c", RUNTIME_LAUNCH,
-            os.pathsep.join(_runtime_paths()), WORKSPACE]
+    """sandbox_runtime/launch.py run by path with -I -S -B (its docstring says why), found
+    without importing the runtime (_runsc_binary checked that it is installed)."""
+    spec = importlib.util.find_spec("sandbox_runtime")
+    assert spec is not None and spec.origin is not None
+    launch = os.path.join(os.path.dirname(spec.origin), "launch.py")
+    return [sys.executable, "-I", "-S", "-B", launch, os.pathsep.join(_runtime_paths()),
+            WORKSPACE]
 
 
 def _visible_paths() -> list[str]:
@@ -262,7 +194,7 @@ def oci_spec(template: LocalTemplate, workspace: Path, state_dir: Path, sandbox_
     env.update(dict(template.env))
     # The first process is the first runtime, speaking on runsc run's stdin/stdout (no
     # `runsc exec`, no second interpreter start); once its channel ends it stays as the
-    # sandbox's init (RUNTIME_LAUNCH). Later runtimes come in with `runsc exec`, so a broken
+    # sandbox's init (launch.py). Later runtimes come in with `runsc exec`, so a broken
     # channel costs one runtime, never the sandbox.
     argv = _runtime_argv()
     mounts: list[dict[str, Any]] = [
@@ -318,7 +250,7 @@ def oci_spec(template: LocalTemplate, workspace: Path, state_dir: Path, sandbox_
 
 def exec_process(spec: dict[str, Any]) -> dict[str, Any]:
     """The process spec `runsc exec --process` starts the runtime with: the sandbox's user,
-    environment, capabilities (none) and limits, running RUNTIME_LAUNCH."""
+    environment, capabilities (none) and limits, running sandbox_runtime/launch.py."""
     return spec["process"] | {"args": _runtime_argv()}
 
 
