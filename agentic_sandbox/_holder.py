@@ -53,7 +53,9 @@ import requests
 import urllib3.exceptions
 
 from agentic_sandbox._backends.base import Endpoint
-from agentic_sandbox._backends.local import BASE_URL, ChannelAdapter, _default_state_dir
+from agentic_sandbox._backends.channel import CHANNEL_URL, ChannelAdapter
+from agentic_sandbox._backends.local.owner import owner_record, record_listed
+from agentic_sandbox._backends.local.runsc import default_state_dir
 from agentic_sandbox._client import CONNECT_TIMEOUT_S, SandboxClient
 from agentic_sandbox._exceptions import (
     BackendUnavailableError,
@@ -87,7 +89,7 @@ HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-authenticate",
 
 def _state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
     """The local backend's state folder, resolved as the local backend resolves it."""
-    return (Path(state_dir) if state_dir is not None else _default_state_dir()).expanduser() \
+    return (Path(state_dir) if state_dir is not None else default_state_dir()).expanduser() \
         .resolve()
 
 
@@ -103,33 +105,9 @@ def read_record(directory: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _process_state(pid: Any) -> tuple[str, str] | None:
-    """(state, start time) of a process from /proc/<pid>/stat (fields 3 and 22), or None.
-
-    With the pid, the start time identifies a process for good: a reused pid has another.
-    """
-    try:
-        with open(f"/proc/{int(pid)}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return fields[0], fields[19]
-    except (OSError, TypeError, ValueError, IndexError):
-        return None
-
-
-def _listed(record: dict[str, Any]) -> str | None:
-    """The state of the record's process while /proc still lists it (a zombie too)."""
-    found = _process_state(record.get("pid"))
-    return found[0] if found is not None and found[1] == record.get("start") else None
-
-
 def holder_running(record: dict[str, Any]) -> bool:
     """Whether the record's holder still runs: same pid and start time, and not a zombie."""
-    return _listed(record) not in (None, "Z")
-
-
-def _own_record(**fields: Any) -> dict[str, Any]:
-    found = _process_state(os.getpid())
-    return {"pid": os.getpid(), "start": found[1] if found else None, **fields}
+    return record_listed(record) not in (None, "Z")
 
 
 @contextlib.contextmanager
@@ -419,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     serving = False
     status = 1
     try:
-        record = _own_record(template=args.template, namespace=args.namespace, sandbox=None)
+        record = owner_record(template=args.template, namespace=args.namespace, sandbox=None)
         directory = _reserve(state / NAMED, validate_name(args.name), record)
         # warm_pool=0: a spare sandbox in a holder would serve nobody.
         client = SandboxClient(args.template, args.namespace, backend="local", warm_pool=0,
@@ -569,7 +547,7 @@ def stop(name: str, *, state_dir: str | os.PathLike[str] | None = None,
         # owner is gone when its manager starts, which this does. It tells a gone owner by
         # its /proc entry, which a dead holder keeps until init reaps it.
         deadline = time.monotonic() + timeout
-        while _listed(record) is not None and time.monotonic() < deadline:
+        while record_listed(record) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
         from agentic_sandbox._backends import local
         local.manager(directory.parent.parent)
@@ -625,7 +603,7 @@ class HeldBackend:
                 "what is left", reason="HolderGone", claim=self.sandbox)
         if not record.get("sandbox"):
             raise SandboxConnectionError(f"local sandbox {self.sandbox!r} is still starting")
-        return Endpoint(base_url=BASE_URL, adapter=ChannelAdapter(self._connect),
+        return Endpoint(base_url=CHANNEL_URL, adapter=ChannelAdapter(self._connect),
                         headers={"X-Sandbox-ID": self.sandbox}, sandbox_name=self.sandbox,
                         description=f"named local sandbox {self.sandbox} "
                                     f"(holder pid {record.get('pid')})")

@@ -68,7 +68,7 @@ def test_stale_sandboxes_of_a_crashed_process_are_cleaned(tmp_path):
     proc.wait(30)
     time.sleep(0.5)
     assert (tmp_path / "workspaces" / sandbox_id / "left.txt").exists()
-    runsc = local._runsc_binary()
+    runsc = local.runsc_binary()
     removed = local.clean_stale(tmp_path, runsc)
     assert sandbox_id in removed
     assert sandbox_id not in containers(tmp_path)
@@ -78,7 +78,7 @@ def test_stale_sandboxes_of_a_crashed_process_are_cleaned(tmp_path):
 
 def test_stale_cleanup_spares_live_owners(state_dir):
     with SandboxClient(TEMPLATE, backend="local", state_dir=state_dir) as sandbox:
-        removed = local.clean_stale(state_dir, local._runsc_binary())
+        removed = local.clean_stale(state_dir, local.runsc_binary())
         assert sandbox.sandbox_name not in removed
         assert sandbox.run("echo alive").stdout == "alive\n"
 

@@ -15,13 +15,8 @@ import pytest
 
 from agentic_sandbox import ClaimFailedError, SandboxClient
 from agentic_sandbox._backends.kubernetes import KubernetesBackend
-from agentic_sandbox._holder import (
-    HeldBackend,
-    _own_record,
-    holder_running,
-    named_dir,
-    read_record,
-)
+from agentic_sandbox._backends.local.owner import owner_record
+from agentic_sandbox._holder import HeldBackend, holder_running, named_dir, read_record
 from agentic_sandbox._named import validate_name
 
 
@@ -92,7 +87,7 @@ def test_a_record_whose_holder_is_gone_is_not_attached(tmp_path):
 
 
 def test_holder_records_tell_live_dead_reused_and_zombie_processes(tmp_path):
-    me = _own_record()
+    me = owner_record()
     assert me["pid"] == os.getpid() and holder_running(me)
     assert not holder_running(me | {"start": "0"})  # the pid, reused by another process
     assert not holder_running({"pid": 2**22 + 1, "start": me["start"]})
