@@ -54,7 +54,7 @@ import urllib3.exceptions
 
 from agentic_sandbox._backends.base import Endpoint
 from agentic_sandbox._backends.channel import CHANNEL_URL, ChannelAdapter
-from agentic_sandbox._backends.local.owner import owner_record, record_listed
+from agentic_sandbox._backends.local.owner import owner_alive, owner_record
 from agentic_sandbox._backends.local.runsc import default_state_dir
 from agentic_sandbox._client import CONNECT_TIMEOUT_S, SandboxClient
 from agentic_sandbox._exceptions import (
@@ -107,7 +107,7 @@ def read_record(directory: Path) -> dict[str, Any] | None:
 
 def holder_running(record: dict[str, Any]) -> bool:
     """Whether the record's holder still runs: same pid and start time, and not a zombie."""
-    return record_listed(record) not in (None, "Z")
+    return owner_alive(record)
 
 
 @contextlib.contextmanager
@@ -544,11 +544,7 @@ def stop(name: str, *, state_dir: str | os.PathLike[str] | None = None,
                 time.sleep(0.05)
     if directory.exists():
         # The holder died without cleaning up: the local backend removes sandboxes whose
-        # owner is gone when its manager starts, which this does. It tells a gone owner by
-        # its /proc entry, which a dead holder keeps until init reaps it.
-        deadline = time.monotonic() + timeout
-        while record_listed(record) is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # owner is gone (a zombie too) when its manager starts, which this does.
         from agentic_sandbox._backends import local
         local.manager(directory.parent.parent)
         _remove(directory)

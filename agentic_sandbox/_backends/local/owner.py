@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["owner_alive", "owner_record", "process_state", "record_listed"]
+__all__ = ["owner_alive", "owner_record", "process_running", "process_state"]
 
 
 def process_state(pid: Any) -> tuple[str, str] | None:
@@ -31,14 +31,15 @@ def owner_record(**fields: Any) -> dict[str, Any]:
     return {"pid": os.getpid(), "start": found[1] if found else None, **fields}
 
 
-def record_listed(record: dict[str, Any]) -> str | None:
-    """The state of the record's process while /proc still lists it (a zombie too)."""
-    if record.get("start") is None:
-        return None
-    found = process_state(record.get("pid"))
-    return found[0] if found is not None and found[1] == record["start"] else None
+def process_running(pid: Any, start: str | None = None) -> bool:
+    """Whether a process runs: /proc lists it, not as a zombie, and (when `start` is given)
+    with that start time. A zombie has ended: it only waits for its parent to collect its
+    exit status, which may take as long as that parent likes."""
+    found = process_state(pid)
+    return found is not None and found[0] != "Z" and (start is None or found[1] == start)
 
 
 def owner_alive(record: dict[str, Any]) -> bool:
-    """Whether the record's owner still runs: the same pid and start time."""
-    return record_listed(record) is not None
+    """Whether the record's owner still runs: the same pid and start time, not a zombie."""
+    start = record.get("start")
+    return start is not None and process_running(record.get("pid"), str(start))

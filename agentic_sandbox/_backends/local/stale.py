@@ -15,7 +15,7 @@ import logging
 import os
 from pathlib import Path
 
-from agentic_sandbox._backends.local.owner import owner_alive, process_state
+from agentic_sandbox._backends.local.owner import owner_alive, process_running
 from agentic_sandbox._backends.local.runsc import ID_PREFIX, delete_container, list_containers
 from agentic_sandbox._backends.local.workspace import release_workspace, remove_files
 
@@ -48,7 +48,7 @@ def clean_stale(state_dir: Path, runsc: str) -> list[str]:
         if len(parts) != 3 or parts[0] != ID_PREFIX or (sandboxes / sandbox_id).exists():
             continue
         if parts[1].isdigit() and int(parts[1]) != os.getpid() \
-                and process_state(int(parts[1])) is None:
+                and not process_running(int(parts[1])):
             delete_container(runsc, state_dir, sandbox_id)
             removed.append(sandbox_id)
     workspaces = state_dir / "workspaces"
