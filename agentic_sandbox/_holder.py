@@ -49,14 +49,13 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Final
 
-import requests
-import urllib3.exceptions
+import httpx2
 
 from agentic_sandbox._backends.base import Endpoint
-from agentic_sandbox._backends.channel import CHANNEL_URL, ChannelAdapter
+from agentic_sandbox._backends.channel import CHANNEL_URL, ChannelTransport, hang_up
 from agentic_sandbox._backends.local.owner import owner_alive, owner_record
 from agentic_sandbox._backends.local.runsc import default_state_dir
-from agentic_sandbox._client import CONNECT_TIMEOUT_S, SandboxClient
+from agentic_sandbox._client import SandboxClient
 from agentic_sandbox._exceptions import (
     BackendUnavailableError,
     ClaimFailedError,
@@ -66,6 +65,7 @@ from agentic_sandbox._exceptions import (
     TemplateNotFoundError,
 )
 from agentic_sandbox._named import validate_name
+from agentic_sandbox._protocol import CONNECT_TIMEOUT_S
 
 __all__ = ["HeldBackend", "main", "named_dir", "spawn", "stop"]
 
@@ -78,6 +78,8 @@ CHUNK: Final = 64 * 1024
 # Ready answer from a holder: the sandbox's start-up plus this much for the holder's own.
 SPAWN_GRACE_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 60.0
+# A forwarded request may wait for its command as long as the command runs.
+UPSTREAM_TIMEOUT: Final = httpx2.Timeout(None, connect=CONNECT_TIMEOUT_S).as_dict()
 # Headers that belong to one hop (RFC 9110 section 7.6.1), and the ones we set ourselves.
 HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-authenticate",
                                "proxy-authorization", "te", "trailer", "transfer-encoding",
@@ -160,16 +162,13 @@ class _BodyReader:
         self.remaining = length
         self.length = length
 
-    def __len__(self) -> int:
-        return self.length
-
-    def read(self, size: int = -1) -> bytes:
-        if self.remaining <= 0:
-            return b""
-        size = self.remaining if size < 0 else min(size, self.remaining)
-        data = self.stream.read(size)
-        self.remaining -= len(data)
-        return data
+    def __iter__(self) -> Iterator[bytes]:
+        while self.remaining > 0:
+            data = self.stream.read(min(CHUNK, self.remaining))
+            if not data:
+                return  # the client hung up: the runtime gets a short body and refuses it
+            self.remaining -= len(data)
+            yield data
 
 
 def _dechunk(stream: io.BufferedIOBase) -> Iterator[bytes]:
@@ -196,7 +195,7 @@ class _HangupWatch:
     makes. A client that sends more bytes instead is not hanging up: watching stops.
     """
 
-    def __init__(self, client: socket.socket, upstream: Any) -> None:
+    def __init__(self, client: socket.socket, upstream: httpx2.Response) -> None:
         self.client = client
         self.upstream = upstream
         self._wake_read, self._wake_write = os.pipe()
@@ -227,8 +226,7 @@ class _HangupWatch:
             except OSError:
                 hung_up = True
             if hung_up:
-                with contextlib.suppress(Exception):
-                    self.upstream.shutdown()
+                hang_up(self.upstream)
             return
 
 
@@ -280,27 +278,28 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         headers.update(endpoint.headers)
         if length is not None:
             headers["Content-Length"] = str(length)
-        url = endpoint.base_url + self.path
-        session = self.server.session
-        prepared = session.prepare_request(requests.Request(self.command, url, headers=headers,
-                                                            data=body))
-        prepared.url = url  # requests would re-quote the path (%2E back to "."), as in _client
+        # Straight on the endpoint's transport: the request goes on as it came, with no
+        # headers of a client library's own.
+        request = httpx2.Request(self.command, endpoint.base_url + self.path, headers=headers,
+                                 content=body, extensions={"timeout": UPSTREAM_TIMEOUT})
         try:
-            upstream = session.send(prepared, stream=True, allow_redirects=False,
-                                    timeout=(CONNECT_TIMEOUT_S, None))
-        except (requests.RequestException, ValueError) as exc:
+            upstream = endpoint.transport.handle_request(request)
+        except (httpx2.HTTPError, ValueError) as exc:
             self._answer_error(502, f"the sandbox's runtime did not answer: {exc}")
             return
         if isinstance(body, _BodyReader) and body.remaining:
             self.close_connection = True  # the runtime answered before reading it all
-        with upstream, _HangupWatch(self.connection, upstream.raw):
-            self._relay(upstream)
+        try:
+            with _HangupWatch(self.connection, upstream):
+                self._relay(upstream)
+        finally:
+            upstream.close()
 
-    def _relay(self, upstream: requests.Response) -> None:
+    def _relay(self, upstream: httpx2.Response) -> None:
         length = upstream.headers.get("Content-Length")
         try:
-            self.send_response_only(upstream.status_code, upstream.reason)
-            for key, value in upstream.headers.items():
+            self.send_response_only(upstream.status_code, upstream.reason_phrase)
+            for key, value in upstream.headers.multi_items():
                 if key.lower() not in HOP_BY_HOP:
                     self.send_header(key, value)
             if length is None:
@@ -309,13 +308,13 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                 self.send_header("Content-Length", length)
             self.end_headers()
             # Each piece goes on as it comes: a streamed command's output is not held back.
-            for data in upstream.raw.stream(CHUNK, decode_content=False):
+            for data in upstream.iter_raw():
                 if data:
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if length is None
                                      else data)
             if length is None:
                 self.wfile.write(b"0\r\n\r\n")
-        except (OSError, requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+        except (OSError, httpx2.HTTPError, httpx2.StreamError) as exc:
             # The client hung up (its command is killed as the runtime's channel closes),
             # or the runtime did: either way this connection cannot carry on.
             log.debug("relay ended: %s", exc)
@@ -330,9 +329,6 @@ class _HolderServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def __init__(self, directory: Path, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self.session = requests.Session()
-        self.session.trust_env = False
-        self.session.mount(endpoint.base_url + "/", endpoint.adapter)
         # A socket path may hold 107 bytes; state folders can be longer: bind through the
         # folder's descriptor instead.
         self._dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -349,7 +345,6 @@ class _HolderServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def server_close(self) -> None:
         super().server_close()
-        self.session.close()
         os.close(self._dir_fd)
 
 
@@ -599,13 +594,13 @@ class HeldBackend:
                 "what is left", reason="HolderGone", claim=self.sandbox)
         if not record.get("sandbox"):
             raise SandboxConnectionError(f"local sandbox {self.sandbox!r} is still starting")
-        return Endpoint(base_url=CHANNEL_URL, adapter=ChannelAdapter(self._connect),
+        return Endpoint(base_url=CHANNEL_URL, transport=ChannelTransport(self._connect),
                         headers={"X-Sandbox-ID": self.sandbox}, sandbox_name=self.sandbox,
                         description=f"named local sandbox {self.sandbox} "
                                     f"(holder pid {record.get('pid')})")
 
     def close(self) -> None:
-        """Nothing to release: the client's session closes the adapter."""
+        """Nothing to release: the client closes the transport."""
 
 
 if __name__ == "__main__":

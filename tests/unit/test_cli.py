@@ -39,7 +39,7 @@ class Sandbox:
         return found(request) if callable(found) else found
 
     def sent(self, method, path):
-        return [r for r in self.backend.adapter.requests
+        return [r for r in self.backend.transport.requests
                 if r.method == method and r.path_url == path]
 
     def main(self, *argv):

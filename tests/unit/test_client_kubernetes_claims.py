@@ -12,6 +12,7 @@ from agentic_sandbox._backends.kubernetes import (
     KubernetesBackend,
     claim_name,
 )
+from agentic_sandbox._options import KubernetesOptions
 
 
 def claim(status, reason="", sandbox=None):
@@ -23,7 +24,7 @@ def claim(status, reason="", sandbox=None):
 
 
 def backend(**kwargs):
-    b = KubernetesBackend("tpl", "ns", **kwargs)
+    b = KubernetesBackend("tpl", "ns", options=KubernetesOptions(**kwargs))
     b.claim = "sandbox-claim-1234abcd"
     return b
 
@@ -67,10 +68,10 @@ def test_every_reason_a_claim_gives_up_on_is_terminal_for_the_client():
 
 def test_connection_modes_and_headers(monkeypatch):
     monkeypatch.delenv("AGENTIC_SANDBOX_ROUTER_TOKEN", raising=False)
-    assert backend().connection == "tunnel"
+    assert backend().options.connection == "tunnel"
     direct = backend(api_url="http://gw:8080/", router_token="t0k", server_port=9999)
     direct.sandbox = "sb"
-    assert direct.connection == "direct" and direct.api_url == "http://gw:8080"
+    assert direct.options.connection == "direct" and direct.options.api_url == "http://gw:8080"
     assert direct.headers() == {"X-Sandbox-ID": "sb", "X-Sandbox-Namespace": "ns",
                                 "X-Sandbox-Port": "9999", "Authorization": "Bearer t0k"}
     in_cluster = backend(connection="in-cluster")

@@ -18,6 +18,7 @@ from agentic_sandbox._backends.kubernetes import KubernetesBackend
 from agentic_sandbox._backends.local.owner import owner_record
 from agentic_sandbox._holder import HeldBackend, holder_running, named_dir, read_record
 from agentic_sandbox._named import validate_name
+from agentic_sandbox._options import KubernetesOptions
 
 
 @pytest.mark.parametrize("name", ["a", "box", "my-box-2", "0", "a" * 63])
@@ -54,14 +55,15 @@ def test_attach_on_kubernetes_names_the_claim_and_never_owns_it():
 
 
 def test_release_hands_the_claim_over(monkeypatch):
-    backend = KubernetesBackend("tpl", "ns", api_url="http://r", claim="box")
+    backend = KubernetesBackend("tpl", "ns", options=KubernetesOptions(api_url="http://r"),
+                                claim="box")
     deleted = []
     monkeypatch.setattr(backend, "_delete", lambda name: deleted.append(name) or True)
     backend.claim = "box"
     assert backend.release() == "box"
     backend.close()
     assert deleted == []
-    owned = KubernetesBackend("tpl", "ns", api_url="http://r")
+    owned = KubernetesBackend("tpl", "ns", options=KubernetesOptions(api_url="http://r"))
     monkeypatch.setattr(owned, "_delete", lambda name: deleted.append(name) or True)
     owned.claim = "sandbox-claim-1"
     owned.close()

@@ -21,9 +21,10 @@ import subprocess
 import threading
 from pathlib import Path
 
-import requests
+import httpx2
 
-from agentic_sandbox._backends.channel import CHANNEL_URL, ChannelAdapter
+from agentic_sandbox._backends.base import request_once
+from agentic_sandbox._backends.channel import CHANNEL_URL, ChannelTransport
 from agentic_sandbox._backends.local.owner import owner_record
 from agentic_sandbox._backends.local.runsc import (
     ID_PREFIX,
@@ -68,7 +69,7 @@ class LocalSandbox:
         self._run: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._destroyed = False
-        self.adapter = ChannelAdapter(self._new_channel)
+        self.transport = ChannelTransport(self._new_channel)
 
     def _runsc(self, *args: str) -> list[str]:
         return runsc_argv(self.runsc, self.state_dir, *args)
@@ -172,25 +173,24 @@ class LocalSandbox:
     def wait_ready(self, timeout: float, *, warm_up: bool = False) -> None:
         """Block until the runtime answers GET / (the request waits in the socket buffer);
         with `warm_up`, also until it has run one command (for warm-pool spares)."""
-        session = requests.Session()
-        session.mount(CHANNEL_URL + "/", self.adapter)
+        limit = httpx2.Timeout(timeout)
         try:
-            response = session.get(CHANNEL_URL + "/", timeout=(timeout, timeout))
+            response = request_once(self.transport, "GET", CHANNEL_URL + "/", timeout=limit)
             if response.status_code != 200:
                 raise SandboxConnectionError(f"runtime answered {response.status_code}")
             # The runtime's first command pays a one-time set-up (~10 ms under gVisor):
             # a spare pays it in advance; a cold start would only add a round trip.
             if warm_up:
-                response = session.post(CHANNEL_URL + "/execute", json={"command": "true"},
-                                        timeout=(timeout, timeout))
+                response = request_once(self.transport, "POST", CHANNEL_URL + "/execute",
+                                        json={"command": "true"}, timeout=limit)
                 if response.status_code != 200:
                     raise SandboxConnectionError(
                         f"runtime answered {response.status_code} to its first command")
-        except requests.Timeout as exc:
+        except httpx2.TimeoutException as exc:
             raise SandboxTimeoutError(
                 f"the runtime in sandbox {self.id} did not answer within {timeout:.0f} s; "
                 f"log: {self.log_tail()}") from exc
-        except requests.RequestException as exc:
+        except httpx2.TransportError as exc:
             if self.start_failed():
                 assert self._run is not None
                 raise BackendUnavailableError(
@@ -209,7 +209,7 @@ class LocalSandbox:
             if self._first_channel is not None:
                 self._first_channel.close()
                 self._first_channel = None
-        self.adapter.close()
+        self.transport.close()
         run = self._run
         if run is not None and run.poll() is None:
             # Kill the container and let our `runsc run` child reap it, then delete.
