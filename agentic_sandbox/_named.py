@@ -50,9 +50,9 @@ def create(name: str, *, template: str = DEFAULT_TEMPLATE, namespace: str = "def
     """
     validate_name(name)
     if choose_backend(backend, api_url=options.get("api_url")) == "local":
-        from agentic_sandbox import _holder
+        from agentic_sandbox._holder import control
         local = pick(LocalOptions, options)
-        return _holder.spawn(name, template=template, namespace=namespace,
+        return control.spawn(name, template=template, namespace=namespace,
                              state_dir=local.state_dir, ready_timeout=ready_timeout)
     kube = _kubernetes(name, template, namespace, ready_timeout, options, attach=False)
     try:
@@ -68,7 +68,7 @@ def delete(name: str, *, namespace: str = "default", backend: str = "auto",
     """Delete the sandbox called `name`; ClaimFailedError (reason NotFound) if none exists."""
     validate_name(name)
     if choose_backend(backend, api_url=options.get("api_url")) == "local":
-        from agentic_sandbox import _holder
-        _holder.stop(name, state_dir=pick(LocalOptions, options).state_dir)
+        from agentic_sandbox._holder import control
+        control.stop(name, state_dir=pick(LocalOptions, options).state_dir)
         return
     _kubernetes(name, DEFAULT_TEMPLATE, namespace, 60.0, options, attach=True).delete()

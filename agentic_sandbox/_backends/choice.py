@@ -57,7 +57,7 @@ def make_backend(name: Literal["local", "kubernetes"], template_name: str, names
         raise ValueError("attach must be a non-empty sandbox name")
     local = local or LocalOptions()
     if name == "local" and attach is not None:
-        from agentic_sandbox._holder import HeldBackend
+        from agentic_sandbox._holder.attach import HeldBackend
         return HeldBackend(attach, state_dir=local.state_dir)
     if name == "local":
         from agentic_sandbox._backends.local import LocalBackend

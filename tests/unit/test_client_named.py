@@ -16,7 +16,8 @@ import pytest
 from agentic_sandbox import ClaimFailedError, SandboxClient
 from agentic_sandbox._backends.kubernetes import KubernetesBackend
 from agentic_sandbox._backends.local.owner import owner_record
-from agentic_sandbox._holder import HeldBackend, holder_running, named_dir, read_record
+from agentic_sandbox._holder.attach import HeldBackend
+from agentic_sandbox._holder.records import holder_running, named_dir, read_record
 from agentic_sandbox._named import validate_name
 from agentic_sandbox._options import KubernetesOptions
 
