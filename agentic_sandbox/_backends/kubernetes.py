@@ -28,10 +28,14 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-import httpx2
-
-from agentic_sandbox._backends.base import Endpoint, request_once
-from agentic_sandbox._backends.tunnel import Tunnel
+from agentic_sandbox._backends.base import Endpoint
+from agentic_sandbox._backends.router import (
+    TOKEN_ENV,
+    Tunnel,
+    router_transport,
+    tunnel_argv,
+    wait_routable,
+)
 from agentic_sandbox._exceptions import (
     BackendUnavailableError,
     ClaimFailedError,
@@ -51,7 +55,6 @@ VERSION: Final = "v1alpha1"
 CLAIM_PLURAL: Final = "sandboxclaims"
 TEMPLATE_PLURAL: Final = "sandboxtemplates"
 READY: Final = "Ready"
-TOKEN_ENV: Final = "AGENTIC_SANDBOX_ROUTER_TOKEN"
 # Ready=False reasons that will not fix themselves: waiting on them would only burn the
 # timeout (upstream's TERMINAL_CLAIM_READY_REASONS). Spelled as the hooks spell them.
 TERMINAL_CLAIM_READY_REASONS: Final = frozenset(
@@ -344,14 +347,7 @@ class KubernetesBackend:
         if opts.connection == "in-cluster":
             return (f"http://{opts.router_service}.{opts.router_namespace}.svc.cluster.local:"
                     f"{opts.router_port}")
-        argv = ["kubectl", "port-forward", f"svc/{opts.router_service}",
-                f"0:{opts.router_port}", "-n", str(opts.router_namespace),
-                "--address", "127.0.0.1"]
-        if opts.kubeconfig:
-            argv += ["--kubeconfig", str(opts.kubeconfig)]
-        if opts.context:
-            argv += ["--context", opts.context]
-        self._tunnel = Tunnel(argv)
+        self._tunnel = Tunnel(tunnel_argv(opts))
         port = self._tunnel.open(min(TUNNEL_TIMEOUT_S, max(1.0, deadline - time.monotonic())))
         return f"http://127.0.0.1:{port}"
 
@@ -361,33 +357,6 @@ class KubernetesBackend:
         if self.options.router_token:
             headers["Authorization"] = f"Bearer {self.options.router_token}"
         return headers
-
-    def _wait_routable(self, base_url: str, transport: httpx2.BaseTransport,
-                       deadline: float) -> None:
-        """GET / through the router until the runtime answers: the router's view of new
-        Sandboxes (a watch cache) and the pod's readiness may trail the claim's Ready."""
-        last = ""
-        delay = 0.05
-        while True:
-            try:
-                limit = httpx2.Timeout(max(1.0, deadline - time.monotonic()), connect=5)
-                response = request_once(transport, "GET", base_url + "/",
-                                        headers=self.headers(), timeout=limit)
-                if response.status_code == 200:
-                    return
-                if response.status_code in (401, 403):
-                    raise SandboxConnectionError(
-                        f"the router refused the request ({response.status_code}): set "
-                        f"router_token= or ${TOKEN_ENV}")
-                last = f"{response.status_code} {response.text[:200]}"
-            except httpx2.TransportError as exc:
-                last = str(exc) or type(exc).__name__
-            if time.monotonic() + delay >= deadline:
-                raise SandboxTimeoutError(
-                    f"sandbox {self.namespace}/{self.sandbox} is Ready but its runtime did not "
-                    f"answer through the router at {base_url} in time (last: {last})")
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
 
     # -- Backend ----------------------------------------------------------------------------
 
@@ -408,9 +377,10 @@ class KubernetesBackend:
             if self.sandbox is None:
                 self.sandbox = self._wait_ready(api, version, deadline)
             base_url = self._base_url(deadline)
-            transport = httpx2.HTTPTransport(retries=0)  # replays are the client's
+            transport = router_transport(base_url)
             try:
-                self._wait_routable(base_url, transport, deadline)
+                wait_routable(transport, base_url, self.headers(), deadline,
+                              f"{self.namespace}/{self.sandbox}")
             except BaseException:
                 transport.close()
                 raise

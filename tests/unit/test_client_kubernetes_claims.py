@@ -87,3 +87,17 @@ def test_token_from_environment(monkeypatch):
     b = backend(api_url="http://r")
     b.sandbox = "s"
     assert b.headers()["Authorization"] == "Bearer envtoken"
+
+
+def test_the_router_transport_never_skips_tls_verification():
+    """A plain http router URL skips loading the CA store (~80 ms), not verification: a TLS
+    server reached through it would be refused."""
+    import ssl
+
+    from agentic_sandbox._backends.router import router_transport
+
+    for url in ("http://sandbox-router-svc.ns.svc.cluster.local:8080", "https://gw.example"):
+        transport = router_transport(url)
+        context = transport._pool._ssl_context
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+        transport.close()
