@@ -2,7 +2,7 @@
 
 Who runs it:
 
-- the local gVisor backend (agentic_sandbox/_backends/local.py), by path, as the sandbox's
+- the local gVisor backend (agentic_sandbox/_backends/local/launch.py), by path, as the sandbox's
   first process and again (`runsc exec`) for each later channel:
   `python -I -S -B .../sandbox_runtime/launch.py PATHS WORKSPACE`. No site (its .pth and
   editable-install finders cost ~50 ms under gVisor's ptrace platform), no environment,

@@ -289,9 +289,9 @@ def test_the_launcher_runs_by_path_as_the_local_backend_starts_it(tmp_path):
     exits 0 when the channel ends (it is not a sandbox's first process here)."""
     import socket
 
-    from agentic_sandbox._backends.local import _runtime_argv
+    from agentic_sandbox._backends.local.launch import runtime_argv
 
-    argv = _runtime_argv()
+    argv = runtime_argv()
     assert argv[1:4] == ["-I", "-S", "-B"] and argv[4].endswith("sandbox_runtime/launch.py")
     ours, theirs = socket.socketpair()
     process = subprocess.Popen([*argv[:-1], str(tmp_path)], stdin=theirs.fileno(),
