@@ -292,9 +292,10 @@ def sync(
         else:
             ready(True, objects.SANDBOX_READY, f"pod {pod_name} is ready")
 
-    if objects.idle_timeout_seconds(sandbox) is not None and "conditions" in status:
+    if (timeout := objects.idle_timeout_seconds(sandbox)) is not None and "conditions" in status:
         suspended_now = suspended and objects.sandbox_replicas(sandbox) > 0
         status["conditions"].append(objects.suspended_condition(sandbox, suspended_now, now=now))
+        status["idleTimeoutSeconds"] = timeout
     response: SyncResponse = {"status": status, "children": children}
     delay = objects.merge_resync(*resync)
     if delay is not None:

@@ -10,7 +10,8 @@ may still hold the old one, whose pod keeps serving while it terminates. So a re
 the Sandbox's uid, and the Resolver forwards only to the uid the request means: the one its
 ``X-Sandbox-UID`` names, else the one a direct (consistent) read from the API server returned
 after the client's connection first named the sandbox (``identity``; docs/router.md states the
-guarantee). It refuses a Sandbox whose record says it is not Ready or is being deleted.
+guarantee). It refuses a Sandbox whose record says it is not Ready or is being deleted, except
+one that sleeps (idle): a request for it waits for the `waker` (``idle``) to wake it.
 
 What it must not do: connect to anything (``proxy`` does, only to a ``Target`` from here),
 take an address or host from a caller, or hand out an address the ``AddressPolicy`` refuses.
@@ -30,7 +31,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,11 @@ GROUP = "agents.x-k8s.io"
 VERSION = "v1alpha1"
 PLURAL = "sandboxes"
 POD_NAME_ANNOTATION = "agents.x-k8s.io/pod-name"
+# Idle sandboxes: the hooks' Suspended condition (True while suspended; False with reason
+# Resumed after a wake) and the annotation a wake writes (docs/controller.md).
+SUSPENDED = "Suspended"
+RESUMED = "Resumed"
+WAKE_ANNOTATION = "agents.x-k8s.io/wake"
 # Seconds a client should wait before asking again after a 503 from here.
 RETRY_AFTER_SECONDS = 1
 # Fetched records kept beside the watch cache while they are newer than it (a bound, not a
@@ -110,6 +116,17 @@ class SourceUnavailable(Exception):
     """A source could not read a Sandbox from its authority; the message says why."""
 
 
+class Conflict(Exception):
+    """A patch's precondition failed: the Sandbox is gone, is another uid, or changed."""
+
+
+class WakeTimedOut(ResolveError):
+    """A suspended Sandbox was woken but did not turn Ready within wake_timeout."""
+
+    status = 503
+    retry_after = RETRY_AFTER_SECONDS
+
+
 @dataclass(frozen=True)
 class SandboxRecord:
     """What the router needs to know about one Sandbox, taken from the object itself."""
@@ -125,6 +142,19 @@ class SandboxRecord:
     # Why the router must not dial it ("" when it may): not Ready, or being deleted.
     unservable: str = ""
     fetched: bool = False  # read directly from the API server, not from the watch
+    # Idle sandboxes: status.idleTimeoutSeconds (0: none); the lastTransitionTime of a
+    # Suspended=True condition ("" when not suspended); the wake annotation; and whether it
+    # is coming back from a wake (Suspended=False, reason Resumed, not Ready yet).
+    idle_timeout: float = 0.0
+    suspended_since: str = ""
+    wake: str = ""
+    resuming: bool = False
+
+    @property
+    def wakeable(self) -> bool:
+        """Not Ready because it sleeps or is waking: a request may wait for it."""
+        return bool(self.unservable) and bool(self.suspended_since or self.resuming) and \
+            not self.unservable.startswith("is being deleted")
 
 
 @dataclass(frozen=True)
@@ -151,6 +181,9 @@ class Source(Protocol):
     def lookup(self, namespace: str, name: str) -> SandboxRecord | None: ...
 
     async def fetch(self, namespace: str, name: str) -> SandboxRecord | None: ...
+
+    async def annotate(self, record: SandboxRecord, annotations: Mapping[str, str], *,
+                       if_unchanged: bool = False) -> None: ...
 
     @property
     def ready(self) -> bool: ...
@@ -213,13 +246,28 @@ def record_from_sandbox(obj: Mapping[str, Any], *,
                     and 0 < number < 65536:
                 ports.add(number)
     annotations = meta.get("annotations") or {}
+    if not isinstance(annotations, Mapping):
+        annotations = {}
+    suspended_since, resuming = "", False
+    conditions = status.get("conditions")
+    for condition in conditions if isinstance(conditions, list) else ():
+        if isinstance(condition, Mapping) and condition.get("type") == SUSPENDED:
+            if condition.get("status") == "True":
+                suspended_since = _text(condition.get("lastTransitionTime"))
+            resuming = condition.get("status") == "False" and condition.get("reason") == RESUMED
+    idle = status.get("idleTimeoutSeconds")
+    unservable = unservable_reason(obj)
     pod_name = _text(status.get("podName")) or (
         _text(annotations.get(POD_NAME_ANNOTATION)) if isinstance(annotations, Mapping) else "")
     return SandboxRecord(namespace=namespace, name=name, addresses=tuple(addresses),
                          ports=frozenset(ports), service_fqdn=_text(status.get("serviceFQDN")),
                          uid=_text(meta.get("uid")), pod_name=pod_name,
                          resource_version=_text(meta.get("resourceVersion")),
-                         unservable=unservable_reason(obj), fetched=fetched)
+                         unservable=unservable, fetched=fetched,
+                         idle_timeout=float(idle) if isinstance(idle, int) and idle > 0 else 0.0,
+                         suspended_since=suspended_since,
+                         wake=_text(annotations.get(WAKE_ANNOTATION)),
+                         resuming=resuming and bool(unservable))
 
 
 def _revision(version: str | None) -> int | None:
@@ -389,6 +437,10 @@ class StaticSource:
     async def fetch(self, namespace: str, name: str) -> SandboxRecord | None:
         return self.lookup(namespace, name)
 
+    async def annotate(self, record: SandboxRecord, annotations: Mapping[str, str], *,
+                       if_unchanged: bool = False) -> None:
+        raise SourceUnavailable("a static file has no idle sandboxes to annotate")
+
     @property
     def ready(self) -> bool:
         return True
@@ -473,6 +525,35 @@ class KubernetesSource:
             raise SourceUnavailable(f"the API server is unreachable ({type(exc).__name__})"
                                     ) from None
         return obj if isinstance(obj, Mapping) else None
+
+    async def annotate(self, record: SandboxRecord, annotations: Mapping[str, str], *,
+                       if_unchanged: bool = False) -> None:
+        """A merge patch of `annotations` on the Sandbox of `record`'s uid (never on another
+        Sandbox of that name: the uid is a precondition), and, `if_unchanged`, only while it
+        is still at the record's resourceVersion. Raises Conflict when a precondition fails,
+        SourceUnavailable when the API server cannot be reached or refuses."""
+        if self._api is None:
+            raise SourceUnavailable("the Kubernetes source is not started")
+        meta: dict[str, Any] = {"uid": record.uid, "annotations": dict(annotations)}
+        if if_unchanged:
+            meta["resourceVersion"] = record.resource_version
+        await asyncio.get_running_loop().run_in_executor(
+            self._reader, self._patch, record.namespace, record.name, {"metadata": meta})
+
+    def _patch(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._api.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, body,
+                _request_timeout=self._api_timeout)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                raise Conflict(f"the API server answered {exc.status}") from None
+            raise SourceUnavailable(f"the API server answered {exc.status}") from None
+        except Exception as exc:  # connection refused, timeout, TLS: all mean "cannot say"
+            raise SourceUnavailable(f"the API server is unreachable ({type(exc).__name__})"
+                                    ) from None
 
     def start(self) -> None:
         from kubernetes import client, config  # the static source needs no kubernetes client
@@ -590,8 +671,11 @@ class Resolver:
     def __init__(self, source: Source, policy: AddressPolicy, *,
                  cluster_domain: str = "cluster.local",
                  on_read: Callable[[str, str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 waker: Callable[[SandboxRecord], Awaitable[SandboxRecord]] | None = None
+                 ) -> None:
         self.source = source
+        self.waker = waker  # idle.Idle.wake: a request for a suspended Sandbox waits for it
         self.policy = policy
         self.cluster_domain = cluster_domain
         self.reads: Reads[SandboxRecord | None] = Reads()
@@ -612,6 +696,8 @@ class Resolver:
         elif route.uid is not None and record.uid != route.uid:
             raise SandboxReplaced(f"sandbox {route.namespace}/{route.name} is not uid "
                                   f"{route.uid}")
+        if record.unservable and self.waker is not None and record.wakeable:
+            record = await self.waker(record)
         if record.unservable:
             raise NotServable(f"sandbox {route.namespace}/{route.name} {record.unservable}")
         if route.port not in record.ports:
