@@ -238,6 +238,12 @@ def is_being_woken(sandbox: KubeObject) -> bool:
     return bool(suspended and suspended.get("status") == "True") and not is_suspended(sandbox)
 
 
+def has_resumed(sandbox: KubeObject) -> bool:
+    """Reported Suspended=False with reason Resumed: it has been woken at least once."""
+    suspended = find_condition(sandbox, SUSPENDED) or {}
+    return suspended.get("status") == "False" and suspended.get("reason") == RESUMED
+
+
 def incarnation(sandbox: KubeObject) -> str:
     """Which wake the Sandbox's pod must serve: "" before any wake, else a hash of the token."""
     wake = (sandbox.get("metadata", {}).get("annotations") or {}).get(WAKE_ANNOTATION)
@@ -258,11 +264,9 @@ def pod_binding_labels(sandbox: KubeObject) -> dict[str, str]:
 
 def serving_age(sandbox: KubeObject, now: datetime) -> float:
     """Seconds since the Sandbox last began to look for a pod: its creation, or its resume."""
-    suspended = find_condition(sandbox, SUSPENDED)
-    if suspended and suspended.get("reason") == RESUMED and suspended.get("status") == "False":
-        since = suspended.get("lastTransitionTime")
-        if since:
-            return (now - parse_time(since)).total_seconds()
+    since = (find_condition(sandbox, SUSPENDED) or {}).get("lastTransitionTime")
+    if has_resumed(sandbox) and since:
+        return (now - parse_time(since)).total_seconds()
     return age_seconds(sandbox, now)
 
 

@@ -225,6 +225,7 @@ def sync(
     reported = (sandbox.get("status") or {}).get("podName")
     pod: KubeObject | None = None
     resuming = objects.is_being_woken(sandbox)
+    resumed = resuming or objects.has_resumed(sandbox)
     suspended = objects.is_suspended(sandbox)
     if not suspended and not resuming and (idle_at := objects.idle_deadline(sandbox)):
         suspended = now >= idle_at
@@ -280,9 +281,11 @@ def sync(
         if not objects.pod_is_ready(pod):
             phase = pod.get("status", {}).get("phase", "Pending")
             ready(False, objects.POD_NOT_READY, f"pod {pod_name} is {phase} and not ready")
-        elif claim is not None and claim[0] == "SandboxClaim" and annotated != pod_name:
+        elif (claim is not None and claim[0] == "SandboxClaim" and annotated != pod_name
+              and not resumed):
             # Clients of the walkthrough's era read the pod's name from this annotation at the
-            # first Ready; only the claim may write it, so Ready waits for it.
+            # first Ready; only the claim may write it, so Ready waits for it. Not after a
+            # resume: that first Ready is long past (the claim names the new pod soon after).
             ready(
                 False,
                 objects.WAITING_FOR_ANNOTATION,

@@ -730,7 +730,10 @@ class Resolver:
         if record is not None and expected is not None and record.uid == expected:
             checked = self._not_ready_at.get(key)
             if not record.unservable or (
-                    checked is not None and self._clock() - checked < NOT_READY_RECHECK_SECONDS):
+                    checked is not None and self._clock() - checked < NOT_READY_RECHECK_SECONDS
+            ) or (record.wakeable and self.waker is not None):
+                # A sleeping Sandbox is woken, not read: the wake itself checks that the
+                # Sandbox is unchanged (and reads it when it is not).
                 return record
             why = "not_ready"  # the watch may lag behind a Sandbox that turned Ready
         elif route.uid is not None:
