@@ -46,7 +46,8 @@ def build_source(config: Config) -> Source:
                             allow_loopback=config.allow_loopback_pods,
                             api_timeout=config.api_timeout,
                             api_concurrency=config.api_concurrency,
-                            hold_file=config.test_watch_hold_file)
+                            hold_file=config.test_watch_hold_file,
+                            events=config.events)
 
 
 def create_app(config: Mapping[str, Any] | None = None, *,

@@ -52,6 +52,8 @@ class Config:
     # Sandbox (a quarter of its idle timeout when that is shorter).
     wake_timeout: float = 30.0
     activity_interval: float = 10.0
+    # Kubernetes source: record Sandbox lifecycle steps as Events (events.py).
+    events: bool = True
     # Testing only: while this file exists, watch events are held back (in order) and applied
     # once it is removed, so a test can make the cache lag on purpose. Empty: off.
     test_watch_hold_file: str = ""

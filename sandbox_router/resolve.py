@@ -454,7 +454,8 @@ class StaticSource:
 
 class KubernetesSource:
     """Sandboxes from the API server: list, then watch, in a daemon thread per namespace;
-    `fetch` reads one Sandbox directly (a GET without resourceVersion: a consistent read).
+    `fetch` reads one Sandbox directly (a GET without resourceVersion: a consistent read);
+    with `events`, what the watch shows is also recorded as Kubernetes Events (events.py).
 
     `api_client` lets a test hand in a client for its own API server; otherwise the in-cluster
     service account is used, then the kubeconfig. The router needs get/list/watch on
@@ -467,8 +468,10 @@ class KubernetesSource:
     def __init__(self, *, namespaces: Iterable[str] = (), api_client: Any = None,
                  watch_timeout: int = 300, backoff: float = 1.0,
                  allow_loopback: bool = False, api_timeout: float = 5.0,
-                 api_concurrency: int = 8, hold_file: str = "") -> None:
+                 api_concurrency: int = 8, hold_file: str = "", events: bool = False) -> None:
         self.namespaces = tuple(namespaces)
+        self._record_events = events
+        self._events: Any = None  # events.Recorder, once started
         self.allow_loopback = allow_loopback
         self.cache = SandboxCache()
         self._api_client = api_client
@@ -565,6 +568,11 @@ class KubernetesSource:
                 config.load_kube_config()
             self._api_client = client.ApiClient()
         api = self._api = client.CustomObjectsApi(self._api_client)
+        if self._record_events:
+            from sandbox_router.events import Recorder
+
+            self._events = Recorder(self._api_client)
+            self._events.start()
         if self._hold_file:
             log.warning("watch events are held while %s exists (a testing option)",
                         self._hold_file)
@@ -618,6 +626,9 @@ class KubernetesSource:
                     args = (GROUP, VERSION, namespace, PLURAL)
                 version = (listing.get("metadata") or {}).get("resourceVersion")
                 items = listing.get("items") or ()
+                if self._events is not None:
+                    for item in items:
+                        self._events.see(item)
                 self._deliver(functools.partial(cache.replace, items, namespace=namespace,
                                                 version=version))
                 self._synced[namespace].set()
@@ -634,6 +645,9 @@ class KubernetesSource:
                             change = {"type": event.get("type"),
                                       "object": event.get("raw_object")}
                             obj = change["object"]
+                            if self._events is not None and isinstance(obj, Mapping) and \
+                                    change["type"] in ("ADDED", "MODIFIED"):
+                                self._events.see(obj)
                             got = (obj.get("metadata") or {}).get("resourceVersion") \
                                 if isinstance(obj, Mapping) and change["type"] != "ERROR" \
                                 else None

@@ -12,6 +12,7 @@ Ready=True is never reported beside Suspended=True.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +126,20 @@ def test_an_idle_sandbox_sleeps_and_a_request_wakes_it_with_its_volume_intact(
     assert condition(box, "Suspended")["reason"] == "Resumed"
     states = never_ready_while_suspended(recorder)
     assert any(suspended(s) for s in states)
+
+    # `kubectl describe sandbox sleepy` tells the story: the router recorded it as Events.
+    def story() -> list[str]:
+        listed = stack.kubectl("get", "events", "-n", namespace, "-o", "json",
+                               "--field-selector", "involvedObject.name=sleepy").stdout
+        events = sorted(json.loads(listed)["items"],
+                        key=lambda e: (e["firstTimestamp"], e["metadata"]["creationTimestamp"]))
+        return [e["reason"] for e in events if e["source"].get("component") == "sandbox-router"]
+
+    told = objects.eventually(
+        lambda: (lambda r: r if {"Suspended", "Resumed"} <= set(r) else None)(story()), 30)
+    assert told.count("StartedPod") == 2, told  # a cold pod before, and another after the wake
+    assert {"Created", "Ready", "Suspended", "Resumed"} <= set(told), told
+    assert told.index("Suspended") < told.index("Resumed"), told
 
 
 def test_concurrent_requests_to_a_suspended_claim_share_one_wake_and_the_client_just_works(

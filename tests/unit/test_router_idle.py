@@ -148,3 +148,21 @@ def test_a_long_request_keeps_its_sandbox_awake():
 
     written = [p[0][ACTIVITY_ANNOTATION] for p in asyncio.run(scenario())]
     assert len(written) >= 3 and written == sorted(set(written))
+
+
+def test_lifecycle_steps_are_read_from_the_sandbox_and_named_deterministically():
+    from sandbox_router.events import event_name, steps
+
+    obj = {"metadata": {"name": "box", "namespace": "ns", "uid": "u1",
+                        "creationTimestamp": "2026-01-01T00:00:00Z"},
+           "status": {"podName": "pool-ab12-0", "conditions": [
+               {"type": "Ready", "status": "False", "reason": "Suspended", "message": "m",
+                "lastTransitionTime": "2026-01-01T00:05:00Z"},
+               {"type": "Suspended", "status": "True", "reason": "Idle", "message": "idle",
+                "lastTransitionTime": "2026-01-01T00:05:00Z"}]}}
+    found = steps(obj)
+    assert [s[0] for s in found] == ["Created", "BoundWarmPod", "Suspended"]
+    assert found[2][2] == "2026-01-01T00:05:00Z", "the step's own time"
+    names = {event_name("box", "u1", *step) for step in found}
+    assert names == {event_name("box", "u1", *step) for step in steps(obj)}, "same step, same name"
+    assert len(names) == 3
