@@ -34,6 +34,7 @@ from agentic_sandbox._exceptions import (
     SandboxTimeoutError,
 )
 from agentic_sandbox._models import ExecutionResult, FileEntry, OutputChunk
+from sandbox_common import contract
 
 __all__ = ["BACKEND_ENV", "CommandStream", "SandboxClient", "choose_backend"]
 
@@ -413,7 +414,8 @@ class SandboxClient:
             finally:
                 response.close()
             message = f"{what}: {response.status_code} {_error_message(response, body)}"
-            if response.status_code in (502, 503) and "X-Sandbox-ID" in endpoint.headers:
+            routed = contract.SANDBOX_ID_HEADER in endpoint.headers
+            if response.status_code in (502, 503) and routed:
                 # The router could not reach the sandbox (or is not ready to).
                 raise SandboxConnectionError(message)
             if response.status_code == 504:

@@ -64,6 +64,7 @@ from agentic_sandbox._exceptions import (
     TemplateNotFoundError,
 )
 from agentic_sandbox._named import validate_name
+from sandbox_common import contract
 
 __all__ = ["HeldBackend", "main", "named_dir", "spawn", "stop"]
 
@@ -626,7 +627,8 @@ class HeldBackend:
         if not record.get("sandbox"):
             raise SandboxConnectionError(f"local sandbox {self.sandbox!r} is still starting")
         return Endpoint(base_url=BASE_URL, adapter=ChannelAdapter(self._connect),
-                        headers={"X-Sandbox-ID": self.sandbox}, sandbox_name=self.sandbox,
+                        headers={contract.SANDBOX_ID_HEADER: self.sandbox},
+                        sandbox_name=self.sandbox,
                         description=f"named local sandbox {self.sandbox} "
                                     f"(holder pid {record.get('pid')})")
 

@@ -26,7 +26,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from sandbox_router.config import Config
-from sandbox_router.headers import ROUTING_HEADERS, BadRoute, parse_route
+from sandbox_router.headers import (
+    ROUTING_HEADERS,
+    SANDBOX_ID,
+    SANDBOX_NAMESPACE,
+    BadRoute,
+    parse_route,
+)
 from sandbox_router.identity import ConnectionMemory
 from sandbox_router.metrics import Metrics, method_label
 from sandbox_router.resolve import ResolveError, Resolver, Target
@@ -141,8 +147,8 @@ class Forwarder:
             if self.config.access_log:
                 access_log.info("request", extra={
                     "method": request.method, "path": request.path, "status": status,
-                    "sandbox": request.headers.get("X-Sandbox-ID", ""),
-                    "namespace": request.headers.get("X-Sandbox-Namespace", ""),
+                    "sandbox": request.headers.get(SANDBOX_ID, ""),
+                    "namespace": request.headers.get(SANDBOX_NAMESPACE, ""),
                     "ms": round((time.perf_counter() - started) * 1e3, 3)})
 
     def _refuse(self, reason: str, status: int, message: str) -> web.Response:

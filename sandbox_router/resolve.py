@@ -38,16 +38,14 @@ from typing import Any, Protocol
 
 import yaml
 
+from sandbox_common.contract import GROUP, POD_NAME_ANNOTATION, READY, VERSION
+from sandbox_common.contract import SANDBOXES as PLURAL
 from sandbox_router.addresses import AddressPolicy, AddressRefused, parse_address
 from sandbox_router.headers import Route, is_dns_label
 from sandbox_router.identity import ConnectionMemory, Reads
 
 log = logging.getLogger(__name__)
 
-GROUP = "agents.x-k8s.io"
-VERSION = "v1alpha1"
-PLURAL = "sandboxes"
-POD_NAME_ANNOTATION = "agents.x-k8s.io/pod-name"
 # Seconds a client should wait before asking again after a 503 from here.
 RETRY_AFTER_SECONDS = 1
 # Fetched records kept beside the watch cache while they are newer than it (a bound, not a
@@ -174,7 +172,7 @@ def unservable_reason(obj: Mapping[str, Any]) -> str:
     status = obj.get("status") or {}
     conditions = status.get("conditions") if isinstance(status, Mapping) else None
     for condition in conditions if isinstance(conditions, list) else ():
-        if isinstance(condition, Mapping) and condition.get("type") == "Ready":
+        if isinstance(condition, Mapping) and condition.get("type") == READY:
             if condition.get("status") == "True":
                 return ""
             reason = _text(condition.get("reason")) or "no reason"

@@ -45,24 +45,22 @@ from agentic_sandbox._exceptions import (
     SandboxTimeoutError,
     TemplateNotFoundError,
 )
+from sandbox_common import contract
+from sandbox_common.contract import CLAIMS as CLAIM_PLURAL
+from sandbox_common.contract import EXTENSIONS_GROUP as GROUP
+from sandbox_common.contract import GROUP as SANDBOX_GROUP
+from sandbox_common.contract import READY, VERSION
+from sandbox_common.contract import SANDBOXES as SANDBOX_PLURAL
+from sandbox_common.contract import TEMPLATES as TEMPLATE_PLURAL
 
 __all__ = ["CLAIM_PLURAL", "TERMINAL_CLAIM_READY_REASONS", "KubernetesBackend"]
 
 log = logging.getLogger(__name__)
 
-GROUP: Final = "extensions.agents.x-k8s.io"
-VERSION: Final = "v1alpha1"
-CLAIM_PLURAL: Final = "sandboxclaims"
-SANDBOX_GROUP: Final = "agents.x-k8s.io"
-SANDBOX_PLURAL: Final = "sandboxes"
-TEMPLATE_PLURAL: Final = "sandboxtemplates"
-READY: Final = "Ready"
 TOKEN_ENV: Final = "AGENTIC_SANDBOX_ROUTER_TOKEN"
 # Ready=False reasons that will not fix themselves: waiting on them would only burn the
-# timeout (upstream's TERMINAL_CLAIM_READY_REASONS). Spelled as the hooks spell them.
-TERMINAL_CLAIM_READY_REASONS: Final = frozenset(
-    {"TemplateNotFound", "InvalidSpec", "WarmPoolNotFound", "Expired", "SandboxExpired",
-     "PodLost"})
+# timeout (upstream's name). The contract classifies every reason the hooks write.
+TERMINAL_CLAIM_READY_REASONS: Final = contract.TERMINAL_REASONS
 CONNECTIONS: Final = ("tunnel", "direct", "in-cluster")
 TUNNEL_TIMEOUT_S: Final = 30.0
 
@@ -219,7 +217,7 @@ class KubernetesBackend:
             if exc.status == 404:
                 raise TemplateNotFoundError(
                     f"SandboxTemplate {self.template_name!r} does not exist in namespace "
-                    f"{self.namespace!r}", reason="TemplateNotFound") from exc
+                    f"{self.namespace!r}", reason=contract.TEMPLATE_NOT_FOUND) from exc
             if exc.status == 403:
                 return  # may not read templates: the claim's status will say it
             raise self._api_error(exc, "reading the SandboxTemplate") from exc
@@ -229,7 +227,7 @@ class KubernetesBackend:
     def _create_claim(self, api: Any) -> str:
         from kubernetes.client.exceptions import ApiException
         name = self.claim_name or claim_name()
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SandboxClaim",
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": contract.CLAIM_KIND,
                 "metadata": {"name": name, "namespace": self.namespace,
                              "labels": {"app.kubernetes.io/managed-by": "agentic-sandbox"}},
                 "spec": {"sandboxTemplateRef": {"name": self.template_name}}}
@@ -265,7 +263,8 @@ class KubernetesBackend:
         if reason in TERMINAL_CLAIM_READY_REASONS:
             message = (f"SandboxClaim {self.namespace}/{self.claim} failed: {reason}: "
                        f"{condition.get('message', '')}")
-            error = TemplateNotFoundError if reason == "TemplateNotFound" else ClaimFailedError
+            error = (TemplateNotFoundError if reason == contract.TEMPLATE_NOT_FOUND
+                     else ClaimFailedError)
             raise error(message, reason=reason, claim=self.claim or "")
         return None
 
@@ -451,10 +450,11 @@ class KubernetesBackend:
         return f"http://127.0.0.1:{port}"
 
     def headers(self) -> dict[str, str]:
-        headers = {"X-Sandbox-ID": self.sandbox or "", "X-Sandbox-Namespace": self.namespace,
-                   "X-Sandbox-Port": str(self.server_port)}
+        headers = {contract.SANDBOX_ID_HEADER: self.sandbox or "",
+                   contract.SANDBOX_NAMESPACE_HEADER: self.namespace,
+                   contract.SANDBOX_PORT_HEADER: str(self.server_port)}
         if self.sandbox_uid:
-            headers["X-Sandbox-UID"] = self.sandbox_uid
+            headers[contract.SANDBOX_UID_HEADER] = self.sandbox_uid
         if self.router_token:
             headers["Authorization"] = f"Bearer {self.router_token}"
         return headers

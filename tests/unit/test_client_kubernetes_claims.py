@@ -54,17 +54,6 @@ def test_terminal_reasons_fail_fast_naming_the_reason():
         backend()._judge(claim("False", "TemplateNotFound"))
 
 
-def test_every_reason_a_claim_gives_up_on_is_terminal_for_the_client():
-    """The hooks' claim reports these reasons only when waiting cannot help: a client that
-    kept waiting on one would burn its whole timeout."""
-    from hooks import objects
-
-    claim_gives_up = {objects.INVALID_SPEC, objects.TEMPLATE_NOT_FOUND, objects.POOL_NOT_FOUND,
-                      objects.EXPIRED, *objects.TERMINAL_SANDBOX_REASONS}
-    assert claim_gives_up <= TERMINAL_CLAIM_READY_REASONS
-    assert objects.SANDBOX_NOT_READY not in TERMINAL_CLAIM_READY_REASONS
-
-
 def test_connection_modes_and_headers(monkeypatch):
     monkeypatch.delenv("AGENTIC_SANDBOX_ROUTER_TOKEN", raising=False)
     assert backend().connection == "tunnel"
