@@ -20,8 +20,8 @@ from typing import Any
 
 from bench.harness import Context as BenchContext
 from bench.harness import Latencies, Result, Skipped, latency_result
-from tests.hookrequests import SEED_POD_TEMPLATE
-from tests.metacontroller.stack import Kubelet, metacontroller_binary, running_stack
+from testbed.hookrequests import SEED_POD_TEMPLATE
+from testbed.metacontroller import Kubelet, metacontroller_binary, running_stack
 
 GROUP, VERSION = "extensions.agents.x-k8s.io", "v1alpha1"
 NS = "bench"

@@ -27,7 +27,7 @@ from bench.harness import (
     time_calls,
     tree_pids,
 )
-from tests.hookrequests import (
+from testbed.hookrequests import (
     SEED_POD_TEMPLATE,
     owned,
     resource,
@@ -35,8 +35,8 @@ from tests.hookrequests import (
     sync_request,
     with_pod_status,
 )
-from tests.slowclients import fresh_get, held_connections, latencies
-from tests.support import free_port, stop_process, wait_for_port
+from testbed.slowclients import fresh_get, held_connections, latencies
+from testbed.support import free_port, stop_process, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 

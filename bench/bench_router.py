@@ -389,7 +389,7 @@ def _reads(url: str) -> float:
 @contextlib.contextmanager
 def _control_plane(up_port: int):
     """A loopback kube-apiserver with the CRDs and one Ready Sandbox `bench` at 127.0.0.1."""
-    from tests.controlplane import kube
+    from testbed import kube
 
     with tempfile.TemporaryDirectory() as tmp:
         plane = kube.start(Path(tmp) / "plane", crds=kube.crd_files(), controller_manager=False)
@@ -445,7 +445,7 @@ def _kubernetes_source(ctx: Context, up_port: int, direct: Latencies, static: La
     """Each case beside the static router measured in the same run: on one keep-alive
     connection (floors: direct to the upstream, and the static router), or a new connection
     per request (floor: the static router, new connection per request)."""
-    from tests.controlplane import kube
+    from testbed import kube
 
     missing = kube.missing_binaries()
     if missing:  # the static figures stand; this component keeps its last ones

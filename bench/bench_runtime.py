@@ -31,7 +31,7 @@ from bench.harness import (
     time_calls,
     tree_pids,
 )
-from tests.slowclients import fresh_get, held_connections, latencies
+from testbed.slowclients import fresh_get, held_connections, latencies
 
 COMPONENT = "runtime"
 MIB = 1024 * 1024

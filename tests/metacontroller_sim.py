@@ -29,7 +29,7 @@ from typing import Any
 
 from hooks import objects, sandbox, sandboxclaim, sandboxtemplate, sandboxwarmpool
 from hooks.typedefs import DEFAULT_SETTINGS
-from tests.hookrequests import API, KEYS
+from testbed.hookrequests import API, KEYS
 from tests.tenancy_rules import Event
 
 Obj = dict[str, Any]

@@ -27,7 +27,7 @@ from agentic_sandbox import (
     TemplateNotFoundError,
 )
 from agentic_sandbox._backends import kubernetes as kube_backend
-from tests.support import REPO, free_port, script, serve
+from testbed.support import REPO, free_port, script, serve
 
 TOKEN = "client-test-token-0123456789abcdef"
 TEMPLATE = "python-runtime-template"

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from tests.support import free_port
+from testbed.support import free_port
 
 PREFIX = "/apis/agents.x-k8s.io/v1alpha1"
 

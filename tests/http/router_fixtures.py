@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 from aiohttp import web
 
-from tests.support import free_port, script, serve
+from testbed.support import free_port, script, serve
 
 TOKEN = "router-test-token-0123456789"
 PATTERN = bytes(range(256)) * 4096  # 1 MiB of a deterministic, incompressible-ish pattern

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import free_port, script, stop_process, wait_for_port
+from testbed.support import free_port, script, stop_process, wait_for_port
 
 SMALL_LIMITS = {
     "SANDBOX_RUNTIME_DEFAULT_TIMEOUT_S": "20",

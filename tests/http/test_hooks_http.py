@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.hookrequests import EXAMPLES, sandbox, sync_request
-from tests.support import free_port, script, serve
+from testbed.hookrequests import EXAMPLES, sandbox, sync_request
+from testbed.support import free_port, script, serve
 
 
 @pytest.fixture(scope="module")

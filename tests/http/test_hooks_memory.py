@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.hookrequests import sandbox, sync_request
-from tests.support import free_port, script, serve
+from testbed.hookrequests import sandbox, sync_request
+from testbed.support import free_port, script, serve
 
 MiB = 1024 * 1024
 RSS_LIMIT_MIB = 150

@@ -13,6 +13,7 @@ import time
 import pytest
 import requests
 
+from testbed.support import free_port
 from tests.http.router_fixtures import (
     TOKEN,
     Upstream,
@@ -20,7 +21,6 @@ from tests.http.router_fixtures import (
     start_router,
     write_static,
 )
-from tests.support import free_port
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +106,14 @@ def test_insecure_no_auth_is_explicit_and_warned(static, upstream, tmp_path):
             router_argv(port, "--static-file", str(static), "--insecure-no-auth"),
             env=env, stdout=subprocess.DEVNULL, stderr=sink, start_new_session=True)
         try:
-            from tests.support import wait_for_port
+            from testbed.support import wait_for_port
 
             wait_for_port(port, process=process)
             response = requests.get(f"http://127.0.0.1:{port}/", headers=routed(upstream),
                                     timeout=10)
             assert response.status_code == 200
         finally:
-            from tests.support import stop_process
+            from testbed.support import stop_process
 
             stop_process(process)
     assert "authentication disabled" in log.read_text()

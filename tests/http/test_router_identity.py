@@ -17,9 +17,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from testbed.support import free_port, serve
 from tests.http.kube_fake import FakeApiServer
 from tests.http.router_fixtures import TOKEN, Upstream, router_argv
-from tests.support import free_port, serve
 from tests.unit.router_fakes import sandbox_object
 
 OLD_IP, NEW_IP = "127.0.0.2", "127.0.0.3"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from testbed.support import free_port, script, serve
 from tests.http.router_fixtures import TOKEN, start_router, write_static
-from tests.support import free_port, script, serve
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("sandbox_runtime") is None

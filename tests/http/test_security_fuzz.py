@@ -25,10 +25,10 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.hookrequests import SEED_POD_TEMPLATE, resource, sync_request
+from testbed.hookrequests import SEED_POD_TEMPLATE, resource, sync_request
+from testbed.support import free_port, script, serve
 from tests.http.router_fixtures import TOKEN, start_router, write_static
 from tests.http.runtime_fixtures import runtime_server
-from tests.support import free_port, script, serve
 
 BUDGET = settings(max_examples=50, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))

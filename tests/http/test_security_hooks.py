@@ -19,8 +19,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.hookrequests import sandbox, sync_request
-from tests.support import free_port, script, serve
+from testbed.hookrequests import sandbox, sync_request
+from testbed.support import free_port, script, serve
 
 
 @pytest.fixture(scope="module")

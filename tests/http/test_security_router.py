@@ -21,8 +21,8 @@ import threading
 import pytest
 import requests
 
+from testbed.support import free_port
 from tests.http.router_fixtures import TOKEN, raw_request, router_argv, stack, write_static
-from tests.support import free_port
 
 
 @pytest.fixture(scope="module")

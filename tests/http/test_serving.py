@@ -18,10 +18,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.hookrequests import sandbox, sync_request
+from testbed.hookrequests import sandbox, sync_request
+from testbed.slowclients import fresh_get, held_connections, latencies, percentile
+from testbed.support import free_port, script, serve
 from tests.http.runtime_fixtures import runtime_server
-from tests.slowclients import fresh_get, held_connections, latencies, percentile
-from tests.support import free_port, script, serve
 
 # The goal is p99 <= 100 ms, and `make bench` reports the figure against it. The test asserts
 # 250 ms: on this 2-core machine shared with other test runs (load average 5-8), 20 runs of

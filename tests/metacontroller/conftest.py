@@ -1,7 +1,7 @@
 """Fixtures of the Metacontroller tier: the whole loop on loopback, with a kubelet stand-in.
 
 `metacontroller_stack` (one per test package run) starts its own control plane
-(tests/controlplane/kube.py), our hooks under gunicorn (`sandbox-hooks --bind 127.0.0.1:<port>`),
+(testbed/kube.py), our hooks under gunicorn (`sandbox-hooks --bind 127.0.0.1:<port>`),
 applies manifests/overlays/loopback with the hooks' port, and starts Metacontroller against
 that kubeconfig: METACONTROLLER_BIN, else `../shared/bin/metacontroller` beside the repository
 (stack.metacontroller_binary()). Without either every test here is skipped with the reason
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.controlplane import kube
-from tests.metacontroller.stack import (
+from testbed import kube
+from testbed.metacontroller import (
     LOOPBACK_OVERLAY,
     Kubelet,
     MetacontrollerStack,

@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.hookrequests import SEED_POD_TEMPLATE
+from testbed.hookrequests import SEED_POD_TEMPLATE
 
 SANDBOX_API = "agents.x-k8s.io/v1alpha1"
 X = "extensions.agents.x-k8s.io/v1alpha1"

@@ -24,6 +24,7 @@ from hooks.objects import (
     TEMPLATE_NOT_FOUND,
     WAITING_FOR_WARM_POD,
 )
+from testbed.metacontroller import MetacontrollerStack
 from tests.metacontroller.objects import (
     POOL,
     SANDBOX_LABEL,
@@ -38,7 +39,6 @@ from tests.metacontroller.objects import (
     rfc3339,
     template,
 )
-from tests.metacontroller.stack import MetacontrollerStack
 
 
 @pytest.fixture

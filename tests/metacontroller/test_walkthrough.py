@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from agentic_sandbox import SandboxClient
-from tests.hookrequests import SEED_POD_TEMPLATE
-from tests.metacontroller.stack import Kubelet
-from tests.support import free_port, script, serve
+from testbed.hookrequests import SEED_POD_TEMPLATE
+from testbed.metacontroller import Kubelet
+from testbed.support import free_port, script, serve
 
 X = "extensions.agents.x-k8s.io/v1alpha1"
 TEMPLATE = "python-runtime-template"

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 
+from testbed.metacontroller import Kubelet, MetacontrollerStack
 from tests.metacontroller.objects import (
     POOL,
     SANDBOX_LABEL,
@@ -27,7 +28,6 @@ from tests.metacontroller.objects import (
     pool_ready,
     template,
 )
-from tests.metacontroller.stack import Kubelet, MetacontrollerStack
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from agentic_sandbox._backends.kubernetes import TERMINAL_CLAIM_READY_REASONS, K
 from hooks import objects
 from sandbox_common import contract
 from sandbox_router import headers
-from tests.hookrequests import EXAMPLES
+from testbed.hookrequests import EXAMPLES
 
 REPO = Path(__file__).resolve().parents[2]
 HOOKS = REPO / "hooks"

@@ -1,6 +1,6 @@
 """The whole Metacontroller loop on loopback, as a context manager (tests and bench share it).
 
-A control plane (tests/controlplane/kube.py), our hooks under gunicorn
+A control plane (testbed/kube.py), our hooks under gunicorn
 (`sandbox-hooks --bind 127.0.0.1:<port>`), manifests/overlays/loopback applied with that port,
 and a real Metacontroller, all on 127.0.0.1, stopped process group by process group when the
 block ends. `metacontroller_binary()` finds the binary: METACONTROLLER_BIN, else
@@ -33,8 +33,8 @@ from typing import Any
 
 import requests
 
-from tests.controlplane import kube
-from tests.support import REPO, free_port, script, stop_process, wait_for_port
+from testbed import kube
+from testbed.support import REPO, free_port, script, stop_process, wait_for_port
 
 LOOPBACK_OVERLAY = REPO / "manifests" / "overlays" / "loopback"
 OVERLAY_HOOKS_ADDRESS = "127.0.0.1:9443"  # what the overlay names; replaced by the real port

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-FIXTURES = Path(__file__).parent / "fixtures"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "requests"
 CREATED = "2026-01-01T00:00:00Z"
 
