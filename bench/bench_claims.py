@@ -20,10 +20,11 @@ from typing import Any
 
 from bench.harness import Context as BenchContext
 from bench.harness import Latencies, Result, Skipped, latency_result
+from sandbox_common import contract
 from testbed.hookrequests import SEED_POD_TEMPLATE
 from testbed.metacontroller import Kubelet, metacontroller_binary, running_stack
 
-GROUP, VERSION = "extensions.agents.x-k8s.io", "v1alpha1"
+GROUP, VERSION = contract.EXTENSIONS_GROUP, contract.VERSION
 NS = "bench"
 TEMPLATE, POOL = "python-runtime-template", "python-sandbox-warmpool"
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Context, Latencies, Result, latency_result, rss_mib, time_calls
+from sandbox_common import contract
 
 COMPONENT = "router"
 K8S_COMPONENT = "router-k8s"
@@ -136,11 +137,11 @@ def _stack():
             yield up_port, router_port, router
 
 
-ROUTING = {"Authorization": f"Bearer {TOKEN}", "X-Sandbox-ID": "bench"}
+ROUTING = {"Authorization": f"Bearer {TOKEN}", contract.SANDBOX_ID_HEADER: "bench"}
 
 
 def _headers(port: int, proxied: bool) -> dict[str, str]:
-    return {**ROUTING, "X-Sandbox-Port": str(port)} if proxied else {}
+    return {**ROUTING, contract.SANDBOX_PORT_HEADER: str(port)} if proxied else {}
 
 
 # --- 1. added latency on one keep-alive connection -------------------------------------------
@@ -399,17 +400,17 @@ def _control_plane(up_port: int):
             api = plane.api_client()
             custom = client.CustomObjectsApi(api)
             made: Any = custom.create_namespaced_custom_object(
-                "agents.x-k8s.io", "v1alpha1", "default", "sandboxes",
-                {"apiVersion": "agents.x-k8s.io/v1alpha1", "kind": "Sandbox",
+                contract.GROUP, contract.VERSION, "default", contract.SANDBOXES,
+                {"apiVersion": contract.SANDBOX_API, "kind": contract.SANDBOX_KIND,
                  "metadata": {"name": "bench"},
                  "spec": {"podTemplate": {"spec": {"containers": [
                      {"name": "runtime", "image": "bench",
                       "ports": [{"containerPort": up_port}]}]}}}})
             now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             custom.patch_namespaced_custom_object_status(
-                "agents.x-k8s.io", "v1alpha1", "default", "sandboxes", "bench",
+                contract.GROUP, contract.VERSION, "default", contract.SANDBOXES, "bench",
                 {"status": {"podIPs": ["127.0.0.1"], "podName": "bench", "conditions": [
-                    {"type": "Ready", "status": "True", "reason": "SandboxReady",
+                    {"type": contract.READY, "status": "True", "reason": contract.SANDBOX_READY,
                      "message": "bench", "lastTransitionTime": now}]}})
             api.close()
             yield plane, made["metadata"]["uid"]
@@ -453,9 +454,9 @@ def _kubernetes_source(ctx: Context, up_port: int, direct: Latencies, static: La
               f"({', '.join(missing)}): run `make k8s`", flush=True)
         return []
     results: list[Result] = []
-    named = {**ROUTING, "X-Sandbox-Port": str(up_port)}
+    named = {**ROUTING, contract.SANDBOX_PORT_HEADER: str(up_port)}
     with _control_plane(up_port) as (plane, uid):
-        with_uid = {**named, "X-Sandbox-UID": uid}
+        with_uid = {**named, contract.SANDBOX_UID_HEADER: uid}
         with _kube_router(plane.kubeconfig) as (port, url), \
                 _kube_router(plane.kubeconfig, "--name-confirmation", "request") as (
                     strict_port, strict_url):

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from sandbox_common import contract
 from testbed.hookrequests import EXAMPLES, sandbox, sync_request
 from testbed.support import free_port, script, serve
 
@@ -126,7 +127,7 @@ def test_answers_are_deterministic_over_the_wire(hooks_url: str):
             {
                 "type": "Ready",
                 "status": "False",
-                "reason": "PodNotReady",
+                "reason": contract.POD_NOT_READY,
                 "message": "",
                 "lastTransitionTime": "2026-01-01T00:00:00Z",
             }

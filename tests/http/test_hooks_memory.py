@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from sandbox_common import contract
 from testbed.hookrequests import sandbox, sync_request
 from testbed.support import free_port, script, serve
 
@@ -79,7 +80,7 @@ def test_memory_stays_bounded_after_a_thousand_distinct_large_specs(hooks):
                               headers={"Content-Type": "application/json"}, timeout=60)
         assert answer.status_code == 200, answer.text[:300]
         (ready,) = answer.json()["status"]["conditions"]
-        assert (ready["reason"] == "InvalidSpec") == invalid
+        assert (ready["reason"] == contract.INVALID_SPEC) == invalid
         longest = max(longest, len(ready["message"]))
         if index % 50 == 49:  # stop at the first breach rather than eat the machine's memory
             assert rss_mib(worker) < RSS_LIMIT_MIB, f"worker RSS after {index + 1} large specs"

@@ -12,15 +12,23 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sandbox_common.contract import EXTENSIONS_API as X
+from sandbox_common.contract import (
+    POOL_LABEL as POOL_LABEL,
+)
+from sandbox_common.contract import (
+    SANDBOX_API as SANDBOX_API,
+)
+from sandbox_common.contract import (
+    SANDBOX_LABEL as SANDBOX_LABEL,
+)
+from sandbox_common.contract import (
+    SANDBOX_UID_LABEL as SANDBOX_UID_LABEL,
+)
 from testbed.hookrequests import SEED_POD_TEMPLATE
 
-SANDBOX_API = "agents.x-k8s.io/v1alpha1"
-X = "extensions.agents.x-k8s.io/v1alpha1"
 TEMPLATE = "python-runtime-template"
 POOL = "python-sandbox-warmpool"
-SANDBOX_LABEL = "agents.x-k8s.io/sandbox"
-SANDBOX_UID_LABEL = "agents.x-k8s.io/sandbox-uid"
-POOL_LABEL = "agents.x-k8s.io/warm-pool"
 TEST_GRACE_SECONDS = 2
 
 
