@@ -14,7 +14,8 @@ import uuid
 from typing import Any
 
 from sandbox_common import contract
-from sandbox_router.resolve import SandboxCache, SourceUnavailable, record_from_sandbox
+from sandbox_router.records import SandboxCache, record_from_sandbox
+from sandbox_router.sources import SourceUnavailable
 
 
 def sandbox_object(name: str = "sb", namespace: str = "default", *,

@@ -16,17 +16,16 @@ from sandbox_common import contract
 from sandbox_router.addresses import AddressPolicy
 from sandbox_router.headers import Route
 from sandbox_router.identity import CONNECTION_NAMES, ConnectionMemory, Reads
+from sandbox_router.records import SandboxCache, record_from_sandbox
 from sandbox_router.resolve import (
     NOT_READY_RECHECK_SECONDS,
     NotServable,
     Resolver,
-    SandboxCache,
     SandboxReplaced,
-    StaticSource,
     Unconfirmed,
     UnknownSandbox,
-    record_from_sandbox,
 )
+from sandbox_router.sources import StaticSource
 from tests.unit.router_fakes import CacheSource, sandbox_object
 
 OLD = "11111111-1111-4111-8111-111111111111"
