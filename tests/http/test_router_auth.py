@@ -16,31 +16,29 @@ import requests
 from testbed.support import free_port
 from tests.http.router_fixtures import (
     TOKEN,
-    Upstream,
     router_argv,
     start_router,
     write_static,
 )
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    with Upstream() as up:
-        yield up
+@pytest.fixture
+def upstream(router_stack):
+    return router_stack.upstream
 
 
-@pytest.fixture(scope="module")
-def static(upstream, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("router-auth")
-    return write_static(directory / "sandboxes.yaml",
-                        {"echo": {"addresses": ["127.0.0.1"], "ports": [upstream.port]}},
+@pytest.fixture
+def static(router_stack, tmp_path):
+    return write_static(tmp_path / "sandboxes.yaml",
+                        {"echo": {"addresses": ["127.0.0.1"],
+                                  "ports": [router_stack.upstream.port]}},
                         allow_loopback=True)
 
 
-@pytest.fixture(scope="module")
-def router(static):
-    with start_router(static) as url:
-        yield url
+@pytest.fixture
+def router(router_stack):
+    """The session's router (tests/http/conftest.py): its token is router_fixtures.TOKEN."""
+    return router_stack.url
 
 
 def routed(upstream, **extra: str) -> dict[str, str]:
