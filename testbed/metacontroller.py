@@ -638,3 +638,20 @@ def first_claim(pod: Any) -> str | None:
             return str(claims[mount.name])
     first = next(v for v in pod.spec.volumes if v.persistent_volume_claim is not None)
     return str(first.persistent_volume_claim.claim_name)
+
+
+@contextlib.contextmanager
+def running_kubelet(stack: MetacontrollerStack, namespace: str, state_dir: Path,
+                    **options: Any) -> Iterator[Kubelet]:
+    """The kubelet stand-in (real runtimes on per-pod loopback addresses) for the namespace,
+    until the block ends; `options` go to Kubelet. Then the test fails if the stand-in hit an
+    error it could not explain (a runtime that never answered, a status patch refused)."""
+    api = stack.plane.api_client()
+    player = Kubelet(api, namespace, state_dir=state_dir, **options)
+    player.start()
+    try:
+        yield player
+    finally:
+        player.stop()
+        api.close()
+    assert not player.errors, player.errors

@@ -28,6 +28,7 @@ from testbed.metacontroller import (
     Kubelet,
     MetacontrollerStack,
     metacontroller_binary,
+    running_kubelet,
     running_stack,
 )
 
@@ -64,17 +65,7 @@ def namespace(metacontroller_stack: MetacontrollerStack) -> Iterator[str]:
 @pytest.fixture
 def kubelet(metacontroller_stack: MetacontrollerStack, namespace: str,
             tmp_path: Path) -> Iterator[Kubelet]:
-    """The kubelet stand-in (real runtimes on per-pod loopback addresses) for the namespace.
-
-    At the end the test fails if the stand-in hit an error it could not explain (a runtime
-    that never answered, a status patch refused).
-    """
-    api = metacontroller_stack.plane.api_client()
-    player = Kubelet(api, namespace, state_dir=tmp_path / "kubelet")
-    player.start()
-    try:
+    """The kubelet stand-in for the test's namespace (running_kubelet)."""
+    with running_kubelet(metacontroller_stack, namespace, tmp_path / "kubelet") as player:
         yield player
-    finally:
-        player.stop()
-        api.close()
-    assert not player.errors, player.errors
+

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandbox_common.contract import EXTENSIONS_API as X
 from sandbox_common.contract import (
@@ -26,6 +26,9 @@ from sandbox_common.contract import (
     SANDBOX_UID_LABEL as SANDBOX_UID_LABEL,
 )
 from testbed.hookrequests import SEED_POD_TEMPLATE
+
+if TYPE_CHECKING:
+    from testbed.metacontroller import MetacontrollerStack
 
 TEMPLATE = "python-runtime-template"
 POOL = "python-sandbox-warmpool"
@@ -127,3 +130,11 @@ def eventually(check, timeout: float = 30.0, interval: float = 0.2):  # type: ig
             return last
         time.sleep(interval)
     raise AssertionError(f"not reached in {timeout:.0f}s; last: {last!r}")
+
+
+def warm_pool(stack: MetacontrollerStack, namespace: str, replicas: int) -> None:
+    """Apply the seed's template and a warm pool of `replicas`; return once all are Ready."""
+    stack.apply(template(), namespace)
+    stack.apply(pool(replicas), namespace)
+    stack.wait_for("sandboxwarmpool", POOL, pool_ready(replicas), namespace=namespace,
+                   timeout=90)
