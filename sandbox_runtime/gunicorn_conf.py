@@ -3,7 +3,7 @@
 One threaded worker per CPU the pod may use (the app is GIL-bound; see docs/runtime.md),
 with the app preloaded in the master: create_app() runs once, before the fork, so every
 worker shares its command slots (slots.py: the concurrency bound stays global to the pod)
-and, when there are several workers, one metrics directory. The worker is
+and its metrics (metrics.py: one shared row per worker). The worker is
 sandbox_common.serving.HeadFirstWorker: idle, kept-alive and half-sent requests wait in the
 worker's poller, and a thread serves a connection only once its request head is complete.
 Must not import the app or read the workspace.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import sys
 import threading
 import time
@@ -94,7 +93,7 @@ def post_worker_init(worker: Any) -> None:
     gate.set()
     for future in started:
         future.result()
-    runtime = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("sandbox_runtime")
+    runtime = getattr(getattr(worker, "wsgi", None), "runtime", None)
     if runtime is not None:
         runtime.prepare_process()  # this worker's first command keeper, started now
 
@@ -106,21 +105,11 @@ def pre_fork(server: Any, worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """A worker is gone: its running-commands gauge no longer counts (multiprocess metrics)."""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if path:
-        from prometheus_client import multiprocess
-        multiprocess.mark_process_dead(worker.pid, path)
-
-
-def on_exit(server: Any) -> None:
-    """The master stops: remove the metrics directory __main__.py made for this server."""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if path and os.path.basename(path).startswith(METRICS_DIR_PREFIX):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-METRICS_DIR_PREFIX = "sandbox-runtime-metrics-"
+    """A worker is gone: its running-commands gauge no longer counts. (The app preloaded in
+    the master; without preloading the master has none, and nothing is shared.)"""
+    runtime = getattr(getattr(server.app, "callable", None), "runtime", None)
+    if runtime is not None:
+        runtime.metrics.forget(worker.pid)
 
 
 def settings(port: int, host: str, threads_: int, log_level: str,
@@ -132,7 +121,6 @@ def settings(port: int, host: str, threads_: int, log_level: str,
         "preload_app": preload_app,
         "pre_fork": pre_fork,
         "child_exit": child_exit,
-        "on_exit": on_exit,
         "worker_class": worker_class,
         "threads": threads_,
         "worker_connections": worker_connections,

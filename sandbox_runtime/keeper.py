@@ -114,16 +114,20 @@ def live_members(pgid: int, exclude: Iterable[int] = (),
         pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
     found = []
     for pid in pids:
-        if pid in skip:
-            continue
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+        fields = None if pid in skip else proc_stat(pid)
+        if fields is not None and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
             found.append(pid)
     return found
+
+
+def proc_stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, parent, group...);
+    None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 def kill_group(pgid: int, *, rounds: int = 200) -> int:

@@ -1,8 +1,9 @@
 """Command keepers on the server's side: start them, hand one to each command, end them.
 
 Called by execute.py (a Command takes a keeper, runs through it, and gives it back, retires
-it, or ends it with its whole process group) and core.py (one KeeperPool per server
-process, made after gunicorn's fork). keeper.py is the keeper itself and says what a keeper
+it, or ends it with its whole process group), runtime.py (one KeeperPool per server
+process, made after gunicorn's fork) and launch.py (a sandbox's first process reaps its
+orphans with `reap`). keeper.py is the keeper itself and says what a keeper
 guarantees. Linux only.
 
 A keeper runs one command at a time. After a command that ended with nothing of it left
@@ -14,10 +15,11 @@ After a timeout, a cancellation, or a keeper that died or broke the protocol, th
 group is killed whole (keeper.kill_group) and the keeper reaped only after that, so its pid,
 which is the group's id, cannot be reused meanwhile.
 
-It must never `waitpid` a pid it does not own, and stdio.py's init reaper must never reap a
-keeper: keepers are listed in `tracked`, under `SPAWN_LOCK`, from spawn to reaping.
-Keepers are spawned under SPAWN_LOCK too, since the control socket's child end is made
-inheritable for the spawn.
+Reaping is `reap()`, the one reaper: it waits for retired keepers that have exited and, in a
+sandbox's first process (which gVisor makes every orphan's parent), for orphans. It must
+never reap a keeper still in use (Keeper.kill does, after its group is gone): keepers are
+listed in `tracked`, under `SPAWN_LOCK`, from spawn to reaping. Keepers are spawned under
+SPAWN_LOCK too, since the control socket's child end is made inheritable for the spawn.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from sandbox_runtime.config import MIB, Config
 log = logging.getLogger(__name__)
 
 SPAWN_LOCK = threading.Lock()
-tracked: set[int] = set()
+tracked: set[int] = set()  # every keeper of this process, from spawn to reaping
+retired: set[int] = set()  # the tracked keepers that hold a finished command's processes
 KEEPER_PATH = os.path.abspath(keeper_mod.__file__)  # in every keeper's argv
 MAX_IDLE = 8
 REAP_INTERVAL_S = 2.0
@@ -133,7 +136,6 @@ class KeeperPool:
                        cfg.command_max_processes, 0]
         self.owner = os.getpid()
         self._idle: list[Keeper] = []
-        self._retired: set[int] = set()
         self._lock = threading.Lock()
         self._last_reap = time.monotonic()
 
@@ -159,7 +161,9 @@ class KeeperPool:
 
     def acquire(self) -> Keeper:
         """An idle keeper whose last command left nothing alive, or a new one."""
-        self.reap_retired()
+        if time.monotonic() - self._last_reap >= REAP_INTERVAL_S:
+            self._last_reap = time.monotonic()
+            reap()
         while True:
             with self._lock:
                 keeper = self._idle.pop() if self._idle else None
@@ -195,28 +199,9 @@ class KeeperPool:
 
     def _retire(self, keeper: Keeper) -> None:
         keeper.sock.close()  # an idle keeper exits at end-of-file; a retired one lives on
-        with self._lock:
-            self._retired.add(keeper.pid)
-        self.reap_retired(force=True)
-
-    def reap_retired(self, *, force: bool = False) -> None:
-        """waitpid the retired keepers that have exited (at most every REAP_INTERVAL_S)."""
-        now = time.monotonic()
-        if not force and now - self._last_reap < REAP_INTERVAL_S:
-            return
-        self._last_reap = now
-        with self._lock:
-            retired = list(self._retired)
-        for pid in retired:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = pid
-            if done:
-                with self._lock:
-                    self._retired.discard(pid)
-                with SPAWN_LOCK:
-                    tracked.discard(pid)
+        with SPAWN_LOCK:
+            retired.add(keeper.pid)
+        reap()
 
     def close(self) -> None:
         """The server stops serving: its idle keepers see end-of-file and exit."""
@@ -228,9 +213,9 @@ class KeeperPool:
     def retired(self) -> list[int]:
         """Pids of retired keepers, each the group id of a finished command's background
         processes."""
-        self.reap_retired(force=True)
-        with self._lock:
-            return sorted(self._retired)
+        reap()
+        with SPAWN_LOCK:
+            return sorted(retired)
 
 
 def check_hello(keeper: Keeper) -> None:
@@ -238,3 +223,45 @@ def check_hello(keeper: Keeper) -> None:
     if keeper.flags is None or not keeper.flags & keeper_mod.LOCKED:
         raise KeeperError(errno.EPERM, "cannot contain commands here: the keeper could not "
                           "install its seccomp filter")
+
+
+def reap(*, orphans: bool = False) -> int:
+    """waitpid the children that nobody else waits for; how many were reaped.
+
+    Those are retired keepers that have exited and, with `orphans` (a sandbox's first
+    process: gVisor has no child subreaper, so every orphan of a command, and of a killed
+    keeper, becomes its child), every other zombie child that is not a keeper. gVisor
+    leaves /proc/<pid>/task/<tid>/children empty, so orphans are found by the parent in
+    /proc/<pid>/stat; only zombies are touched, never a keeper in use.
+    """
+    count = 0
+    with SPAWN_LOCK:
+        for pid in list(retired):
+            try:
+                done = os.waitpid(pid, os.WNOHANG)[0]
+            except ChildProcessError:
+                done = pid
+            if done:
+                retired.discard(pid)
+                tracked.discard(pid)
+                count += 1
+        if not orphans:
+            return count
+        me = os.getpid()
+        for pid in [int(name) for name in os.listdir("/proc") if name.isdigit()]:
+            fields = None if pid in tracked else keeper_mod.proc_stat(pid)
+            if fields is None or fields[0] != b"Z" or int(fields[1]) != me:
+                continue
+            with contextlib.suppress(ChildProcessError):
+                count += os.waitpid(pid, os.WNOHANG)[0] == pid
+    return count
+
+
+def reap_forever(interval: float) -> None:
+    """The reaper of a sandbox's first process: reap(orphans=True) every `interval`."""
+    while True:
+        try:
+            reap(orphans=True)
+        except Exception:  # the reaper must outlive any odd /proc state
+            log.exception("reaping orphans failed")
+        time.sleep(interval)

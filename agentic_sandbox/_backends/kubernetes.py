@@ -23,20 +23,22 @@ an extra.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
-import shutil
-import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any, Final
 
-import requests
-from requests.adapters import HTTPAdapter
-
 from agentic_sandbox._backends.base import Endpoint
+from agentic_sandbox._backends.router import (
+    TOKEN_ENV,
+    Tunnel,
+    router_transport,
+    tunnel_argv,
+    wait_routable,
+)
 from agentic_sandbox._exceptions import (
     BackendUnavailableError,
     ClaimFailedError,
@@ -45,6 +47,7 @@ from agentic_sandbox._exceptions import (
     SandboxTimeoutError,
     TemplateNotFoundError,
 )
+from agentic_sandbox._options import KubernetesOptions
 from sandbox_common import contract
 from sandbox_common.contract import CLAIMS as CLAIM_PLURAL
 from sandbox_common.contract import EXTENSIONS_GROUP as GROUP
@@ -57,7 +60,6 @@ __all__ = ["CLAIM_PLURAL", "TERMINAL_CLAIM_READY_REASONS", "KubernetesBackend"]
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV: Final = "AGENTIC_SANDBOX_ROUTER_TOKEN"
 # Ready=False reasons that will not fix themselves: waiting on them would only burn the
 # timeout (upstream's name). The contract classifies every reason the hooks write.
 TERMINAL_CLAIM_READY_REASONS: Final = contract.TERMINAL_REASONS
@@ -77,95 +79,38 @@ def ready_condition(claim: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-class _Tunnel:
-    """`kubectl port-forward svc/<router> <free port>:<router port>` on 127.0.0.1."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.argv = argv
-        self.process: subprocess.Popen[str] | None = None
-        self.port = 0
-
-    def open(self, timeout: float) -> int:
-        kubectl = shutil.which(self.argv[0]) if not os.path.isabs(self.argv[0]) else self.argv[0]
-        if not kubectl:
-            raise BackendUnavailableError(
-                "the tunnel mode needs kubectl on PATH; install it, or pass api_url= "
-                "(a gateway or the router's URL)")
-        # Port 0: kubectl picks a free local port and prints it, so clients never collide.
-        self.process = subprocess.Popen(
-            [kubectl, *self.argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, start_new_session=True)
-        found: list[int] = []
-        done = threading.Event()
-
-        def read_stdout() -> None:
-            assert self.process is not None and self.process.stdout is not None
-            for line in self.process.stdout:
-                # "Forwarding from 127.0.0.1:43567 -> 8080"
-                if line.startswith("Forwarding from 127.0.0.1:") and not found:
-                    with contextlib.suppress(ValueError):
-                        found.append(int(line.split(":")[1].split()[0]))
-                        done.set()
-            done.set()
-
-        threading.Thread(target=read_stdout, daemon=True).start()
-        if not done.wait(timeout) or not found:
-            stderr = ""
-            if self.process.poll() is not None and self.process.stderr is not None:
-                stderr = self.process.stderr.read()[-1000:]
-            self.close()
-            raise SandboxConnectionError(
-                f"kubectl port-forward did not start within {timeout:.0f} s: {stderr.strip()}")
-        self.port = found[0]
-        return self.port
-
-    def close(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 class KubernetesBackend:
     """Backend that claims a sandbox from the cluster (see the module docstring)."""
 
     name = "kubernetes"
 
     def __init__(self, template_name: str, namespace: str = "default", *,
-                 ready_timeout: float = 180.0, api_url: str | None = None,
-                 connection: str | None = None, router_token: str | None = None,
-                 kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None,
-                 router_service: str = "sandbox-router-svc",
-                 router_namespace: str | None = None, router_port: int = 8080,
-                 server_port: int = 8888, api_client: Any = None,
-                 claim: str | None = None, attach: bool = False) -> None:
+                 ready_timeout: float = 180.0, options: KubernetesOptions | None = None,
+                 api_client: Any = None, claim: str | None = None,
+                 attach: bool = False) -> None:
+        given = options or KubernetesOptions()
+        connection = given.connection
         if connection is None:
-            connection = "direct" if api_url else (
-                "in-cluster" if _in_cluster() and not kubeconfig else "tunnel")
+            connection = "direct" if given.api_url else (
+                "in-cluster" if _in_cluster() and not given.kubeconfig else "tunnel")
         if connection not in CONNECTIONS:
             raise ValueError(f"connection must be one of {', '.join(CONNECTIONS)}, "
                              f"not {connection!r}")
-        if connection == "direct" and not api_url:
+        if connection == "direct" and not given.api_url:
             raise ValueError("connection='direct' needs api_url=")
         if attach and not claim:
             raise ValueError("attach=True needs claim= (the SandboxClaim's name)")
         self.template_name = template_name
         self.namespace = namespace
         self.ready_timeout = ready_timeout
-        self.api_url = api_url.rstrip("/") if api_url else None
-        self.connection = connection
-        self.router_token = router_token if router_token is not None else os.environ.get(
-            TOKEN_ENV)
-        self.kubeconfig = str(kubeconfig) if kubeconfig is not None else None
-        self.context = context
-        self.router_service = router_service
-        self.router_namespace = router_namespace or namespace
-        self.router_port = router_port
-        self.server_port = server_port
+        # The options as used: defaults chosen, the token read from the environment.
+        self.options = dataclasses.replace(
+            given, api_url=given.api_url.rstrip("/") if given.api_url else None,
+            connection=connection,
+            router_token=given.router_token if given.router_token is not None
+            else os.environ.get(TOKEN_ENV),
+            kubeconfig=str(given.kubeconfig) if given.kubeconfig is not None else None,
+            router_namespace=given.router_namespace or namespace)
         self.claim: str | None = None
         self.claim_uid: str | None = None
         self.sandbox: str | None = None
@@ -176,7 +121,7 @@ class KubernetesBackend:
         self._owns_claim = not attach
         self._api_client = api_client
         self._own_client = api_client is None
-        self._tunnel: _Tunnel | None = None
+        self._tunnel: Tunnel | None = None
 
     # -- Kubernetes API ---------------------------------------------------------------------
 
@@ -189,12 +134,13 @@ class KubernetesBackend:
                 "pip install 'agent-sandbox[kubernetes]'") from exc
         if self._api_client is None:
             try:
-                if self.kubeconfig is None and self.context is None and _in_cluster():
+                opts = self.options
+                if opts.kubeconfig is None and opts.context is None and _in_cluster():
                     config.load_incluster_config()
                     self._api_client = client.ApiClient()
                 else:
                     self._api_client = config.new_client_from_config(
-                        config_file=self.kubeconfig, context=self.context)
+                        config_file=self.options.kubeconfig, context=self.options.context)
             except (config.ConfigException, OSError) as exc:
                 raise BackendUnavailableError(
                     f"no usable Kubernetes configuration ({exc}); set KUBECONFIG, or use "
@@ -433,65 +379,26 @@ class KubernetesBackend:
     # -- the router -------------------------------------------------------------------------
 
     def _base_url(self, deadline: float) -> str:
-        if self.connection == "direct":
-            assert self.api_url is not None
-            return self.api_url
-        if self.connection == "in-cluster":
-            return (f"http://{self.router_service}.{self.router_namespace}.svc.cluster.local:"
-                    f"{self.router_port}")
-        argv = ["kubectl", "port-forward", f"svc/{self.router_service}",
-                f"0:{self.router_port}", "-n", self.router_namespace, "--address", "127.0.0.1"]
-        if self.kubeconfig:
-            argv += ["--kubeconfig", self.kubeconfig]
-        if self.context:
-            argv += ["--context", self.context]
-        self._tunnel = _Tunnel(argv)
+        opts = self.options
+        if opts.connection == "direct":
+            assert opts.api_url is not None
+            return opts.api_url
+        if opts.connection == "in-cluster":
+            return (f"http://{opts.router_service}.{opts.router_namespace}.svc.cluster.local:"
+                    f"{opts.router_port}")
+        self._tunnel = Tunnel(tunnel_argv(opts))
         port = self._tunnel.open(min(TUNNEL_TIMEOUT_S, max(1.0, deadline - time.monotonic())))
         return f"http://127.0.0.1:{port}"
 
     def headers(self) -> dict[str, str]:
         headers = {contract.SANDBOX_ID_HEADER: self.sandbox or "",
                    contract.SANDBOX_NAMESPACE_HEADER: self.namespace,
-                   contract.SANDBOX_PORT_HEADER: str(self.server_port)}
+                   contract.SANDBOX_PORT_HEADER: str(self.options.server_port)}
         if self.sandbox_uid:
             headers[contract.SANDBOX_UID_HEADER] = self.sandbox_uid
-        if self.router_token:
-            headers["Authorization"] = f"Bearer {self.router_token}"
+        if self.options.router_token:
+            headers["Authorization"] = f"Bearer {self.options.router_token}"
         return headers
-
-    def _wait_routable(self, base_url: str, adapter: HTTPAdapter, deadline: float) -> None:
-        """GET / through the router until the runtime answers: the router's view of new
-        Sandboxes (a watch cache) and the pod's readiness may trail the claim's Ready."""
-        session = requests.Session()
-        session.trust_env = False
-        session.mount(base_url + "/", adapter)
-        last = ""
-        delay = 0.05
-        while True:
-            try:
-                response = session.get(base_url + "/", headers=self.headers(),
-                                       timeout=(5, max(1.0, deadline - time.monotonic())))
-                if response.status_code == 200:
-                    return
-                if response.status_code in (401, 403):
-                    raise SandboxConnectionError(
-                        f"the router refused the request ({response.status_code}): set "
-                        f"router_token= or ${TOKEN_ENV}")
-                if response.status_code == 409:
-                    # The router read the name: it belongs to another Sandbox uid now.
-                    raise ClaimFailedError(
-                        f"sandbox {self.namespace}/{self.sandbox} was replaced: "
-                        f"{response.text[:200]}", reason="SandboxReplaced",
-                        claim=self.claim or "")
-                last = f"{response.status_code} {response.text[:200]}"
-            except requests.RequestException as exc:
-                last = str(exc)
-            if time.monotonic() + delay >= deadline:
-                raise SandboxTimeoutError(
-                    f"sandbox {self.namespace}/{self.sandbox} is Ready but its runtime did not "
-                    f"answer through the router at {base_url} in time (last: {last})")
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
 
     # -- Backend ----------------------------------------------------------------------------
 
@@ -513,12 +420,17 @@ class KubernetesBackend:
                 self.sandbox = self._wait_ready(api, version, deadline)
             self.sandbox_uid = self._sandbox_uid(api)
             base_url = self._base_url(deadline)
-            adapter = HTTPAdapter(max_retries=0)
-            self._wait_routable(base_url, adapter, deadline)
+            transport = router_transport(base_url)
+            try:
+                wait_routable(transport, base_url, self.headers(), deadline,
+                              f"{self.namespace}/{self.sandbox}", self.claim or "")
+            except BaseException:
+                transport.close()
+                raise
         except BaseException:
             self.close()
             raise
-        return Endpoint(base_url=base_url, adapter=adapter, headers=self.headers(),
+        return Endpoint(base_url=base_url, transport=transport, headers=self.headers(),
                         sandbox_name=self.sandbox,
                         description=f"sandbox {self.namespace}/{self.sandbox} via {base_url}")
 

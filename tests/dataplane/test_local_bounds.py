@@ -15,6 +15,7 @@ import pytest
 
 from agentic_sandbox import SandboxClient, SandboxRequestError
 from agentic_sandbox._backends import local
+from agentic_sandbox._backends.local.workspace import WORKSPACE_IMAGE
 from tests.dataplane.conftest import write_template
 
 MIB = 2**20
@@ -27,7 +28,7 @@ def host_bytes(client: SandboxClient) -> int:
     sandbox = client.backend.sandbox
     if sandbox.workspace_kind != "ext4 image":
         return 0
-    return (sandbox.dir / local.WORKSPACE_IMAGE).stat().st_blocks * 512
+    return (sandbox.dir / WORKSPACE_IMAGE).stat().st_blocks * 512
 
 
 @pytest.fixture

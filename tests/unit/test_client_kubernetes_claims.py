@@ -12,6 +12,7 @@ from agentic_sandbox._backends.kubernetes import (
     KubernetesBackend,
     claim_name,
 )
+from agentic_sandbox._options import KubernetesOptions
 
 
 def claim(status, reason="", sandbox=None):
@@ -23,7 +24,7 @@ def claim(status, reason="", sandbox=None):
 
 
 def backend(**kwargs):
-    b = KubernetesBackend("tpl", "ns", **kwargs)
+    b = KubernetesBackend("tpl", "ns", options=KubernetesOptions(**kwargs))
     b.claim = "sandbox-claim-1234abcd"
     return b
 
@@ -56,10 +57,10 @@ def test_terminal_reasons_fail_fast_naming_the_reason():
 
 def test_connection_modes_and_headers(monkeypatch):
     monkeypatch.delenv("AGENTIC_SANDBOX_ROUTER_TOKEN", raising=False)
-    assert backend().connection == "tunnel"
+    assert backend().options.connection == "tunnel"
     direct = backend(api_url="http://gw:8080/", router_token="t0k", server_port=9999)
     direct.sandbox = "sb"
-    assert direct.connection == "direct" and direct.api_url == "http://gw:8080"
+    assert direct.options.connection == "direct" and direct.options.api_url == "http://gw:8080"
     assert direct.headers() == {"X-Sandbox-ID": "sb", "X-Sandbox-Namespace": "ns",
                                 "X-Sandbox-Port": "9999", "Authorization": "Bearer t0k"}
     in_cluster = backend(connection="in-cluster")
@@ -126,3 +127,17 @@ def test_an_unreadable_sandbox_leaves_the_name_alone_to_route_by(status):
     b.sandbox, b.claim_uid = "sb", CLAIM_UID
     b.sandbox_uid = b._sandbox_uid(SandboxReader(status=status))
     assert b.sandbox_uid is None and "X-Sandbox-UID" not in b.headers()
+
+
+def test_the_router_transport_never_skips_tls_verification():
+    """A plain http router URL skips loading the CA store (~80 ms), not verification: a TLS
+    server reached through it would be refused."""
+    import ssl
+
+    from agentic_sandbox._backends.router import router_transport
+
+    for url in ("http://sandbox-router-svc.ns.svc.cluster.local:8080", "https://gw.example"):
+        transport = router_transport(url)
+        context = transport._pool._ssl_context
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+        transport.close()
