@@ -21,7 +21,8 @@ from types import ModuleType
 import pytest
 
 from agentic_sandbox import ClaimFailedError, TemplateNotFoundError
-from agentic_sandbox._backends.kubernetes import TERMINAL_CLAIM_READY_REASONS, KubernetesBackend
+from agentic_sandbox._backends.claims import judge
+from agentic_sandbox._backends.kubernetes import TERMINAL_CLAIM_READY_REASONS
 from hooks import objects
 from sandbox_common import contract
 from sandbox_router import headers
@@ -102,17 +103,15 @@ def test_the_documented_hook_requests_answer_with_classified_reasons():
 
 def test_the_client_stops_waiting_on_exactly_the_terminal_reasons():
     assert TERMINAL_CLAIM_READY_REASONS == contract.TERMINAL_REASONS
-    judge = object.__new__(KubernetesBackend)
-    judge.namespace, judge.claim = "ns", "claim"
     for reason in sorted(contract.WAITING_REASONS):
-        assert judge._judge(claim_status("False", reason)) is None, reason
+        assert judge(claim_status("False", reason), "ns", "claim") is None, reason
     for reason in sorted(contract.TERMINAL_REASONS):
         with pytest.raises(ClaimFailedError) as failed:
-            judge._judge(claim_status("False", reason))
+            judge(claim_status("False", reason), "ns", "claim")
         assert failed.value.reason == reason
     with pytest.raises(TemplateNotFoundError):
-        judge._judge(claim_status("False", contract.TEMPLATE_NOT_FOUND))
-    assert judge._judge(claim_status("True", contract.SANDBOX_READY)) == "claim"
+        judge(claim_status("False", contract.TEMPLATE_NOT_FOUND), "ns", "claim")
+    assert judge(claim_status("True", contract.SANDBOX_READY), "ns", "claim") == "claim"
 
 
 def claim_status(status: str, reason: str) -> dict:
