@@ -37,7 +37,8 @@ from sandbox_common.contract import (
     VERSION,
 )
 from testbed.hookrequests import SEED_POD_TEMPLATE
-from testbed.metacontroller import Kubelet, metacontroller_binary, running_stack
+from testbed.kubelet import Kubelet
+from testbed.metacontroller import metacontroller_binary, running_stack
 
 NS = "bench"
 TEMPLATE, POOL = "python-runtime-template", "python-sandbox-warmpool"

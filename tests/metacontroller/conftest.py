@@ -9,7 +9,7 @@ printed (`-ra`), and in CI that skip is a failure (tests/conftest.py). Nothing h
 fetches Metacontroller. Missing project files (CRDs, the loopback overlay) are failures, not
 skips: they are this repository's own.
 
-`kubelet` runs the kubelet stand-in (stack.Kubelet, runtime mode) for the test's namespace:
+`kubelet` runs the kubelet stand-in (testbed/kubelet.py, runtime mode) for the test's namespace:
 every pod gets its own loopback address and a real `sandbox-runtime`. Everything listens on
 127.0.0.1/8 and is stopped, process group by process group, when the tests are done.
 """
@@ -23,12 +23,11 @@ from pathlib import Path
 import pytest
 
 from testbed import kube
+from testbed.kubelet import Kubelet, running_kubelet
 from testbed.metacontroller import (
     LOOPBACK_OVERLAY,
-    Kubelet,
     MetacontrollerStack,
     metacontroller_binary,
-    running_kubelet,
     running_stack,
 )
 

@@ -34,7 +34,7 @@ import requests
 
 from agentic_sandbox import ClaimFailedError, SandboxClient
 from agentic_sandbox._backends.kubernetes import KubernetesBackend
-from testbed.metacontroller import Kubelet
+from testbed.kubelet import Kubelet
 from testbed.support import free_port, script, serve
 from tests.metacontroller import objects
 

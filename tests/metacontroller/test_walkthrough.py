@@ -19,7 +19,7 @@ import pytest
 
 from agentic_sandbox import SandboxClient
 from testbed.hookrequests import SEED_POD_TEMPLATE
-from testbed.metacontroller import Kubelet, running_kubelet
+from testbed.kubelet import Kubelet, running_kubelet
 from testbed.support import free_port, script, serve
 
 X = "extensions.agents.x-k8s.io/v1alpha1"

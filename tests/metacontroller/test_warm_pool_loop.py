@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import requests
 
-from testbed.metacontroller import Kubelet, MetacontrollerStack
+from testbed.kubelet import Kubelet
+from testbed.metacontroller import MetacontrollerStack
 from tests.metacontroller.objects import (
     POOL,
     SANDBOX_LABEL,
