@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from agentic_sandbox._exceptions import (
@@ -26,7 +27,7 @@ from agentic_sandbox._exceptions import (
 from sandbox_common import contract
 from sandbox_common.contract import CLAIMS, EXTENSIONS_GROUP, GROUP, READY, SANDBOXES, VERSION
 
-__all__ = ["TERMINAL_CLAIM_READY_REASONS", "api_error", "check_template", "claim_name",
+__all__ = ["TERMINAL_CLAIM_READY_REASONS", "api_error", "call", "check_template", "claim_name",
            "create", "delete", "find", "judge", "ready_condition", "sandbox_uid", "uid_of",
            "version_of", "wait_ready"]
 
@@ -58,6 +59,28 @@ def api_error(exc: Exception, what: str) -> SandboxError:
     return SandboxConnectionError(f"{what}: Kubernetes API answered {status} {reason}")
 
 
+# What a refused call raises, by HTTP status: an error made from the ApiException, or None
+# for "no answer, and that is fine" (the call then returns None).
+Refusals = Mapping[int, Callable[[Any], SandboxError] | None]
+
+
+def call(what: str, refusals: Refusals, method: Callable[..., Any], *args: Any) -> Any:
+    """`method(*args)` on the API; a refusal listed in `refusals` becomes its error (or None),
+    any other failure a SandboxConnectionError that says `what` was being done."""
+    from kubernetes.client.exceptions import ApiException
+    try:
+        return method(*args)
+    except ApiException as exc:
+        if exc.status in refusals:
+            error = refusals[exc.status]
+            if error is None:
+                return None
+            raise error(exc) from exc
+        raise api_error(exc, what) from exc
+    except Exception as exc:
+        raise api_error(exc, what) from exc
+
+
 def judge(claim: dict[str, Any], namespace: str, name: str) -> str | None:
     """The sandbox name when Ready; raise on a terminal reason; None to keep waiting."""
     condition = ready_condition(claim)
@@ -79,60 +102,42 @@ def judge(claim: dict[str, Any], namespace: str, name: str) -> str | None:
 def check_template(api: Any, namespace: str, template: str) -> None:
     """TemplateNotFoundError when the template is missing; nothing when it may not be read
     (the claim's status will say)."""
-    from kubernetes.client.exceptions import ApiException
-    try:
-        api.get_namespaced_custom_object(EXTENSIONS_GROUP, VERSION, namespace,
-                                         contract.TEMPLATES, template)
-    except ApiException as exc:
-        if exc.status == 404:
-            raise TemplateNotFoundError(
-                f"SandboxTemplate {template!r} does not exist in namespace {namespace!r}",
-                reason=contract.TEMPLATE_NOT_FOUND) from exc
-        if exc.status == 403:
-            return
-        raise api_error(exc, "reading the SandboxTemplate") from exc
-    except Exception as exc:
-        raise api_error(exc, "reading the SandboxTemplate") from exc
+    missing = TemplateNotFoundError(
+        f"SandboxTemplate {template!r} does not exist in namespace {namespace!r}",
+        reason=contract.TEMPLATE_NOT_FOUND)
+    call("reading the SandboxTemplate", {404: lambda _: missing, 403: None},
+         api.get_namespaced_custom_object, EXTENSIONS_GROUP, VERSION, namespace,
+         contract.TEMPLATES, template)
 
 
 def create(api: Any, namespace: str, name: str, template: str) -> dict[str, Any]:
     """Create the claim; the object the API server returned."""
-    from kubernetes.client.exceptions import ApiException
     body = {"apiVersion": contract.EXTENSIONS_API, "kind": contract.CLAIM_KIND,
             "metadata": {"name": name, "namespace": namespace,
                          "labels": {"app.kubernetes.io/managed-by": "agentic-sandbox"}},
             "spec": {"sandboxTemplateRef": {"name": template}}}
-    try:
-        created: dict[str, Any] = api.create_namespaced_custom_object(
-            EXTENSIONS_GROUP, VERSION, namespace, CLAIMS, body)
-    except ApiException as exc:
-        if exc.status == 422:
-            raise ClaimFailedError(f"the API server rejected the SandboxClaim: {exc.body}",
-                                   reason="Invalid", claim=name) from exc
-        if exc.status == 409:
-            raise ClaimFailedError(
-                f"a SandboxClaim named {name!r} already exists in namespace {namespace!r}",
-                reason="AlreadyExists", claim=name) from exc
-        raise api_error(exc, "creating the SandboxClaim") from exc
-    except Exception as exc:
-        raise api_error(exc, "creating the SandboxClaim") from exc
+    refusals: Refusals = {
+        422: lambda exc: ClaimFailedError(
+            f"the API server rejected the SandboxClaim: {exc.body}", reason="Invalid",
+            claim=name),
+        409: lambda _: ClaimFailedError(
+            f"a SandboxClaim named {name!r} already exists in namespace {namespace!r}",
+            reason="AlreadyExists", claim=name),
+    }
+    created: dict[str, Any] = call("creating the SandboxClaim", refusals,
+                                   api.create_namespaced_custom_object, EXTENSIONS_GROUP,
+                                   VERSION, namespace, CLAIMS, body)
     log.info("created SandboxClaim %s/%s for template %s", namespace, name, template)
     return created
 
 
 def find(api: Any, namespace: str, name: str) -> dict[str, Any]:
     """The existing claim; ClaimFailedError (reason NotFound) if there is none."""
-    from kubernetes.client.exceptions import ApiException
-    try:
-        found: dict[str, Any] = api.get_namespaced_custom_object(
-            EXTENSIONS_GROUP, VERSION, namespace, CLAIMS, name)
-    except ApiException as exc:
-        if exc.status == 404:
-            raise ClaimFailedError(f"no sandbox named {name!r} in namespace {namespace!r}",
-                                   reason="NotFound", claim=name) from exc
-        raise api_error(exc, "reading the SandboxClaim") from exc
-    except Exception as exc:
-        raise api_error(exc, "reading the SandboxClaim") from exc
+    missing = ClaimFailedError(f"no sandbox named {name!r} in namespace {namespace!r}",
+                               reason="NotFound", claim=name)
+    found: dict[str, Any] = call("reading the SandboxClaim", {404: lambda _: missing},
+                                 api.get_namespaced_custom_object, EXTENSIONS_GROUP, VERSION,
+                                 namespace, CLAIMS, name)
     return found
 
 
@@ -190,11 +195,8 @@ def wait_ready(api: Any, namespace: str, name: str, resource_version: str,
             watcher.stop()
         if not resource_version:
             # Relist: the current object decides, then watch from its version.
-            try:
-                obj = api.get_namespaced_custom_object(EXTENSIONS_GROUP, VERSION, namespace,
-                                                       CLAIMS, name)
-            except ApiException as exc:
-                raise api_error(exc, "reading the SandboxClaim") from exc
+            obj = call("reading the SandboxClaim", {}, api.get_namespaced_custom_object,
+                       EXTENSIONS_GROUP, VERSION, namespace, CLAIMS, name)
             last = obj
             resource_version = version_of(obj)
             sandbox = judge(obj, namespace, name)
@@ -211,17 +213,12 @@ def sandbox_uid(api: Any, namespace: str, sandbox: str, claim: str,
     never is. None when the Sandbox cannot be read (no permission, or a cluster whose
     claims are not served by Sandboxes): requests then carry the name only, and the
     router confirms it per connection (docs/router.md)."""
-    from kubernetes.client.exceptions import ApiException
     where = f"Sandbox {namespace}/{sandbox}"
-    try:
-        obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, SANDBOXES, sandbox)
-    except ApiException as exc:
-        if exc.status in (403, 404):
-            log.info("%s not readable (%s): requests carry its name only", where, exc.status)
-            return None
-        raise api_error(exc, f"reading the {where}") from exc
-    except Exception as exc:
-        raise api_error(exc, f"reading the {where}") from exc
+    obj = call(f"reading the {where}", {403: None, 404: None},
+               api.get_namespaced_custom_object, GROUP, VERSION, namespace, SANDBOXES, sandbox)
+    if obj is None:
+        log.info("%s not readable: requests carry its name only", where)
+        return None
     meta = obj.get("metadata") or {}
     owners = {str(ref.get("uid")) for ref in meta.get("ownerReferences") or ()
               if isinstance(ref, dict) and ref.get("controller")}
