@@ -22,9 +22,10 @@ import requests
 
 from bench.harness import Context as BenchContext
 from bench.harness import Latencies, Result, Skipped, latency_result
-from tests.hookrequests import SEED_POD_TEMPLATE
-from tests.metacontroller.stack import Kubelet, metacontroller_binary, running_stack
-from tests.support import free_port, script, serve
+from testbed.hookrequests import SEED_POD_TEMPLATE
+from testbed.kubelet import Kubelet
+from testbed.metacontroller import metacontroller_binary, running_stack
+from testbed.support import free_port, script, serve
 
 NS = "bench-idle"
 X = "extensions.agents.x-k8s.io/v1alpha1"

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from sandbox_common.contract import READY, RESUMED, SANDBOX_EXPIRED, SUSPENDED
+
 log = logging.getLogger(__name__)
 
 QUEUE = 1024
@@ -48,11 +50,11 @@ def steps(obj: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     name = str(meta.get("name") or "")
     found = [("Created", f"sandbox {name} created", str(meta.get("creationTimestamp") or ""))]
     pod = status.get("podName")
-    ready = _condition(status, "Ready")
-    suspended = _condition(status, "Suspended")
+    ready = _condition(status, READY)
+    suspended = _condition(status, SUSPENDED)
     if isinstance(pod, str) and pod:
         # Since it last looked for a pod: its creation, or its resume after a suspension.
-        since = str((suspended.get("lastTransitionTime") if suspended.get("reason") == "Resumed"
+        since = str((suspended.get("lastTransitionTime") if suspended.get("reason") == RESUMED
                      else meta.get("creationTimestamp")) or "")
         if pod == name:
             found.append(("StartedPod", f"served by its own pod {pod} (cold)", since))
@@ -61,13 +63,13 @@ def steps(obj: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     if ready.get("status") == "True":
         found.append(("Ready", str(ready.get("message") or "ready"),
                       str(ready.get("lastTransitionTime") or "")))
-    if ready.get("reason") == "SandboxExpired":
+    if ready.get("reason") == SANDBOX_EXPIRED:
         found.append(("Expired", str(ready.get("message") or "expired"),
                       str(ready.get("lastTransitionTime") or "")))
     if suspended.get("status") == "True":
         found.append(("Suspended", str(suspended.get("message") or "suspended"),
                       str(suspended.get("lastTransitionTime") or "")))
-    elif suspended.get("reason") == "Resumed":
+    elif suspended.get("reason") == RESUMED:
         found.append(("Resumed", str(suspended.get("message") or "resumed"),
                       str(suspended.get("lastTransitionTime") or "")))
     return found

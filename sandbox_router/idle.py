@@ -29,24 +29,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sandbox_common.contract import LAST_ACTIVITY_ANNOTATION as ACTIVITY_ANNOTATION
+from sandbox_common.contract import WAKE_ANNOTATION
 from sandbox_router.metrics import Metrics
+from sandbox_router.records import SandboxRecord, _revision
 from sandbox_router.resolve import (
-    Conflict,
     NotServable,
-    SandboxRecord,
     SandboxReplaced,
-    Source,
-    SourceUnavailable,
     Unconfirmed,
     UnknownSandbox,
     WakeTimedOut,
-    _revision,
 )
+from sandbox_router.sources import Conflict, Source, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
-ACTIVITY_ANNOTATION = "agents.x-k8s.io/last-activity"
-WAKE_ANNOTATION = "agents.x-k8s.io/wake"
 # How often the background task looks for activity to report, and a waiting request at the
 # cache (seconds).
 TICK = 0.25

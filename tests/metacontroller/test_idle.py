@@ -22,10 +22,10 @@ import pytest
 import requests
 
 from agentic_sandbox import SandboxClient
+from testbed.metacontroller import MetacontrollerStack
+from testbed.support import free_port, script, serve
 from tests.metacontroller import objects
-from tests.metacontroller.stack import MetacontrollerStack
 from tests.metacontroller.tenancy import Recorder, recorded
-from tests.support import free_port, script, serve
 
 IDLE = "3s"
 

@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from hooks import objects, sandbox
-from tests.hookrequests import sandbox as make_sandbox
-from tests.hookrequests import sync_request
+from testbed.hookrequests import sandbox as make_sandbox
+from testbed.hookrequests import sync_request
 from tests.metacontroller_sim import Cluster
 from tests.unit.test_hooks_scenarios import claim, pool, ready_reason, template
 

@@ -14,9 +14,13 @@ from collections.abc import Mapping
 
 import pytest
 
-from sandbox_router.idle import ACTIVITY_ANNOTATION, WAKE_ANNOTATION, Idle
+from sandbox_common.contract import LAST_ACTIVITY_ANNOTATION as ACTIVITY_ANNOTATION
+from sandbox_common.contract import WAKE_ANNOTATION
+from sandbox_router.idle import Idle
 from sandbox_router.metrics import create_metrics
-from sandbox_router.resolve import Conflict, SandboxRecord, WakeTimedOut, record_from_sandbox
+from sandbox_router.records import SandboxRecord, record_from_sandbox
+from sandbox_router.resolve import WakeTimedOut
+from sandbox_router.sources import Conflict
 
 SINCE = "2026-01-01T00:00:00Z"
 
