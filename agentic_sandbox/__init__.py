@@ -5,9 +5,13 @@
     with SandboxClient(template_name="python-runtime-template", namespace="default") as sandbox:
         print(sandbox.run("echo 'Hello from the sandboxed environment!'").stdout)
 
+    async with AsyncSandboxClient(template_name="python-runtime-template") as sandbox:
+        print((await sandbox.run("echo hello")).stdout)
+
 The public names are listed in __all__; everything else is private (docs/client.md).
 """
 
+from agentic_sandbox._async_client import AsyncCommandStream, AsyncSandboxClient
 from agentic_sandbox._backends.base import Backend, Endpoint
 from agentic_sandbox._backends.choice import choose_backend
 from agentic_sandbox._client import CommandStream, SandboxClient
@@ -25,6 +29,8 @@ from agentic_sandbox._models import ExecutionResult, FileEntry, OutputChunk
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncCommandStream",
+    "AsyncSandboxClient",
     "Backend",
     "BackendUnavailableError",
     "ClaimFailedError",

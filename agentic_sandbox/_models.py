@@ -14,7 +14,14 @@ __all__ = ["ExecutionResult", "FileEntry", "OutputChunk"]
 
 @dataclass(frozen=True)
 class ExecutionResult:
-    """What one command did: its output, exit code, and whether a limit cut it short."""
+    """What one command did: its output, exit code, and whether a limit cut it short.
+
+    A command whose shell was killed by a signal (its own, another process's, or the
+    runtime's at the timeout) has `exit_code` 128 + the signal's number, as a shell
+    reports it, and `signal` its name ("SIGKILL"); otherwise `signal` is None. A shell that
+    exits 137 because its child was killed reports 137 and no signal: only the shell's own
+    death is known for certain.
+    """
 
     stdout: str
     stderr: str
@@ -22,6 +29,7 @@ class ExecutionResult:
     timed_out: bool = False
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    signal: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -12,6 +12,7 @@ or knows how a backend reaches its sandbox.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
@@ -151,12 +152,29 @@ def _unexpected(what: str) -> SandboxConnectionError:
     return SandboxConnectionError(f"{what}: unexpected answer")
 
 
+def exit_and_signal(answer: Mapping[str, Any]) -> tuple[int, str | None]:
+    """The exit code and signal name of an answer. A runtime older than the `signal` field
+    reports a signal N as exit code -N: that becomes 128 + N and the signal's name too."""
+    if answer.get("exit_code") is None:
+        return -1, None
+    code = int(answer["exit_code"])
+    name = answer.get("signal")
+    if code < 0 and name is None:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"SIG{-code}"
+        code = 128 - code
+    return code, str(name) if name is not None else None
+
+
 def execution_result(answer: Any) -> ExecutionResult:
     if not isinstance(answer, dict):
         raise _unexpected("POST /execute")
+    exit_code, signal_name = exit_and_signal(answer)
     return ExecutionResult(
         stdout=str(answer.get("stdout", "")), stderr=str(answer.get("stderr", "")),
-        exit_code=int(answer.get("exit_code", -1)),
+        exit_code=exit_code, signal=signal_name,
         timed_out=bool(answer.get("timed_out", False)),
         stdout_truncated=bool(answer.get("stdout_truncated", False)),
         stderr_truncated=bool(answer.get("stderr_truncated", False)))
@@ -270,7 +288,13 @@ class CommandOutput:
     @property
     def exit_code(self) -> int | None:
         """The command's exit status once the stream ended, else None."""
-        return None if self._final is None else int(self._final.get("exit_code", -1))
+        return None if self._final is None else exit_and_signal(self._final)[0]
+
+    @property
+    def signal(self) -> str | None:
+        """The signal that killed the command's shell, once the stream ended (see
+        ExecutionResult.signal)."""
+        return None if self._final is None else exit_and_signal(self._final)[1]
 
     @property
     def timed_out(self) -> bool:

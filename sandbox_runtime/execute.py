@@ -58,14 +58,29 @@ class Outcome:
     extra: dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
+        exit_code, signal_name = exit_status(self.exit_code)
         return {
             "stdout": self.stdout.decode("utf-8", "replace"),
             "stderr": self.stderr.decode("utf-8", "replace"),
-            "exit_code": self.exit_code,
+            "exit_code": exit_code,
+            "signal": signal_name,
             "timed_out": self.timed_out,
             "stdout_truncated": self.stdout_truncated,
             "stderr_truncated": self.stderr_truncated,
         }
+
+
+def exit_status(code: int | None) -> tuple[int | None, str | None]:
+    """A shell's wait status as the API reports it: (exit code, signal name). Killed by
+    signal N (waitstatus_to_exitcode's -N): 128 + N, as a shell reports it, and the
+    signal's name ("SIGKILL"); else the exit code and None."""
+    if code is None or code >= 0:
+        return code, None
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"SIG{-code}"
+    return 128 - code, name
 
 
 _ids = itertools.count(1)

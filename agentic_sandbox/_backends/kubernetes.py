@@ -35,6 +35,7 @@ from agentic_sandbox._backends.base import Endpoint
 from agentic_sandbox._backends.router import (
     TOKEN_ENV,
     Tunnel,
+    router_async_transport,
     router_transport,
     tunnel_argv,
     wait_routable,
@@ -430,7 +431,9 @@ class KubernetesBackend:
         except BaseException:
             self.close()
             raise
-        return Endpoint(base_url=base_url, transport=transport, headers=self.headers(),
+        return Endpoint(base_url=base_url, transport=transport,
+                        async_transport=router_async_transport(base_url),
+                        headers=self.headers(),
                         sandbox_name=self.sandbox,
                         description=f"sandbox {self.namespace}/{self.sandbox} via {base_url}")
 
