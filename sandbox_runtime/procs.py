@@ -171,7 +171,7 @@ class KeeperPool:
                 return self.spawn()
             if keeper.clean is not False and keeper.settle(SETTLE_TIMEOUT_S):
                 return keeper
-            self._retire(keeper)
+            keeper.kill()
 
     def prewarm(self) -> None:
         """Have one idle keeper ready (its interpreter start is off the next command's path)."""
@@ -187,14 +187,17 @@ class KeeperPool:
             self._idle.append(keeper)
 
     def release(self, keeper: Keeper) -> None:
-        """A command ended normally. If its verdict says something of it is alive, retire
-        the keeper now (it keeps those processes and exits when they end); with the
-        verdict still due, keep it idle: acquire() reads the verdict before reuse."""
-        if keeper.clean is not False:
-            with self._lock:
-                if len(self._idle) < MAX_IDLE:
-                    self._idle.append(keeper)
-                    return
+        """A command ended normally. Its verdict is read now: if something of it is still
+        alive (`srv &` left behind), the keeper's group is killed with it, since only
+        background processes (background.py) may outlive their command; else the keeper
+        goes back to the pool."""
+        if not keeper.settle(SETTLE_TIMEOUT_S):
+            keeper.kill()
+            return
+        with self._lock:
+            if len(self._idle) < MAX_IDLE:
+                self._idle.append(keeper)
+                return
         self._retire(keeper)
 
     def _retire(self, keeper: Keeper) -> None:
