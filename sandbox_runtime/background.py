@@ -167,14 +167,14 @@ class Processes:
     def _drive(self, command: Command, record: dict[str, Any], done: threading.Event) -> None:
         """The process's output into its files (capped by Command), then its end."""
         pid = record["id"]
-        files = {name: open(self._path(pid, "." + name), "ab", buffering=0)
-                 for name in ("stdout", "stderr")}
         try:
-            for name, data in command.chunks(None):
-                files[name].write(data)
+            with open(self._path(pid, ".stdout"), "ab", buffering=0) as out, \
+                    open(self._path(pid, ".stderr"), "ab", buffering=0) as err:
+                files = {"stdout": out, "stderr": err}
+                for name, data in command.chunks(None):
+                    files[name].write(data)
         finally:
-            for file in files.values():
-                file.close()
+            command.close()  # ends it if writing failed (a full disk)
             answer = command.outcome.to_json()
             record.update({key: answer[key] for key in (
                 "exit_code", "signal", "timed_out", "stdout_truncated", "stderr_truncated")},
