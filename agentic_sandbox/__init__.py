@@ -11,10 +11,10 @@
 The public names are listed in __all__; everything else is private (docs/client.md).
 """
 
-from agentic_sandbox._async_client import AsyncCommandStream, AsyncSandboxClient
+from agentic_sandbox._async_client import AsyncCommandStream, AsyncProcess, AsyncSandboxClient
 from agentic_sandbox._backends.base import Backend, Endpoint
 from agentic_sandbox._backends.choice import choose_backend
-from agentic_sandbox._client import CommandStream, SandboxClient
+from agentic_sandbox._client import CommandStream, Process, SandboxClient
 from agentic_sandbox._exceptions import (
     BackendUnavailableError,
     ClaimFailedError,
@@ -24,12 +24,19 @@ from agentic_sandbox._exceptions import (
     SandboxTimeoutError,
     TemplateNotFoundError,
 )
-from agentic_sandbox._models import ExecutionResult, FileEntry, OutputChunk
+from agentic_sandbox._models import (
+    ExecutionResult,
+    FileEntry,
+    OutputChunk,
+    ProcessInfo,
+    ProcessOutput,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncCommandStream",
+    "AsyncProcess",
     "AsyncSandboxClient",
     "Backend",
     "BackendUnavailableError",
@@ -39,6 +46,9 @@ __all__ = [
     "ExecutionResult",
     "FileEntry",
     "OutputChunk",
+    "Process",
+    "ProcessInfo",
+    "ProcessOutput",
     "SandboxClient",
     "SandboxConnectionError",
     "SandboxError",

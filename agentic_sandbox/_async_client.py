@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import time
 from collections.abc import AsyncIterator, Generator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
@@ -25,7 +26,13 @@ from agentic_sandbox._aio import in_thread
 from agentic_sandbox._backends.base import Endpoint
 from agentic_sandbox._client import DEFAULT, Timeout, _BaseClient, _State
 from agentic_sandbox._exceptions import BackendUnavailableError, SandboxError
-from agentic_sandbox._models import ExecutionResult, FileEntry, OutputChunk
+from agentic_sandbox._models import (
+    ExecutionResult,
+    FileEntry,
+    OutputChunk,
+    ProcessInfo,
+    ProcessOutput,
+)
 from agentic_sandbox._protocol import (
     MAX_ERROR_BODY,
     Call,
@@ -35,15 +42,22 @@ from agentic_sandbox._protocol import (
     download_call,
     exists_call,
     health_call,
+    kill_call,
     list_call,
+    output_call,
+    process_call,
+    processes_call,
     replay_allowed,
+    start_call,
     status_error,
     timeout_of,
     transport_error,
     upload_call,
+    wait_call,
+    wait_slice,
 )
 
-__all__ = ["AsyncCommandStream", "AsyncSandboxClient"]
+__all__ = ["AsyncCommandStream", "AsyncProcess", "AsyncSandboxClient"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +132,39 @@ class AsyncCommandStream(CommandOutput):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class AsyncProcess:
+    """A background process in the sandbox (AsyncSandboxClient.start): Process, awaited."""
+
+    def __init__(self, client: AsyncSandboxClient, process_id: str, command: str = "") -> None:
+        self.client = client
+        self.id = process_id
+        self.command = command
+
+    def __repr__(self) -> str:
+        return f"AsyncProcess(id={self.id!r}, command={self.command!r})"
+
+    async def info(self) -> ProcessInfo:
+        """Its state now."""
+        return await self.client._call(process_call(self.id, self.client.request_timeout))
+
+    async def wait(self, timeout: float | None = None) -> ProcessInfo:
+        """Wait until it ends, or `timeout` seconds (None: no limit); its state then."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            info = await self.client._call(
+                wait_call(self.id, wait_slice(deadline, time.monotonic())))
+            if not info.running or (deadline is not None and time.monotonic() >= deadline):
+                return info
+
+    async def output(self) -> ProcessOutput:
+        """What it wrote so far (stdout and stderr, each up to the output cap)."""
+        return await self.client._call(output_call(self.id, self.client.request_timeout))
+
+    async def kill(self) -> ProcessInfo:
+        """Kill it and every process it started; its state after."""
+        return await self.client._call(kill_call(self.id, self.client.request_timeout))
 
 
 class AsyncSandboxClient(_BaseClient):
@@ -261,6 +308,21 @@ class AsyncSandboxClient(_BaseClient):
         chunk in s` (AsyncCommandStream); the command starts on enter."""
         call = command_call(command, self._run_timeout(timeout), env, cwd, stream=True)
         return AsyncCommandStream(self, call, command)
+
+    async def start(self, command: str, *, timeout: float | None = None,
+                    env: Mapping[str, str] | None = None,
+                    cwd: str | None = None) -> AsyncProcess:
+        """Start a command in the background (SandboxClient.start)."""
+        info = await self._call(start_call(command, timeout, env, cwd, self.request_timeout))
+        return AsyncProcess(self, info.id, info.command)
+
+    async def processes(self) -> builtins.list[ProcessInfo]:
+        """The sandbox's background processes, running and recently ended, oldest first."""
+        return await self._call(processes_call(self.request_timeout))
+
+    def process(self, process_id: str) -> AsyncProcess:
+        """The handle of a background process by its id."""
+        return AsyncProcess(self, process_id)
 
     async def write(self, path: str, content: str | bytes) -> None:
         """Write a file in the workspace, replacing it atomically (SandboxClient.write)."""

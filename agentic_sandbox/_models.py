@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["ExecutionResult", "FileEntry", "OutputChunk"]
+__all__ = ["ExecutionResult", "FileEntry", "OutputChunk", "ProcessInfo", "ProcessOutput"]
 
 
 @dataclass(frozen=True)
@@ -52,3 +52,34 @@ class OutputChunk:
 
     stream: Literal["stdout", "stderr"] | str
     data: str
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """A background process (sandbox.start()): running, or how it ended.
+
+    `exit_code` and `signal` are None while it runs; then as ExecutionResult's (128 + n and
+    the signal's name when a signal killed it: "SIGKILL" after kill()). `timed_out`: its own
+    timeout ended it. Times are seconds since the epoch, on the sandbox's clock.
+    """
+
+    id: str
+    command: str
+    running: bool
+    exit_code: int | None = None
+    signal: str | None = None
+    timed_out: bool = False
+    started_at: float | None = None
+    ended_at: float | None = None
+
+
+@dataclass(frozen=True)
+class ProcessOutput:
+    """What a background process has written so far: the first `max_output_bytes` of each
+    stream (1 MiB by default), and whether more was cut; `info` is its state then."""
+
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    info: ProcessInfo
