@@ -16,7 +16,7 @@ import asyncio
 import builtins
 import logging
 import time
-from collections.abc import AsyncIterator, Generator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -206,7 +206,10 @@ class AsyncSandboxClient(_BaseClient):
                         "SandboxClient")
             except BaseException:
                 self._state = _State.CLOSED
-                opening.add_done_callback(self._release_after_open)
+                if opening.done():
+                    await asyncio.shield(in_thread(self._releaser(opening)))
+                else:
+                    opening.add_done_callback(self._release_after_open)
                 raise
             self._http = httpx2.AsyncClient(
                 base_url=endpoint.base_url, transport=endpoint.async_transport,
@@ -216,19 +219,24 @@ class AsyncSandboxClient(_BaseClient):
             log.debug("sandbox ready: %s", endpoint.description or endpoint.base_url)
             return self
 
-    def _release_after_open(self, opening: asyncio.Future[Endpoint]) -> None:
-        """After a failed or cancelled open(): close the backend once its open() ended (in
-        a thread: close() blocks), with the endpoint's transports if it got that far."""
+    def _releaser(self, opening: asyncio.Future[Endpoint]) -> Callable[[], None]:
+        """What releases a failed or cancelled open(), once the backend's open() ended:
+        close the backend, and the endpoint's transports if it got that far."""
         endpoint = None if opening.cancelled() or opening.exception() is not None \
             else opening.result()
 
         def release() -> None:
             try:
                 if endpoint is not None:
-                    endpoint.transport.close()
+                    endpoint.transport.close()  # the async one never made a connection
             finally:
                 self._backend.close()
-        task = asyncio.ensure_future(in_thread(release))
+        return release
+
+    def _release_after_open(self, opening: asyncio.Future[Endpoint]) -> None:
+        """After a cancelled open(): release in a thread (close() blocks) once the
+        backend's open() ended."""
+        task = asyncio.ensure_future(in_thread(self._releaser(opening)))
         _releasing.add(task)  # held until done: the loop keeps only a weak reference
         task.add_done_callback(_releasing.discard)
 
