@@ -8,9 +8,10 @@ guarantees. Linux only.
 
 A keeper runs one command at a time. After a command that ended with nothing of it left
 alive, the keeper goes back to the pool for the next command. After a command that left
-processes running on purpose (`nohup srv &`), the keeper is retired: it keeps those
-processes in its group (so they stay accounted to that command: a later API can list or
-end them by the keeper's pid) and exits once they are gone; the server reaps it then.
+processes running (`nohup srv &`), the keeper is killed with its whole group as the command
+ends: only background processes (background.py, each in a keeper of its own) may outlive
+their request. A keeper is retired (its socket closed, reaped once it exited) only when the
+pool has enough idle ones.
 After a timeout, a cancellation, or a keeper that died or broke the protocol, the keeper's
 group is killed whole (keeper.kill_group) and the keeper reaped only after that, so its pid,
 which is the group's id, cannot be reused meanwhile.
