@@ -65,12 +65,16 @@ def test_a_stopped_server_leaves_no_keeper(tmp_path):
 
 def test_a_keeper_is_killed_with_what_its_command_left_behind(tmp_path):
     with runtime_server(tmp_path) as server:
-        out = server.run("sleep 4242301 </dev/null >/dev/null 2>&1 & echo $PPID")
-        keeper = int(out["stdout"])
-        # Before: the keeper was retired, holding the sleep until it ended on its own.
-        assert wait_gone([keeper]) == []
-        assert processes_with("4242301") == []
-        assert not Path(f"/proc/{keeper}").exists()  # reaped, not a zombie
+        try:
+            out = server.run("sleep 4242301 </dev/null >/dev/null 2>&1 & echo $PPID")
+            keeper = int(out["stdout"])
+            # Before: the keeper was retired, holding the sleep until it ended on its own.
+            assert wait_gone([keeper]) == []
+            assert processes_with("4242301") == []
+            assert not Path(f"/proc/{keeper}").exists()  # reaped, not a zombie
+        finally:
+            for pid in processes_with("4242301"):  # a failure must not leak into reruns
+                os.kill(pid, 9)
 
 
 def test_a_background_process_s_keeper_ends_with_it(tmp_path):
