@@ -58,6 +58,7 @@ from agentic_sandbox._protocol import (
     wait_call,
     wait_slice,
 )
+from sandbox_common import contract
 
 __all__ = ["CommandStream", "Process", "SandboxClient", "choose_backend"]
 
@@ -348,7 +349,7 @@ class SandboxClient(_BaseClient):
             finally:
                 response.close()
             raise status_error(call, response.status_code, response.reason_phrase, body,
-                               routed="X-Sandbox-ID" in endpoint.headers)
+                               routed=contract.SANDBOX_ID_HEADER in endpoint.headers)
         return response
 
     def _call(self, call: Call[T]) -> T:

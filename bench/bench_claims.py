@@ -20,16 +20,32 @@ from typing import Any
 
 from bench.harness import Context as BenchContext
 from bench.harness import Latencies, Result, Skipped, latency_result
-from tests.hookrequests import SEED_POD_TEMPLATE
-from tests.metacontroller.stack import Kubelet, metacontroller_binary, running_stack
+from sandbox_common.contract import (
+    CLAIM_KIND,
+    CLAIMS,
+    EXTENSIONS_API,
+    EXTENSIONS_GROUP,
+    GROUP,
+    POOL_KIND,
+    POOLS,
+    READY,
+    SANDBOX_API,
+    SANDBOX_KIND,
+    SANDBOXES,
+    TEMPLATE_KIND,
+    TEMPLATES,
+    VERSION,
+)
+from testbed.hookrequests import SEED_POD_TEMPLATE
+from testbed.kubelet import Kubelet
+from testbed.metacontroller import metacontroller_binary, running_stack
 
-GROUP, VERSION = "extensions.agents.x-k8s.io", "v1alpha1"
 NS = "bench"
 TEMPLATE, POOL = "python-runtime-template", "python-sandbox-warmpool"
 
 
 def is_ready(obj: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
+    return any(c.get("type") == READY and c.get("status") == "True"
                for c in (obj.get("status") or {}).get("conditions") or [])
 
 
@@ -39,17 +55,17 @@ class Claims:
 
         self.custom = client.CustomObjectsApi(api_client)
 
-    def create(self, plural: str, body: dict[str, Any], group: str = GROUP) -> None:
+    def create(self, plural: str, body: dict[str, Any], group: str = EXTENSIONS_GROUP) -> None:
         self.custom.create_namespaced_custom_object(group, VERSION, NS, plural, body)
 
-    def get(self, plural: str, name: str, group: str = GROUP) -> dict[str, Any]:
+    def get(self, plural: str, name: str, group: str = EXTENSIONS_GROUP) -> dict[str, Any]:
         return self.custom.get_namespaced_custom_object(group, VERSION, NS, plural, name)
 
-    def delete(self, plural: str, name: str, group: str = GROUP) -> None:
+    def delete(self, plural: str, name: str, group: str = EXTENSIONS_GROUP) -> None:
         self.custom.delete_namespaced_custom_object(group, VERSION, NS, plural, name)
 
     def wait(self, plural: str, name: str, predicate: Any, timeout: float = 60.0,
-             group: str = GROUP) -> dict[str, Any]:
+             group: str = EXTENSIONS_GROUP) -> dict[str, Any]:
         from kubernetes import watch
 
         deadline = time.monotonic() + timeout
@@ -64,25 +80,25 @@ class Claims:
         raise TimeoutError(f"{plural}/{name} not as expected after {timeout}s")
 
     def pool_ready(self, replicas: int) -> None:
-        self.wait("sandboxwarmpools", POOL,
+        self.wait(POOLS, POOL,
                   lambda p: (p.get("status") or {}).get("readyReplicas") == replicas
                   and (p.get("status") or {}).get("replicas") == replicas, timeout=120)
 
     def set_pool(self, replicas: int) -> None:
         self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, NS, "sandboxwarmpools", POOL, {"spec": {"replicas": replicas}})
+            EXTENSIONS_GROUP, VERSION, NS, POOLS, POOL, {"spec": {"replicas": replicas}})
         self.pool_ready(replicas)
 
 
 def claim(name: str) -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SandboxClaim",
+    return {"apiVersion": EXTENSIONS_API, "kind": CLAIM_KIND,
             "metadata": {"name": name}, "spec": {"sandboxTemplateRef": {"name": TEMPLATE}}}
 
 
 def timed_claim(claims: Claims, name: str) -> float:
     start = time.perf_counter()
-    claims.create("sandboxclaims", claim(name))
-    claims.wait("sandboxclaims", name, is_ready)
+    claims.create(CLAIMS, claim(name))
+    claims.wait(CLAIMS, name, is_ready)
     return time.perf_counter() - start
 
 
@@ -102,11 +118,11 @@ def run(ctx: BenchContext) -> list[Result]:
         kubelet.start()
         claims = Claims(api)
         try:
-            claims.create("sandboxtemplates", {
-                "apiVersion": f"{GROUP}/{VERSION}", "kind": "SandboxTemplate",
+            claims.create(TEMPLATES, {
+                "apiVersion": EXTENSIONS_API, "kind": TEMPLATE_KIND,
                 "metadata": {"name": TEMPLATE}, "spec": {"podTemplate": SEED_POD_TEMPLATE}})
-            claims.create("sandboxwarmpools", {
-                "apiVersion": f"{GROUP}/{VERSION}", "kind": "SandboxWarmPool",
+            claims.create(POOLS, {
+                "apiVersion": EXTENSIONS_API, "kind": POOL_KIND,
                 "metadata": {"name": POOL},
                 "spec": {"replicas": 2, "sandboxTemplateRef": {"name": TEMPLATE}}})
             claims.pool_ready(2)
@@ -120,20 +136,20 @@ def run(ctx: BenchContext) -> list[Result]:
                     counter += 1
                     name = f"seq-{counter}"
                     samples.append(timed_claim(claims, name))
-                    pod = claims.get("sandboxes", name, "agents.x-k8s.io")["status"]["podName"]
+                    pod = claims.get(SANDBOXES, name, GROUP)["status"]["podName"]
                     served_warm += pod != name
-                    claims.delete("sandboxclaims", name)
+                    claims.delete(CLAIMS, name)
                     claims.pool_ready(2)
                 for _ in range(sequential):
                     counter += 1
                     start = time.perf_counter()
-                    claims.create("sandboxes", {
-                        "apiVersion": "agents.x-k8s.io/v1alpha1", "kind": "Sandbox",
+                    claims.create(SANDBOXES, {
+                        "apiVersion": SANDBOX_API, "kind": SANDBOX_KIND,
                         "metadata": {"name": f"cold-{counter}"},
-                        "spec": {"podTemplate": SEED_POD_TEMPLATE}}, "agents.x-k8s.io")
-                    claims.wait("sandboxes", f"cold-{counter}", is_ready, group="agents.x-k8s.io")
+                        "spec": {"podTemplate": SEED_POD_TEMPLATE}}, GROUP)
+                    claims.wait(SANDBOXES, f"cold-{counter}", is_ready, group=GROUP)
                     cold_samples.append(time.perf_counter() - start)
-                    claims.delete("sandboxes", f"cold-{counter}", "agents.x-k8s.io")
+                    claims.delete(SANDBOXES, f"cold-{counter}", GROUP)
                 warm.add_round(samples)
                 cold.add_round(cold_samples)
             p50, p99 = warm.median("p50") * 1e3, warm.median("p99") * 1e3
@@ -155,7 +171,7 @@ def run(ctx: BenchContext) -> list[Result]:
                 with ThreadPoolExecutor(min(level, 16)) as pool:
                     durations = list(pool.map(lambda n: timed_claim(claims, n), names))
                 total = time.perf_counter() - start
-                pods = [claims.get("sandboxes", n, "agents.x-k8s.io")["status"]["podName"]
+                pods = [claims.get(SANDBOXES, n, GROUP)["status"]["podName"]
                         for n in names]
                 shared = len(pods) - len(set(pods))
                 lat = Latencies()
@@ -169,7 +185,7 @@ def run(ctx: BenchContext) -> list[Result]:
                           f"{sum(p != n for p, n in zip(pods, names, strict=True))} warm-served",
                     extra={"total_ms": total * 1e3, "shared_pods": shared}))
                 for name in names:
-                    claims.delete("sandboxclaims", name)
+                    claims.delete(CLAIMS, name)
         finally:
             kubelet.stop()
             api.close()

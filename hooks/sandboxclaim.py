@@ -78,7 +78,7 @@ def desired_sandbox(claim: KubeObject, template: KubeObject, pool: KubeObject | 
     spec: dict[str, Any] = {"podTemplate": objects.clone(template["spec"]["podTemplate"])}
     sandbox = {
         "apiVersion": objects.SANDBOX_API,
-        "kind": "Sandbox",
+        "kind": objects.SANDBOX_KIND,
         "metadata": {
             "name": meta["name"],
             "namespace": meta.get("namespace", "default"),
@@ -254,10 +254,10 @@ def customize(request: CustomizeRequest) -> CustomizeResponse:
     pool = (spec.get("warmPoolRef") or {}).get("name")
     return {
         "relatedResources": [
-            objects.related(objects.EXTENSIONS_API, "sandboxtemplates", namespace, name=template),
-            objects.related(objects.EXTENSIONS_API, "sandboxwarmpools", namespace, name=pool),
+            objects.related(objects.EXTENSIONS_API, objects.TEMPLATES, namespace, name=template),
+            objects.related(objects.EXTENSIONS_API, objects.POOLS, namespace, name=pool),
             objects.related(
-                objects.SANDBOX_API, "sandboxes", namespace, name=claim["metadata"]["name"]
+                objects.SANDBOX_API, objects.SANDBOXES, namespace, name=claim["metadata"]["name"]
             ),
         ]
     }

@@ -29,7 +29,8 @@ from typing import Any
 
 from hooks import objects, sandbox, sandboxclaim, sandboxtemplate, sandboxwarmpool
 from hooks.typedefs import DEFAULT_SETTINGS
-from tests.hookrequests import API, KEYS
+from sandbox_common import contract
+from testbed.hookrequests import API, KEYS
 from tests.tenancy_rules import Event
 
 Obj = dict[str, Any]
@@ -66,10 +67,10 @@ PLURAL_KIND = {
     "pods": "Pod",
     "services": "Service",
     "persistentvolumeclaims": "PersistentVolumeClaim",
-    "sandboxes": "Sandbox",
-    "sandboxtemplates": "SandboxTemplate",
-    "sandboxwarmpools": "SandboxWarmPool",
-    "sandboxclaims": "SandboxClaim",
+    contract.SANDBOXES: contract.SANDBOX_KIND,
+    contract.TEMPLATES: contract.TEMPLATE_KIND,
+    contract.POOLS: contract.POOL_KIND,
+    contract.CLAIMS: contract.CLAIM_KIND,
 }
 
 

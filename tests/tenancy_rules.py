@@ -13,9 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-SANDBOX_LABEL = "agents.x-k8s.io/sandbox"
-SANDBOX_UID_LABEL = "agents.x-k8s.io/sandbox-uid"
-POD_NAME_ANNOTATION = "agents.x-k8s.io/pod-name"
+from sandbox_common.contract import POD_NAME_ANNOTATION, SANDBOX_LABEL, SANDBOX_UID_LABEL
 
 
 @dataclass(frozen=True)

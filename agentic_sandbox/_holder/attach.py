@@ -21,6 +21,7 @@ from agentic_sandbox._backends.channel import (
 from agentic_sandbox._exceptions import ClaimFailedError, SandboxConnectionError
 from agentic_sandbox._holder.records import SOCKET, holder_running, named_dir, read_record
 from agentic_sandbox._named import validate_name
+from sandbox_common import contract
 
 __all__ = ["HeldBackend"]
 
@@ -71,7 +72,8 @@ class HeldBackend:
             raise SandboxConnectionError(f"local sandbox {self.sandbox!r} is still starting")
         return Endpoint(base_url=CHANNEL_URL, transport=ChannelTransport(self._connect),
                         async_transport=AsyncChannelTransport(self._connect),
-                        headers={"X-Sandbox-ID": self.sandbox}, sandbox_name=self.sandbox,
+                        headers={contract.SANDBOX_ID_HEADER: self.sandbox},
+                        sandbox_name=self.sandbox,
                         description=f"named local sandbox {self.sandbox} "
                                     f"(holder pid {record.get('pid')})")
 

@@ -26,8 +26,8 @@ from agentic_sandbox import (
     SandboxTimeoutError,
     TemplateNotFoundError,
 )
-from agentic_sandbox._backends import kubernetes as kube_backend
-from tests.support import REPO, free_port, script, serve
+from agentic_sandbox._backends import claims as claim_api
+from testbed.support import REPO, free_port, script, serve
 
 TOKEN = "client-test-token-0123456789abcdef"
 TEMPLATE = "python-runtime-template"
@@ -88,7 +88,7 @@ def names(monkeypatch):
         issued.append(name)
         return name
 
-    monkeypatch.setattr(kube_backend, "claim_name", next_name)
+    monkeypatch.setattr(claim_api, "claim_name", next_name)
     return issued
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from testbed.support import script
 from tests.dataplane.conftest import containers
-from tests.support import script
 
 CLI = script("agentic-sandbox")
 

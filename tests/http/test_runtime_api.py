@@ -9,10 +9,6 @@ import os
 import pytest
 import requests
 
-from tests.http import runtime_fixtures
-
-runtime = runtime_fixtures.runtime  # the module's server (fixture)
-
 
 def test_index_and_healthz_answer_ok(runtime):
     assert runtime.get("/").json()["status"] == "ok"

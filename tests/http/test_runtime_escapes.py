@@ -20,10 +20,7 @@ import pytest
 import requests
 
 from tests.escapes import FORMS, command, markers
-from tests.http import runtime_fixtures
 from tests.http.runtime_fixtures import processes_with
-
-runtime = runtime_fixtures.runtime  # the module's server (fixture)
 
 
 def kill_leftovers(marker: str) -> None:

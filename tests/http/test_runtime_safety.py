@@ -14,10 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.http import runtime_fixtures
 from tests.http.runtime_fixtures import processes_with, runtime_server, wait_until_gone
-
-runtime = runtime_fixtures.runtime  # the module's server (fixture)
 
 
 def test_timeout_kills_setsid_and_double_forked_escapes(runtime):

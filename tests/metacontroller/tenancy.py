@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from sandbox_common import contract
 from tests.tenancy_rules import Event
 
 NODE = "trial-node"
@@ -42,9 +43,10 @@ class Recorder:
             "Pod": (self.core.list_namespaced_pod, (ns,)),
             "Service": (self.core.list_namespaced_service, (ns,)),
             "Sandbox": (self.custom.list_namespaced_custom_object,
-                        ("agents.x-k8s.io", "v1alpha1", ns, "sandboxes")),
+                        (contract.GROUP, contract.VERSION, ns, contract.SANDBOXES)),
             "SandboxClaim": (self.custom.list_namespaced_custom_object,
-                             ("extensions.agents.x-k8s.io", "v1alpha1", ns, "sandboxclaims")),
+                             (contract.EXTENSIONS_GROUP, contract.VERSION, ns,
+                              contract.CLAIMS)),
         }
 
     def start(self) -> None:

@@ -24,31 +24,27 @@ from hooks.objects import (
     TEMPLATE_NOT_FOUND,
     WAITING_FOR_WARM_POD,
 )
+from testbed.metacontroller import MetacontrollerStack
 from tests.metacontroller.objects import (
-    POOL,
     SANDBOX_LABEL,
     X,
     claim,
     is_ready,
     live,
     pool,
-    pool_ready,
     ready_condition,
     reason,
     rfc3339,
     template,
+    warm_pool,
 )
-from tests.metacontroller.stack import MetacontrollerStack
 
 
 @pytest.fixture
 def warm(metacontroller_stack, namespace, kubelet) -> Iterator[tuple[MetacontrollerStack, str]]:
     """The seed's template and a warm pool of one, warmed."""
-    stack = metacontroller_stack
-    stack.apply(template(), namespace)
-    stack.apply(pool(1), namespace)
-    stack.wait_for("sandboxwarmpool", POOL, pool_ready(1), namespace=namespace, timeout=90)
-    yield stack, namespace
+    warm_pool(metacontroller_stack, namespace, 1)
+    yield metacontroller_stack, namespace
 
 
 def serving_pods(stack: MetacontrollerStack, namespace: str, name: str) -> list[dict[str, Any]]:

@@ -35,9 +35,9 @@ import requests
 from agentic_sandbox import ClaimFailedError, SandboxClient
 from agentic_sandbox._backends.kubernetes import KubernetesBackend
 from agentic_sandbox._options import KubernetesOptions
+from testbed.kubelet import Kubelet
+from testbed.support import free_port, script, serve
 from tests.metacontroller import objects
-from tests.metacontroller.stack import Kubelet
-from tests.support import free_port, script, serve
 
 NAME = "tenant"
 GRACE = 30  # the old pod serves, terminating, for the whole trial

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.hookrequests import SEED_POD_TEMPLATE
+from testbed.hookrequests import SEED_POD_TEMPLATE
 from tests.metacontroller.tenancy import GracefulKubelet, Recorder, recorded
 from tests.tenancy_rules import check, controller_uid, is_ready, leftover_bound_pods
 

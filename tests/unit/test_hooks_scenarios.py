@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from hooks import objects
 from hooks.objects import POOL_LABEL, SANDBOX_LABEL, SANDBOX_UID_LABEL
-from tests.hookrequests import SEED_POD_TEMPLATE
+from testbed.hookrequests import SEED_POD_TEMPLATE
 from tests.metacontroller_sim import Cluster
 from tests.tenancy_rules import check, leftover_bound_pods
 
