@@ -56,6 +56,7 @@ from agentic_sandbox._protocol import (
     wait_call,
     wait_slice,
 )
+from sandbox_common import contract
 
 __all__ = ["AsyncCommandStream", "AsyncProcess", "AsyncSandboxClient"]
 
@@ -294,7 +295,7 @@ class AsyncSandboxClient(_BaseClient):
             finally:
                 await response.aclose()
             raise status_error(call, response.status_code, response.reason_phrase, body,
-                               routed="X-Sandbox-ID" in endpoint.headers)
+                               routed=contract.SANDBOX_ID_HEADER in endpoint.headers)
         return response
 
     async def _call(self, call: Call[T]) -> T:

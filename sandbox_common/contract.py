@@ -106,3 +106,7 @@ WAITING_REASONS = frozenset({SANDBOX_NOT_READY, POD_NOT_READY, WAITING_FOR_ANNOT
 TERMINAL_REASONS = frozenset({INVALID_SPEC, TEMPLATE_NOT_FOUND, POOL_NOT_FOUND, EXPIRED,
                               SANDBOX_EXPIRED, POD_LOST})
 REASONS = READY_REASONS | WAITING_REASONS | TERMINAL_REASONS
+
+# The client's own reason (ClaimFailedError.reason), no condition's: the router answered 409,
+# or the claim's Sandbox is owned by another claim, so the name now means another Sandbox.
+SANDBOX_REPLACED = "SandboxReplaced"

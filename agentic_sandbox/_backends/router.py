@@ -30,6 +30,7 @@ from agentic_sandbox._exceptions import (
     SandboxTimeoutError,
 )
 from agentic_sandbox._options import KubernetesOptions
+from sandbox_common import contract
 
 __all__ = ["TOKEN_ENV", "Tunnel", "router_async_transport", "router_transport", "tls_context",
            "tunnel_argv", "wait_routable"]
@@ -144,7 +145,7 @@ def wait_routable(transport: httpx2.BaseTransport, base_url: str, headers: Mappi
             if response.status_code == 409:
                 raise ClaimFailedError(
                     f"sandbox {sandbox} was replaced: {response.text[:200]}",
-                    reason="SandboxReplaced", claim=claim)
+                    reason=contract.SANDBOX_REPLACED, claim=claim)
             last = f"{response.status_code} {response.text[:200]}"
         except httpx2.TransportError as exc:
             last = str(exc) or type(exc).__name__
