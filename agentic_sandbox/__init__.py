@@ -20,11 +20,18 @@ from agentic_sandbox._exceptions import (
     SandboxTimeoutError,
     TemplateNotFoundError,
 )
-from agentic_sandbox._models import ExecutionResult, FileEntry, OutputChunk
+from agentic_sandbox._models import (
+    ArchiveSummary,
+    ExecutionResult,
+    FileEntry,
+    FileStat,
+    OutputChunk,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArchiveSummary",
     "Backend",
     "BackendUnavailableError",
     "ClaimFailedError",
@@ -32,6 +39,7 @@ __all__ = [
     "Endpoint",
     "ExecutionResult",
     "FileEntry",
+    "FileStat",
     "OutputChunk",
     "SandboxClient",
     "SandboxConnectionError",
