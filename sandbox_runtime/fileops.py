@@ -149,9 +149,10 @@ def mkdir(base: str, user_path: str, *, parents: bool) -> dict[str, Any]:
 
 
 def remove(base: str, user_path: str, *, recursive: bool) -> dict[str, Any]:
-    """Remove a file, a symlink (not its target) or, with `recursive`, a directory tree;
-    the tree's removal opens each directory relative to its parent and never follows a
-    symlink inside it (shutil.rmtree's fd-based walk)."""
+    """Remove a file, a symlink (not its target) or, with `recursive`, a directory tree
+    (without it a directory is refused, as rm(1) does). The tree's removal opens each
+    directory relative to its parent and never follows a symlink inside it (shutil.rmtree's
+    fd-based walk, which checks each directory it opens is the one it lstat'ed)."""
     with parent_of(base, user_path) as (fd, name):
         st = lstat_at(fd, name, user_path)
         try:
@@ -160,13 +161,7 @@ def remove(base: str, user_path: str, *, recursive: bool) -> dict[str, Any]:
             elif recursive:
                 shutil.rmtree(name, dir_fd=fd)
             else:
-                try:
-                    os.rmdir(name, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno != errno.ENOTEMPTY:
-                        raise
-                    raise BadRequest(f"path: {user_path!r} is a directory that is not empty "
-                                     "(remove it recursively)") from None
+                raise BadRequest(f"path: {user_path!r} is a directory (remove it recursively)")
         except OSError as exc:
             raise os_error(exc, user_path) from None
     return {"path": user_path, "type": kind(st.st_mode)}
