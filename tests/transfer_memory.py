@@ -3,7 +3,7 @@
 Run as its own process (`python -m tests.transfer_memory ...`) so the client's peak RSS
 (VmHWM) is this transfer's and nothing else's; prints one JSON line. Used by
 tests/dataplane/test_local_large_transfers.py (200 MiB, one file) and bench/bench_files.py
-(1 GiB, 64 files). The local data is sparse (no disk, no page cache to read), but every byte
+(1 GiB, 64 files, then downloaded back). The local data is sparse (no disk, no page cache to read), but every byte
 of it is read and sent: the runtime writes each one into the sandbox's workspace.
 
 The runtime's RSS is sampled from inside the sandbox (gVisor's /proc shows VmRSS, not
@@ -101,7 +101,11 @@ class Sampler:
         return max(self.peak.values(), default=0.0)
 
 
-def measure(state_dir: str, kind: str, files: int, size: int) -> dict[str, Any]:
+def measure(state_dir: str, kind: str, files: int, size: int, *, floor: bool = False,
+            download: bool = False) -> dict[str, Any]:
+    """Upload `files` sparse files of `size` bytes (one file, or a directory of them); with
+    `floor`, time the sandbox writing as many bytes itself; with `download` (a directory),
+    bring it back with download_dir and measure that too."""
     total = files * size
     with tempfile.TemporaryDirectory() as scratch:
         local = Path(scratch) / "src"
@@ -128,11 +132,29 @@ def measure(state_dir: str, kind: str, files: int, size: int) -> dict[str, Any]:
                 arrived = sandbox.stat("big.bin").size
             seconds = time.perf_counter() - start
             runtime_peak = sampler.stop()
-            stored = sandbox.run("du -sb big*").stdout.split()[0]
-    return {"bytes": total, "arrived": arrived, "stored_bytes": int(stored),
-            "seconds": seconds, "mb_per_s": total / seconds / 1e6,
-            "client_peak_mib": vm_hwm_mib(), "client_before_mib": client_before,
-            "runtime_peak_mib": runtime_peak}
+            figures: dict[str, Any] = {
+                "bytes": total, "arrived": arrived, "seconds": seconds,
+                "mb_per_s": total / seconds / 1e6, "client_peak_mib": vm_hwm_mib(),
+                "client_before_mib": client_before, "runtime_peak_mib": runtime_peak,
+                "stored_bytes": int(sandbox.run("du -sb big*").stdout.split()[0])}
+            if floor:
+                # The sandbox writing the same bytes to its own workspace: the disk's pace.
+                start = time.perf_counter()
+                sandbox.run(f"head -c {total} /dev/zero > floor.bin && rm floor.bin",
+                            timeout=600)
+                figures["floor_mb_per_s"] = total / (time.perf_counter() - start) / 1e6
+            if download and kind == "dir":
+                sandbox.remove(STOP)
+                sampler = Sampler(sandbox)
+                time.sleep(0.5)
+                start = time.perf_counter()
+                back = sandbox.download_dir("big", Path(scratch) / "back")
+                seconds = time.perf_counter() - start
+                figures.update({"down_bytes": back.bytes, "down_seconds": seconds,
+                                "down_mb_per_s": total / seconds / 1e6,
+                                "down_runtime_peak_mib": sampler.stop(),
+                                "down_client_peak_mib": vm_hwm_mib()})
+    return figures
 
 
 def main() -> None:
@@ -141,8 +163,11 @@ def main() -> None:
     parser.add_argument("--kind", choices=("file", "dir"), required=True)
     parser.add_argument("--files", type=int, default=1)
     parser.add_argument("--size-mib", type=int, required=True)
+    parser.add_argument("--floor", action="store_true")
+    parser.add_argument("--download", action="store_true")
     args = parser.parse_args()
-    print(json.dumps(measure(args.state_dir, args.kind, args.files, args.size_mib * MIB)))
+    print(json.dumps(measure(args.state_dir, args.kind, args.files, args.size_mib * MIB,
+                             floor=args.floor, download=args.download)))
 
 
 if __name__ == "__main__":
