@@ -3,8 +3,9 @@
 Run as its own process (`python -m tests.transfer_memory ...`) so the client's peak RSS
 (VmHWM) is this transfer's and nothing else's; prints one JSON line. Used by
 tests/dataplane/test_local_large_transfers.py (200 MiB, one file) and bench/bench_files.py
-(1 GiB, 64 files, then downloaded back). The local data is sparse (no disk, no page cache to read), but every byte
-of it is read and sent: the runtime writes each one into the sandbox's workspace.
+(1 GiB, 64 files, then downloaded back). The local data is sparse (no disk, no page cache
+to read), but every byte of it is read and sent: the runtime writes each one into the
+sandbox's workspace.
 
 The runtime's RSS is sampled from inside the sandbox (gVisor's /proc shows VmRSS, not
 VmHWM) every SAMPLE_S by a streamed command, over every runtime process (the channel that
