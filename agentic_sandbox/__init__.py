@@ -5,12 +5,16 @@
     with SandboxClient(template_name="python-runtime-template", namespace="default") as sandbox:
         print(sandbox.run("echo 'Hello from the sandboxed environment!'").stdout)
 
+    async with AsyncSandboxClient(template_name="python-runtime-template") as sandbox:
+        print((await sandbox.run("echo hello")).stdout)
+
 The public names are listed in __all__; everything else is private (docs/client.md).
 """
 
+from agentic_sandbox._async_client import AsyncCommandStream, AsyncProcess, AsyncSandboxClient
 from agentic_sandbox._backends.base import Backend, Endpoint
 from agentic_sandbox._backends.choice import choose_backend
-from agentic_sandbox._client import CommandStream, SandboxClient
+from agentic_sandbox._client import CommandStream, Process, SandboxClient
 from agentic_sandbox._exceptions import (
     BackendUnavailableError,
     ClaimFailedError,
@@ -26,12 +30,17 @@ from agentic_sandbox._models import (
     FileEntry,
     FileStat,
     OutputChunk,
+    ProcessInfo,
+    ProcessOutput,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArchiveSummary",
+    "AsyncCommandStream",
+    "AsyncProcess",
+    "AsyncSandboxClient",
     "Backend",
     "BackendUnavailableError",
     "ClaimFailedError",
@@ -41,6 +50,9 @@ __all__ = [
     "FileEntry",
     "FileStat",
     "OutputChunk",
+    "Process",
+    "ProcessInfo",
+    "ProcessOutput",
     "SandboxClient",
     "SandboxConnectionError",
     "SandboxError",

@@ -17,6 +17,7 @@ import enum
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import IO, Any, Final, TypeVar
@@ -32,6 +33,8 @@ from agentic_sandbox._models import (
     FileEntry,
     FileStat,
     OutputChunk,
+    ProcessInfo,
+    ProcessOutput,
 )
 from agentic_sandbox._options import KubernetesOptions, LocalOptions
 from agentic_sandbox._protocol import (
@@ -46,16 +49,23 @@ from agentic_sandbox._protocol import (
     download_call,
     exists_call,
     health_call,
+    kill_call,
     list_call,
     mkdir_call,
     move_call,
+    output_call,
+    process_call,
+    processes_call,
     remove_call,
     replay_allowed,
+    start_call,
     stat_call,
     status_error,
     timeout_of,
     transport_error,
     upload_call,
+    wait_call,
+    wait_slice,
 )
 from agentic_sandbox._transfer import (
     DirectoryDownload,
@@ -65,7 +75,7 @@ from agentic_sandbox._transfer import (
     counting,
 )
 
-__all__ = ["CommandStream", "SandboxClient", "choose_backend"]
+__all__ = ["CommandStream", "Process", "SandboxClient", "choose_backend"]
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +143,48 @@ class CommandStream(CommandOutput):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class Process:
+    """A background process in the sandbox (SandboxClient.start), by its id.
+
+    It runs on after the call that started it, until it ends, its own timeout passes,
+    kill() ends it, or the sandbox ends. Its output is kept up to the runtime's output cap.
+
+        server = sandbox.start("python -m http.server 8000")
+        print(server.output().stdout)
+        server.kill()  # its whole process tree
+    """
+
+    def __init__(self, client: SandboxClient, process_id: str, command: str = "") -> None:
+        self.client = client
+        self.id = process_id
+        self.command = command
+
+    def __repr__(self) -> str:
+        return f"Process(id={self.id!r}, command={self.command!r})"
+
+    def info(self) -> ProcessInfo:
+        """Its state now."""
+        return self.client._call(process_call(self.id, self.client.request_timeout))
+
+    def wait(self, timeout: float | None = None) -> ProcessInfo:
+        """Wait until it ends, or `timeout` seconds (None: no limit); its state then (see
+        `.running`: still True when the timeout came first)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            info = self.client._call(wait_call(self.id, wait_slice(deadline, time.monotonic())))
+            if not info.running or (deadline is not None and time.monotonic() >= deadline):
+                return info
+
+    def output(self) -> ProcessOutput:
+        """What it wrote so far (stdout and stderr, each up to the output cap)."""
+        return self.client._call(output_call(self.id, self.client.request_timeout))
+
+    def kill(self) -> ProcessInfo:
+        """Kill it and every process it started (SIGKILL to its whole tree); its state after
+        (exit code 137, signal "SIGKILL", unless it had ended already)."""
+        return self.client._call(kill_call(self.id, self.client.request_timeout))
 
 
 class _BaseClient:
@@ -347,6 +399,32 @@ class SandboxClient(_BaseClient):
         """Start a command and return its output as it comes (see CommandStream)."""
         call = command_call(command, self._run_timeout(timeout), env, cwd, stream=True)
         return CommandStream(self._send(call, stream=True), command)
+
+    def start(self, command: str, *, timeout: float | None = None,
+              env: Mapping[str, str] | None = None, cwd: str | None = None) -> Process:
+        """Start a command in the background: it outlives this call (see Process).
+
+        Args:
+            command: run as `/bin/sh -c command`, like run().
+            timeout: seconds before the runtime kills its whole tree; None: the runtime's
+                longest (a day by default). The sandbox's end kills it in any case.
+            env, cwd: as for run().
+
+        Raises:
+            SandboxRequestError: 429 when the sandbox already runs its limit of background
+                processes (16 by default), 400/403/404 for a bad env or cwd.
+        """
+        info = self._call(start_call(command, timeout, env, cwd, self.request_timeout))
+        return Process(self, info.id, info.command)
+
+    def processes(self) -> builtins.list[ProcessInfo]:
+        """The sandbox's background processes, running and recently ended, oldest first."""
+        return self._call(processes_call(self.request_timeout))
+
+    def process(self, process_id: str) -> Process:
+        """The handle of a background process by its id (from processes(), or another
+        client of the same sandbox)."""
+        return Process(self, process_id)
 
     def write(self, path: str, content: str | bytes | IO[bytes]) -> None:
         """Write a file in the workspace (parents are created), replacing it atomically.

@@ -12,6 +12,7 @@ or knows how a backend reaches its sandbox.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Final, Generic, TypeVar
@@ -31,13 +32,17 @@ from agentic_sandbox._models import (
     FileEntry,
     FileStat,
     OutputChunk,
+    ProcessInfo,
+    ProcessOutput,
 )
 
 __all__ = ["CONNECT_TIMEOUT_S", "MAX_ERROR_BODY", "RUN_GRACE_S", "Call", "CommandOutput",
            "archive_in_call", "archive_out_call", "command_call", "copy_call", "decode",
-           "download_call", "exists_call", "health_call", "list_call", "mkdir_call",
-           "move_call", "remove_call", "replay_allowed", "stat_call", "status_error",
-           "timeout_of", "transport_error", "upload_call", "url_path"]
+           "download_call", "exists_call", "health_call", "kill_call", "list_call",
+           "mkdir_call", "move_call", "output_call", "process_call", "processes_call",
+           "remove_call", "replay_allowed", "start_call", "stat_call", "status_error",
+           "timeout_of", "transport_error", "upload_call", "url_path", "wait_call",
+           "wait_slice"]
 
 T = TypeVar("T")
 
@@ -162,12 +167,29 @@ def _unexpected(what: str) -> SandboxConnectionError:
     return SandboxConnectionError(f"{what}: unexpected answer")
 
 
+def exit_and_signal(answer: Mapping[str, Any]) -> tuple[int, str | None]:
+    """The exit code and signal name of an answer. A runtime older than the `signal` field
+    reports a signal N as exit code -N: that becomes 128 + N and the signal's name too."""
+    if answer.get("exit_code") is None:
+        return -1, None
+    code = int(answer["exit_code"])
+    name = answer.get("signal")
+    if code < 0 and name is None:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"SIG{-code}"
+        code = 128 - code
+    return code, str(name) if name is not None else None
+
+
 def execution_result(answer: Any) -> ExecutionResult:
     if not isinstance(answer, dict):
         raise _unexpected("POST /execute")
+    exit_code, signal_name = exit_and_signal(answer)
     return ExecutionResult(
         stdout=str(answer.get("stdout", "")), stderr=str(answer.get("stderr", "")),
-        exit_code=int(answer.get("exit_code", -1)),
+        exit_code=exit_code, signal=signal_name,
         timed_out=bool(answer.get("timed_out", False)),
         stdout_truncated=bool(answer.get("stdout_truncated", False)),
         stderr_truncated=bool(answer.get("stderr_truncated", False)))
@@ -301,6 +323,80 @@ def health_call(timeout: float | None) -> Call[bool]:
                 lambda answer: isinstance(answer, dict) and answer.get("status") == "ok")
 
 
+# -- background processes -------------------------------------------------------------------
+
+# The runtime holds one wait request at most this long; a longer wait is several requests.
+MAX_WAIT_SLICE_S: Final = 30.0
+
+
+def process_info(answer: Any) -> ProcessInfo:
+    if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
+        raise _unexpected("/processes")
+    running = bool(answer.get("running"))
+    exit_code, signal_name = (None, None) if running else exit_and_signal(answer)
+    return ProcessInfo(
+        id=answer["id"], command=str(answer.get("command", "")), running=running,
+        exit_code=exit_code, signal=signal_name, timed_out=bool(answer.get("timed_out")),
+        started_at=answer.get("started_at"), ended_at=answer.get("ended_at"))
+
+
+def _process_output(answer: Any) -> ProcessOutput:
+    info = process_info(answer)
+    return ProcessOutput(stdout=str(answer.get("stdout", "")),
+                         stderr=str(answer.get("stderr", "")),
+                         stdout_truncated=bool(answer.get("stdout_truncated")),
+                         stderr_truncated=bool(answer.get("stderr_truncated")), info=info)
+
+
+def _process_path(process_id: str, action: str = "") -> str:
+    if not isinstance(process_id, str) or not process_id:
+        raise ValueError("a process id is a non-empty string")
+    return "/processes/" + url_path(process_id) + (f"/{action}" if action else "")
+
+
+def start_call(command: str, limit: float | None, env: Mapping[str, str] | None,
+               cwd: str | None, timeout: float | None) -> Call[ProcessInfo]:
+    """start() (POST /processes): `limit` is the process's own timeout (None: the
+    runtime's longest, a day by default); `timeout` the call's."""
+    body = command_call(command, limit, env, cwd).json
+    return Call("POST", "/processes", timeout, process_info, json=body)
+
+
+def processes_call(timeout: float | None) -> Call[list[ProcessInfo]]:
+    def parse(answer: Any) -> list[ProcessInfo]:
+        if not isinstance(answer, list):
+            raise _unexpected("GET /processes")
+        return [process_info(item) for item in answer]
+    return Call("GET", "/processes", timeout, parse)
+
+
+def process_call(process_id: str, timeout: float | None) -> Call[ProcessInfo]:
+    return Call("GET", _process_path(process_id), timeout, process_info)
+
+
+def output_call(process_id: str, timeout: float | None) -> Call[ProcessOutput]:
+    return Call("GET", _process_path(process_id, "output"), timeout, _process_output)
+
+
+def kill_call(process_id: str, timeout: float | None) -> Call[ProcessInfo]:
+    return Call("POST", _process_path(process_id, "kill"), timeout, process_info)
+
+
+def wait_call(process_id: str, wait: float) -> Call[ProcessInfo]:
+    """One wait request of at most `wait` seconds (wait_slice); its read deadline adds
+    RUN_GRACE_S."""
+    return Call("POST", _process_path(process_id, "wait"), wait + RUN_GRACE_S, process_info,
+                json={"timeout": wait})
+
+
+def wait_slice(deadline: float | None, now: float) -> float:
+    """How long the next wait request may wait: what is left of `deadline` (None: no
+    end), at most MAX_WAIT_SLICE_S."""
+    if deadline is None:
+        return MAX_WAIT_SLICE_S
+    return max(0.0, min(MAX_WAIT_SLICE_S, deadline - now))
+
+
 # -- a streamed command ------------------------------------------------------------------------
 
 
@@ -354,7 +450,13 @@ class CommandOutput:
     @property
     def exit_code(self) -> int | None:
         """The command's exit status once the stream ended, else None."""
-        return None if self._final is None else int(self._final.get("exit_code", -1))
+        return None if self._final is None else exit_and_signal(self._final)[0]
+
+    @property
+    def signal(self) -> str | None:
+        """The signal that killed the command's shell, once the stream ended (see
+        ExecutionResult.signal)."""
+        return None if self._final is None else exit_and_signal(self._final)[1]
 
     @property
     def timed_out(self) -> bool:

@@ -43,6 +43,12 @@ class Config:
     command_address_space_mib: int = 4096
     command_file_size_mib: int = 1024
     command_max_processes: int = 512
+    # Background processes (POST /processes): how many run at once, their longest life.
+    max_processes: int = 16
+    max_process_timeout_s: float = 86400.0
+    # Where the background processes' registry lives (outside the workspace); "": a folder
+    # under the temporary directory named after the workspace (background.state_dir).
+    state_dir: str = ""
     log_level: str = "INFO"
     # gunicorn worker processes (TCP mode); 0: one per CPU the pod may use, at most 8.
     workers: int = 0

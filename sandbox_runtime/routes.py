@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import os
 
-from sandbox_runtime import commands, fileops, files, metrics, multipart
-from sandbox_runtime.errors import BadRequest, RequestEntityTooLarge
+from sandbox_runtime import background, commands, fileops, files, metrics, multipart
+from sandbox_runtime.errors import BadRequest, NotFound, RequestEntityTooLarge
 from sandbox_runtime.runtime import Runtime
 from sandbox_runtime.web import Handler, Request, Response, file_answer, json_answer
 
@@ -34,6 +34,7 @@ class Routes:
         self.rt = rt
         self.cfg = rt.cfg
         self.body_limit = commands.body_limit(rt)
+        self.processes = background.Processes(rt)
 
     def table(self) -> list[tuple[str, str, Handler]]:
         """(method, path, handler); a path ending in "*" takes any rest (see web.Router)."""
@@ -59,6 +60,10 @@ class Routes:
             ("GET", "/archive/*", self.archive_out),
             ("POST", "/archive", self.archive_in),
             ("POST", "/archive/*", self.archive_in),
+            ("POST", "/processes", self.process_start),
+            ("GET", "/processes", self.process_list),
+            ("GET", "/processes/*", self.process_get),
+            ("POST", "/processes/*", self.process_act),
         ]
 
     def index(self, request: Request) -> Response:
@@ -146,6 +151,37 @@ class Routes:
                                     max_bytes=limit, max_entries=self.cfg.max_archive_entries)
         self.rt.metrics.uploaded.inc(result["bytes"])
         return json_answer(result)
+
+
+    def process_start(self, request: Request) -> Response:
+        job = commands.parse(request.json(self.body_limit), self.rt, background=True)
+        return json_answer(self.processes.start(job), 201)
+
+    def process_list(self, request: Request) -> Response:
+        return json_answer(self.processes.list())
+
+    def process_get(self, request: Request) -> Response:
+        """GET /processes/<id> (its state), /processes/<id>/output (with its output)."""
+        pid, _, what = request.tail.partition("/")
+        if what == "":
+            return json_answer(self.processes.info(pid))
+        if what == "output":
+            return json_answer(self.processes.output(pid))
+        raise NotFound(f"no such route: /processes/{request.tail[:80]}")
+
+    def process_act(self, request: Request) -> Response:
+        """POST /processes/<id>/wait {"timeout"?: s}, /processes/<id>/kill."""
+        pid, _, what = request.tail.partition("/")
+        if what == "kill":
+            return json_answer(self.processes.kill(pid))
+        if what == "wait":
+            body = request.json(4096) if request.content_length else {}
+            timeout = body.get("timeout", background.MAX_WAIT_S)
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or \
+                    timeout < 0:
+                raise BadRequest("timeout: must be a number of seconds, >= 0")
+            return json_answer(self.processes.wait(pid, float(timeout)))
+        raise NotFound(f"no such route: /processes/{request.tail[:80]}")
 
 
 def _text(body: dict[str, object], name: str) -> str:

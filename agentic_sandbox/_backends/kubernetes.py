@@ -35,7 +35,9 @@ from agentic_sandbox._backends.base import Endpoint
 from agentic_sandbox._backends.router import (
     TOKEN_ENV,
     Tunnel,
+    router_async_transport,
     router_transport,
+    tls_context,
     tunnel_argv,
     wait_routable,
 )
@@ -420,7 +422,8 @@ class KubernetesBackend:
                 self.sandbox = self._wait_ready(api, version, deadline)
             self.sandbox_uid = self._sandbox_uid(api)
             base_url = self._base_url(deadline)
-            transport = router_transport(base_url)
+            context = tls_context(base_url)
+            transport = router_transport(base_url, context)
             try:
                 wait_routable(transport, base_url, self.headers(), deadline,
                               f"{self.namespace}/{self.sandbox}", self.claim or "")
@@ -430,7 +433,9 @@ class KubernetesBackend:
         except BaseException:
             self.close()
             raise
-        return Endpoint(base_url=base_url, transport=transport, headers=self.headers(),
+        return Endpoint(base_url=base_url, transport=transport,
+                        async_transport=router_async_transport(base_url, context),
+                        headers=self.headers(),
                         sandbox_name=self.sandbox,
                         description=f"sandbox {self.namespace}/{self.sandbox} via {base_url}")
 
