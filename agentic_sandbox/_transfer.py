@@ -12,9 +12,10 @@ one chunk of a transfer in memory.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -22,7 +23,8 @@ from agentic_sandbox._exceptions import SandboxError
 from agentic_sandbox._models import ArchiveSummary
 from sandbox_common.tarstream import ArchiveError, Extractor, tree_stream
 
-__all__ = ["DirectoryDownload", "DirectoryUpload", "FileDownload", "Progress", "counting"]
+__all__ = ["AsyncBody", "DirectoryDownload", "DirectoryUpload", "FileDownload", "Progress",
+           "counting"]
 
 Progress = Callable[[int], None]
 ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -44,6 +46,21 @@ class DirectoryUpload:
             if self.progress is not None:
                 self.progress(len(data))
             yield data
+
+
+class AsyncBody:
+    """A request body that is a sync iterable of bytes (a tree's tar stream), for httpx's
+    AsyncClient: each piece is produced in a worker thread, so reading the files never
+    blocks the event loop. Re-iterable like the body it wraps (a replayed call reads anew);
+    deliberately not Iterable itself, or httpx would take it for a sync body."""
+
+    def __init__(self, body: Iterable[bytes]) -> None:
+        self.body = body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        pieces = iter(self.body)
+        while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+            yield piece
 
 
 class DirectoryDownload:
