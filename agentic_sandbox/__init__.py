@@ -25,8 +25,10 @@ from agentic_sandbox._exceptions import (
     TemplateNotFoundError,
 )
 from agentic_sandbox._models import (
+    ArchiveSummary,
     ExecutionResult,
     FileEntry,
+    FileStat,
     OutputChunk,
     ProcessInfo,
     ProcessOutput,
@@ -35,6 +37,7 @@ from agentic_sandbox._models import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArchiveSummary",
     "AsyncCommandStream",
     "AsyncProcess",
     "AsyncSandboxClient",
@@ -45,6 +48,7 @@ __all__ = [
     "Endpoint",
     "ExecutionResult",
     "FileEntry",
+    "FileStat",
     "OutputChunk",
     "Process",
     "ProcessInfo",

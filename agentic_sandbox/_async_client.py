@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx2
 
@@ -27,8 +28,10 @@ from agentic_sandbox._backends.base import Endpoint
 from agentic_sandbox._client import DEFAULT, Timeout, _BaseClient, _State
 from agentic_sandbox._exceptions import BackendUnavailableError, SandboxError
 from agentic_sandbox._models import (
+    ArchiveSummary,
     ExecutionResult,
     FileEntry,
+    FileStat,
     OutputChunk,
     ProcessInfo,
     ProcessOutput,
@@ -37,24 +40,39 @@ from agentic_sandbox._protocol import (
     MAX_ERROR_BODY,
     Call,
     CommandOutput,
+    archive_in_call,
+    archive_out_call,
     command_call,
+    copy_call,
     decode,
     download_call,
     exists_call,
     health_call,
     kill_call,
     list_call,
+    mkdir_call,
+    move_call,
     output_call,
     process_call,
     processes_call,
+    remove_call,
     replay_allowed,
     start_call,
+    stat_call,
     status_error,
     timeout_of,
     transport_error,
     upload_call,
     wait_call,
     wait_slice,
+)
+from agentic_sandbox._transfer import (
+    AsyncBody,
+    DirectoryDownload,
+    DirectoryUpload,
+    FileDownload,
+    Progress,
+    counting,
 )
 from sandbox_common import contract
 
@@ -277,8 +295,12 @@ class AsyncSandboxClient(_BaseClient):
             raise self._not_open()
         attempt = 0
         while True:
+            content = call.content
+            if content is not None and not isinstance(content, bytes):
+                content = AsyncBody(content)  # a tree's tar stream, read off the loop
             request = http.build_request(call.method, call.path, json=call.json,
-                                         files=call.files, timeout=timeout_of(call))
+                                         files=call.files, content=content,
+                                         headers=call.headers, timeout=timeout_of(call))
             try:
                 response = await http.send(request, stream=stream)
                 break
@@ -333,9 +355,71 @@ class AsyncSandboxClient(_BaseClient):
         """The handle of a background process by its id."""
         return AsyncProcess(self, process_id)
 
-    async def write(self, path: str, content: str | bytes) -> None:
-        """Write a file in the workspace, replacing it atomically (SandboxClient.write)."""
+    async def write(self, path: str, content: str | bytes | IO[bytes]) -> None:
+        """Write a file in the workspace, replacing it atomically (SandboxClient.write; a
+        binary file object is streamed from its start)."""
         await self._call(upload_call(path, content, self.request_timeout))
+
+    async def upload_file(self, local_path: str | os.PathLike[str], remote_path: str, *,
+                          progress: Progress | None = None) -> None:
+        """Stream a local file into the workspace (SandboxClient.upload_file)."""
+        with open(local_path, "rb") as file:
+            await self.write(remote_path,
+                             file if progress is None else counting(file, progress))
+
+    async def download_file(self, remote_path: str, local_path: str | os.PathLike[str], *,
+                            progress: Progress | None = None) -> int:
+        """Stream a workspace file to a local file (SandboxClient.download_file)."""
+        call = download_call(remote_path, self.request_timeout)
+        with FileDownload(local_path, progress) as target:
+            await self._receive(call, target.feed)
+            return target.finish()
+
+    async def upload_dir(self, local_dir: str | os.PathLike[str], remote_dir: str, *,
+                         progress: Progress | None = None) -> ArchiveSummary:
+        """Upload a local directory's tree as a tar stream (SandboxClient.upload_dir)."""
+        body = DirectoryUpload(local_dir, progress)
+        return await self._call(archive_in_call(remote_dir, body, self.request_timeout))
+
+    async def download_dir(self, remote_dir: str, local_dir: str | os.PathLike[str], *,
+                           progress: Progress | None = None) -> ArchiveSummary:
+        """Download a workspace directory's tree (SandboxClient.download_dir)."""
+        call = archive_out_call(remote_dir, self.request_timeout)
+        with DirectoryDownload(local_dir, call.what, progress) as target:
+            await self._receive(call, target.feed)
+            return target.finish()
+
+    async def _receive(self, call: Call[Any], feed: Callable[[bytes], None]) -> None:
+        """Send `call` and hand its answer's bytes to `feed` as they arrive."""
+        response = await self._send(call, stream=True)
+        try:
+            async for data in response.aiter_bytes():
+                feed(data)
+        except (httpx2.HTTPError, httpx2.StreamError) as exc:
+            raise transport_error(exc, call.what) from exc
+        finally:
+            await response.aclose()
+
+    async def stat(self, path: str) -> FileStat:
+        """Type, size, permission bits and mtime of a workspace path (SandboxClient.stat)."""
+        return await self._call(stat_call(path, self.request_timeout))
+
+    async def mkdir(self, path: str, *, parents: bool = True) -> None:
+        """Make a workspace directory; `parents`: like `mkdir -p`."""
+        await self._call(mkdir_call(path, parents, self.request_timeout))
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        """Remove a file, a symlink or (recursive) a tree (SandboxClient.remove)."""
+        await self._call(remove_call(path, recursive, self.request_timeout))
+
+    async def move(self, source: str, destination: str) -> None:
+        """Rename a workspace entry (SandboxClient.move)."""
+        await self._call(move_call(source, destination, self.request_timeout))
+
+    async def copy(self, source: str, destination: str) -> ArchiveSummary:
+        """Copy a workspace file or tree (SandboxClient.copy)."""
+        return await self._call(copy_call(source, destination, self.request_timeout))
+
 
     async def read(self, path: str) -> bytes:
         """The bytes of a file in the workspace (SandboxRequestError 404 if missing)."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["ExecutionResult", "FileEntry", "OutputChunk", "ProcessInfo", "ProcessOutput"]
+__all__ = ["ArchiveSummary", "ExecutionResult", "FileEntry", "FileStat", "OutputChunk",
+           "ProcessInfo", "ProcessOutput"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,28 @@ class OutputChunk:
 
     stream: Literal["stdout", "stderr"] | str
     data: str
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """What stat() says of a workspace path (symlinks followed, inside the workspace)."""
+
+    path: str
+    type: Literal["file", "directory", "symlink", "other"] | str
+    size: int
+    mode: int  # permission bits, e.g. 0o644
+    mtime: float  # seconds since the epoch
+
+
+@dataclass(frozen=True)
+class ArchiveSummary:
+    """What a directory transfer (upload_dir, download_dir) or a copy() wrote."""
+
+    files: int
+    directories: int
+    symlinks: int
+    bytes: int
+    skipped: int = 0  # download_dir: absolute symlinks and those leading out, left out
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeVar
+from typing import IO, Any, Final, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx2
@@ -27,18 +27,22 @@ from agentic_sandbox._exceptions import (
     SandboxTimeoutError,
 )
 from agentic_sandbox._models import (
+    ArchiveSummary,
     ExecutionResult,
     FileEntry,
+    FileStat,
     OutputChunk,
     ProcessInfo,
     ProcessOutput,
 )
 
 __all__ = ["CONNECT_TIMEOUT_S", "MAX_ERROR_BODY", "RUN_GRACE_S", "Call", "CommandOutput",
-           "command_call", "decode", "download_call", "exists_call", "health_call",
-           "kill_call", "list_call", "output_call", "process_call", "processes_call",
-           "replay_allowed", "start_call", "status_error", "timeout_of", "transport_error",
-           "upload_call", "url_path", "wait_call", "wait_slice"]
+           "archive_in_call", "archive_out_call", "command_call", "copy_call", "decode",
+           "download_call", "exists_call", "health_call", "kill_call", "list_call",
+           "mkdir_call", "move_call", "output_call", "process_call", "processes_call",
+           "remove_call", "replay_allowed", "start_call", "stat_call", "status_error",
+           "timeout_of", "transport_error", "upload_call", "url_path", "wait_call",
+           "wait_slice"]
 
 T = TypeVar("T")
 
@@ -81,6 +85,10 @@ class Call(Generic[T]):
     parse: Callable[[Any], T] = field(repr=False)  # the JSON answer (or bytes) -> result
     json: Mapping[str, Any] | None = None
     files: Mapping[str, Any] | None = None
+    # A raw body: bytes, or an iterable of bytes sent as it is produced (iterated afresh
+    # when the call is sent again, so not a generator).
+    content: Any = None
+    headers: Mapping[str, str] | None = None
     raw: bool = False  # the answer is bytes, not JSON
 
     @property
@@ -204,17 +212,28 @@ def command_call(command: str, limit: float | None, env: Mapping[str, str] | Non
                 None if limit is None else limit + RUN_GRACE_S, execution_result, json=body)
 
 
-def upload_call(path: str, content: str | bytes, timeout: float | None) -> Call[None]:
+def upload_call(path: str, content: str | bytes | IO[bytes],
+                timeout: float | None) -> Call[None]:
+    """write(): the bytes, or a binary file object streamed from its start (it is read a
+    piece at a time, never whole; sent again, it is read again from the start)."""
+    data: bytes | IO[bytes]
     if isinstance(content, str):
         data = content.encode("utf-8")
     elif isinstance(content, bytes | bytearray | memoryview):
         data = bytes(content)
+    elif callable(getattr(content, "read", None)) and callable(getattr(content, "seek", None)):
+        data = content
     else:
-        raise TypeError(f"content must be str or bytes, not {type(content).__name__}")
-    if not isinstance(path, str) or not path:
-        raise ValueError("path must be a non-empty string")
+        raise TypeError(f"content must be str, bytes or a binary file object, not "
+                        f"{type(content).__name__}")
+    _check_path(path)
     return Call("POST", "/upload", timeout, lambda answer: None,
                 files={"file": (path, data, "application/octet-stream")})
+
+
+def _check_path(path: str, what: str = "path") -> None:
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"{what} must be a non-empty string")
 
 
 def download_call(path: str, timeout: float | None) -> Call[bytes]:
@@ -235,6 +254,68 @@ def list_call(path: str, timeout: float | None) -> Call[list[FileEntry]]:
 def exists_call(path: str, timeout: float | None) -> Call[bool]:
     return Call("GET", "/exists/" + url_path(path), timeout,
                 lambda answer: bool(isinstance(answer, dict) and answer.get("exists")))
+
+
+def _stat(answer: Any) -> FileStat:
+    if not isinstance(answer, dict):
+        raise _unexpected("GET /stat")
+    return FileStat(path=str(answer["path"]), type=str(answer["type"]),
+                    size=int(answer["size"]), mode=int(answer["mode"]),
+                    mtime=float(answer["mtime"]))
+
+
+def stat_call(path: str, timeout: float | None) -> Call[FileStat]:
+    return Call("GET", "/stat/" + url_path(path), timeout, _stat)
+
+
+def mkdir_call(path: str, parents: bool, timeout: float | None) -> Call[None]:
+    _check_path(path)
+    return Call("POST", "/mkdir", timeout, lambda answer: None,
+                json={"path": path, "parents": bool(parents)})
+
+
+def remove_call(path: str, recursive: bool, timeout: float | None) -> Call[None]:
+    _check_path(path)
+    return Call("POST", "/remove", timeout, lambda answer: None,
+                json={"path": path, "recursive": bool(recursive)})
+
+
+def move_call(source: str, destination: str, timeout: float | None) -> Call[None]:
+    _check_path(source, "source")
+    _check_path(destination, "destination")
+    return Call("POST", "/move", timeout, lambda answer: None,
+                json={"source": source, "destination": destination})
+
+
+def archive_summary(answer: Any) -> ArchiveSummary:
+    if not isinstance(answer, dict):
+        raise _unexpected("an archive or copy")
+    return ArchiveSummary(files=int(answer.get("files", 0)),
+                          directories=int(answer.get("directories", 0)),
+                          symlinks=int(answer.get("symlinks", 0)),
+                          bytes=int(answer.get("bytes", 0)),
+                          skipped=int(answer.get("skipped", 0)))
+
+
+def copy_call(source: str, destination: str, timeout: float | None) -> Call[ArchiveSummary]:
+    _check_path(source, "source")
+    _check_path(destination, "destination")
+    return Call("POST", "/copy", timeout, archive_summary,
+                json={"source": source, "destination": destination})
+
+
+def archive_in_call(remote_dir: str, body: Iterable[bytes],
+                    timeout: float | None) -> Call[ArchiveSummary]:
+    """upload_dir(): `body` is the directory's tar stream (re-iterable), sent chunked."""
+    _check_path(remote_dir, "remote_dir")
+    return Call("POST", "/archive/" + url_path(remote_dir), timeout, archive_summary,
+                content=body, headers={"Content-Type": "application/x-tar"})
+
+
+def archive_out_call(remote_dir: str, timeout: float | None) -> Call[None]:
+    """download_dir(): the answer is a tar stream, read as it comes (not decoded here)."""
+    return Call("GET", "/archive/" + url_path(remote_dir), timeout, lambda body: None,
+                raw=True)
 
 
 def health_call(timeout: float | None) -> Call[bool]:

@@ -37,6 +37,8 @@ class Config:
     max_command_bytes: int = 256 * 1024
     max_env_entries: int = 256
     max_list_entries: int = 100_000
+    # Entries of one directory upload (POST /archive/*); its files' bytes: max_upload_bytes.
+    max_archive_entries: int = 100_000
     # rlimits of every command (and of its descendants, which inherit them).
     command_address_space_mib: int = 4096
     command_file_size_mib: int = 1024
