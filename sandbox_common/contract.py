@@ -123,3 +123,7 @@ TERMINAL_REASONS = frozenset({INVALID_SPEC, TEMPLATE_NOT_FOUND, POOL_NOT_FOUND, 
 REASONS = READY_REASONS | WAITING_REASONS | TERMINAL_REASONS
 # Reasons of the Suspended condition (not of Ready: a client never waits on them).
 SUSPENDED_REASONS = frozenset({IDLE, RESUMED, ACTIVE})
+
+# The client's own reason (ClaimFailedError.reason), no condition's: the router answered 409,
+# or the claim's Sandbox is owned by another claim, so the name now means another Sandbox.
+SANDBOX_REPLACED = "SandboxReplaced"

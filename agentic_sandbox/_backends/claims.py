@@ -225,7 +225,7 @@ def sandbox_uid(api: Any, namespace: str, sandbox: str, claim: str,
     if claim_uid is not None and claim_uid not in owners:
         raise ClaimFailedError(
             f"{where} does not belong to SandboxClaim {namespace}/{claim}: the claim's "
-            "Sandbox was replaced", reason="SandboxReplaced", claim=claim)
+            "Sandbox was replaced", reason=contract.SANDBOX_REPLACED, claim=claim)
     return str(meta.get("uid") or "") or None
 
 

@@ -37,7 +37,9 @@ from agentic_sandbox._backends.claims import TERMINAL_CLAIM_READY_REASONS
 from agentic_sandbox._backends.router import (
     TOKEN_ENV,
     Tunnel,
+    router_async_transport,
     router_transport,
+    tls_context,
     tunnel_argv,
     wait_routable,
 )
@@ -210,7 +212,8 @@ class KubernetesBackend:
             self.sandbox_uid = claims.sandbox_uid(api, self.namespace, self.sandbox,
                                                   self.claim, self.claim_uid)
             base_url = self._base_url(deadline)
-            transport = router_transport(base_url)
+            context = tls_context(base_url)
+            transport = router_transport(base_url, context)
             try:
                 wait_routable(transport, base_url, self.headers(), deadline,
                               f"{self.namespace}/{self.sandbox}", self.claim)
@@ -220,7 +223,9 @@ class KubernetesBackend:
         except BaseException:
             self.close()
             raise
-        return Endpoint(base_url=base_url, transport=transport, headers=self.headers(),
+        return Endpoint(base_url=base_url, transport=transport,
+                        async_transport=router_async_transport(base_url, context),
+                        headers=self.headers(),
                         sandbox_name=self.sandbox,
                         description=f"sandbox {self.namespace}/{self.sandbox} via {base_url}")
 

@@ -79,7 +79,9 @@ def runtime_server(workspace: Path, env: dict[str, str] | None = None,
     if cgroup is not None:
         # Join the cgroup first, then become the server: every thread and child is inside.
         argv = ["/bin/sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *argv]
-    full_env = {**os.environ, **SMALL_LIMITS, **(env or {})}
+    # The background processes' registry next to the workspace, not in the host's /tmp.
+    state = {"SANDBOX_RUNTIME_STATE_DIR": str(workspace.parent / f"{workspace.name}.state")}
+    full_env = {**os.environ, **SMALL_LIMITS, **state, **(env or {})}
     process = subprocess.Popen(argv, env=full_env, start_new_session=True,
                                stdout=subprocess.DEVNULL, cwd=str(workspace))
     try:

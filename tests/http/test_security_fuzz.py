@@ -50,6 +50,10 @@ json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=
                            max_leaves=20)
 header_text = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=70)
 names = st.text(max_size=70) | st.from_regex(r"[a-z][-a-z0-9]{0,70}", fullmatch=True)
+# Validated now, at collection: that imports hypothesis' regex module, which it otherwise does
+# inside the first test, while the servers' threads run, and CPython 3.11's parser is not
+# safe to run beside other threads' imports ("AST constructor recursion depth mismatch").
+names.validate()
 paths = st.text(max_size=200)
 
 

@@ -138,10 +138,17 @@ def test_the_router_transport_never_skips_tls_verification():
     server reached through it would be refused."""
     import ssl
 
-    from agentic_sandbox._backends.router import router_transport
+    from agentic_sandbox._backends.router import (
+        router_async_transport,
+        router_transport,
+        tls_context,
+    )
 
     for url in ("http://sandbox-router-svc.ns.svc.cluster.local:8080", "https://gw.example"):
-        transport = router_transport(url)
-        context = transport._pool._ssl_context
-        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
-        transport.close()
+        shared = tls_context(url)
+        for transport in (router_transport(url), router_async_transport(url),
+                          router_transport(url, shared), router_async_transport(url, shared)):
+            context = transport._pool._ssl_context
+            assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+        if url.startswith("https"):
+            assert shared.cert_store_stats()["x509_ca"] > 0  # the CA store, loaded once
