@@ -1,8 +1,9 @@
 """Render the CRDs under manifests/crds/ from schemas/*.json (`make manifests`).
 
 schemas/ is the only place a field is described; the CRDs' openAPIV3Schema, printer columns
-and subresources are derived here. Our keywords `x-name`, `x-keys` and `x-rule` (Kubernetes'
-rules for names, label and annotation maps, and names in strings) become CEL rules and
+and subresources are derived here. Our keywords `x-name`, `x-keys`, `x-rule` and `x-duration`
+(Kubernetes' rules for names, label and annotation maps, names in strings, durations) become
+CEL rules and
 `maxLength`/`pattern` rendered by hooks/k8srules.py, the module the hooks check them with.
 `--check` exits 1 when the committed CRDs are stale.
 """
@@ -39,6 +40,8 @@ def structural(node: Any) -> Any:
     if "x-rule" in out:
         rule = k8srules.RULES[out.pop("x-rule")]
         out.update(maxLength=rule.max_length, pattern=f"^{rule.pattern}$")
+    if "x-duration" in out:
+        out = k8srules.crd_duration_schema(out)
     return out
 
 

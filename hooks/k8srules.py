@@ -3,11 +3,14 @@ once here, checked by the hooks and rendered into the CRDs.
 
 The hooks copy names, labels and annotations from parents into children; a value the API
 server refuses there would leave the parent stuck with no reason. schemas/*.json mark where
-these rules apply with two keywords of ours, and this module is their only definition:
+these rules apply with keywords of ours, and this module is their only definition:
 
 - `"x-name": "<rule>"` on a kind's root: its `metadata.name` must follow the rule;
 - `"x-keys": "labels" | "annotations"` on a map: its keys must be qualified names, and for
-  labels its values label values.
+  labels its values label values;
+- `"x-duration": {"minimum": "2s", "maximum": "8760h"}` on a string: a duration as
+  Kubernetes writes one (`90s`, `15m`, `1h30m`: hours, minutes, seconds, in that order),
+  within the bounds (`duration_problem`; the CRD checks it with CEL's `duration()`).
 
 hooks/schemas.py checks them in Python (`problems_*`); hack/render_crds.py turns them into
 `x-kubernetes-validations` CEL rules and OpenAPI `maxLength`/`pattern` (`cel_*`, `RULES`), so
@@ -71,6 +74,13 @@ RULES = {
         "letter or digit",
     ),
 }
+# A duration: whole hours, minutes and seconds, in that order, at least one of them (a subset
+# of Go's time.ParseDuration, which CEL's duration() reads, so both sides agree).
+DURATION = Rule(
+    r"[0-9]+h([0-9]+m)?([0-9]+s)?|[0-9]+m([0-9]+s)?|[0-9]+s",
+    20,
+    "a duration such as 90s, 15m or 1h30m",
+)
 QUALIFIED_NAME = (
     "a qualified name: an optional prefix (a DNS-1123 subdomain of at most 253 characters) "
     "and '/', then a name of " + RULES["name-part"].says
@@ -102,6 +112,34 @@ def map_problems(kind: str, mapping: Any) -> list[tuple[str, str]]:
         elif kind == "labels" and (problem := RULES["label-value"].problem(value)):
             found.append((key, f"value {problem}"))
     return found
+
+
+def duration_seconds(value: str) -> int:
+    """Seconds in a duration that follows DURATION (raises ValueError otherwise)."""
+    if DURATION.problem(value):
+        raise ValueError(f"{value!r} is not {DURATION.says}")
+    total, number = 0, ""
+    for char in value:
+        if char.isdigit():
+            number += char
+        else:
+            total += int(number) * {"h": 3600, "m": 60, "s": 1}[char]
+            number = ""
+    return total
+
+
+def duration_problem(value: Any, bounds: dict[str, str]) -> str | None:
+    """Why `value` is not a duration within `bounds` ({"minimum", "maximum"}), or None."""
+    problem = DURATION.problem(value)
+    if problem:
+        return problem
+    seconds = duration_seconds(value)
+    low, high = bounds.get("minimum"), bounds.get("maximum")
+    if low is not None and seconds < duration_seconds(low):
+        return f"{value!r} is shorter than {low}"
+    if high is not None and seconds > duration_seconds(high):
+        return f"{value!r} is longer than {high}"
+    return None
 
 
 # ---- CEL and OpenAPI for the CRDs (hack/render_crds.py) -------------------------------------
@@ -139,4 +177,21 @@ def crd_map_schema(kind: str, schema: dict[str, Any]) -> dict[str, Any]:
         values["maxLength"] = RULES["label-value"].max_length
         values["pattern"] = f"^{RULES['label-value'].pattern}$"
         out["additionalProperties"] = values
+    return out
+
+
+def crd_duration_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` (a string marked `x-duration: bounds`) as a structural CRD schema."""
+    bounds = schema["x-duration"]
+    out = {k: v for k, v in schema.items() if k != "x-duration"}
+    out.update(maxLength=DURATION.max_length, pattern=f"^({DURATION.pattern})$")
+    checks = [f"duration(self) {op} duration('{bounds[key]}')"
+              for key, op in (("minimum", ">="), ("maximum", "<=")) if key in bounds]
+    if checks:
+        says = " and ".join(f"{'at least' if k == 'minimum' else 'at most'} {bounds[k]}"
+                            for k in ("minimum", "maximum") if k in bounds)
+        out["x-kubernetes-validations"] = [
+            *out.get("x-kubernetes-validations", []),
+            {"rule": " && ".join(checks), "message": f"must be {DURATION.says}, {says}"},
+        ]
     return out

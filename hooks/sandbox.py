@@ -14,6 +14,14 @@ A pool-served Sandbox offers itself to its pool (Ready=False `WaitingForWarmPod`
 own pod only once it stops offering (no free pool pod in sight, or the grace has passed; the
 pool binds only early in the grace), so the two paths rarely meet; when both pods exist and
 none was reported yet, its own pod wins and the pool deletes the other.
+
+A Sandbox with `spec.idleTimeout` suspends when it has been Ready that long with no request
+through the router (the router reports requests in the `agents.x-k8s.io/last-activity`
+annotation): no pod, Service and volumes kept, Ready=False and Suspended=True (reason Idle).
+The router wakes it by writing the Suspended condition's lastTransitionTime into the
+`agents.x-k8s.io/wake` annotation; the Sandbox then looks for a pod afresh (offering itself to
+its pool again, else cold), and only a pod labelled with that wake's incarnation serves it: the
+pod it had before the suspension is being deleted and is never taken back.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ def spec_problems(sandbox: KubeObject) -> list[str]:
 
 def desired_pod(sandbox: KubeObject) -> KubeObject:
     meta, spec = sandbox["metadata"], sandbox["spec"]
-    labels = objects.binding_labels(sandbox)
+    labels = objects.pod_binding_labels(sandbox)
     template_name = objects.labels_of(sandbox).get(objects.TEMPLATE_LABEL)
     if template_name:
         labels[objects.TEMPLATE_LABEL] = template_name
@@ -137,9 +145,16 @@ def pool_pods(request: SyncRequest) -> list[KubeObject]:
 
 
 def bound_warm_pods(request: SyncRequest) -> list[KubeObject]:
-    """Pool pods bound to this Sandbox's uid (deleting ones included: they tell a loss)."""
-    uid = objects.uid_of(request["parent"])
-    return [p for p in pool_pods(request) if objects.labels_of(p).get(SANDBOX_UID_LABEL) == uid]
+    """Pool pods bound to this Sandbox's uid and its current incarnation (deleting ones
+    included: they tell a loss)."""
+    sandbox = request["parent"]
+    uid = objects.uid_of(sandbox)
+    return [
+        p
+        for p in pool_pods(request)
+        if objects.labels_of(p).get(SANDBOX_UID_LABEL) == uid
+        and objects.serves_incarnation(p, sandbox)
+    ]
 
 
 def free_warm_pods(request: SyncRequest) -> list[KubeObject]:
@@ -153,16 +168,18 @@ def free_warm_pods(request: SyncRequest) -> list[KubeObject]:
 
 
 def offers_to_pool(sandbox: KubeObject, request: SyncRequest, now: datetime,
-                   settings: HookSettings) -> float | None:
+                   settings: HookSettings, *, resuming: bool = False) -> float | None:
     """Seconds the sandbox may still wait for its pool to bind a pod, or None to start its own.
 
     It waits only while it has never started its own (an earlier answer said PodNotReady),
-    within the grace, and while its pool has a free pod (Ready or warming up)."""
+    within the grace (from its creation, or its resume: `resuming` in the answer that resumes
+    it), and while its pool has a free pod (Ready or warming up)."""
     if POOL_LABEL not in objects.labels_of(sandbox):
         return None
     if objects.ready_reason(sandbox) == objects.POD_NOT_READY:
         return None
-    left = settings["warm_pod_grace_seconds"] - objects.age_seconds(sandbox, now)
+    age = 0.0 if resuming else objects.serving_age(sandbox, now)
+    left = settings["warm_pod_grace_seconds"] - age
     return left if left > 0 and free_warm_pods(request) else None
 
 
@@ -202,11 +219,27 @@ def sync(
     resync = [(deadline - now).total_seconds() if deadline else None]
 
     own = objects.by_name(objects.observed(request, POD)).get(name)  # a child: ours by uid
+    if own is not None and not objects.serves_incarnation(own, sandbox):
+        own = None  # made before a suspension: it is being deleted, never taken back
     candidates = ([own] if own is not None else []) + bound_warm_pods(request)
     reported = (sandbox.get("status") or {}).get("podName")
     pod: KubeObject | None = None
+    resuming = objects.is_being_woken(sandbox)
+    resumed = resuming or objects.has_resumed(sandbox)
+    suspended = objects.is_suspended(sandbox)
+    if not suspended and not resuming and (idle_at := objects.idle_deadline(sandbox)):
+        suspended = now >= idle_at
+        resync.append(None if suspended else (idle_at - now).total_seconds())
     if objects.sandbox_replicas(sandbox) == 0:
         ready(False, objects.SCALED_TO_ZERO, "spec.replicas is 0: the pod is stopped")
+    elif suspended:
+        # Idle: the pod goes (a warm pod too: its pool deletes it), the rest stays; podName is
+        # cleared, so a wake looks for a pod afresh.
+        before = objects.find_condition(sandbox, objects.SUSPENDED) or {}
+        since = before.get("lastTransitionTime") if before.get("status") == "True" else None
+        ready(False, objects.SUSPENDED,
+              f"suspended since {since or objects.format_time(now)} (idle for "
+              f"{sandbox['spec']['idleTimeout']}); a request through the router wakes it")
     elif reported:
         # The pod it named before, and no other: a Sandbox never moves to another pod.
         pod = next((p for p in candidates if p["metadata"]["name"] == reported), None)
@@ -228,7 +261,7 @@ def sync(
         pod = own
     elif live := [p for p in candidates if not objects.is_deleting(p)]:
         pod = live[0]
-    elif (left := offers_to_pool(sandbox, request, now, settings)) is not None:
+    elif (left := offers_to_pool(sandbox, request, now, settings, resuming=resuming)) is not None:
         # A free pool pod exists: offer this sandbox to the pool for a while before starting cold.
         ready(
             False,
@@ -248,9 +281,11 @@ def sync(
         if not objects.pod_is_ready(pod):
             phase = pod.get("status", {}).get("phase", "Pending")
             ready(False, objects.POD_NOT_READY, f"pod {pod_name} is {phase} and not ready")
-        elif claim is not None and claim[0] == objects.CLAIM_KIND and annotated != pod_name:
+        elif (claim is not None and claim[0] == objects.CLAIM_KIND and annotated != pod_name
+              and not resumed):
             # Clients of the walkthrough's era read the pod's name from this annotation at the
-            # first Ready; only the claim may write it, so Ready waits for it.
+            # first Ready; only the claim may write it, so Ready waits for it. Not after a
+            # resume: that first Ready is long past (the claim names the new pod soon after).
             ready(
                 False,
                 objects.WAITING_FOR_ANNOTATION,
@@ -260,6 +295,10 @@ def sync(
         else:
             ready(True, objects.SANDBOX_READY, f"pod {pod_name} is ready")
 
+    if (timeout := objects.idle_timeout_seconds(sandbox)) is not None and "conditions" in status:
+        suspended_now = suspended and objects.sandbox_replicas(sandbox) > 0
+        status["conditions"].append(objects.suspended_condition(sandbox, suspended_now, now=now))
+        status["idleTimeoutSeconds"] = timeout
     response: SyncResponse = {"status": status, "children": children}
     delay = objects.merge_resync(*resync)
     if delay is not None:

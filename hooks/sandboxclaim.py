@@ -13,7 +13,8 @@ becomes the claim's own) and names the serving pod: in its status, and in the Sa
 Sandbox reports Ready only once that annotation names its pod, so a client that reads the
 annotation at the first Ready event always finds it. Its lifecycle.shutdownTime is the
 Sandbox's spec.shutdownTime, kept in step on every sync; past it, shutdownPolicy (read on every
-sync, so an edit is honoured) deletes the Sandbox or retains it, expired.
+sync, so an edit is honoured) deletes the Sandbox or retains it, expired. Its idleTimeout (else
+its template's) is the Sandbox's spec.idleTimeout.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def desired_sandbox(claim: KubeObject, template: KubeObject, pool: KubeObject | 
     if pool is not None:
         labels[POOL_LABEL] = pool["metadata"]["name"]
     spec: dict[str, Any] = {"podTemplate": objects.clone(template["spec"]["podTemplate"])}
+    if template["spec"].get("idleTimeout"):
+        spec["idleTimeout"] = template["spec"]["idleTimeout"]  # the claim's own wins (below)
     sandbox = {
         "apiVersion": objects.SANDBOX_API,
         "kind": objects.SANDBOX_KIND,
@@ -86,7 +89,15 @@ def desired_sandbox(claim: KubeObject, template: KubeObject, pool: KubeObject | 
         },
         "spec": spec,
     }
-    return with_shutdown_time(sandbox, claim)
+    return with_idle_timeout(with_shutdown_time(sandbox, claim), claim)
+
+
+def with_idle_timeout(sandbox: KubeObject, claim: KubeObject) -> KubeObject:
+    """The claim's idleTimeout, when it has one, as its Sandbox's (kept in step on every sync,
+    like shutdownTime); without one the Sandbox keeps its template's, taken when it was made."""
+    if claim["spec"].get("idleTimeout"):
+        sandbox.setdefault("spec", {})["idleTimeout"] = claim["spec"]["idleTimeout"]
+    return sandbox
 
 
 def with_shutdown_time(sandbox: KubeObject, claim: KubeObject) -> KubeObject:
@@ -172,7 +183,7 @@ def sync(
         # claim's lifecycle, and the pod-name annotation follows its status.
         pod_name = (existing.get("status") or {}).get("podName")
         sandbox = with_pod_annotation(objects.clone(objects.as_desired(existing)), pod_name)
-        sandbox = with_shutdown_time(sandbox, claim)
+        sandbox = with_idle_timeout(with_shutdown_time(sandbox, claim), claim)
         cond = sandbox_ready(existing) or {}
         sandbox_status = {"name": name, **({"podName": pod_name} if pod_name else {})}
         # A Sandbox whose pod is Ready waits only for the annotation this answer writes, and

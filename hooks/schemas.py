@@ -66,8 +66,16 @@ def _rule(validator: Any, rule: str, instance: Any, schema: dict[str, Any]) -> A
         yield ValidationError(problem)
 
 
+def _duration(validator: Any, bounds: dict[str, str], instance: Any,
+              schema: dict[str, Any]) -> Any:
+    """`x-duration`: a duration string (90s, 15m, 1h30m) within its bounds."""
+    if isinstance(instance, str) and (problem := k8srules.duration_problem(instance, bounds)):
+        yield ValidationError(problem)
+
+
 # Draft 2020-12 plus our keywords; hack/render_crds.py renders the same keywords for the CRDs.
-Validator = validators.extend(Draft202012Validator, {"x-keys": _keys, "x-rule": _rule})
+Validator = validators.extend(
+    Draft202012Validator, {"x-keys": _keys, "x-rule": _rule, "x-duration": _duration})
 
 
 @cache

@@ -56,6 +56,14 @@ CLAIM_LABEL = f"{GROUP}/claim"
 ROLE_LABEL = f"{GROUP}/role"  # on the router's pods; the NetworkPolicies trust it
 POD_NAME_ANNOTATION = f"{GROUP}/pod-name"
 TEMPLATE_HASH_ANNOTATION = f"{GROUP}/template-hash"
+# Idle sandboxes (docs/controller.md, "Idle sandboxes"). The router writes both annotations on
+# a Sandbox: the time of its last routed request (throttled), and, to wake a suspended one, the
+# lastTransitionTime of the Suspended condition it saw (a token: writing it twice is one wake).
+LAST_ACTIVITY_ANNOTATION = f"{GROUP}/last-activity"
+WAKE_ANNOTATION = f"{GROUP}/wake"
+# On a pod serving a Sandbox that has been woken: which wake it serves (a hash of the token).
+# A pod made or bound before a suspension never serves the Sandbox after it.
+INCARNATION_LABEL = f"{GROUP}/incarnation"
 
 # ---- routing headers: client -> router (the router never forwards them) --------------------
 
@@ -71,6 +79,12 @@ ROUTING_HEADERS = (SANDBOX_ID_HEADER, SANDBOX_NAMESPACE_HEADER, SANDBOX_PORT_HEA
 # ---- conditions -------------------------------------------------------------------------
 
 READY = "Ready"  # the one condition type every kind reports
+# A Sandbox with an idle timeout also reports Suspended: True (reason IDLE) while it sleeps,
+# False with RESUMED after a wake, or ACTIVE before any suspension.
+SUSPENDED = "Suspended"
+IDLE = "Idle"
+RESUMED = "Resumed"
+ACTIVE = "Active"
 
 # Reasons of Ready, by what a waiting client should do about them.
 SANDBOX_READY = "SandboxReady"
@@ -83,6 +97,7 @@ POD_NOT_READY = "PodNotReady"
 WAITING_FOR_ANNOTATION = "WaitingForPodNameAnnotation"
 WAITING_FOR_WARM_POD = "WaitingForWarmPod"
 SCALED_TO_ZERO = "ScaledToZero"
+# Ready=False while suspended (the condition type's name): a request wakes it, so waiting is right.
 POOL_NOT_READY = "PoolNotReady"
 NETWORK_POLICY_PENDING = "NetworkPolicyPending"
 
@@ -99,13 +114,15 @@ READY_REASONS = frozenset({SANDBOX_READY, POOL_READY, NETWORK_POLICY_READY,
 # Ready=False and moving: the controllers are getting there (or the owner scaled to zero and
 # scaling up ends it), so a client keeps waiting, up to its timeout.
 WAITING_REASONS = frozenset({SANDBOX_NOT_READY, POD_NOT_READY, WAITING_FOR_ANNOTATION,
-                             WAITING_FOR_WARM_POD, SCALED_TO_ZERO, POOL_NOT_READY,
+                             WAITING_FOR_WARM_POD, SCALED_TO_ZERO, SUSPENDED, POOL_NOT_READY,
                              NETWORK_POLICY_PENDING})
 # Ready=False and no amount of waiting fixes it: a client fails at once instead of burning its
 # timeout (upstream's TERMINAL_CLAIM_READY_REASONS).
 TERMINAL_REASONS = frozenset({INVALID_SPEC, TEMPLATE_NOT_FOUND, POOL_NOT_FOUND, EXPIRED,
                               SANDBOX_EXPIRED, POD_LOST})
 REASONS = READY_REASONS | WAITING_REASONS | TERMINAL_REASONS
+# Reasons of the Suspended condition (not of Ready: a client never waits on them).
+SUSPENDED_REASONS = frozenset({IDLE, RESUMED, ACTIVE})
 
 # The client's own reason (ClaimFailedError.reason), no condition's: the router answered 409,
 # or the claim's Sandbox is owned by another claim, so the name now means another Sandbox.

@@ -23,6 +23,7 @@ from sandbox_router.addresses import AddressPolicy
 from sandbox_router.auth import TokenCheck
 from sandbox_router.config import Config, load_config
 from sandbox_router.headers import SANDBOX_ID
+from sandbox_router.idle import Idle
 from sandbox_router.metrics import create_metrics
 from sandbox_router.proxy import Forwarder
 from sandbox_router.resolve import Resolver
@@ -47,7 +48,8 @@ def build_source(config: Config) -> Source:
                             allow_loopback=config.allow_loopback_pods,
                             api_timeout=config.api_timeout,
                             api_concurrency=config.api_concurrency,
-                            hold_file=config.test_watch_hold_file)
+                            hold_file=config.test_watch_hold_file,
+                            events=config.events)
 
 
 def create_app(config: Mapping[str, Any] | None = None, *,
@@ -69,8 +71,12 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     if policy.allow_loopback:
         log.warning("loopback sandbox addresses allowed (local/test configuration)")
     metrics = create_metrics()
+    # Idle sandboxes exist only where a live source can be written to (docs/router.md).
+    idle = Idle(chosen, metrics, wake_timeout=settings.wake_timeout,
+                activity_interval=settings.activity_interval) if chosen.live else None
     resolver = Resolver(chosen, policy, cluster_domain=settings.cluster_domain,
-                        on_read=lambda why, result: metrics.reads.labels(why, result).inc())
+                        on_read=lambda why, result: metrics.reads.labels(why, result).inc(),
+                        waker=idle.wake if idle is not None else None)
     metrics.sandboxes.set_function(lambda: len(chosen))
 
     def session_factory() -> aiohttp.ClientSession:
@@ -85,7 +91,7 @@ def create_app(config: Mapping[str, Any] | None = None, *,
 
     forwarder = Forwarder(config=settings, resolver=resolver, metrics=metrics,
                           tokens=tokens if tokens.configured else None,
-                          session_factory=session_factory)
+                          session_factory=session_factory, idle=idle)
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "synced": chosen.ready,
                                   "sandboxes": len(chosen)})
@@ -120,8 +126,12 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     async def on_startup(app: web.Application) -> None:
         chosen.start()
         await forwarder.start()
+        if idle is not None:
+            idle.start()
 
     async def on_cleanup(app: web.Application) -> None:
+        if idle is not None:
+            await idle.stop()
         await forwarder.close()
         chosen.stop()
 

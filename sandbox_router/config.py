@@ -47,6 +47,13 @@ class Config:
     # Kubernetes source: seconds a direct read of a Sandbox may take; how many run at once.
     api_timeout: float = 5.0
     api_concurrency: int = 8
+    # Idle sandboxes (docs/router.md): seconds a request for a suspended Sandbox waits for it
+    # to wake before a 503; at most this many seconds between two activity reports of one
+    # Sandbox (a quarter of its idle timeout when that is shorter).
+    wake_timeout: float = 30.0
+    activity_interval: float = 10.0
+    # Kubernetes source: record Sandbox lifecycle steps as Events (events.py).
+    events: bool = True
     # Testing only: while this file exists, watch events are held back (in order) and applied
     # once it is removed, so a test can make the cache lag on purpose. Empty: off.
     test_watch_hold_file: str = ""
@@ -93,7 +100,7 @@ def check(config: Config) -> None:
     if config.api_concurrency < 1:
         raise ValueError("api_concurrency must be at least 1")
     for name in ("connect_timeout", "default_timeout", "max_timeout", "keepalive_timeout",
-                 "token_reload_seconds", "api_timeout"):
+                 "token_reload_seconds", "api_timeout", "wake_timeout", "activity_interval"):
         if not getattr(config, name) > 0:
             raise ValueError(f"{name} must be positive")
     if config.default_timeout > config.max_timeout:

@@ -28,6 +28,8 @@ class Metrics:
     in_flight: Gauge
     sandboxes: Gauge
     reads: Counter
+    wakes: Counter
+    activity: Counter
 
 
 def create_metrics() -> Metrics:
@@ -61,4 +63,14 @@ def create_metrics() -> Metrics:
             "disagrees with it; request: every request without a uid; not_ready: the cache "
             "says not Ready) and result (found, absent, error).",
             ["reason", "result"], registry=registry),
+        wakes=Counter(
+            "sandbox_router_wakes",
+            "Wakes of suspended Sandboxes, by result (written: the wake annotation was "
+            "written; ready: a wait ended with the Sandbox Ready; timeout: it was not Ready "
+            "within wake_timeout; failed: the API server refused or could not be reached).",
+            ["result"], registry=registry),
+        activity=Counter(
+            "sandbox_router_activity_reports",
+            "Activity annotations written on Sandboxes with an idle timeout, by result (ok, "
+            "error).", ["result"], registry=registry),
     )

@@ -34,6 +34,7 @@ from sandbox_router.headers import (
     parse_route,
 )
 from sandbox_router.identity import ConnectionMemory
+from sandbox_router.idle import Idle
 from sandbox_router.metrics import Metrics, method_label
 from sandbox_router.resolve import ResolveError, Resolver, Target
 
@@ -70,6 +71,7 @@ class Forwarder:
     tokens: TokenCheck | None
     session_factory: Callable[[], aiohttp.ClientSession]
     session: aiohttp.ClientSession | None = None
+    idle: Idle | None = None  # activity reports for Sandboxes with an idle timeout
     # What each client connection was told a sandbox name means (name_confirmation
     # "connection"), forgotten with the connection: keyed by its transport, weakly.
     connections: weakref.WeakKeyDictionary[Any, ConnectionMemory] = field(
@@ -150,7 +152,13 @@ class Forwarder:
             if exc.retry_after is not None:
                 response.headers["Retry-After"] = str(exc.retry_after)
             return response
-        return await self._send(request, target, route.timeout, raw_path, started)
+        if self.idle is None:
+            return await self._send(request, target, route.timeout, raw_path, started)
+        self.idle.begin(target.record)
+        try:
+            return await self._send(request, target, route.timeout, raw_path, started)
+        finally:
+            self.idle.end(target.record)
 
     def _upstream_headers(self, request: web.Request) -> CIMultiDict[str]:
         named = {token.strip().lower() for value in request.headers.getall("Connection", [])

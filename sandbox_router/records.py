@@ -14,7 +14,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox_common.contract import POD_NAME_ANNOTATION, READY
+from sandbox_common.contract import (
+    POD_NAME_ANNOTATION,
+    READY,
+    RESUMED,
+    SUSPENDED,
+    WAKE_ANNOTATION,
+)
 
 # Fetched records kept beside the watch cache while they are newer than it (a bound, not a
 # working size: an entry lives only until the watch catches up).
@@ -36,6 +42,19 @@ class SandboxRecord:
     # Why the router must not dial it ("" when it may): not Ready, or being deleted.
     unservable: str = ""
     fetched: bool = False  # read directly from the API server, not from the watch
+    # Idle sandboxes: status.idleTimeoutSeconds (0: none); the lastTransitionTime of a
+    # Suspended=True condition ("" when not suspended); the wake annotation; and whether it
+    # is coming back from a wake (Suspended=False, reason Resumed, not Ready yet).
+    idle_timeout: float = 0.0
+    suspended_since: str = ""
+    wake: str = ""
+    resuming: bool = False
+
+    @property
+    def wakeable(self) -> bool:
+        """Not Ready because it sleeps or is waking: a request may wait for it."""
+        return bool(self.unservable) and bool(self.suspended_since or self.resuming) and \
+            not self.unservable.startswith("is being deleted")
 
 
 def _text(value: Any) -> str:
@@ -91,13 +110,28 @@ def record_from_sandbox(obj: Mapping[str, Any], *,
                     and 0 < number < 65536:
                 ports.add(number)
     annotations = meta.get("annotations") or {}
+    if not isinstance(annotations, Mapping):
+        annotations = {}
+    suspended_since, resuming = "", False
+    conditions = status.get("conditions")
+    for condition in conditions if isinstance(conditions, list) else ():
+        if isinstance(condition, Mapping) and condition.get("type") == SUSPENDED:
+            if condition.get("status") == "True":
+                suspended_since = _text(condition.get("lastTransitionTime"))
+            resuming = condition.get("status") == "False" and condition.get("reason") == RESUMED
+    idle = status.get("idleTimeoutSeconds")
+    unservable = unservable_reason(obj)
     pod_name = _text(status.get("podName")) or (
         _text(annotations.get(POD_NAME_ANNOTATION)) if isinstance(annotations, Mapping) else "")
     return SandboxRecord(namespace=namespace, name=name, addresses=tuple(addresses),
                          ports=frozenset(ports), service_fqdn=_text(status.get("serviceFQDN")),
                          uid=_text(meta.get("uid")), pod_name=pod_name,
                          resource_version=_text(meta.get("resourceVersion")),
-                         unservable=unservable_reason(obj), fetched=fetched)
+                         unservable=unservable, fetched=fetched,
+                         idle_timeout=float(idle) if isinstance(idle, int) and idle > 0 else 0.0,
+                         suspended_since=suspended_since,
+                         wake=_text(annotations.get(WAKE_ANNOTATION)),
+                         resuming=resuming and bool(unservable))
 
 
 def _revision(version: str | None) -> int | None:

@@ -8,7 +8,8 @@ may still hold the old one, whose pod keeps serving while it terminates. So a re
 the Sandbox's uid, and the Resolver forwards only to the uid the request means: the one its
 ``X-Sandbox-UID`` names, else the one a direct (consistent) read from the API server returned
 after the client's connection first named the sandbox (``identity``; docs/router.md states the
-guarantee). It refuses a Sandbox whose record says it is not Ready or is being deleted.
+guarantee). It refuses a Sandbox whose record says it is not Ready or is being deleted, except
+one that sleeps (idle): a request for it waits for the `waker` (``idle``) to wake it.
 
 What it must not do: connect to anything (``proxy`` does, only to a ``Target`` from here),
 take an address or host from a caller, or hand out an address the ``AddressPolicy`` refuses.
@@ -23,7 +24,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sandbox_router.addresses import AddressPolicy, AddressRefused
@@ -81,6 +82,13 @@ class NotServable(ResolveError):
     retry_after = RETRY_AFTER_SECONDS
 
 
+class WakeTimedOut(ResolveError):
+    """A suspended Sandbox was woken but did not turn Ready within wake_timeout."""
+
+    status = 503
+    retry_after = RETRY_AFTER_SECONDS
+
+
 class Unconfirmed(ResolveError):
     """The uid a request needs could not be read from the API server (unreachable, slow,
     refused): nothing is forwarded on a guess."""
@@ -111,8 +119,11 @@ class Resolver:
     def __init__(self, source: Source, policy: AddressPolicy, *,
                  cluster_domain: str = "cluster.local",
                  on_read: Callable[[str, str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 waker: Callable[[SandboxRecord], Awaitable[SandboxRecord]] | None = None
+                 ) -> None:
         self.source = source
+        self.waker = waker  # idle.Idle.wake: a request for a suspended Sandbox waits for it
         self.policy = policy
         self.cluster_domain = cluster_domain
         self.reads: Reads[SandboxRecord | None] = Reads()
@@ -133,6 +144,8 @@ class Resolver:
         elif route.uid is not None and record.uid != route.uid:
             raise SandboxReplaced(f"sandbox {route.namespace}/{route.name} is not uid "
                                   f"{route.uid}")
+        if record.unservable and self.waker is not None and record.wakeable:
+            record = await self.waker(record)
         if record.unservable:
             raise NotServable(f"sandbox {route.namespace}/{route.name} {record.unservable}")
         if route.port not in record.ports:
@@ -165,7 +178,10 @@ class Resolver:
         if record is not None and expected is not None and record.uid == expected:
             checked = self._not_ready_at.get(key)
             if not record.unservable or (
-                    checked is not None and self._clock() - checked < NOT_READY_RECHECK_SECONDS):
+                    checked is not None and self._clock() - checked < NOT_READY_RECHECK_SECONDS
+            ) or (record.wakeable and self.waker is not None):
+                # A sleeping Sandbox is woken, not read: the wake itself checks that the
+                # Sandbox is unchanged (and reads it when it is not).
                 return record
             why = "not_ready"  # the watch may lag behind a Sandbox that turned Ready
         elif route.uid is not None:

@@ -39,6 +39,10 @@ class SourceUnavailable(Exception):
     """A source could not read a Sandbox from its authority; the message says why."""
 
 
+class Conflict(Exception):
+    """A patch's precondition failed: the Sandbox is gone, is another uid, or changed."""
+
+
 class Source(Protocol):
     """A place that knows which Sandboxes exist. Lookups are synchronous and cheap.
 
@@ -54,6 +58,9 @@ class Source(Protocol):
     def lookup(self, namespace: str, name: str) -> SandboxRecord | None: ...
 
     async def fetch(self, namespace: str, name: str) -> SandboxRecord | None: ...
+
+    async def annotate(self, record: SandboxRecord, annotations: Mapping[str, str], *,
+                       if_unchanged: bool = False) -> None: ...
 
     @property
     def ready(self) -> bool: ...
@@ -128,6 +135,10 @@ class StaticSource:
     async def fetch(self, namespace: str, name: str) -> SandboxRecord | None:
         return self.lookup(namespace, name)
 
+    async def annotate(self, record: SandboxRecord, annotations: Mapping[str, str], *,
+                       if_unchanged: bool = False) -> None:
+        raise SourceUnavailable("a static file has no idle sandboxes to annotate")
+
     @property
     def ready(self) -> bool:
         return True
@@ -141,11 +152,13 @@ class StaticSource:
 
 class KubernetesSource:
     """Sandboxes from the API server: list, then watch, in a daemon thread per namespace;
-    `fetch` reads one Sandbox directly (a GET without resourceVersion: a consistent read).
+    `fetch` reads one Sandbox directly (a GET without resourceVersion: a consistent read);
+    `annotate` patches the idle annotations; with `events`, what the watch shows is also
+    recorded as Kubernetes Events (events.py).
 
     `api_client` lets a test hand in a client for its own API server; otherwise the in-cluster
-    service account is used, then the kubeconfig. The router needs get/list/watch on
-    sandboxes.agents.x-k8s.io and nothing else.
+    service account is used, then the kubeconfig. The router needs get/list/watch/patch on
+    sandboxes.agents.x-k8s.io and create on events, nothing else.
     """
 
     allow_loopback = False
@@ -154,8 +167,10 @@ class KubernetesSource:
     def __init__(self, *, namespaces: Iterable[str] = (), api_client: Any = None,
                  watch_timeout: int = 300, backoff: float = 1.0,
                  allow_loopback: bool = False, api_timeout: float = 5.0,
-                 api_concurrency: int = 8, hold_file: str = "") -> None:
+                 api_concurrency: int = 8, hold_file: str = "", events: bool = False) -> None:
         self.namespaces = tuple(namespaces)
+        self._record_events = events
+        self._events: Any = None  # events.Recorder, once started
         self.allow_loopback = allow_loopback
         self.cache = SandboxCache()
         self._api_client = api_client
@@ -213,6 +228,35 @@ class KubernetesSource:
                                     ) from None
         return obj if isinstance(obj, Mapping) else None
 
+    async def annotate(self, record: SandboxRecord, annotations: Mapping[str, str], *,
+                       if_unchanged: bool = False) -> None:
+        """A merge patch of `annotations` on the Sandbox of `record`'s uid (never on another
+        Sandbox of that name: the uid is a precondition), and, `if_unchanged`, only while it
+        is still at the record's resourceVersion. Raises Conflict when a precondition fails,
+        SourceUnavailable when the API server cannot be reached or refuses."""
+        if self._api is None:
+            raise SourceUnavailable("the Kubernetes source is not started")
+        meta: dict[str, Any] = {"uid": record.uid, "annotations": dict(annotations)}
+        if if_unchanged:
+            meta["resourceVersion"] = record.resource_version
+        await asyncio.get_running_loop().run_in_executor(
+            self._reader, self._patch, record.namespace, record.name, {"metadata": meta})
+
+    def _patch(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._api.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, body,
+                _request_timeout=self._api_timeout)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                raise Conflict(f"the API server answered {exc.status}") from None
+            raise SourceUnavailable(f"the API server answered {exc.status}") from None
+        except Exception as exc:  # connection refused, timeout, TLS: all mean "cannot say"
+            raise SourceUnavailable(f"the API server is unreachable ({type(exc).__name__})"
+                                    ) from None
+
     def start(self) -> None:
         from kubernetes import client, config  # the static source needs no kubernetes client
 
@@ -223,6 +267,11 @@ class KubernetesSource:
                 config.load_kube_config()
             self._api_client = client.ApiClient()
         api = self._api = client.CustomObjectsApi(self._api_client)
+        if self._record_events:
+            from sandbox_router.events import Recorder
+
+            self._events = Recorder(self._api_client)
+            self._events.start()
         if self._hold_file:
             log.warning("watch events are held while %s exists (a testing option)",
                         self._hold_file)
@@ -276,6 +325,9 @@ class KubernetesSource:
                     args = (GROUP, VERSION, namespace, PLURAL)
                 version = (listing.get("metadata") or {}).get("resourceVersion")
                 items = listing.get("items") or ()
+                if self._events is not None:
+                    for item in items:
+                        self._events.see(item)
                 self._deliver(functools.partial(cache.replace, items, namespace=namespace,
                                                 version=version))
                 self._synced[namespace].set()
@@ -292,6 +344,9 @@ class KubernetesSource:
                             change = {"type": event.get("type"),
                                       "object": event.get("raw_object")}
                             obj = change["object"]
+                            if self._events is not None and isinstance(obj, Mapping) and \
+                                    change["type"] in ("ADDED", "MODIFIED"):
+                                self._events.see(obj)
                             got = (obj.get("metadata") or {}).get("resourceVersion") \
                                 if isinstance(obj, Mapping) and change["type"] != "ERROR" \
                                 else None

@@ -282,7 +282,12 @@ class Cluster:
                 else:
                     current["spec"] = copy.deepcopy(want.get("spec"))
                 labels = {**want["metadata"].get("labels", {}), "controller-uid": uid}
+                # A 3-way merge: keys someone else wrote (never in last-applied) stay.
+                others = {k: v for k, v in (meta.get("annotations") or {}).items()
+                          if k not in (applied["metadata"].get("annotations") or {})
+                          and k != objects.LAST_APPLIED}
                 annotations = {
+                    **others,
                     **want["metadata"].get("annotations", {}),
                     objects.LAST_APPLIED: json.dumps(want, sort_keys=True),
                 }

@@ -77,6 +77,11 @@ BAD_SPECS: list[tuple[str, str, dict[str, Any], str]] = [
      "spec.podTemplate.metadata.labels.sandbox"),
     ("Sandbox", "shutdown-time-not-a-time", {"spec.shutdownTime": "tomorrow"},
      "spec.shutdownTime"),
+    ("Sandbox", "idle-timeout-zero", {"spec.idleTimeout": "0s"}, "spec.idleTimeout"),
+    ("Sandbox", "idle-timeout-too-short", {"spec.idleTimeout": "1s"}, "spec.idleTimeout"),
+    ("Sandbox", "idle-timeout-too-long", {"spec.idleTimeout": "8761h"}, "spec.idleTimeout"),
+    ("Sandbox", "idle-timeout-no-unit", {"spec.idleTimeout": "90"}, "spec.idleTimeout"),
+    ("Sandbox", "idle-timeout-words", {"spec.idleTimeout": "ten minutes"}, "spec.idleTimeout"),
     ("Sandbox", "volume-without-name", {"spec.volumeClaimTemplates.0.metadata.name": DELETE},
      "spec.volumeClaimTemplates[0].metadata.name"),
     ("Sandbox", "unknown-field", {"spec.replica": 1}, "spec.replica"),
@@ -91,6 +96,8 @@ BAD_SPECS: list[tuple[str, str, dict[str, Any], str]] = [
     ("SandboxTemplate", "router-namespace-invalid",
      {"spec.networkPolicy.routerNamespace": "Not A Namespace"},
      "spec.networkPolicy.routerNamespace"),
+    ("SandboxTemplate", "idle-timeout-out-of-order", {"spec.idleTimeout": "1s1m"},
+     "spec.idleTimeout"),
     ("SandboxTemplate", "unknown-field", {"spec.podTemplates": {}}, "spec.podTemplates"),
     ("SandboxClaim", "no-ref", {"spec.sandboxTemplateRef": DELETE},
      "spec.sandboxTemplateRef or spec.warmPoolRef"),
@@ -106,6 +113,7 @@ BAD_SPECS: list[tuple[str, str, dict[str, Any], str]] = [
      "spec.lifecycle.shutdownPolicy"),
     ("SandboxClaim", "shutdown-time-number", {"spec.lifecycle": {"shutdownTime": 5}},
      "spec.lifecycle.shutdownTime"),
+    ("SandboxClaim", "idle-timeout-number", {"spec.idleTimeout": 60}, "spec.idleTimeout"),
     ("SandboxClaim", "unknown-field", {"spec.templateRef": {"name": "x"}}, "spec.templateRef"),
     ("SandboxWarmPool", "replicas-negative", {"spec.replicas": -1}, "spec.replicas"),
     ("SandboxWarmPool", "replicas-huge", {"spec.replicas": 100000}, "spec.replicas"),
@@ -239,6 +247,16 @@ def test_bad_spec_is_rejected_naming_the_field(control_plane, crds, kind, change
     # A rejection by validation, not by something unrelated (connection, RBAC, not found).
     assert ("is invalid" in result.stderr or "unknown field" in result.stderr
             or "strict decoding error" in result.stderr), result.stderr
+
+
+@pytest.mark.parametrize("value", ["2s", "90s", "15m", "1h30m", "8760h"])
+def test_good_idle_timeouts_are_accepted(control_plane, crds, value):
+    for kind in ("Sandbox", "SandboxTemplate", "SandboxClaim"):
+        require_crd(kind)
+        result = dry_run_create(control_plane, mutate(valid_object(kind),
+                                                      {"spec.idleTimeout": value}))
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["spec"]["idleTimeout"] == value
 
 
 def test_defaults_are_applied_by_the_api_server(control_plane, crds, namespace):

@@ -80,7 +80,8 @@ def test_there_are_hook_modules_to_read():
 def test_every_reason_a_hook_module_writes_is_classified_by_the_contract(stem):
     kinds = {contract.SANDBOX_KIND, contract.CLAIM_KIND, contract.TEMPLATE_KIND,
              contract.POOL_KIND}
-    known = contract.REASONS | kinds | {contract.READY} | KUBERNETES_WORDS
+    known = (contract.REASONS | contract.SUSPENDED_REASONS | kinds
+             | {contract.READY, contract.SUSPENDED} | KUBERNETES_WORDS)
     unknown = words_written_by(stem) - known
     assert not unknown, (
         f"hooks/{stem}.py writes {sorted(unknown)}: spell each reason once in "
