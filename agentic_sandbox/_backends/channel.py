@@ -44,6 +44,15 @@ CHANNEL_URL: Final = "http://sandbox.local"
 ChannelFactory = Callable[[], socket.socket]
 
 
+def _extra_info(sock: socket.socket, info: str) -> Any:
+    """What httpcore asks a stream about: its socket, and whether an idle one is readable."""
+    if info == "socket":
+        return sock
+    if info == "is_readable":
+        return _readable(sock)
+    return None
+
+
 def _readable(sock: socket.socket) -> bool:
     """httpcore's `is_readable`: an idle connection with something to read has been closed
     (or spoken to out of turn) by the other side, and is dropped instead of reused."""
@@ -84,11 +93,7 @@ class ChannelStream(httpcore2.NetworkStream):
             self._sock.close()
 
     def get_extra_info(self, info: str) -> Any:
-        if info == "socket":
-            return self._sock
-        if info == "is_readable":
-            return _readable(self._sock)
-        return None
+        return _extra_info(self._sock, info)
 
 
 class _ChannelNetwork(httpcore2.NetworkBackend):
@@ -160,11 +165,7 @@ class AsyncChannelStream(httpcore2.AsyncNetworkStream):
         self._sock.close()
 
     def get_extra_info(self, info: str) -> Any:
-        if info == "socket":
-            return self._sock
-        if info == "is_readable":
-            return _readable(self._sock)
-        return None
+        return _extra_info(self._sock, info)
 
 
 class _AsyncChannelNetwork(httpcore2.AsyncNetworkBackend):
