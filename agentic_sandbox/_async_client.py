@@ -4,10 +4,10 @@ Used by agent code as `async with AsyncSandboxClient(template_name=...) as sandb
 module is IO only, like agentic_sandbox._client: httpx's AsyncClient over the Endpoint's
 async transport (an AsyncChannelTransport on the local backend, AsyncHTTPTransport to the
 router on Kubernetes). What each call sends and how its answer is read, the replay rule and
-the error mapping are agentic_sandbox._protocol's, shared with SandboxClient; options,
-backend and state are _client._BaseClient's. A backend's open() and close() block (runsc,
-the Kubernetes API: creating and watching the claim) and run in a thread of their own.
-This module must not know how a backend reaches its sandbox.
+the error mapping are agentic_sandbox._protocol's (and _protocol_files', _protocol_processes'),
+shared with SandboxClient; options, backend and state are agentic_sandbox._base.BaseClient's.
+A backend's open() and close() block (runsc, the Kubernetes API: creating and watching the
+claim) and run in a thread of their own. It must not know how a backend reaches its sandbox.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import httpx2
 
 from agentic_sandbox._aio import in_thread
 from agentic_sandbox._backends.base import Endpoint
-from agentic_sandbox._client import DEFAULT, Timeout, _BaseClient, _State
+from agentic_sandbox._base import DEFAULT, BaseClient, ProcessHandle, State, Timeout
 from agentic_sandbox._exceptions import BackendUnavailableError, SandboxError
 from agentic_sandbox._models import (
     ArchiveSummary,
@@ -40,29 +40,33 @@ from agentic_sandbox._protocol import (
     MAX_ERROR_BODY,
     Call,
     CommandOutput,
-    archive_in_call,
-    archive_out_call,
     command_call,
-    copy_call,
     decode,
-    download_call,
-    exists_call,
     health_call,
-    kill_call,
-    list_call,
-    mkdir_call,
-    move_call,
-    output_call,
-    process_call,
-    processes_call,
-    remove_call,
     replay_allowed,
-    start_call,
-    stat_call,
     status_error,
     timeout_of,
     transport_error,
+)
+from agentic_sandbox._protocol_files import (
+    archive_in_call,
+    archive_out_call,
+    copy_call,
+    download_call,
+    exists_call,
+    list_call,
+    mkdir_call,
+    move_call,
+    remove_call,
+    stat_call,
     upload_call,
+)
+from agentic_sandbox._protocol_processes import (
+    kill_call,
+    output_call,
+    process_call,
+    processes_call,
+    start_call,
     wait_call,
     wait_slice,
 )
@@ -153,16 +157,8 @@ class AsyncCommandStream(CommandOutput):
         await self.aclose()
 
 
-class AsyncProcess:
+class AsyncProcess(ProcessHandle["AsyncSandboxClient"]):
     """A background process in the sandbox (AsyncSandboxClient.start): Process, awaited."""
-
-    def __init__(self, client: AsyncSandboxClient, process_id: str, command: str = "") -> None:
-        self.client = client
-        self.id = process_id
-        self.command = command
-
-    def __repr__(self) -> str:
-        return f"AsyncProcess(id={self.id!r}, command={self.command!r})"
 
     async def info(self) -> ProcessInfo:
         """Its state now."""
@@ -186,7 +182,7 @@ class AsyncProcess:
         return await self.client._call(kill_call(self.id, self.client.request_timeout))
 
 
-class AsyncSandboxClient(_BaseClient):
+class AsyncSandboxClient(BaseClient):
     """SandboxClient for asyncio: the same arguments, the same methods, awaited.
 
         async with AsyncSandboxClient(template_name="python-runtime-template") as sandbox:
@@ -211,7 +207,7 @@ class AsyncSandboxClient(_BaseClient):
     async def open(self) -> AsyncSandboxClient:
         """Get a ready sandbox (what `async with` does on enter)."""
         async with self._state_guard():
-            if self._state is _State.OPEN:
+            if self._state is State.OPEN:
                 return self
             self._check_reopen()
             opening = asyncio.ensure_future(in_thread(self._backend.open))
@@ -224,7 +220,7 @@ class AsyncSandboxClient(_BaseClient):
                         f"the {self._backend.name!r} backend has no async transport; use "
                         "SandboxClient")
             except BaseException:
-                self._state = _State.CLOSED
+                self._state = State.CLOSED
                 if opening.done():
                     await asyncio.shield(in_thread(self._releaser(opening)))
                 else:
@@ -234,7 +230,7 @@ class AsyncSandboxClient(_BaseClient):
                 base_url=endpoint.base_url, transport=endpoint.async_transport,
                 headers=endpoint.headers, trust_env=False)
             self._endpoint = endpoint
-            self._state = _State.OPEN
+            self._state = State.OPEN
             log.debug("sandbox ready: %s", endpoint.description or endpoint.base_url)
             return self
 
@@ -262,9 +258,9 @@ class AsyncSandboxClient(_BaseClient):
     async def close(self) -> None:
         """Release the sandbox; safe to call twice."""
         async with self._state_guard():
-            if self._state is _State.CLOSED and self._http is None:
+            if self._state is State.CLOSED and self._http is None:
                 return
-            self._state = _State.CLOSED
+            self._state = State.CLOSED
             http, self._http = self._http, None
             endpoint = self._endpoint
             try:
@@ -291,7 +287,7 @@ class AsyncSandboxClient(_BaseClient):
     async def _send(self, call: Call[Any], *, stream: bool = False) -> httpx2.Response:
         """Send one call: as SandboxClient._send, awaited."""
         http, endpoint = self._http, self._endpoint
-        if self._state is not _State.OPEN or http is None or endpoint is None:
+        if self._state is not State.OPEN or http is None or endpoint is None:
             raise self._not_open()
         attempt = 0
         while True:
@@ -419,7 +415,6 @@ class AsyncSandboxClient(_BaseClient):
     async def copy(self, source: str, destination: str) -> ArchiveSummary:
         """Copy a workspace file or tree (SandboxClient.copy)."""
         return await self._call(copy_call(source, destination, self.request_timeout))
-
 
     async def read(self, path: str) -> bytes:
         """The bytes of a file in the workspace (SandboxRequestError 404 if missing)."""

@@ -5,27 +5,24 @@ Enter asks a Backend (agentic_sandbox._backends) for a ready sandbox; exit alway
 also when entering failed halfway. This module is the IO: httpx's sync client over the
 Endpoint's transport. What each call sends, how answers are read, how failures map to our
 error tree and when a call may be sent again (the replay rule) live in
-agentic_sandbox._protocol, without IO, for an async client to share; _BaseClient holds the
-rest that does not depend on IO (options, backend, state). This module must not know how a
-backend reaches its sandbox.
+agentic_sandbox._protocol (and its _protocol_files, _protocol_processes), without IO, shared
+with the async client; agentic_sandbox._base.BaseClient holds the rest that does not depend
+on IO (options, backend, state). This module must not know how a backend reaches its sandbox.
 """
 
 from __future__ import annotations
 
 import builtins
-import enum
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import IO, Any, Final, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx2
 
-from agentic_sandbox._backends.base import Backend, Endpoint
-from agentic_sandbox._backends.choice import choose_backend, make_backend
+from agentic_sandbox._base import DEFAULT, BaseClient, ProcessHandle, State, Timeout
 from agentic_sandbox._exceptions import SandboxError
 from agentic_sandbox._models import (
     ArchiveSummary,
@@ -36,34 +33,37 @@ from agentic_sandbox._models import (
     ProcessInfo,
     ProcessOutput,
 )
-from agentic_sandbox._options import KubernetesOptions, LocalOptions
 from agentic_sandbox._protocol import (
     MAX_ERROR_BODY,
     Call,
     CommandOutput,
-    archive_in_call,
-    archive_out_call,
     command_call,
-    copy_call,
     decode,
-    download_call,
-    exists_call,
     health_call,
-    kill_call,
-    list_call,
-    mkdir_call,
-    move_call,
-    output_call,
-    process_call,
-    processes_call,
-    remove_call,
     replay_allowed,
-    start_call,
-    stat_call,
     status_error,
     timeout_of,
     transport_error,
+)
+from agentic_sandbox._protocol_files import (
+    archive_in_call,
+    archive_out_call,
+    copy_call,
+    download_call,
+    exists_call,
+    list_call,
+    mkdir_call,
+    move_call,
+    remove_call,
+    stat_call,
     upload_call,
+)
+from agentic_sandbox._protocol_processes import (
+    kill_call,
+    output_call,
+    process_call,
+    processes_call,
+    start_call,
     wait_call,
     wait_slice,
 )
@@ -76,27 +76,11 @@ from agentic_sandbox._transfer import (
 )
 from sandbox_common import contract
 
-__all__ = ["CommandStream", "Process", "SandboxClient", "choose_backend"]
+__all__ = ["CommandStream", "Process", "SandboxClient"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class _UseDefault(enum.Enum):
-    """'Not given' differs from None (httpx's UseClientDefault): None means no limit."""
-
-    DEFAULT = "default"
-
-
-DEFAULT: Final = _UseDefault.DEFAULT
-Timeout = float | None | _UseDefault
-
-
-class _State(enum.Enum):
-    UNOPENED = "unopened"
-    OPEN = "open"
-    CLOSED = "closed"
 
 
 class CommandStream(CommandOutput):
@@ -146,7 +130,7 @@ class CommandStream(CommandOutput):
         self.close()
 
 
-class Process:
+class Process(ProcessHandle["SandboxClient"]):
     """A background process in the sandbox (SandboxClient.start), by its id.
 
     It runs on after the call that started it, until it ends, its own timeout passes,
@@ -156,14 +140,6 @@ class Process:
         print(server.output().stdout)
         server.kill()  # its whole process tree
     """
-
-    def __init__(self, client: SandboxClient, process_id: str, command: str = "") -> None:
-        self.client = client
-        self.id = process_id
-        self.command = command
-
-    def __repr__(self) -> str:
-        return f"Process(id={self.id!r}, command={self.command!r})"
 
     def info(self) -> ProcessInfo:
         """Its state now."""
@@ -188,84 +164,7 @@ class Process:
         return self.client._call(kill_call(self.id, self.client.request_timeout))
 
 
-class _BaseClient:
-    """What a sync and an async client share: options, the backend, the lifecycle state."""
-
-    def __init__(self, template_name: str, namespace: str = "default", *,
-                 backend: str | Backend = "auto",
-                 sandbox_ready_timeout: float = 180.0,
-                 request_timeout: float | None = 60.0,
-                 run_timeout: float | None = 60.0,
-                 api_url: str | None = None,
-                 connection: str | None = None,
-                 router_token: str | None = None,
-                 kubeconfig: str | os.PathLike[str] | None = None,
-                 context: str | None = None,
-                 router_service: str = "sandbox-router-svc",
-                 router_namespace: str | None = None,
-                 router_port: int = 8080,
-                 server_port: int = 8888,
-                 templates_dir: str | os.PathLike[str] | None = None,
-                 warm_pool: int | None = None,
-                 state_dir: str | os.PathLike[str] | None = None,
-                 attach: str | None = None) -> None:
-        if not template_name or not isinstance(template_name, str):
-            raise ValueError("template_name must be a non-empty string")
-        for label, value in (("sandbox_ready_timeout", sandbox_ready_timeout),
-                             ("request_timeout", request_timeout),
-                             ("run_timeout", run_timeout)):
-            if value is not None and not value > 0:
-                raise ValueError(f"{label} must be positive or None, not {value!r}")
-        self.template_name = template_name
-        self.namespace = namespace
-        self.sandbox_ready_timeout = float(sandbox_ready_timeout)
-        self.request_timeout = request_timeout
-        self.run_timeout = run_timeout
-        if isinstance(backend, str):
-            self._backend = make_backend(
-                choose_backend(backend, api_url=api_url), template_name, namespace,
-                ready_timeout=self.sandbox_ready_timeout, attach=attach,
-                local=LocalOptions(templates_dir=templates_dir, warm_pool=warm_pool,
-                                   state_dir=state_dir),
-                kubernetes=KubernetesOptions(
-                    api_url=api_url, connection=connection, router_token=router_token,
-                    kubeconfig=kubeconfig, context=context, router_service=router_service,
-                    router_namespace=router_namespace, router_port=router_port,
-                    server_port=server_port))
-        elif isinstance(backend, Backend):
-            self._backend = backend
-        else:
-            raise TypeError("backend must be 'local', 'kubernetes', 'auto' or a Backend")
-        self._state = _State.UNOPENED
-        self._state_lock = threading.Lock()
-        self._endpoint: Endpoint | None = None
-
-    @property
-    def backend(self) -> Backend:
-        return self._backend
-
-    @property
-    def sandbox_name(self) -> str:
-        """The Sandbox's name (Kubernetes) or the runsc container's id (local)."""
-        return self._endpoint.sandbox_name if self._endpoint else ""
-
-    def _check_reopen(self) -> None:
-        if self._state is _State.CLOSED:
-            raise RuntimeError("this SandboxClient was closed; its sandbox is gone. "
-                               "Create a new SandboxClient for a new sandbox.")
-
-    def _not_open(self) -> RuntimeError:
-        return RuntimeError("the sandbox is not open: use `with SandboxClient(...) as "
-                            "sandbox:` (or call open())")
-
-    def _run_timeout(self, timeout: Timeout) -> float | None:
-        value = self.run_timeout if timeout is DEFAULT else timeout
-        if value is not None and not value > 0:
-            raise ValueError(f"timeout must be positive or None, not {value!r}")
-        return value  # type: ignore[return-value]
-
-
-class SandboxClient(_BaseClient):
+class SandboxClient(BaseClient):
     """A sandbox for the length of a `with` block: run commands and move files in it.
 
     Args:
@@ -300,30 +199,30 @@ class SandboxClient(_BaseClient):
     def open(self) -> SandboxClient:
         """Get a ready sandbox (what `with` does on enter)."""
         with self._state_lock:
-            if self._state is _State.OPEN:
+            if self._state is State.OPEN:
                 return self
             self._check_reopen()
             try:
                 endpoint = self._backend.open()
             except BaseException:
                 # Release whatever was acquired before the failure (claim, tunnel, runsc).
-                self._state = _State.CLOSED
+                self._state = State.CLOSED
                 self._backend.close()
                 raise
             # No proxies or netrc from the environment, no redirects: one hop, as given.
             self._http = httpx2.Client(base_url=endpoint.base_url, transport=endpoint.transport,
                                        headers=endpoint.headers, trust_env=False)
             self._endpoint = endpoint
-            self._state = _State.OPEN
+            self._state = State.OPEN
             log.debug("sandbox ready: %s", endpoint.description or endpoint.base_url)
             return self
 
     def close(self) -> None:
         """Release the sandbox; safe to call twice."""
         with self._state_lock:
-            if self._state is _State.CLOSED and self._http is None:
+            if self._state is State.CLOSED and self._http is None:
                 return
-            self._state = _State.CLOSED
+            self._state = State.CLOSED
             http, self._http = self._http, None
             try:
                 if http is not None:
@@ -343,7 +242,7 @@ class SandboxClient(_BaseClient):
     def _send(self, call: Call[Any], *, stream: bool = False) -> httpx2.Response:
         """Send one call: the endpoint's headers, its timeout, the replay rule, errors."""
         http, endpoint = self._http, self._endpoint
-        if self._state is not _State.OPEN or http is None or endpoint is None:
+        if self._state is not State.OPEN or http is None or endpoint is None:
             raise self._not_open()
         attempt = 0
         while True:
@@ -532,3 +431,4 @@ def _first_bytes(response: httpx2.Response) -> bytes:
         if len(body) >= MAX_ERROR_BODY:
             break
     return body[:MAX_ERROR_BODY]
+

@@ -1,7 +1,8 @@
 """Plain result types returned by SandboxClient: frozen dataclasses, no behaviour.
 
-Built by agentic_sandbox._client from the runtime's JSON answers. A non-zero exit code or a
-command that hit its timeout is data here, not an exception.
+Built by agentic_sandbox._protocol (and _protocol_files, _protocol_processes) from the
+runtime's JSON answers. A non-zero exit code or a command that hit its timeout is data here,
+not an exception.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@
                writes itself (400, 414, 431, 501, 500...) is the JSON error `{"error": ...}`.
 - settings.py  settings from a dataclass's defaults, a prefixed environment and a mapping
                (the router's and the runtime's config.py).
+- tarstream/   directory trees as tar streams both ways, by one set of refusal rules: the
+               runtime's /archive calls and the client's upload_dir/download_dir.
 
 Small and dependency-free: nothing here imports Flask or the servers' own packages; the
 worker module imports gunicorn, and is only loaded by gunicorn (from the servers'

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from agentic_sandbox import ArchiveSummary, SandboxClient, SandboxRequestError
-from agentic_sandbox._protocol import archive_in_call
+from agentic_sandbox._protocol_files import archive_in_call
 
 LIMIT = 1024 * 1024
 ENTRIES = 50

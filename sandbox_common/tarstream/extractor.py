@@ -1,153 +1,33 @@
-"""Directory trees as tar streams, both ways, never following a symlink nor leaving the root.
+"""Extracting a tar stream into a directory as its bytes are fed, by the refusal rules.
 
-Used by the runtime (GET and POST /archive/*: a workspace directory out and in) and by the
-client (SandboxClient.upload_dir and download_dir: a directory of this machine out and in),
-so the rules are the same on both ends of a transfer. Streams are made and taken a piece at
-a time: `tree_stream()` yields a directory as a tar stream read file by file, 1 MiB at a
-time; `Extractor` is fed the stream's bytes as they arrive (no IO of its own to the network,
-so a sync and an async caller share it) and writes each entry as it comes. Neither ever
-holds more than one chunk of file data, nor a header larger than MAX_EXTRA_HEADER.
-
-What an extraction refuses (ArchiveError, nothing outside the root is ever touched):
-absolute names, `..` components, symlinks whose target is absolute or leads out of the
-root, hard links, devices, FIFOs and other special files, an entry under a symlink (every
-step is opened with O_NOFOLLOW), more than `max_entries` entries or `max_bytes` bytes of
-files (`too_large`: the runtime answers 413). Entries land in a hidden staging directory
-inside the root first and are moved into place only once the whole stream was read and
-checked, so a refused or broken stream leaves the root as it was.
-
-It must not import anything of the servers or the client: both import it.
+Used by the runtime (POST /archive/*, sandbox_runtime.fileops) and the client (download_dir,
+agentic_sandbox._transfer), through sandbox_common.tarstream, whose docstring lists what is
+refused. Extractor parses the stream itself (tarfile only reads single headers), writes each
+entry into a hidden staging directory inside the root and, once the stream is whole, has
+sandbox_common.tarstream.staging move it into place. It does no network IO (a sync and an
+async caller feed it alike), must not follow a symlink nor write outside the root, and
+holds at most one chunk of file data and one extended header (MAX_EXTRA_HEADER).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import posixpath
 import shutil
 import stat
 import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-BLOCK = 512
-CHUNK = 1024 * 1024
+from sandbox_common.tarstream.base import BLOCK, ArchiveError, open_subdir, padded
+from sandbox_common.tarstream.staging import move_into_place
+
+__all__ = ["MAX_EXTRA_HEADER", "STAGING_PREFIX", "Extractor", "Summary", "safe_parts"]
+
 # A pax extended header or a GNU long name/link record is read whole: bounded.
 MAX_EXTRA_HEADER = 64 * 1024
 STAGING_PREFIX = ".archive-"
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
-
-
-def open_subdir(dir_fd: int, name: str) -> int:
-    """The directory `name` in `dir_fd`, opened without following a symlink: OSError ELOOP
-    for a symlink, ENOTDIR for anything else that is not a directory.
-
-    O_NOFOLLOW alone is not enough: some gVisor releases (runsc 20221219 here) follow a
-    final symlink when O_DIRECTORY is given too. So the entry is lstat'ed first and the
-    opened directory must be that very inode (a symlink swapped in between is caught).
-    """
-    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    if stat.S_ISLNK(st.st_mode):
-        raise OSError(errno.ELOOP, "a symlink", name)
-    if not stat.S_ISDIR(st.st_mode):
-        raise NotADirectoryError(errno.ENOTDIR, "not a directory", name)
-    fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
-    opened = os.fstat(fd)
-    if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
-        os.close(fd)
-        raise OSError(errno.ELOOP, "changed while it was opened", name)
-    return fd
-
-
-class ArchiveError(ValueError):
-    """The stream is refused; `too_large`: it passed a size or entry bound."""
-
-    def __init__(self, message: str, *, too_large: bool = False) -> None:
-        super().__init__(message)
-        self.too_large = too_large
-
-
-# -- writing -------------------------------------------------------------------------------
-
-
-def _header(name: str, kind: bytes, st: os.stat_result, size: int = 0,
-            linkname: str = "") -> bytes:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.size = size
-    info.mode = stat.S_IMODE(st.st_mode) & 0o777
-    info.mtime = int(st.st_mtime)
-    info.linkname = linkname
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-
-
-def _file_data(fd: int, size: int) -> Iterator[bytes]:
-    """Exactly `size` bytes of the open file (zeros if it shrank meanwhile), then padding."""
-    left = size
-    while left > 0:
-        data = os.read(fd, min(CHUNK, left))
-        if not data:
-            data = bytes(min(CHUNK, left))
-        left -= len(data)
-        yield data
-    if size % BLOCK:
-        yield bytes(BLOCK - size % BLOCK)
-
-
-def tree_stream(root_fd: int) -> Iterator[bytes]:
-    """The directory open as `root_fd` as an uncompressed tar stream (names relative to it).
-
-    Directories, regular files and symlinks (as links, never followed) are sent; other
-    files are skipped. Every directory and file is opened relative to its parent with
-    O_NOFOLLOW, so a symlink swapped in meanwhile is not entered. Closes `root_fd`.
-    """
-    stack: list[tuple[int, str, Iterator[str]]] = []
-    try:
-        stack.append((root_fd, "", iter(sorted(os.listdir(root_fd)))))
-        while stack:
-            dir_fd, prefix, names = stack[-1]
-            name = next(names, None)
-            if name is None:
-                os.close(dir_fd)
-                stack.pop()
-                continue
-            path = prefix + name
-            try:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    child = open_subdir(dir_fd, name)
-                    try:
-                        children = sorted(os.listdir(child))
-                    except BaseException:
-                        os.close(child)
-                        raise
-                    stack.append((child, path + "/", iter(children)))
-                    yield _header(path, tarfile.DIRTYPE, st)
-                elif stat.S_ISLNK(st.st_mode):
-                    target = os.readlink(name, dir_fd=dir_fd)
-                    yield _header(path, tarfile.SYMTYPE, st, linkname=target)
-                elif stat.S_ISREG(st.st_mode):
-                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-                                 | os.O_CLOEXEC, dir_fd=dir_fd)
-                    try:
-                        st = os.fstat(fd)
-                        if not stat.S_ISREG(st.st_mode):
-                            continue  # swapped for something else meanwhile
-                        yield _header(path, tarfile.REGTYPE, st, st.st_size)
-                        yield from _file_data(fd, st.st_size)
-                    finally:
-                        os.close(fd)
-            except FileNotFoundError:
-                continue  # removed while the tree was walked
-        yield bytes(2 * BLOCK)
-    finally:
-        for dir_fd, _, _ in stack:
-            os.close(dir_fd)
-
-
-# -- reading -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -196,7 +76,7 @@ def _pax_records(data: bytes) -> dict[str, str]:
 
 
 class Extractor:
-    """Writes a tar stream into a directory as its bytes are fed (see the module docstring).
+    """Writes a tar stream into a directory as its bytes are fed (sandbox_common.tarstream).
 
         with Extractor(root_fd, max_bytes=..., max_entries=...) as x:
             for data in chunks:
@@ -270,7 +150,8 @@ class Extractor:
         """The stream ended: check it was whole, then move the entries into place."""
         if not self._ended and (self._state != "header" or self._buf):
             raise ArchiveError("the archive ended early")
-        self._move_into_place()
+        assert self.stage_fd is not None
+        move_into_place(self.stage_fd, self.root_fd)
         return self.summary
 
     def __enter__(self) -> Extractor:
@@ -306,7 +187,7 @@ class Extractor:
                 raise ArchiveError(f"an extended header of {info.size} bytes (at most "
                                    f"{MAX_EXTRA_HEADER})", too_large=True)
             self._extra_kind = info.type
-            self._state, self._need = "extra", _padded(info.size)
+            self._state, self._need = "extra", padded(info.size)
             self._extra_size = info.size
             if self._need == 0:
                 self._on_extra(b"")
@@ -360,7 +241,7 @@ class Extractor:
                 os.close(parent)
             self.summary.files += 1
             self._file_name, self._file_left, self._mtime = shown, size, int(info.mtime)
-            self._skip = _padded(size) - size
+            self._skip = padded(size) - size
             if size:
                 self._state = "data"
             else:
@@ -393,7 +274,7 @@ class Extractor:
 
     def _after_entry(self, size: int) -> None:
         """Skip whatever data a non-file entry claims to carry."""
-        self._skip = _padded(size)
+        self._skip = padded(size)
         self._state = "skip" if self._skip else "header"
         self._need = BLOCK
 
@@ -447,13 +328,6 @@ class Extractor:
             raise ArchiveError(f"entry {shown!r}: a directory of that name came first")
         os.unlink(name, dir_fd=parent)
 
-    # -- into place
-
-    def _move_into_place(self) -> None:
-        assert self.stage_fd is not None
-        _check_merge(self.stage_fd, self.root_fd, "")
-        _merge(self.stage_fd, self.root_fd)
-
 
 def _link_problem(parts: list[str], linkname: str) -> str:
     """Why a symlink at `parts` to `linkname` is refused ("" when it stays in the root)."""
@@ -463,52 +337,3 @@ def _link_problem(parts: list[str], linkname: str) -> str:
     if target == ".." or target.startswith("../"):
         return "symlink pointing outside"
     return ""
-
-
-def _padded(size: int) -> int:
-    return -(-size // BLOCK) * BLOCK
-
-
-def _is_dir(fd: int, name: str) -> bool | None:
-    """lstat's answer: a directory, something else, or None (missing)."""
-    try:
-        return stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
-    except FileNotFoundError:
-        return None
-
-
-def _check_merge(src_fd: int, dst_fd: int, prefix: str) -> None:
-    """Refuse before anything moves: a directory over a non-directory or the reverse."""
-    for name in os.listdir(src_fd):
-        src_dir, dst_dir = _is_dir(src_fd, name), _is_dir(dst_fd, name)
-        if dst_dir is None:
-            continue
-        if src_dir != dst_dir:
-            kind = "a directory" if dst_dir else "not a directory"
-            raise ArchiveError(f"entry {prefix + name!r}: exists and is {kind}")
-        if src_dir:
-            with _opened(src_fd, name) as sub_src, _opened(dst_fd, name) as sub_dst:
-                _check_merge(sub_src, sub_dst, prefix + name + "/")
-
-
-def _merge(src_fd: int, dst_fd: int) -> None:
-    """Move every staged entry into place: new ones whole, files and links over old ones,
-    directories merged."""
-    for name in os.listdir(src_fd):
-        if _is_dir(src_fd, name) and _is_dir(dst_fd, name):
-            with _opened(src_fd, name) as sub_src, _opened(dst_fd, name) as sub_dst:
-                _merge(sub_src, sub_dst)
-        else:
-            os.rename(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-
-
-@contextlib.contextmanager
-def _opened(dir_fd: int, name: str) -> Iterator[int]:
-    try:
-        fd = open_subdir(dir_fd, name)
-    except OSError:
-        raise ArchiveError(f"{name!r}: changed while the archive was put in place") from None
-    try:
-        yield fd
-    finally:
-        os.close(fd)
