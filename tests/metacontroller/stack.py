@@ -82,6 +82,10 @@ class MetacontrollerStack:
     workdir: Path
     binary: str = ""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    metacontroller_flags: tuple[str, ...] = METACONTROLLER_FLAGS
+    hooks_workers: int = 2
+    hooks_env: dict[str, str] = field(default_factory=dict)
+    metrics_url: str = ""  # Metacontroller's /metrics, once started
 
     @property
     def hooks_port(self) -> int:
@@ -178,8 +182,9 @@ class MetacontrollerStack:
         self.processes["hooks"] = _spawn(
             self.workdir,
             "hooks",
-            [script("sandbox-hooks"), "--bind", f"127.0.0.1:{self.hooks_port}", "--workers", "2"],
-            {"SANDBOX_HOOKS_ACCESS_LOG": "-"},
+            [script("sandbox-hooks"), "--bind", f"127.0.0.1:{self.hooks_port}",
+             "--workers", str(self.hooks_workers)],
+            {"SANDBOX_HOOKS_ACCESS_LOG": "-", **self.hooks_env},
         )
         wait_for_port(self.hooks_port, timeout=30, process=self.processes["hooks"])
 
@@ -194,10 +199,11 @@ class MetacontrollerStack:
                 f"--health-probe-bind-address=127.0.0.1:{health_port}",
                 f"--metrics-address=127.0.0.1:{metrics_port}",
                 "--pprof-address=0",
-                *METACONTROLLER_FLAGS,
+                *self.metacontroller_flags,
             ],
             {"KUBECONFIG": str(self.plane.kubeconfig)},
         )
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
@@ -258,19 +264,36 @@ def _spawn(workdir: Path, name: str, argv: list[str], env: dict[str, str]) -> su
         )
 
 
-def loopback_registrations(plane: kube.ControlPlane, hooks_address: str) -> str:
+def loopback_registrations(plane: kube.ControlPlane, hooks_address: str,
+                           overlay: Path = LOOPBACK_OVERLAY) -> str:
     """The loopback overlay rendered with our hooks server's address."""
-    rendered = plane.kubectl("kustomize", str(LOOPBACK_OVERLAY)).stdout
+    rendered = plane.kubectl("kustomize", str(overlay)).stdout
     return rendered.replace(OVERLAY_HOOKS_ADDRESS, hooks_address)
 
 
 @contextlib.contextmanager
-def running_stack(workdir: Path, binary: str) -> Iterator[MetacontrollerStack]:
-    """Start the loop in workdir with the Metacontroller at `binary`; stop it afterwards."""
-    plane = kube.start(workdir / "control-plane", crds=[*kube.crd_files(), METACONTROLLER_CRDS])
+def running_stack(
+    workdir: Path,
+    binary: str,
+    *,
+    audit: bool = False,
+    metacontroller_flags: tuple[str, ...] = METACONTROLLER_FLAGS,
+    hooks_workers: int = 2,
+    hooks_env: dict[str, str] | None = None,
+    overlay: Path = LOOPBACK_OVERLAY,
+) -> Iterator[MetacontrollerStack]:
+    """Start the loop in workdir with the Metacontroller at `binary`; stop it afterwards.
+
+    The benchmark varies the rest: an API server audit log of writes (kube.start), other
+    Metacontroller flags (later flags win over earlier ones), more hook workers, the hooks'
+    environment (bench/ab_claims.py runs another revision's hooks through PYTHONPATH) and the
+    registrations (another revision's loopback overlay)."""
+    plane = kube.start(workdir / "control-plane", crds=[*kube.crd_files(), METACONTROLLER_CRDS],
+                       audit=audit)
     stack = MetacontrollerStack(
         plane=plane, hooks_url=f"http://127.0.0.1:{free_port()}", workdir=workdir,
-        binary=binary,
+        binary=binary, metacontroller_flags=metacontroller_flags, hooks_workers=hooks_workers,
+        hooks_env=dict(hooks_env or {}),
     )
     try:
         stack.start_hooks()
@@ -280,7 +303,7 @@ def running_stack(workdir: Path, binary: str) -> Iterator[MetacontrollerStack]:
             "--field-manager=tests",
             "-f",
             "-",
-            input=loopback_registrations(plane, f"127.0.0.1:{stack.hooks_port}"),
+            input=loopback_registrations(plane, f"127.0.0.1:{stack.hooks_port}", overlay),
         )
         stack.start_metacontroller()
     except BaseException:
@@ -389,6 +412,7 @@ class Kubelet(threading.Thread):
         self.addresses: dict[str, str] = {}  # pod name -> address it last had (for tests)
         self.errors: list[str] = []
         self.workers: list[threading.Thread] = []
+        self.patch_pool: Any = None  # instant mode's status patches (a ThreadPoolExecutor)
 
     # ---- what tests read -------------------------------------------------------------------
 
@@ -411,32 +435,59 @@ class Kubelet(threading.Thread):
     def run(self) -> None:
         if self.mode == "runtime":
             self._ensure_node()
+        instant = self.mode == "instant"
         while not self.stopping.is_set():
             try:
+                # Instant mode reads raw JSON: a benchmark's thousands of pods would spend
+                # milliseconds each in the client's model classes.
                 for event in self.watch.stream(self.core.list_namespaced_pod, self.namespace,
-                                               timeout_seconds=30):
-                    self._handle(event["type"], event["object"])
+                                               timeout_seconds=30, deserialize=not instant):
+                    if instant:
+                        self._handle_instant(event["type"], event["object"])
+                    else:
+                        self._handle(event["type"], event["object"])
             except Exception as exc:  # the watch ends when stopped or the API server restarts
                 if self.stopping.is_set():
                     return
                 self.errors.append(f"watch: {exc!r}")
                 time.sleep(0.2)
 
+    def _handle_instant(self, kind: str, pod: dict[str, Any]) -> None:
+        """A new pod turns Running and Ready at once; the patch runs beside the watch, so a
+        burst of new pods is not served one round trip at a time."""
+        meta = pod.get("metadata") or {}
+        uid, name = meta.get("uid"), meta.get("name")
+        if kind not in ("ADDED", "MODIFIED") or meta.get("deletionTimestamp"):
+            return
+        if any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or []):
+            return
+        with self.lock:
+            if uid in self.seen:
+                return
+            self.seen.add(uid)  # taken back if the patch fails, so the next event retries
+            address = self.addresses.get(name) or self.ip or ADDRESSES.take()
+            self.addresses[name] = address
+        self._patches().submit(self._guarded, self._patch_instant, name, uid, address)
+
+    def _patches(self) -> Any:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with self.lock:
+            if self.patch_pool is None:
+                self.patch_pool = ThreadPoolExecutor(8, thread_name_prefix="kubelet-patch")
+            return self.patch_pool
+
+    def _patch_instant(self, name: str, uid: str, address: str) -> None:
+        try:
+            self._patch_status(name, running_status(address, ready=True))
+        except Exception:
+            with self.lock:
+                self.seen.discard(uid)
+            raise
+
     def _handle(self, kind: str, pod: Any) -> None:
         uid, name = pod.metadata.uid, pod.metadata.name
-        if self.mode == "instant":
-            if kind == "DELETED" or pod.metadata.deletion_timestamp or uid in self.seen:
-                return
-            if any(c.type == "Ready" and c.status == "True"
-                   for c in (pod.status.conditions or [])):
-                return
-            with self.lock:
-                address = self.addresses.get(name) or self.ip or ADDRESSES.take()
-                self.addresses[name] = address
-            self._patch_status(name, running_status(address, ready=True))
-            with self.lock:  # only once it took: a failed patch is retried on the next event
-                self.seen.add(uid)
-            return
         if kind == "DELETED":
             with self.lock:
                 self.gone.add(uid)
@@ -562,7 +613,8 @@ class Kubelet(threading.Thread):
         from kubernetes.client.rest import ApiException
 
         try:
-            self.core.patch_namespaced_pod_status(name, self.namespace, {"status": status})
+            self.core.patch_namespaced_pod_status(name, self.namespace, {"status": status},
+                                                  _preload_content=False)
         except ApiException as exc:
             if exc.status != 404:  # deleted meanwhile
                 raise
@@ -597,6 +649,8 @@ class Kubelet(threading.Thread):
         self.stopping.set()
         self.watch.stop()
         self.join(10)
+        if self.patch_pool is not None:
+            self.patch_pool.shutdown(wait=True, cancel_futures=True)
         with self.lock:
             workers = list(self.workers)
             runs = list(self.pods.values())
