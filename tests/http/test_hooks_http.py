@@ -165,7 +165,7 @@ def test_documented_pool_example_binds_a_warm_pod_to_the_waiting_sandbox(hooks_u
     bound = [c for c in answer["children"]
              if c["metadata"]["labels"].get("agents.x-k8s.io/sandbox-uid") == uid]
     assert len(bound) == 1
-    assert len(answer["children"]) == 2, "both pods kept, one now bound; the refill comes next"
+    assert len(answer["children"]) == 3, "both pods kept, one now bound, and its refill"
     assert answer["status"]["boundReplicas"] == 1
 
 
