@@ -9,8 +9,8 @@ the same machine; the report gives each arm's medians over its rounds and the B/
 machine is shared: compare the ratios, not figures across runs.
 
 Scenarios (`--scenario`): `seq` (claims one after another, kept, on a pool of 2), `burst`
-(`--claims` at once against `--pool` warm pods), `steady` (`--rate` claims/s for `--seconds`
-against `--pool`). The kubelet stand-in is instant. Prints a table and writes JSON
+(`--claims` at once against `--pools` pools of `--pool` warm pods), `steady` (`--rate` claims/s
+for `--seconds`, same pools). The kubelet stand-in is instant. Prints a table and writes JSON
 (`--out`, default /tmp/ab-claims.json). Measures only; asserts nothing about speed.
 """
 
@@ -50,7 +50,7 @@ def run_round(binary: str, tree: Path, flags: tuple[str, ...], args: argparse.Na
     with Lab(binary, metacontroller_flags=flags, hooks_env=env, overlay=overlay,
              hooks_workers=args.hook_workers) as lab:
         if args.scenario == "seq":
-            lab.make_pool(2)
+            lab.make_pools(1, 2)
             window, names = lab.window(), []
             for _ in range(args.claims):
                 name = lab.name("seq")
@@ -58,13 +58,13 @@ def run_round(binary: str, tree: Path, flags: tuple[str, ...], args: argparse.Na
                 lab.create_claim(name)
                 lab.milestones.wait([name], 60)
         elif args.scenario == "burst":
-            lab.make_pool(args.pool)
+            lab.make_pools(args.pools, args.pool)
             window = lab.window()
             names = [lab.name("burst") for _ in range(args.claims)]
             lab.burst(names)
             lab.milestones.wait(names, args.timeout)
         else:
-            lab.make_pool(args.pool)
+            lab.make_pools(args.pools, args.pool)
             window = lab.window()
             names, _ = lab.steady("steady", args.rate, args.seconds)
             lab.milestones.wait(names, args.timeout)
@@ -96,7 +96,8 @@ def main() -> int:
     parser.add_argument("b")
     parser.add_argument("--scenario", choices=("seq", "burst", "steady"), default="seq")
     parser.add_argument("--claims", type=int, default=30)
-    parser.add_argument("--pool", type=int, default=50)
+    parser.add_argument("--pool", type=int, default=50, help="warm pods per pool")
+    parser.add_argument("--pools", type=int, default=1)
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=3)

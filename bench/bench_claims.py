@@ -1,176 +1,325 @@
-"""Claim -> Ready on the real stack: kube-apiserver, Metacontroller, our hooks under gunicorn.
+"""Claims at cluster speed on the real loop: kube-apiserver, Metacontroller, our hooks.
 
-The kubelet stand-in in its instant mode (a watch on pods) marks each new pod Running and Ready
-at once, so the figures measure the control loop, not image pulls or runtime start-up. Runs on
-the Metacontroller the tests use (METACONTROLLER_BIN, else ../shared/bin/metacontroller beside
-the repository) and the control plane's etcd v3.6; without Metacontroller it reports why.
+Each scenario runs on a fresh loop (bench/claimlab.py: the Metacontroller tier's stack with an
+audit log of writes, the kubelet stand-in in instant mode, and one long-lived watch per kind
+recording every claim's milestones). Runs on the Metacontroller the tests use
+(METACONTROLLER_BIN, else ../shared/bin/metacontroller); without it, it says why.
 
-Figures: sequential claims served by a warm pool (p50/p95/p99); the same for Sandboxes made
-directly with their own (cold) pod, as the comparison; and concurrency 1/10/50: all claims
-created at once against a pool of that size, time until the last is Ready, pods never shared.
+Scenarios (`--opt claims.scenarios=a,b`, default all):
+
+- `floor`: what the API server itself costs here: a plain create loop (ConfigMaps), one at a
+  time and with 16 clients. Writes per claim times the cost of a write is the floor of every
+  claim figure below.
+- `seq`: claims one after another against a warm pool of 2 (each deleted and the pool full
+  again before the next), beside Sandboxes made directly with their own pods (the cold floor).
+- `cold`: 50 claims at once against a pool of 2: the cold path (pods made on demand).
+- `burst`: 500 claims at once against 500 warm pods (10 pools of 50: claims spread over a
+  template's pools).
+- `sustained`: open-loop load, 50 claims/s for 60 s, against pools sized for it; and the scale
+  curve around it: claim -> Ready p50 (sequential claims, kept) with 0, 1,000 and 5,000
+  existing claims' Sandboxes in the namespace, with hooks and Metacontroller RSS and the pools'
+  sync time at each level. The sustained run is part of the growth from 1,000 to 5,000.
+
+Every scenario asserts correctness under load (tests/tenancy_rules.py over every recorded
+event: no pod serves two Sandbox uids, no Sandbox changes pod...) and reports claims that
+never got Ready; it counts API writes per claim (audit log), 409 Conflicts and
+Metacontroller's "outdated resourceVersion" retries, and CPU per claim of every process.
+Sizes: `--opt claims.rate=`, `claims.seconds=`, `claims.burst=`, `claims.burst_pools=`,
+`claims.cold=`, `claims.scale=0,1000,5000`, `claims.pools=`, `claims.pool_size=`,
+`claims.sequential=`, `claims.rounds=`; `--quick` shrinks them all.
 """
 
 from __future__ import annotations
 
-import tempfile
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
+from bench.claimlab import NS, SANDBOX_GROUP, Lab, percentiles
 from bench.harness import Context as BenchContext
 from bench.harness import Latencies, Result, Skipped, latency_result
-from tests.hookrequests import SEED_POD_TEMPLATE
-from tests.metacontroller.stack import Kubelet, metacontroller_binary, running_stack
+from tests.metacontroller.stack import metacontroller_binary
 
-GROUP, VERSION = "extensions.agents.x-k8s.io", "v1alpha1"
-NS = "bench"
-TEMPLATE, POOL = "python-runtime-template", "python-sandbox-warmpool"
-
-
-def is_ready(obj: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (obj.get("status") or {}).get("conditions") or [])
-
-
-class Claims:
-    def __init__(self, api_client: Any) -> None:
-        from kubernetes import client
-
-        self.custom = client.CustomObjectsApi(api_client)
-
-    def create(self, plural: str, body: dict[str, Any], group: str = GROUP) -> None:
-        self.custom.create_namespaced_custom_object(group, VERSION, NS, plural, body)
-
-    def get(self, plural: str, name: str, group: str = GROUP) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object(group, VERSION, NS, plural, name)
-
-    def delete(self, plural: str, name: str, group: str = GROUP) -> None:
-        self.custom.delete_namespaced_custom_object(group, VERSION, NS, plural, name)
-
-    def wait(self, plural: str, name: str, predicate: Any, timeout: float = 60.0,
-             group: str = GROUP) -> dict[str, Any]:
-        from kubernetes import watch
-
-        deadline = time.monotonic() + timeout
-        stream = watch.Watch()
-        while time.monotonic() < deadline:
-            for event in stream.stream(self.custom.list_namespaced_custom_object, group, VERSION,
-                                       NS, plural, field_selector=f"metadata.name={name}",
-                                       timeout_seconds=max(1, int(deadline - time.monotonic()))):
-                if event["type"] != "DELETED" and predicate(event["object"]):
-                    stream.stop()
-                    return event["object"]
-        raise TimeoutError(f"{plural}/{name} not as expected after {timeout}s")
-
-    def pool_ready(self, replicas: int) -> None:
-        self.wait("sandboxwarmpools", POOL,
-                  lambda p: (p.get("status") or {}).get("readyReplicas") == replicas
-                  and (p.get("status") or {}).get("replicas") == replicas, timeout=120)
-
-    def set_pool(self, replicas: int) -> None:
-        self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, NS, "sandboxwarmpools", POOL, {"spec": {"replicas": replicas}})
-        self.pool_ready(replicas)
-
-
-def claim(name: str) -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SandboxClaim",
-            "metadata": {"name": name}, "spec": {"sandboxTemplateRef": {"name": TEMPLATE}}}
-
-
-def timed_claim(claims: Claims, name: str) -> float:
-    start = time.perf_counter()
-    claims.create("sandboxclaims", claim(name))
-    claims.wait("sandboxclaims", name, is_ready)
-    return time.perf_counter() - start
+ALL = ("floor", "seq", "cold", "burst", "sustained")
 
 
 def run(ctx: BenchContext) -> list[Result]:
     binary, why_not = metacontroller_binary()
     if binary is None:
         raise Skipped(f"{why_not}; the claim benchmark needs the real loop")
-    sequential, rounds = ctx.scale(30, 8), ctx.scale(3, 1)
-    levels = (1, 10) if ctx.quick else (1, 10, 50)
+    chosen = ctx.option("claims.scenarios", ",".join(ALL)).split(",")
+    unknown = sorted(set(chosen) - set(ALL))
+    if unknown:
+        raise ValueError(f"unknown claims scenarios {unknown}; choose from {ALL}")
     results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="bench-claims-") as tmp, \
-            running_stack(Path(tmp), binary) as stack:
-        stack.kubectl("create", "namespace", NS)
-        stack.kubectl("wait", "--for=create", "--timeout=30s", "serviceaccount/default", "-n", NS)
-        api = stack.plane.api_client()
-        kubelet = Kubelet(api, NS, mode="instant")
-        kubelet.start()
-        claims = Claims(api)
-        try:
-            claims.create("sandboxtemplates", {
-                "apiVersion": f"{GROUP}/{VERSION}", "kind": "SandboxTemplate",
-                "metadata": {"name": TEMPLATE}, "spec": {"podTemplate": SEED_POD_TEMPLATE}})
-            claims.create("sandboxwarmpools", {
-                "apiVersion": f"{GROUP}/{VERSION}", "kind": "SandboxWarmPool",
-                "metadata": {"name": POOL},
-                "spec": {"replicas": 2, "sandboxTemplateRef": {"name": TEMPLATE}}})
-            claims.pool_ready(2)
-
-            warm, cold, served_warm, counter = Latencies(), Latencies(), 0, 0
-            # Each round: warm claims one after another, then Sandboxes with their own pods,
-            # as separate blocks so neither measures the other's clean-up.
-            for _ in range(rounds):
-                samples, cold_samples = [], []
-                for _ in range(sequential):
-                    counter += 1
-                    name = f"seq-{counter}"
-                    samples.append(timed_claim(claims, name))
-                    pod = claims.get("sandboxes", name, "agents.x-k8s.io")["status"]["podName"]
-                    served_warm += pod != name
-                    claims.delete("sandboxclaims", name)
-                    claims.pool_ready(2)
-                for _ in range(sequential):
-                    counter += 1
-                    start = time.perf_counter()
-                    claims.create("sandboxes", {
-                        "apiVersion": "agents.x-k8s.io/v1alpha1", "kind": "Sandbox",
-                        "metadata": {"name": f"cold-{counter}"},
-                        "spec": {"podTemplate": SEED_POD_TEMPLATE}}, "agents.x-k8s.io")
-                    claims.wait("sandboxes", f"cold-{counter}", is_ready, group="agents.x-k8s.io")
-                    cold_samples.append(time.perf_counter() - start)
-                    claims.delete("sandboxes", f"cold-{counter}", "agents.x-k8s.io")
-                warm.add_round(samples)
-                cold.add_round(cold_samples)
-            p50, p99 = warm.median("p50") * 1e3, warm.median("p99") * 1e3
-            results.append(latency_result(
-                "claims", "claim created -> Ready, warm pool (sequential)", warm,
-                goal="p50 <= 150 ms, p99 <= 500 ms", met=p50 <= 150 and p99 <= 500,
-                floor_name="Sandbox with its own pod -> Ready",
-                ratio_to_floor=warm.median("p50") / cold.median("p50"),
-                notes=f"{served_warm}/{warm.samples} claims served by a warm pod",
-                extra={"cold_p50_ms": cold.median("p50") * 1e3,
-                       "cold_p99_ms": cold.median("p99") * 1e3}))
-            results.append(latency_result(
-                "claims", "Sandbox with its own pod -> Ready (sequential)", cold))
-
-            for level in levels:
-                claims.set_pool(level)
-                names = [f"burst{level}-{i}" for i in range(level)]
-                start = time.perf_counter()
-                with ThreadPoolExecutor(min(level, 16)) as pool:
-                    durations = list(pool.map(lambda n: timed_claim(claims, n), names))
-                total = time.perf_counter() - start
-                pods = [claims.get("sandboxes", n, "agents.x-k8s.io")["status"]["podName"]
-                        for n in names]
-                shared = len(pods) - len(set(pods))
-                lat = Latencies()
-                lat.add_round(durations)
-                results.append(latency_result(
-                    "claims", f"{level} claims at once -> all Ready (pool of {level})", lat,
-                    throughput=level / total, throughput_unit="claims/s",
-                    goal="all Ready, no pod shared" if level == 50 else "",
-                    met=(shared == 0) if level == 50 else None,
-                    notes=f"last Ready after {total * 1e3:.0f} ms; {shared} pods shared; "
-                          f"{sum(p != n for p, n in zip(pods, names, strict=True))} warm-served",
-                    extra={"total_ms": total * 1e3, "shared_pods": shared}))
-                for name in names:
-                    claims.delete("sandboxclaims", name)
-        finally:
-            kubelet.stop()
-            api.close()
+    floor: dict[str, float] = {}
+    if "floor" in chosen:
+        floor_results, floor = write_floor(ctx, binary)
+        results += floor_results
+    if "seq" in chosen:
+        results += sequential(ctx, binary)
+    if "cold" in chosen:
+        count = int(ctx.option("claims.cold", "50", "20"))
+        results += burst(ctx, binary, count, pools=1, per_pool=2, goal_s=3.0,
+                         name=f"{count} claims at once, pool of 2 (cold path)")
+    if "burst" in chosen:
+        count = int(ctx.option("claims.burst", "500", "100"))
+        pools = int(ctx.option("claims.burst_pools", "10", "2"))
+        results += burst(ctx, binary, count, pools=pools, per_pool=count // pools, goal_s=10.0,
+                         name=f"{count} claims at once, {count} warm pods in {pools} pools")
+    if "sustained" in chosen:
+        results += sustained_and_scale(ctx, binary, floor)
     return results
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def milestone_extra(report: dict[str, Any], cost: dict[str, Any], violations: int,
+                    summary: str) -> dict[str, Any]:
+    return {
+        "stages": report["stages"], "stage_means_ms": report["stage_means_ms"],
+        "cost": cost, "violations": violations, "violation_summary": summary,
+        "failed": report["failed"], "warm_served": report["warm_served"],
+        "last_ready_s": report["last_ready_s"],
+    }
+
+
+def cost_note(cost: dict[str, Any]) -> str:
+    return (f"{cost['controller_writes_per_claim']:.1f} Metacontroller writes/claim, "
+            f"{cost['conflicts_total']} conflicts, "
+            f"{cost['outdated_resource_version_logs']} outdated-resourceVersion retries")
+
+
+# ---- floor: the API server's own cost per write -------------------------------------------
+
+
+def write_floor(ctx: BenchContext, binary: str) -> tuple[list[Result], dict[str, float]]:
+    rounds, count = ctx.scale(3, 1), ctx.scale(200, 60)
+    sequential, parallel_rates = Latencies(), []
+    with Lab(binary) as lab:
+        counter = iter(range(10**9))
+
+        def create() -> None:
+            lab.core.create_namespaced_config_map(
+                NS, {"metadata": {"name": f"floor-{next(counter)}"}}, _preload_content=False)
+
+        for _ in range(rounds):
+            samples = []
+            for _ in range(count // 2):
+                began = time.perf_counter()
+                create()
+                samples.append(time.perf_counter() - began)
+            sequential.add_round(samples)
+            began = time.perf_counter()
+            with ThreadPoolExecutor(16) as executor:
+                list(executor.map(lambda _: create(), range(count)))
+            parallel_rates.append(count / (time.perf_counter() - began))
+    rate = statistics.median(parallel_rates)
+    results = [
+        latency_result("claims", "floor: one API write (ConfigMap create), one at a time",
+                       sequential, notes="kube-apiserver + etcd on this machine, TLS, the "
+                       "audit log on; every claim figure costs writes of this kind"),
+        Result(component="claims", name="floor: API writes/s with 16 clients (ConfigMap "
+               "creates)", unit="", throughput=rate, throughput_unit="writes/s",
+               samples=count * rounds, rounds=rounds,
+               notes=f"rounds: {', '.join(f'{r:.0f}' for r in parallel_rates)} writes/s"),
+    ]
+    return results, {"write_ms": sequential.median("p50") * 1e3, "writes_per_s": rate}
+
+
+# ---- sequential -----------------------------------------------------------------------------
+
+
+def sequential(ctx: BenchContext, binary: str) -> list[Result]:
+    count = int(ctx.option("claims.sequential", "30", "8"))
+    rounds = int(ctx.option("claims.rounds", "3", "1"))
+    warm, cold, all_names = Latencies(), Latencies(), []
+    with Lab(binary) as lab:
+        pool = lab.make_pools(1, 2)[0]
+        window = lab.window()
+        for _ in range(rounds):
+            names = []
+            for _ in range(count):
+                name = lab.name("seq")
+                names.append(name)
+                lab.create_claim(name)
+                lab.milestones.wait([name], 60)
+                lab.delete_claims([name])
+                lab.pool_full(2, pool)
+            warm.add_round(lab.milestones.report(names)["latencies"])
+            all_names += names
+            samples = []
+            for _ in range(count):
+                name = lab.name("cold")
+                began = time.monotonic()
+                lab.create_sandboxes([name])
+                seen = lab.wait_sandboxes_ready([name], 60)
+                samples.append(seen[name] - began)
+                lab.custom.delete_namespaced_custom_object(SANDBOX_GROUP, "v1alpha1", NS,
+                                                           "sandboxes", name)
+            cold.add_round(samples)
+        report = lab.milestones.report(all_names)
+        cost = lab.cost(window, len(all_names) * 2)
+        violations, summary = lab.violations()
+    extra = milestone_extra(report, cost, violations, summary)
+    extra["cold_p50_ms"] = cold.median("p50") * 1e3
+    return [
+        latency_result(
+            "claims", "claim created -> Ready, warm pool (sequential)", warm,
+            floor_name="Sandbox with its own pod -> Ready",
+            ratio_to_floor=warm.median("p50") / cold.median("p50"),
+            goal="0 failed, 0 shared", met=not report["failed"] and violations == 0,
+            notes=f"{report['warm_served']}/{warm.samples} served warm; "
+                  f"{violations} tenancy violations", extra=extra),
+        latency_result("claims", "Sandbox with its own pod -> Ready (sequential)", cold),
+    ]
+
+
+# ---- bursts -------------------------------------------------------------------------------
+
+
+def burst(ctx: BenchContext, binary: str, count: int, *, pools: int, per_pool: int,
+          goal_s: float, name: str) -> list[Result]:
+    with Lab(binary) as lab:
+        lab.make_pools(pools, per_pool)
+        window = lab.window()
+        names = [lab.name("burst") for _ in range(count)]
+        creates = lab.burst(names)
+        lab.milestones.wait(names, float(ctx.option("claims.timeout", "300")))
+        report = lab.milestones.report(names)
+        cost = lab.cost(window, count)
+        violations, summary = lab.violations()
+    lat = Latencies()
+    lat.add_round(report["latencies"] or [0.0])
+    last = report["last_ready_s"]
+    met = (not report["failed"] and violations == 0 and last <= goal_s)
+    extra = milestone_extra(report, cost, violations, summary)
+    extra["creates_s"] = creates
+    return [latency_result(
+        "claims", name, lat, throughput=count / last if last else None,
+        throughput_unit="claims/s",
+        goal=f"all Ready, the last within {goal_s:.0f} s, none shared", met=met,
+        notes=f"last Ready after {last:.2f} s (creating them took {creates:.2f} s); "
+              f"{len(report['failed'])} not Ready; {violations} tenancy violations; "
+              f"{report['warm_served']} served from a pool pod; {cost_note(cost)}",
+        extra=extra)]
+
+
+# ---- sustained load and the scale curve ---------------------------------------------------
+
+
+def probe(lab: Lab, count: int, level: int) -> dict[str, Any]:
+    """`count` claims one after another (kept): claim -> Ready p50, and the loop's state."""
+    window = lab.window()
+    names = []
+    for _ in range(count):
+        name = lab.name(f"probe{level}")
+        names.append(name)
+        lab.create_claim(name)
+        lab.milestones.wait([name], 120)
+    report = lab.milestones.report(names)
+    pool_syncs = lab.hook_times(window, "/sync/sandboxwarmpool")
+    return {
+        "existing": level, "p50_ms": statistics.median(report["latencies"]) * 1e3,
+        "p99_ms": percentiles(report["latencies"])["p99"] * 1e3,
+        "failed": len(report["failed"]), "rss_mib": lab.rss(),
+        "pool_sync_ms_p50": statistics.median(pool_syncs) if pool_syncs else None,
+        "pool_sync_ms_max": max(pool_syncs) if pool_syncs else None,
+        "stage_means_ms": report["stage_means_ms"],
+        "cost": lab.cost(window, count),
+    }
+
+
+def grow(lab: Lab, to: int, existing: int, rate: float) -> int:
+    """Claims made at `rate` until `to` exist, all Ready; the new count."""
+    if to <= existing:
+        return existing
+    names, _ = lab.steady("grow", rate, (to - existing) / rate)
+    lab.milestones.wait(names, 600)
+    return existing + len(names)
+
+
+def sustained_and_scale(ctx: BenchContext, binary: str, floor: dict[str, float]
+                        ) -> list[Result]:
+    rate = float(ctx.option("claims.rate", "50", "20"))
+    seconds = float(ctx.option("claims.seconds", "60", "10"))
+    levels = [int(n) for n in ctx.option("claims.scale", "0,1000,5000", "0,200,600").split(",")]
+    pools = int(ctx.option("claims.pools", "10", "2"))
+    per_pool = int(ctx.option("claims.pool_size", "30", "20"))
+    probes = int(ctx.option("claims.probe", "20", "8"))
+    points: list[dict[str, Any]] = []
+    existing = 0
+    with Lab(binary) as lab:
+        lab.make_pools(pools, per_pool)
+        measured: dict[str, Any] = {}
+        for index, level in enumerate(levels):
+            existing = grow(lab, level, existing, rate)
+            points.append(probe(lab, probes, existing))
+            existing += probes
+            if index == 1 or (len(levels) < 2 and not measured):
+                window = lab.window()
+                names, lag = lab.steady("sustained", rate, seconds)
+                lab.milestones.wait(names, float(ctx.option("claims.timeout", "300")))
+                report = lab.milestones.report(names)
+                cost = lab.cost(window, len(names))
+                existing += len(names)
+                measured = {"report": report, "cost": cost, "lag": lag, "names": len(names)}
+        violations, summary = lab.violations()
+    results: list[Result] = []
+    if measured:
+        report, cost = measured["report"], measured["cost"]
+        lat = Latencies()
+        lat.add_round(report["latencies"] or [0.0])
+        p50, p99 = lat.median("p50") * 1e3, lat.median("p99") * 1e3
+        achieved = len(report["latencies"]) / max(report["last_ready_s"], seconds)
+        writes_all = sum(cost["writes_per_claim"].values())
+        extra = milestone_extra(report, cost, violations, summary)
+        extra["schedule_lag_s"] = measured["lag"]
+        ratio, floor_name = None, ""
+        if floor:
+            ceiling = floor["writes_per_s"] / max(writes_all, 1e-9)
+            extra["write_ceiling_claims_per_s"] = ceiling
+            floor_name = (f"API write ceiling: {floor['writes_per_s']:.0f} writes/s / "
+                          f"{writes_all:.1f} writes per claim = {ceiling:.1f} claims/s")
+            ratio = achieved / ceiling
+        results.append(latency_result(
+            "claims", f"sustained {rate:.0f} claims/s for {seconds:.0f} s "
+                      f"({measured['names']} claims, {pools} pools of {per_pool})", lat,
+            throughput=achieved, throughput_unit="claims/s",
+            goal="p50 <= 150 ms, p99 <= 500 ms, none failed, none shared",
+            met=p50 <= 150 and p99 <= 500 and not report["failed"] and violations == 0,
+            floor_name=floor_name, ratio_to_floor=ratio,
+            notes=f"{len(report['failed'])} not Ready; {violations} tenancy violations; "
+                  f"{report['warm_served']} served from a pool pod; last Ready "
+                  f"{report['last_ready_s']:.1f} s after the first create (schedule lag "
+                  f"{measured['lag']:.1f} s); {cost_note(cost)}", extra=extra))
+        per_claim = cost["controller_writes_per_claim"]
+        results.append(Result(
+            component="claims", name="API writes per claim by Metacontroller (sustained run)",
+            unit="", throughput=per_claim, throughput_unit="writes/claim",
+            goal="<= 4 writes/claim, 0 conflicts", met=per_claim <= 4 and not
+            cost["conflicts_total"],
+            notes=f"{per_claim:.2f} writes/claim: " + ", ".join(
+                f"{k.split(' ', 1)[1]} {v / max(1, cost['claims']):.2f}"
+                for k, v in cost["writes"].items() if k.startswith("metacontroller")) +
+                f"; {cost['conflicts_total']} conflicts; all clients: {writes_all:.2f}",
+            extra={"cost": cost}))
+    base = points[0]["p50_ms"] if points else 0.0
+    for point in points:
+        ratio = point["p50_ms"] / base if base else None
+        results.append(Result(
+            component="claims",
+            name=f"claim -> Ready with {point['existing']} existing claims' Sandboxes",
+            unit="ms", p50=point["p50_ms"], p99=point["p99_ms"],
+            peak_rss_mib=sum(point["rss_mib"].values()),
+            goal="p50 within 2x of the first level", met=ratio is not None and ratio <= 2.0,
+            floor_name="the first level", ratio_to_floor=ratio, samples=probes, rounds=1,
+            notes=f"hooks RSS {point['rss_mib'].get('hooks', 0):.0f} MiB, Metacontroller RSS "
+                  f"{point['rss_mib'].get('metacontroller', 0):.0f} MiB, pool sync "
+                  f"{point['pool_sync_ms_p50'] or 0:.0f} ms p50 "
+                  f"({point['pool_sync_ms_max'] or 0:.0f} max) in the hooks",
+            extra=point))
+    return results
+

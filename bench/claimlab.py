@@ -381,17 +381,25 @@ class Lab:
 
     # -- pools --
 
-    def make_pool(self, replicas: int, name: str = POOL, timeout: float = 300.0) -> None:
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, NS, "sandboxwarmpools", {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "SandboxWarmPool",
-            "metadata": {"name": name},
-            "spec": {"replicas": replicas, "sandboxTemplateRef": {"name": TEMPLATE}}})
-        self.pool_full(replicas, name, timeout)
-
-    def set_pool(self, replicas: int, name: str = POOL, timeout: float = 300.0) -> None:
-        self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, NS, "sandboxwarmpools", name, {"spec": {"replicas": replicas}})
-        self.pool_full(replicas, name, timeout)
+    def make_pools(self, count: int, replicas: int) -> list[str]:
+        """`count` pools of the template (POOL-0, ...), all full, and listed by the template
+        (claims pick among the pools it lists)."""
+        names = [f"{POOL}-{i}" for i in range(count)]
+        for name in names:
+            self.custom.create_namespaced_custom_object(GROUP, VERSION, NS, "sandboxwarmpools", {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "SandboxWarmPool",
+                "metadata": {"name": name},
+                "spec": {"replicas": replicas, "sandboxTemplateRef": {"name": TEMPLATE}}})
+        for name in names:
+            self.pool_full(replicas, name, timeout=600)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            template = self.custom.get_namespaced_custom_object(GROUP, VERSION, NS,
+                                                                "sandboxtemplates", TEMPLATE)
+            if sorted((template.get("status") or {}).get("warmPools") or []) == sorted(names):
+                return names
+            time.sleep(0.1)
+        raise TimeoutError(f"template {TEMPLATE} does not list the pools {names}")
 
     def pool_full(self, replicas: int, name: str = POOL, timeout: float = 300.0) -> float:
         """Wait until the pool reports `replicas` free Ready pods; seconds waited."""
