@@ -220,9 +220,14 @@ def sync(
     wanted = int(pool["spec"].get("replicas", 1))
     kept = free[:wanted]
     children += [objects.as_desired(p) for p in kept]
-    # Refill in the same answer: under steady load every answer binds, and a refill left to
-    # the next one would never come.
-    for _ in range(wanted - len(kept)):
+    # Metacontroller writes an answer's children one at a time, in no particular order: an
+    # answer that serves Sandboxes leaves the refill for later while at least half the pool
+    # is still free, so a burst's bindings do not queue behind pod creations; below that it
+    # refills at once, so steady load (every answer serves someone) never starves the pool.
+    refill = wanted - len(kept)
+    if waiting and 2 * len(kept) >= wanted:
+        refill = 0
+    for _ in range(refill):
         children.append(desired_pod(pool, template, next(names)))
     return {
         "children": children,
