@@ -468,6 +468,22 @@ class Lab:
             list(executor.map(lambda n: self.custom.create_namespaced_custom_object(
                 SANDBOX_GROUP, "v1alpha1", NS, "sandboxes", sandbox_body(n, replicas)), names))
 
+    def wait_sandboxes_settled(self, names: list[str], timeout: float) -> None:
+        """Wait until each named Sandbox has a status with a Ready condition (any reason)."""
+        wanted, done = set(names), set()
+        deadline = time.monotonic() + timeout
+        cursor = 0
+        while wanted - done:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(wanted - done)} Sandboxes without a status after "
+                                   f"{timeout:.0f} s")
+            with self.recorder.lock:
+                fresh = self.recorder.events[cursor:]
+                cursor += len(fresh)
+            done.update(e.obj["metadata"]["name"] for e in fresh
+                        if e.kind == "Sandbox" and e.type != "DELETED" and ready_condition(e.obj))
+            time.sleep(0.05)
+
     def wait_sandboxes_ready(self, names: list[str], timeout: float) -> dict[str, float]:
         """Seconds from now until each named Sandbox was first Ready, from the recorder."""
         wanted, found = set(names), {}

@@ -301,6 +301,7 @@ def running_stack(
             "apply",
             "--server-side",
             "--field-manager=tests",
+            "--force-conflicts",  # another overlay's CRDs (bench/ab_claims.py) replace ours
             "-f",
             "-",
             input=loopback_registrations(plane, f"127.0.0.1:{stack.hooks_port}", overlay),

@@ -197,3 +197,21 @@ def test_a_claim_picks_one_of_its_templates_pools_by_its_uid():
     template["status"] = {}
     got = sandboxclaim.sync(sync_request(claim, related=[template]), now=NOW)
     assert objects.POOL_LABEL not in got["children"][0]["metadata"]["labels"], "no pool: cold"
+
+
+def test_an_answer_that_binds_refills_only_once_half_the_pool_is_gone():
+    """Metacontroller writes an answer's children one at a time in no set order: refill pods
+    made beside a burst's bindings would delay them. So while half the pool is still free the
+    refill waits for an answer that binds nothing; below half it comes at once."""
+    pool4 = resource("SandboxWarmPool", "pool",
+                     {"replicas": 4, "sandboxTemplateRef": {"name": "python-runtime-template"}})
+    first = sandboxwarmpool.sync(sync_request(pool4, related=[TEMPLATE]), now=NOW)
+    pods = [with_pod_status(owned(c, pool4), ready=True) for c in first["children"]]
+    one = sandboxwarmpool.sync(
+        sync_request(pool4, pods, [TEMPLATE, waiting_sandbox("a", "uid-a")]), now=NOW)
+    assert len(one["children"]) == 4, "one bound, three free, none made yet"
+    three = [waiting_sandbox(n, f"uid-{n}") for n in ("a", "b", "c")]
+    refilled = sandboxwarmpool.sync(sync_request(pool4, pods, [TEMPLATE, *three]), now=NOW)
+    assert len(refilled["children"]) == 7, "three bound, one free, three made to refill"
+    idle = sandboxwarmpool.sync(sync_request(pool4, pods[1:], [TEMPLATE]), now=NOW)
+    assert len(idle["children"]) == 4, "nothing to bind: the refill comes at once"
