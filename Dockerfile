@@ -10,6 +10,7 @@ COPY pyproject.toml README.md ./
 COPY hooks ./hooks
 COPY sandbox_runtime ./sandbox_runtime
 COPY sandbox_router ./sandbox_router
+COPY sandbox_common ./sandbox_common
 COPY agentic_sandbox ./agentic_sandbox
 COPY schemas ./schemas
 

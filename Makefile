@@ -55,7 +55,7 @@ bench: install system k8s ## every benchmark: bench/results.json + docs/benchmar
 
 lint: install ## ruff, mypy and the generated-manifest check
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy hooks sandbox_runtime sandbox_router agentic_sandbox --ignore-missing-imports
+	$(VENV)/bin/mypy hooks sandbox_runtime sandbox_router agentic_sandbox sandbox_common --ignore-missing-imports
 	$(PY) -m hack.render_crds --check
 
 format: install

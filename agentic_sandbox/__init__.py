@@ -9,7 +9,8 @@ The public names are listed in __all__; everything else is private (docs/client.
 """
 
 from agentic_sandbox._backends.base import Backend, Endpoint
-from agentic_sandbox._client import CommandStream, SandboxClient, choose_backend
+from agentic_sandbox._backends.choice import choose_backend
+from agentic_sandbox._client import CommandStream, SandboxClient
 from agentic_sandbox._exceptions import (
     BackendUnavailableError,
     ClaimFailedError,

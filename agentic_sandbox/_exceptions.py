@@ -1,7 +1,7 @@
 """The client's error tree: every failure the client raises is a SandboxError.
 
 Raised by agentic_sandbox._client and the backends; callers catch these, never the
-libraries underneath (requests, urllib3, kubernetes), which are re-raised as ours with
+libraries underneath (httpx2, httpcore2, kubernetes), which are re-raised as ours with
 `raise ... from exc` so the cause stays in the traceback. Caller mistakes stay
 ValueError / TypeError / RuntimeError. This module imports nothing but the standard library.
 

@@ -14,17 +14,15 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-from agentic_sandbox._client import choose_backend
+from agentic_sandbox._backends.choice import choose_backend
+from agentic_sandbox._options import KubernetesOptions, LocalOptions, pick
 
-__all__ = ["DEFAULT_TEMPLATE", "KUBERNETES_OPTIONS", "create", "delete", "validate_name"]
+__all__ = ["DEFAULT_TEMPLATE", "create", "delete", "validate_name"]
 
 DEFAULT_TEMPLATE: Final = "python-runtime-template"
 # A Kubernetes object name (DNS-1123 label), on both backends: the same name works on both,
 # and locally it is a file name that cannot climb out of its folder.
 NAME_PATTERN: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-# SandboxClient's Kubernetes options, which KubernetesBackend takes under the same names.
-KUBERNETES_OPTIONS: Final = ("api_url", "connection", "router_token", "kubeconfig", "context",
-                             "router_service", "router_namespace", "router_port", "server_port")
 
 
 def validate_name(name: str) -> str:
@@ -39,9 +37,8 @@ def _kubernetes(name: str, template: str, namespace: str, ready_timeout: float,
                 options: dict[str, Any], *, attach: bool) -> Any:
     from agentic_sandbox._backends.kubernetes import KubernetesBackend
 
-    return KubernetesBackend(
-        template, namespace, ready_timeout=ready_timeout, claim=name, attach=attach,
-        **{key: value for key, value in options.items() if key in KUBERNETES_OPTIONS})
+    return KubernetesBackend(template, namespace, ready_timeout=ready_timeout, claim=name,
+                             attach=attach, options=pick(KubernetesOptions, options))
 
 
 def create(name: str, *, template: str = DEFAULT_TEMPLATE, namespace: str = "default",
@@ -53,9 +50,10 @@ def create(name: str, *, template: str = DEFAULT_TEMPLATE, namespace: str = "def
     """
     validate_name(name)
     if choose_backend(backend, api_url=options.get("api_url")) == "local":
-        from agentic_sandbox import _holder
-        return _holder.spawn(name, template=template, namespace=namespace,
-                             state_dir=options.get("state_dir"), ready_timeout=ready_timeout)
+        from agentic_sandbox._holder import control
+        local = pick(LocalOptions, options)
+        return control.spawn(name, template=template, namespace=namespace,
+                             state_dir=local.state_dir, ready_timeout=ready_timeout)
     kube = _kubernetes(name, template, namespace, ready_timeout, options, attach=False)
     try:
         endpoint = kube.open()
@@ -70,7 +68,7 @@ def delete(name: str, *, namespace: str = "default", backend: str = "auto",
     """Delete the sandbox called `name`; ClaimFailedError (reason NotFound) if none exists."""
     validate_name(name)
     if choose_backend(backend, api_url=options.get("api_url")) == "local":
-        from agentic_sandbox import _holder
-        _holder.stop(name, state_dir=options.get("state_dir"))
+        from agentic_sandbox._holder import control
+        control.stop(name, state_dir=pick(LocalOptions, options).state_dir)
         return
     _kubernetes(name, DEFAULT_TEMPLATE, namespace, 60.0, options, attach=True).delete()

@@ -32,7 +32,7 @@ MAX_TEMPLATE_BYTES: Final = 1024 * 1024
 # runs this machine's sandbox-runtime under gVisor, on stdin/stdout, with no network.
 IGNORED_FIELDS: Final = ("image", "command", "args", "ports", "readinessProbe",
                          "livenessProbe", "volumeMounts", "runtimeClassName", "volumes",
-                         "resources.requests.ephemeral-storage", "restartPolicy",
+                         "restartPolicy",
                          "securityContext", "nodeSelector", "tolerations")
 
 _MEMORY_UNITS: Final = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
@@ -51,6 +51,8 @@ class LocalTemplate:
     cpu_request_millis: int | None = None  # -> cgroup cpu shares (like Kubernetes)
     cpu_limit_millis: int | None = None  # -> cgroup CFS quota
     memory_limit_bytes: int | None = None  # -> cgroup memory limit
+    # -> size of the workspace's own filesystem (limits, else requests, ephemeral-storage)
+    ephemeral_storage_bytes: int | None = None
     warm_pool: int = 0  # from a SandboxWarmPool naming this template
     ignored: tuple[str, ...] = field(default=(), compare=False)  # fields present, not applied
 
@@ -109,11 +111,14 @@ def _documents(folder: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
 
 
 def _ignored(pod_spec: dict[str, Any], container: dict[str, Any]) -> tuple[str, ...]:
-    present = [key for key in IGNORED_FIELDS if key in container or key in pod_spec]
-    requests = (container.get("resources") or {}).get("requests") or {}
-    if "ephemeral-storage" in requests:
-        present.append("resources.requests.ephemeral-storage")
-    return tuple(sorted(set(present)))
+    return tuple(sorted(key for key in IGNORED_FIELDS if key in container or key in pod_spec))
+
+
+def _storage(limits: dict[str, Any], requests: dict[str, Any]) -> int | None:
+    for quantities in (limits, requests):
+        if "ephemeral-storage" in quantities:
+            return parse_memory(quantities["ephemeral-storage"])
+    return None
 
 
 def _from_document(name: str, path: Path, doc: dict[str, Any]) -> LocalTemplate:
@@ -137,6 +142,7 @@ def _from_document(name: str, path: Path, doc: dict[str, Any]) -> LocalTemplate:
             cpu_request_millis=parse_cpu(requests["cpu"]) if "cpu" in requests else None,
             cpu_limit_millis=parse_cpu(limits["cpu"]) if "cpu" in limits else None,
             memory_limit_bytes=parse_memory(limits["memory"]) if "memory" in limits else None,
+            ephemeral_storage_bytes=_storage(limits, requests),
             ignored=_ignored(pod_spec, container))
     except ValueError as exc:
         raise ValueError(f"{path}: SandboxTemplate {name!r}: {exc}") from exc

@@ -18,7 +18,15 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.harness import Context, Result, latency_result, rss_mib, time_calls, tree_pids
+from bench.harness import (
+    Context,
+    Latencies,
+    Result,
+    latency_result,
+    rss_mib,
+    time_calls,
+    tree_pids,
+)
 from tests.hookrequests import (
     SEED_POD_TEMPLATE,
     owned,
@@ -27,6 +35,7 @@ from tests.hookrequests import (
     sync_request,
     with_pod_status,
 )
+from tests.slowclients import fresh_get, held_connections, latencies
 from tests.support import free_port, stop_process, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,6 +101,36 @@ def pool_request(members: int) -> bytes:
     return json.dumps(sync_request(pool, children, [template])).encode()
 
 
+def timed(call):
+    def measure() -> float:
+        start = time.perf_counter()
+        call()
+        return time.perf_counter() - start
+    return measure
+
+
+def held_clients(port: int, one_pod: bytes, *, probes: int, rounds: int) -> list[Result]:
+    """/healthz on new connections (a kubelet's probe) and sync POSTs on a kept-alive one
+    (Metacontroller's), while 64 idle and 64 half-header connections are held open."""
+    alone = time_calls(lambda: fresh_get(port), iterations=probes, rounds=rounds, warmup=5)
+    probe, post = Latencies(), Latencies()
+    sync = timed(poster(port, "/sync/sandbox", one_pod))
+    for _ in range(rounds):
+        with held_connections(port, idle=64, half=64):
+            probe.add_round(latencies(lambda: fresh_get(port), probes))
+            post.add_round(latencies(sync, probes))
+    held = "64 idle + 64 half-header connections held"
+    floor = f"/healthz, nothing held: p50 {alone.median('p50') * 1e3:.2f} ms"
+    return [
+        latency_result("hooks", f"/healthz (new connection), {held}", probe,
+                       goal="p99 <= 100 ms", met=probe.median("p99") <= 0.1,
+                       floor_name=floor,
+                       ratio_to_floor=probe.median("p50") / alone.median("p50")),
+        latency_result("hooks", f"sync sandbox (keep-alive), {held}", post,
+                       goal="p99 <= 100 ms", met=post.median("p99") <= 0.1),
+    ]
+
+
 def run(ctx: Context) -> list[Result]:
     iterations, rounds = ctx.scale(2000, 200), ctx.scale(5, 2)
     seconds = ctx.scale(5.0, 1.5)
@@ -123,6 +162,7 @@ def run(ctx: Context) -> list[Result]:
             met=rate >= 1000 and worker_rss <= 60, floor_name="bare WSGI echo, same gunicorn",
             ratio_to_floor=rate / floor_rate, samples=int(rate * seconds), rounds=1,
             extra={"floor_per_s": floor_rate}))
+        results += held_clients(port, one_pod, probes=ctx.scale(200, 50), rounds=rounds)
         for members in (1, 100, 1000):
             body = pool_request(members)
             scale_lat = time_calls(poster(port, "/sync/sandboxwarmpool", body),

@@ -9,6 +9,13 @@ same run, through the router and directly, so the direct figure is the floor:
 - GET / at 16 keep-alive connections, requests/s (client in this process, 2-core machine)
 - a 100 MiB download, MB/s, with the router's RSS sampled throughout
 - 500 concurrent keep-alive connections, each used twice, errors counted
+
+Component `router-k8s` (when the control-plane binaries of `make k8s` are there): the same
+router with its Kubernetes source, on a real kube-apiserver holding one Ready Sandbox, to price
+the uid rules (docs/router.md): a POST /execute with X-Sandbox-UID, name only with the default
+once-per-connection confirmation, name only with `--name-confirmation request` (a direct read
+per request), a new connection per request (one read each), and 500 connections used twice;
+with the API-server reads each costs, from the router's own metrics.
 """
 
 from __future__ import annotations
@@ -26,10 +33,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.harness import Context, Latencies, Result, latency_result, rss_mib, time_calls
 
 COMPONENT = "router"
+K8S_COMPONENT = "router-k8s"
 TOKEN = "bench-token"
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -136,21 +145,30 @@ def _headers(port: int, proxied: bool) -> dict[str, str]:
 
 # --- 1. added latency on one keep-alive connection -------------------------------------------
 
-def _latency(port: int, up_port: int, proxied: bool, ctx: Context) -> Latencies:
+def _latency(port: int, up_port: int, proxied: bool, ctx: Context,
+             routing: dict[str, str] | None = None, *, fresh: bool = False) -> Latencies:
+    """POST /execute timed on one keep-alive connection (`fresh`: a new connection for each
+    request, its connect included)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     body = json.dumps({"command": "echo hi"}).encode()
-    headers = {"Content-Type": "application/json", **_headers(up_port, proxied)}
+    sent = routing if routing is not None else _headers(up_port, proxied)
+    headers = {"Content-Type": "application/json", **sent}
 
     def call() -> None:
+        nonlocal conn
+        if fresh:
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("POST", "/execute", body=body, headers=headers)
         response = conn.getresponse()
         data = response.read()
         if response.status != 200 or b"exit_code" not in data:
             raise RuntimeError(f"bad answer {response.status}: {data[:100]!r}")
 
+    scale = 5 if fresh else 1  # a new connection each time: fewer, or the ports run out
     try:
-        return time_calls(call, iterations=ctx.scale(2000, 300), rounds=ctx.scale(5, 3),
-                          warmup=200)
+        return time_calls(call, iterations=ctx.scale(2000, 300) // scale,
+                          rounds=ctx.scale(5, 3), warmup=200 // scale)
     finally:
         conn.close()
 
@@ -175,9 +193,10 @@ async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     return status
 
 
-def _request_bytes(up_port: int, proxied: bool) -> bytes:
+def _request_bytes(up_port: int, proxied: bool, routing: dict[str, str] | None = None) -> bytes:
     lines = ["GET / HTTP/1.1", "Host: bench"]
-    lines += [f"{k}: {v}" for k, v in _headers(up_port, proxied).items()]
+    sent = routing if routing is not None else _headers(up_port, proxied)
+    lines += [f"{k}: {v}" for k, v in sent.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -347,6 +366,143 @@ def run(ctx: Context) -> list[Result]:
                   f"{errors_direct} errors, {elapsed_direct:.2f} s); router RSS "
                   f"{rss_before:.1f} -> {rss_after:.1f} MiB",
             extra={"ok": ok, "errors": errors, "direct_errors": errors_direct}))
+        static_fresh = _latency(router_port, up_port, True, ctx, fresh=True)
+        results.append(latency_result(
+            COMPONENT, "POST /execute, a new connection per request", static_fresh,
+            notes="static source; the floor of the Kubernetes source's per-connection cost"))
+        results += _kubernetes_source(ctx, up_port, direct, proxied, static_fresh)
+    return results
+
+
+# --- the Kubernetes source: what the uid rules cost ------------------------------------------
+
+def _reads(url: str) -> float:
+    """All direct Sandbox reads a router made (sandbox_router_sandbox_reads_total)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("sandbox_router_sandbox_reads_total{"))
+
+
+@contextlib.contextmanager
+def _control_plane(up_port: int):
+    """A loopback kube-apiserver with the CRDs and one Ready Sandbox `bench` at 127.0.0.1."""
+    from tests.controlplane import kube
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plane = kube.start(Path(tmp) / "plane", crds=kube.crd_files(), controller_manager=False)
+        try:
+            from kubernetes import client
+
+            api = plane.api_client()
+            custom = client.CustomObjectsApi(api)
+            made: Any = custom.create_namespaced_custom_object(
+                "agents.x-k8s.io", "v1alpha1", "default", "sandboxes",
+                {"apiVersion": "agents.x-k8s.io/v1alpha1", "kind": "Sandbox",
+                 "metadata": {"name": "bench"},
+                 "spec": {"podTemplate": {"spec": {"containers": [
+                     {"name": "runtime", "image": "bench",
+                      "ports": [{"containerPort": up_port}]}]}}}})
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            custom.patch_namespaced_custom_object_status(
+                "agents.x-k8s.io", "v1alpha1", "default", "sandboxes", "bench",
+                {"status": {"podIPs": ["127.0.0.1"], "podName": "bench", "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "SandboxReady",
+                     "message": "bench", "lastTransitionTime": now}]}})
+            api.close()
+            yield plane, made["metadata"]["uid"]
+        finally:
+            plane.stop()
+
+
+@contextlib.contextmanager
+def _kube_router(kubeconfig: Path, *extra: str):
+    port = _free_port()
+    router_bin = Path(sys.executable).parent / "sandbox-router"
+    argv = ([str(router_bin)] if router_bin.exists() else [sys.executable, "-m", "sandbox_router"])
+    with _process([*argv, "--host", "127.0.0.1", "--port", str(port), "--source", "kubernetes",
+                   "--namespace", "default", "--allow-loopback-pods", *extra], port,
+                  env={"SANDBOX_ROUTER_TOKEN": TOKEN, "KUBECONFIG": str(kubeconfig)}):
+        import urllib.error
+        import urllib.request
+
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(urllib.error.URLError):
+                if urllib.request.urlopen(url + "/readyz", timeout=5).status == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError("router cache never synced")
+            time.sleep(0.1)
+        yield port, url
+
+
+def _kubernetes_source(ctx: Context, up_port: int, direct: Latencies, static: Latencies,
+                       static_fresh: Latencies) -> list[Result]:
+    """Each case beside the static router measured in the same run: on one keep-alive
+    connection (floors: direct to the upstream, and the static router), or a new connection
+    per request (floor: the static router, new connection per request)."""
+    from tests.controlplane import kube
+
+    missing = kube.missing_binaries()
+    if missing:  # the static figures stand; this component keeps its last ones
+        print(f"   {K8S_COMPONENT} skipped: control plane binaries missing "
+              f"({', '.join(missing)}): run `make k8s`", flush=True)
+        return []
+    results: list[Result] = []
+    named = {**ROUTING, "X-Sandbox-Port": str(up_port)}
+    with _control_plane(up_port) as (plane, uid):
+        with_uid = {**named, "X-Sandbox-UID": uid}
+        with _kube_router(plane.kubeconfig) as (port, url), \
+                _kube_router(plane.kubeconfig, "--name-confirmation", "request") as (
+                    strict_port, strict_url):
+            cases = [
+                ("X-Sandbox-UID", port, url, with_uid, False),
+                ("name only, confirmed once per connection (default)", port, url, named, False),
+                ("name only, --name-confirmation request", strict_port, strict_url, named,
+                 False),
+                ("name only, a new connection per request", port, url, named, True),
+                ("X-Sandbox-UID, a new connection per request", port, url, with_uid, True),
+            ]
+            for label, at, base, headers, fresh in cases:
+                before = _reads(base)
+                lat = _latency(at, up_port, True, ctx, headers, fresh=fresh)
+                calls = lat.samples + (200 // 5 if fresh else 200)  # with the warm-up
+                per = (_reads(base) - before) / calls
+                floor = static_fresh if fresh else static
+                over = {q: (lat.median(q) - floor.median(q)) * 1e3 for q in ("p50", "p99")}
+                extra = {"over_static_p50_ms": over["p50"], "over_static_p99_ms": over["p99"],
+                         "reads_per_request": per}
+                notes = (f"{over['p50']:+.3f} ms p50 / {over['p99']:+.3f} ms p99 against the "
+                         f"static router ({'new connection per request' if fresh else 'same'})"
+                         f"; {per:.3f} API reads per request")
+                goal, met = "", None
+                if not fresh:
+                    added = (lat.median("p50") - direct.median("p50")) * 1e3
+                    extra["added_p50_ms"] = added
+                    notes = f"added {added:.3f} ms p50 over direct; " + notes
+                    if "request" not in label:
+                        goal, met = "added <= 1 ms p50 (over direct)", added <= 1.0
+                results.append(latency_result(
+                    K8S_COMPONENT, f"POST /execute, {label}", lat, goal=goal, met=met,
+                    floor_name="static router" + (", new connection" if fresh else ""),
+                    ratio_to_floor=lat.median("p50") / floor.median("p50"), notes=notes,
+                    extra=extra))
+            before = _reads(url)
+            ok, errors, elapsed = asyncio.run(_hold(port, _request_bytes(up_port, True, named),
+                                                    500))
+            reads = _reads(url) - before
+            results.append(Result(
+                component=K8S_COMPONENT,
+                name="500 concurrent keep-alive connections, name only", unit="s",
+                throughput=ok / elapsed, throughput_unit="req/s",
+                goal="1000 requests, 0 errors, one API read per connection",
+                met=errors == 0 and ok == 1000 and reads <= 500, rounds=1,
+                notes=f"{ok} ok, {errors} errors in {elapsed:.2f} s; {reads:.0f} API reads",
+                extra={"ok": ok, "errors": errors, "reads": reads}))
     return results
 
 

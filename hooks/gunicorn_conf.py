@@ -18,7 +18,9 @@ bind = os.environ.get("SANDBOX_HOOKS_BIND", "0.0.0.0:8080")
 # Hooks are CPU-bound and short: one process per core, a few threads to overlap I/O.
 workers = int(os.environ.get("SANDBOX_HOOKS_WORKERS", os.cpu_count() or 2))
 threads = int(os.environ.get("SANDBOX_HOOKS_THREADS", 4))
-worker_class = "gthread"
+# gthread, but a thread only takes a connection once its request head is complete, and
+# gunicorn's own errors are JSON (sandbox_common/serving.py).
+worker_class = "sandbox_common.serving.HeadFirstWorker"
 keepalive = 75  # Metacontroller reuses connections; outlive its idle timeout
 timeout = 30
 graceful_timeout = 10

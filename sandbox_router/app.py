@@ -42,7 +42,10 @@ def build_source(config: Config) -> Source:
             "allow_loopback_pods is on: sandboxes whose pod IP is loopback are reachable; "
             "only for a control plane whose pods run on this machine")
     return KubernetesSource(namespaces=config.namespaces,
-                            allow_loopback=config.allow_loopback_pods)
+                            allow_loopback=config.allow_loopback_pods,
+                            api_timeout=config.api_timeout,
+                            api_concurrency=config.api_concurrency,
+                            hold_file=config.test_watch_hold_file)
 
 
 def create_app(config: Mapping[str, Any] | None = None, *,
@@ -63,8 +66,9 @@ def create_app(config: Mapping[str, Any] | None = None, *,
                                  allowed_cidrs=settings.allowed_cidrs)
     if policy.allow_loopback:
         log.warning("loopback sandbox addresses allowed (local/test configuration)")
-    resolver = Resolver(chosen, policy, cluster_domain=settings.cluster_domain)
     metrics = create_metrics()
+    resolver = Resolver(chosen, policy, cluster_domain=settings.cluster_domain,
+                        on_read=lambda why, result: metrics.reads.labels(why, result).inc())
     metrics.sandboxes.set_function(lambda: len(chosen))
 
     def session_factory() -> aiohttp.ClientSession:

@@ -1,16 +1,18 @@
 """Router settings: defaults, then ``SANDBOX_ROUTER_*`` environment, then an explicit mapping.
 
-Called by ``app.create_app`` (and so by ``__main__``). It only parses and checks values: it
-opens no file (``app`` reads the token file, ``resolve`` the static file) and never reads the
-environment at import time.
+Called by ``app.create_app`` (and so by ``__main__``). The layering and the conversion of
+values are ``sandbox_common.settings`` (shared with the runtime); this module declares the
+fields and checks that they make sense together. It opens no file (``app`` reads the token
+file, ``resolve`` the static file) and never reads the environment at import time.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
+
+from sandbox_common import settings
 
 ENV_PREFIX = "SANDBOX_ROUTER_"
 
@@ -36,6 +38,18 @@ class Config:
     # processes on this machine (the Metacontroller test tier, a laptop); never in a cluster.
     allow_loopback_pods: bool = False
     cluster_domain: str = "cluster.local"
+    # Kubernetes source, requests without X-Sandbox-UID: when the router confirms which
+    # Sandbox uid a name means with a direct read from the API server. "connection": the first
+    # time a client connection names a sandbox, and again whenever the cache disagrees with
+    # what that connection was told; "request": for every such request (for a front that
+    # pools connections across tenants). docs/router.md has the guarantee of each.
+    name_confirmation: str = "connection"
+    # Kubernetes source: seconds a direct read of a Sandbox may take; how many run at once.
+    api_timeout: float = 5.0
+    api_concurrency: int = 8
+    # Testing only: while this file exists, watch events are held back (in order) and applied
+    # once it is removed, so a test can make the cache lag on purpose. Empty: off.
+    test_watch_hold_file: str = ""
     # Extra allow-list: when set, a sandbox address must also fall in one of these CIDRs.
     allowed_cidrs: tuple[str, ...] = ()
     default_port: int = 8888
@@ -58,50 +72,11 @@ class Config:
         return not self.insecure_no_auth
 
 
-def _coerce(name: str, kind: Any, raw: Any) -> Any:
-    """Turn an env string (or a mapping value) into the field's type, or raise ValueError."""
-    if kind in (bool, "bool"):
-        if isinstance(raw, bool):
-            return raw
-        text = str(raw).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off", ""):
-            return False
-        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
-    if kind in (int, "int"):
-        if isinstance(raw, bool):
-            raise ValueError(f"{name}: expected an integer, got {raw!r}")
-        return int(raw)
-    if kind in (float, "float"):
-        return float(raw)
-    if kind in ("tuple[str, ...]",):
-        if isinstance(raw, str):
-            return tuple(part.strip() for part in raw.split(",") if part.strip())
-        return tuple(str(part) for part in raw)
-    if kind in (str, "str"):
-        return str(raw)
-    return raw
-
-
 def load_config(overrides: Mapping[str, Any] | None = None,
                 environ: Mapping[str, str] | None = None) -> Config:
-    """Defaults, then SANDBOX_ROUTER_* from `environ` (os.environ), then `overrides`."""
-    env = os.environ if environ is None else environ
-    known = {f.name: f for f in fields(Config) if f.name != "extra"}
-    values: dict[str, Any] = {}
-    for name, spec in known.items():
-        raw = env.get(ENV_PREFIX + name.upper())
-        if raw is not None:
-            values[name] = _coerce(name, spec.type, raw)
-    extra: dict[str, Any] = {}
-    for key, raw in (overrides or {}).items():
-        name = key.lower()
-        if name in known:
-            values[name] = _coerce(name, known[name].type, raw)
-        else:
-            extra[key] = raw
-    config = Config(**values, extra=extra)
+    """Defaults, then SANDBOX_ROUTER_* from `environ` (os.environ), then `overrides`; keys
+    of `overrides` that name no setting are kept in `extra`."""
+    config = settings.load(Config, ENV_PREFIX, overrides, environ, rest="extra")
     check(config)
     return config
 
@@ -112,8 +87,13 @@ def check(config: Config) -> None:
         raise ValueError(f"source must be 'kubernetes' or 'static', not {config.source!r}")
     if config.source == "static" and not config.static_file:
         raise ValueError("source 'static' needs static_file")
+    if config.name_confirmation not in ("connection", "request"):
+        raise ValueError("name_confirmation must be 'connection' or 'request', not "
+                         f"{config.name_confirmation!r}")
+    if config.api_concurrency < 1:
+        raise ValueError("api_concurrency must be at least 1")
     for name in ("connect_timeout", "default_timeout", "max_timeout", "keepalive_timeout",
-                 "token_reload_seconds"):
+                 "token_reload_seconds", "api_timeout"):
         if not getattr(config, name) > 0:
             raise ValueError(f"{name} must be positive")
     if config.default_timeout > config.max_timeout:

@@ -1,9 +1,9 @@
-"""Routing headers: parse and check X-Sandbox-ID / -Namespace / -Port / -Timeout.
+"""Routing headers: parse and check X-Sandbox-ID / -Namespace / -Port / -Timeout / -UID.
 
 Called by ``proxy`` for every forwarded request, before any lookup. Pure: it takes the raw
 header values and returns a ``Route`` or raises ``BadRoute`` (answered 400). It must stay
 strict: a sandbox is named by a Kubernetes object name, never by a host, IP, URL or port
-range, and numbers have exactly one spelling.
+range, numbers have exactly one spelling, and a uid is Kubernetes' own lowercase spelling.
 """
 
 from __future__ import annotations
@@ -17,13 +17,17 @@ SANDBOX_ID = "X-Sandbox-ID"
 SANDBOX_NAMESPACE = "X-Sandbox-Namespace"
 SANDBOX_PORT = "X-Sandbox-Port"
 SANDBOX_TIMEOUT = "X-Sandbox-Timeout"
-ROUTING_HEADERS = (SANDBOX_ID, SANDBOX_NAMESPACE, SANDBOX_PORT, SANDBOX_TIMEOUT)
+# The uid of the Sandbox the client means (metadata.uid): a name can be re-used, a uid never.
+SANDBOX_UID = "X-Sandbox-UID"
+ROUTING_HEADERS = (SANDBOX_ID, SANDBOX_NAMESPACE, SANDBOX_PORT, SANDBOX_TIMEOUT, SANDBOX_UID)
 
 # DNS-1123 label: what a Sandbox name must be, because its headless Service carries the same
 # name (Service names are labels). This refuses dots, so no IP address or FQDN is a name.
 _LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _PORT = re.compile(r"[1-9][0-9]{0,4}")
 _SECONDS = re.compile(r"(?:0|[1-9][0-9]{0,6})(?:\.[0-9]{1,3})?")
+# RFC 4122 text form, 36 characters, lowercase as the API server writes metadata.uid.
+_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class BadRoute(ValueError):
@@ -38,6 +42,8 @@ class Route:
     name: str
     port: int
     timeout: float
+    # The Sandbox uid the client expects (X-Sandbox-UID), or None when it sent only a name.
+    uid: str | None = None
 
 
 def is_dns_label(text: str) -> bool:
@@ -75,7 +81,13 @@ def parse_route(headers: Mapping[str, str], *, default_namespace: str, default_p
             raise BadRoute(f"{SANDBOX_TIMEOUT} must be positive")
         # Capped, not refused: the server's maximum is a ceiling the client need not know.
         timeout = min(timeout, max_timeout)
-    return Route(namespace=namespace, name=name, port=port, timeout=timeout)
+    uid = _single(headers, SANDBOX_UID)
+    if uid == "":
+        uid = None
+    elif uid is not None and not _UID.fullmatch(uid):
+        raise BadRoute(f"{SANDBOX_UID} must be a Sandbox's metadata.uid: 36 characters, "
+                       "lowercase RFC 4122 (8-4-4-4-12 hex digits)")
+    return Route(namespace=namespace, name=name, port=port, timeout=timeout, uid=uid)
 
 
 def _single(headers: Mapping[str, str], key: str) -> str | None:

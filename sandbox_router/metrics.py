@@ -27,6 +27,7 @@ class Metrics:
     refusals: Counter
     in_flight: Gauge
     sandboxes: Gauge
+    reads: Counter
 
 
 def create_metrics() -> Metrics:
@@ -53,4 +54,11 @@ def create_metrics() -> Metrics:
         sandboxes=Gauge("sandbox_router_known_sandboxes",
                         "Sandboxes the resolution source knows (static or watch cache).",
                         registry=registry),
+        reads=Counter(
+            "sandbox_router_sandbox_reads",
+            "Direct reads of a Sandbox from the API server, by why (uid: the cache disagrees "
+            "with X-Sandbox-UID; connection: a name new to a client connection, or the cache "
+            "disagrees with it; request: every request without a uid; not_ready: the cache "
+            "says not Ready) and result (found, absent, error).",
+            ["reason", "result"], registry=registry),
     )

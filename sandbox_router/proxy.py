@@ -15,8 +15,10 @@ import asyncio
 import hmac
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -25,6 +27,7 @@ from yarl import URL
 
 from sandbox_router.config import Config
 from sandbox_router.headers import ROUTING_HEADERS, BadRoute, parse_route
+from sandbox_router.identity import ConnectionMemory
 from sandbox_router.metrics import Metrics, method_label
 from sandbox_router.resolve import ResolveError, Resolver, Target
 
@@ -110,6 +113,10 @@ class Forwarder:
     tokens: TokenCheck | None
     session_factory: Callable[[], aiohttp.ClientSession]
     session: aiohttp.ClientSession | None = None
+    # What each client connection was told a sandbox name means (name_confirmation
+    # "connection"), forgotten with the connection: keyed by its transport, weakly.
+    connections: weakref.WeakKeyDictionary[Any, ConnectionMemory] = field(
+        default_factory=weakref.WeakKeyDictionary)
 
     async def start(self) -> None:
         self.session = self.session_factory()
@@ -142,6 +149,18 @@ class Forwarder:
         self.metrics.refusals.labels(reason).inc()
         return error(status, message)
 
+    def _memory(self, request: web.Request) -> ConnectionMemory | None:
+        """This client connection's memory of names, or None to confirm every request."""
+        if self.config.name_confirmation != "connection":
+            return None
+        transport = request.transport
+        if transport is None:  # the connection is gone already: nothing to remember for
+            return ConnectionMemory()
+        memory = self.connections.get(transport)
+        if memory is None:
+            memory = self.connections[transport] = ConnectionMemory()
+        return memory
+
     async def _forward(self, request: web.Request, started: float) -> web.StreamResponse:
         if self.tokens is not None and not self.tokens.allows(
                 request.headers.get("Authorization")):
@@ -164,12 +183,16 @@ class Forwarder:
         if length is not None and length > config.max_body_bytes:
             return self._refuse("too_large", 413, "request body too large")
         try:
-            target = await self.resolver.resolve(route)
+            target = await self.resolver.resolve(
+                route, connection=self._memory(request) if route.uid is None else None)
         except ResolveError as exc:
             reason = type(exc).__name__
             if exc.status >= 500:
                 self.metrics.upstream_errors.labels(str(exc.status)).inc()
-            return self._refuse(reason, exc.status, str(exc))
+            response = self._refuse(reason, exc.status, str(exc))
+            if exc.retry_after is not None:
+                response.headers["Retry-After"] = str(exc.retry_after)
+            return response
         return await self._send(request, target, route.timeout, raw_path, started)
 
     def _upstream_headers(self, request: web.Request) -> CIMultiDict[str]:

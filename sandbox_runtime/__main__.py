@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -43,41 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sandbox-runtime: {exc}", file=sys.stderr)
         return 2
     if args.stdio:
-        from sandbox_runtime import stdio
-        return stdio.main(overrides, cfg.log_level)
+        from sandbox_runtime import launch
+        return launch.serve_stdio(overrides)
     return serve_tcp(overrides, cfg, args.host, args.port)
-
-
-def metrics_dir(prefix: str) -> str | None:
-    """A private directory for the workers' shared metric values (tmpfs when there is one).
-
-    Named after this process; directories left by servers that were killed (SIGKILL skips
-    gunicorn's on_exit hook) are removed first.
-    """
-    import shutil  # here, not at the top: --stdio must start fast (see stdio.py)
-    import tempfile
-
-    for parent in ("/dev/shm", tempfile.gettempdir()):
-        with contextlib.suppress(OSError):
-            for name in os.listdir(parent):
-                pid = name[len(prefix):].split("-", 1)[0]
-                if name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
-                    shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-        try:
-            return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
-        except OSError:
-            continue
-    return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 M_ARENA_MAX = -8  # glibc mallopt() parameter number
@@ -107,17 +74,9 @@ def serve_tcp(overrides: dict[str, Any], cfg: config_mod.Config, host: str, port
 
     workers = cfg.workers or gunicorn_conf.cpu_limit()
     if workers > 1 and not slots.locks_work():
+        # The command bound and the metrics' rows are shared through record locks.
         print("sandbox-runtime: no record locks here; serving with one worker", file=sys.stderr)
         workers = 1
-    if workers > 1 and "prometheus_client" not in sys.modules:
-        # Must be set before prometheus_client is imported (it picks its value class then).
-        path = metrics_dir(gunicorn_conf.METRICS_DIR_PREFIX)
-        if path is not None:
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-        else:
-            workers = 1
-    elif workers > 1:
-        workers = 1  # metrics already loaded per process: one worker keeps them whole
 
     from sandbox_runtime.app import create_app
 

@@ -1,7 +1,8 @@
 """The runtime's error answers, without werkzeug: an exception per status we answer with.
 
-Raised by files.py and core.py; turned into `{"error": description}` with `code` by core.py's
-front and by app.py's Flask error handler. Kept free of Flask and werkzeug so the `--stdio`
+Raised by route handlers and the modules they call (commands.py, confine.py, files.py,
+multipart.py, web.py's routing); web.py turns each into `{"error": description}` with its
+`code`, in one place (web.error_answer). Kept free of Flask and werkzeug so the `--stdio`
 server starts without importing them (seconds under gVisor's ptrace platform). Nothing here
 may carry a stack trace or internal detail into `description`: it is sent to the client.
 """
@@ -34,6 +35,16 @@ class Forbidden(HTTPError):
 
 class NotFound(HTTPError):
     code = 404
+
+
+class MethodNotAllowed(HTTPError):
+    """The path is served, not with this method; `allowed` goes to the Allow header."""
+
+    code = 405
+
+    def __init__(self, description: str, allowed: list[str]) -> None:
+        super().__init__(description)
+        self.allowed = allowed
 
 
 class RequestEntityTooLarge(HTTPError):

@@ -1,11 +1,12 @@
 """gunicorn settings of the runtime, applied by __main__.py (or `-c python:...` by hand).
 
-One gthread worker per CPU the pod may use (the app is GIL-bound; see docs/runtime.md), with
-the app preloaded in the master: create_app() runs once, before the fork, so every worker
-shares its command slots (slots.py: the concurrency bound stays global to the pod) and, when
-there are several workers, one metrics directory. Threads serve many keep-alive connections
-per worker (idle ones wait in the worker's poller, not in a thread). Must not import the app
-or read the workspace.
+One threaded worker per CPU the pod may use (the app is GIL-bound; see docs/runtime.md),
+with the app preloaded in the master: create_app() runs once, before the fork, so every
+worker shares its command slots (slots.py: the concurrency bound stays global to the pod)
+and its metrics (metrics.py: one shared row per worker). The worker is
+sandbox_common.serving.HeadFirstWorker: idle, kept-alive and half-sent requests wait in the
+worker's poller, and a thread serves a connection only once its request head is complete.
+Must not import the app or read the workspace.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import sys
 import threading
 import time
@@ -58,7 +58,7 @@ def cpu_limit() -> int:
 
 workers = cpu_limit()
 preload_app = True
-worker_class = "gthread"
+worker_class = "sandbox_common.serving.HeadFirstWorker"  # gthread, heads read first
 threads = 48  # __main__ sets max_concurrent_commands + 16
 worker_connections = 1000
 keepalive = 75  # seconds; longer than typical client pools keep idle connections
@@ -74,7 +74,8 @@ control_socket_disable = True
 
 def post_worker_init(worker: Any) -> None:
     """Start every pool thread now: under a process-count rlimit (a fork bomb running as the
-    same uid), a thread created later could fail to start and take the worker down."""
+    same uid), a thread created later could fail to start and take the worker down. Then
+    start the worker's first command keeper, off the first command's path."""
     pool = getattr(worker, "tpool", None)
     if pool is None:
         return
@@ -92,6 +93,9 @@ def post_worker_init(worker: Any) -> None:
     gate.set()
     for future in started:
         future.result()
+    runtime = getattr(getattr(worker, "wsgi", None), "runtime", None)
+    if runtime is not None:
+        runtime.prepare_process()  # this worker's first command keeper, started now
 
 
 def pre_fork(server: Any, worker: Any) -> None:
@@ -101,21 +105,11 @@ def pre_fork(server: Any, worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """A worker is gone: its running-commands gauge no longer counts (multiprocess metrics)."""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if path:
-        from prometheus_client import multiprocess
-        multiprocess.mark_process_dead(worker.pid, path)
-
-
-def on_exit(server: Any) -> None:
-    """The master stops: remove the metrics directory __main__.py made for this server."""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if path and os.path.basename(path).startswith(METRICS_DIR_PREFIX):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-METRICS_DIR_PREFIX = "sandbox-runtime-metrics-"
+    """A worker is gone: its running-commands gauge no longer counts. (The app preloaded in
+    the master; without preloading the master has none, and nothing is shared.)"""
+    runtime = getattr(getattr(server.app, "callable", None), "runtime", None)
+    if runtime is not None:
+        runtime.metrics.forget(worker.pid)
 
 
 def settings(port: int, host: str, threads_: int, log_level: str,
@@ -127,7 +121,6 @@ def settings(port: int, host: str, threads_: int, log_level: str,
         "preload_app": preload_app,
         "pre_fork": pre_fork,
         "child_exit": child_exit,
-        "on_exit": on_exit,
         "worker_class": worker_class,
         "threads": threads_,
         "worker_connections": worker_connections,

@@ -1,188 +1,267 @@
-"""Process-tree hygiene for commands: subreaper, orphan reaping, finding and killing survivors.
+"""Command keepers on the server's side: start them, hand one to each command, end them.
 
-Called by execute.py (kill a timed-out command's whole tree) and app.py (install the
-subreaper once per process). Linux only: it reads /proc. It must never signal the server
-itself, and never `waitpid` a child that a live `subprocess.Popen` still owns (that would
-steal its exit status): spawning and reaping share `SPAWN_LOCK` and `tracked` for that.
+Called by execute.py (a Command takes a keeper, runs through it, and gives it back, retires
+it, or ends it with its whole process group), runtime.py (one KeeperPool per server
+process, made after gunicorn's fork) and launch.py (a sandbox's first process reaps its
+orphans with `reap`). keeper.py is the keeper itself and says what a keeper
+guarantees. Linux only.
+
+A keeper runs one command at a time. After a command that ended with nothing of it left
+alive, the keeper goes back to the pool for the next command. After a command that left
+processes running on purpose (`nohup srv &`), the keeper is retired: it keeps those
+processes in its group (so they stay accounted to that command: a later API can list or
+end them by the keeper's pid) and exits once they are gone; the server reaps it then.
+After a timeout, a cancellation, or a keeper that died or broke the protocol, the keeper's
+group is killed whole (keeper.kill_group) and the keeper reaped only after that, so its pid,
+which is the group's id, cannot be reused meanwhile.
+
+Reaping is `reap()`, the one reaper: it waits for retired keepers that have exited and, in a
+sandbox's first process (which gVisor makes every orphan's parent), for orphans. It must
+never reap a keeper still in use (Keeper.kill does, after its group is gone): keepers are
+listed in `tracked`, under `SPAWN_LOCK`, from spawn to reaping. Keepers are spawned under
+SPAWN_LOCK too, since the control socket's child end is made inheritable for the spawn.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import errno
 import logging
 import os
-import signal
+import select
+import socket
+import sys
 import threading
 import time
-from collections.abc import Iterable
+
+from sandbox_runtime import keeper as keeper_mod
+from sandbox_runtime.config import MIB, Config
 
 log = logging.getLogger(__name__)
 
-PR_SET_CHILD_SUBREAPER = 36
-MARKER_ENV = "SANDBOX_RUNTIME_COMMAND_ID"
-
-# Held while a Popen is created and registered, and while orphans are reaped.
 SPAWN_LOCK = threading.Lock()
-tracked: set[int] = set()
+tracked: set[int] = set()  # every keeper of this process, from spawn to reaping
+retired: set[int] = set()  # the tracked keepers that hold a finished command's processes
+KEEPER_PATH = os.path.abspath(keeper_mod.__file__)  # in every keeper's argv
+MAX_IDLE = 8
+REAP_INTERVAL_S = 2.0
+# How long acquire() waits for a verdict (normally there already: it takes one /proc scan).
+SETTLE_TIMEOUT_S = 5.0
 
 
-def become_subreaper() -> bool:
-    """Orphans of our commands reparent to us, not to init, so they stay findable and reapable."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+class KeeperError(OSError):
+    """No keeper could take the command (cannot spawn one, or it failed to set up)."""
 
 
-def _children_of_self() -> set[int]:
-    pids: set[int] = set()
-    me = os.getpid()
-    try:
-        tasks = os.listdir(f"/proc/{me}/task")
-    except OSError:
-        return pids
-    for tid in tasks:
-        with contextlib.suppress(OSError), open(f"/proc/{me}/task/{tid}/children") as f:
-            pids.update(int(p) for p in f.read().split())
-    return pids
+class Keeper:
+    """The server's handle on one keeper process."""
 
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.flags: int | None = None  # from its HELLO
+        self.clean: bool | None = True  # its last VERDICT; None while one is due
+        self._buffer = b""
 
-def reap_orphans() -> int:
-    """waitpid every exited child we do not track (orphans adopted as subreaper)."""
-    reaped = 0
-    with SPAWN_LOCK:
-        for pid in _children_of_self() - tracked:
-            try:
-                got, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                continue
-            if got:
-                reaped += 1
-    return reaped
+    def send_run(self, path: str, argv: list[str], env: dict[str, str], cwd: str,
+                 deadline: float, limits: list[int], fds: list[int]) -> None:
+        data = keeper_mod.encode_run(path, argv, env, cwd, deadline, limits)
+        self.clean = None
+        sent = self.sock.sendmsg([data[:65536]],
+                                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_array(fds))])
+        if sent < len(data):
+            self.sock.sendall(data[sent:])
 
-
-class Reaper(threading.Thread):
-    """Reaps adopted orphans every few seconds; zombies would count against RLIMIT_NPROC."""
-
-    def __init__(self, interval_s: float = 2.0) -> None:
-        super().__init__(name="sandbox-runtime-reaper", daemon=True)
-        self.interval_s = interval_s
-
-    def run(self) -> None:
+    def read(self, timeout: float | None) -> tuple[bytes, int, int] | None:
+        """The next message (a HELLO is recorded and skipped, a VERDICT recorded and
+        returned); None at end-of-file. TimeoutError if none came in `timeout` seconds."""
         while True:
-            time.sleep(self.interval_s)
+            while len(self._buffer) < keeper_mod.MESSAGE_SIZE:
+                if timeout is not None:
+                    ready, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
+                    if not ready:
+                        raise TimeoutError("the keeper did not answer")
+                try:
+                    data = self.sock.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    return None
+                self._buffer += data
+            kind, a, b = keeper_mod.parse_message(self._buffer[:keeper_mod.MESSAGE_SIZE])
+            self._buffer = self._buffer[keeper_mod.MESSAGE_SIZE:]
+            if kind == keeper_mod.HELLO:
+                self.flags = a
+                continue
+            if kind == keeper_mod.VERDICT:
+                self.clean = bool(a)
+            return kind, a, b
+
+    def settle(self, timeout: float) -> bool:
+        """Wait (at most `timeout`) for the verdict on the last command: True if nothing
+        of it is alive. A keeper that died or says nothing in time counts as not clean."""
+        deadline = time.monotonic() + timeout
+        while self.clean is None:
             try:
-                reap_orphans()
-            except Exception:  # the reaper must outlive any odd /proc state
-                log.exception("reaper failed")
+                if self.read(max(0.0, deadline - time.monotonic())) is None:
+                    return False
+            except (TimeoutError, OSError):
+                return False
+        return self.clean
+
+    def pending(self) -> bool:
+        """Whether a whole message is already buffered (poll would not say so)."""
+        return len(self._buffer) >= keeper_mod.MESSAGE_SIZE
+
+    def kill(self) -> int:
+        """End the keeper with everything of its group; reap it. The number of processes."""
+        killed = keeper_mod.kill_group(self.pid)
+        self.sock.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        with SPAWN_LOCK:
+            tracked.discard(self.pid)
+        return max(0, killed - 1)  # the keeper itself is not the command's
 
 
-_reaper_lock = threading.Lock()
-_reaper: Reaper | None = None
+def _fd_array(fds: list[int]) -> bytes:
+    return b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
 
 
-def start_reaper() -> None:
-    """Start the reaper thread once per process (after gunicorn forked the worker)."""
-    global _reaper
-    with _reaper_lock:
-        if _reaper is None or not _reaper.is_alive():
-            _reaper = Reaper()
-            _reaper.start()
+class KeeperPool:
+    """The keepers of one server process: idle ones ready to run, retired ones to reap."""
 
+    def __init__(self, cfg: Config) -> None:
+        self.limits = [cfg.command_address_space_mib * MIB, cfg.command_file_size_mib * MIB,
+                       cfg.command_max_processes, 0]
+        self.owner = os.getpid()
+        self._idle: list[Keeper] = []
+        self._lock = threading.Lock()
+        self._last_reap = time.monotonic()
 
-def _stat(pid: int) -> tuple[int, int, int, str] | None:
-    """(ppid, pgrp, session, state) of a process, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            rest = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(rest[1]), int(rest[2]), int(rest[3]), rest[0].decode()
-
-
-def _holds_pipe(pid: int, inodes: set[str]) -> bool:
-    fd_dir = f"/proc/{pid}/fd"
-    try:
-        names = os.listdir(fd_dir)
-    except OSError:
-        return False
-    for name in names:
+    def spawn(self) -> Keeper:
+        """Start a keeper, leader of a new process group; it sets itself up while the
+        caller goes on (its HELLO comes first)."""
         try:
-            if os.readlink(f"{fd_dir}/{name}") in inodes:
-                return True
-        except OSError:
-            continue
-    return False
+            with SPAWN_LOCK:
+                pid, fd = keeper_mod.start(sys.executable)
+                tracked.add(pid)
+        except OSError as exc:
+            raise KeeperError(exc.errno, f"cannot start a command keeper: {exc.strerror}") \
+                from None
+        return Keeper(pid, socket.socket(fileno=fd))
+
+    def adopt(self, pid: int, fd: int) -> None:
+        """Take in a keeper started by keeper.start() before this pool existed (the local
+        backend's launcher starts one before importing the rest of the runtime)."""
+        with SPAWN_LOCK:
+            tracked.add(pid)
+        with self._lock:
+            self._idle.append(Keeper(pid, socket.socket(fileno=fd)))
+
+    def acquire(self) -> Keeper:
+        """An idle keeper whose last command left nothing alive, or a new one."""
+        if time.monotonic() - self._last_reap >= REAP_INTERVAL_S:
+            self._last_reap = time.monotonic()
+            reap()
+        while True:
+            with self._lock:
+                keeper = self._idle.pop() if self._idle else None
+            if keeper is None:
+                return self.spawn()
+            if keeper.clean is not False and keeper.settle(SETTLE_TIMEOUT_S):
+                return keeper
+            self._retire(keeper)
+
+    def prewarm(self) -> None:
+        """Have one idle keeper ready (its interpreter start is off the next command's path)."""
+        with self._lock:
+            if self._idle:
+                return
+        try:
+            keeper = self.spawn()
+        except KeeperError as exc:
+            log.warning("cannot start a command keeper in advance: %s", exc.strerror)
+            return
+        with self._lock:
+            self._idle.append(keeper)
+
+    def release(self, keeper: Keeper) -> None:
+        """A command ended normally. If its verdict says something of it is alive, retire
+        the keeper now (it keeps those processes and exits when they end); with the
+        verdict still due, keep it idle: acquire() reads the verdict before reuse."""
+        if keeper.clean is not False:
+            with self._lock:
+                if len(self._idle) < MAX_IDLE:
+                    self._idle.append(keeper)
+                    return
+        self._retire(keeper)
+
+    def _retire(self, keeper: Keeper) -> None:
+        keeper.sock.close()  # an idle keeper exits at end-of-file; a retired one lives on
+        with SPAWN_LOCK:
+            retired.add(keeper.pid)
+        reap()
+
+    def close(self) -> None:
+        """The server stops serving: its idle keepers see end-of-file and exit."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for keeper in idle:
+            keeper.sock.close()
+
+    def retired(self) -> list[int]:
+        """Pids of retired keepers, each the group id of a finished command's background
+        processes."""
+        reap()
+        with SPAWN_LOCK:
+            return sorted(retired)
 
 
-def _has_marker(pid: int, marker: bytes) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return marker in f.read()
-    except OSError:
-        return False
+def check_hello(keeper: Keeper) -> None:
+    """Raise KeeperError unless the keeper said it holds the group lock."""
+    if keeper.flags is None or not keeper.flags & keeper_mod.LOCKED:
+        raise KeeperError(errno.EPERM, "cannot contain commands here: the keeper could not "
+                          "install its seccomp filter")
 
 
-def find_tree(session: int, pipe_inodes: Iterable[int], command_id: str) -> set[int]:
-    """Live processes that belong to one command, however they tried to leave it.
+def reap(*, orphans: bool = False) -> int:
+    """waitpid the children that nobody else waits for; how many were reaped.
 
-    A process belongs when it is in the command's session or process group, holds one of
-    the command's pipes, carries the command's marker in its environment, or descends
-    from one that does. Zombies are dead already and are left to the reaper.
+    Those are retired keepers that have exited and, with `orphans` (a sandbox's first
+    process: gVisor has no child subreaper, so every orphan of a command, and of a killed
+    keeper, becomes its child), every other zombie child that is not a keeper. gVisor
+    leaves /proc/<pid>/task/<tid>/children empty, so orphans are found by the parent in
+    /proc/<pid>/stat; only zombies are touched, never a keeper in use.
     """
-    me = os.getpid()
-    links = {f"pipe:[{i}]" for i in pipe_inodes}
-    marker = f"{MARKER_ENV}={command_id}\0".encode()
-    stats: dict[int, tuple[int, int, int, str]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != me:
-            st = _stat(int(entry))
-            if st is not None:
-                stats[int(entry)] = st
-    found: set[int] = set()
-    for pid, (_ppid, pgrp, sid, state) in stats.items():
-        if state in ("Z", "X"):
-            continue
-        if (sid == session or pgrp == session or _holds_pipe(pid, links)
-                or _has_marker(pid, marker)):
-            found.add(pid)
-    # Descendants of anything found, in case they closed the pipes and scrubbed the env.
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _, state) in stats.items():
-        if state not in ("Z", "X"):
-            children.setdefault(ppid, []).append(pid)
-    stack = list(found)
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found and child != me:
-                found.add(child)
-                stack.append(child)
-    found.discard(me)
-    return found
+    count = 0
+    with SPAWN_LOCK:
+        for pid in list(retired):
+            try:
+                done = os.waitpid(pid, os.WNOHANG)[0]
+            except ChildProcessError:
+                done = pid
+            if done:
+                retired.discard(pid)
+                tracked.discard(pid)
+                count += 1
+        if not orphans:
+            return count
+        me = os.getpid()
+        for pid in [int(name) for name in os.listdir("/proc") if name.isdigit()]:
+            fields = None if pid in tracked else keeper_mod.proc_stat(pid)
+            if fields is None or fields[0] != b"Z" or int(fields[1]) != me:
+                continue
+            with contextlib.suppress(ChildProcessError):
+                count += os.waitpid(pid, os.WNOHANG)[0] == pid
+    return count
 
 
-def kill_tree(session: int, pipe_inodes: Iterable[int], command_id: str,
-              *, rounds: int = 50) -> int:
-    """SIGKILL a command's whole tree until a scan finds nothing alive; returns pids killed.
-
-    The process group goes first in one atomic kill (a fork bomb cannot outrun it); then
-    repeated /proc scans catch those that left with setsid or double forks.
-    """
-    inodes = list(pipe_inodes)
-    killed: set[int] = set()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(session, signal.SIGKILL)
-    for _ in range(rounds):
-        victims = find_tree(session, inodes, command_id)
-        if not victims:
-            break
-        for pid in victims:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        killed |= victims
-        time.sleep(0.005)
-    else:
-        log.warning("processes of command %s survived %d kill rounds", command_id, rounds)
-    return len(killed)
+def reap_forever(interval: float) -> None:
+    """The reaper of a sandbox's first process: reap(orphans=True) every `interval`."""
+    while True:
+        try:
+            reap(orphans=True)
+        except Exception:  # the reaper must outlive any odd /proc state
+            log.exception("reaping orphans failed")
+        time.sleep(interval)

@@ -1,7 +1,9 @@
 """`sandbox-runtime --stdio`: the same WSGI app, served over stdin/stdout instead of TCP.
 
-Who calls it: the local gVisor backend, which starts the runtime inside a `runsc` sandbox
-with --network=none (no TCP at all) and talks to it through the process's stdin and stdout.
+Who calls it: launch.py, for the local gVisor backend, which starts the runtime inside a
+`runsc` sandbox with --network=none (no TCP at all) and talks to it through the process's
+stdin and stdout (launch.py takes them off fds 0 and 1 first), and for `sandbox-runtime
+--stdio`. This module is the HTTP/1.1 framing and the request loop only: the app is app.py's.
 
 The contract, exactly:
 
@@ -12,14 +14,16 @@ The contract, exactly:
 - stdout carries exactly one HTTP/1.1 response per request, in request order, and nothing
   else. A response is framed by `Content-Length` when the app knows the size, otherwise by
   `Transfer-Encoding: chunked` (each chunk is flushed as soon as the app yields it, so
-  `POST /execute/stream` streams). Bodies of HEAD, 1xx, 204 and 304 answers are empty.
+  `POST /execute/stream` streams; an empty chunk flushes the head, which a stream sends
+  before its first output). Bodies of HEAD, 1xx, 204 and 304 answers are empty.
 - Requests are handled one at a time; the next request is read only after the previous
   response was written completely and its unread request body discarded.
 - The server stops with exit status 0 when stdin reaches end-of-file between requests, or
   after answering a request that carries `Connection: close` (or is HTTP/1.0). A malformed
   request gets a 400 answer with `Connection: close`, then the server exits with status 1.
-- Logs go to stderr only. File descriptor 1 is pointed at stderr at start-up, so nothing
-  but responses (not a stray print, not a child process) can reach the response stream.
+- Logs go to stderr only. File descriptor 1 is pointed at stderr at start-up (launch.py),
+  so nothing but responses (not a stray print, not a child process) can reach the response
+  stream.
 - When stdin is a socket (the local backend's socketpair), a hang-up of the other end while
   a command runs kills the command's tree at once, as over TCP; a pipe is not watched (its
   writer may close right after the last request and still expect the answers).
@@ -36,20 +40,14 @@ import os
 import socket
 import stat
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import IO, Any
 
-if TYPE_CHECKING:
-    from sandbox_runtime.execute import Limits
+from sandbox_runtime.web import CLIENT_SOCKET
 
 log = logging.getLogger(__name__)
 
 MAX_LINE = 65536
-# environ key: stdin as a socket object, whose hang-up means the client left (app.py
-# watches it while a command runs, like gunicorn's client socket).
-CLIENT_KEY = "sandbox_runtime.client_socket"
 MAX_HEADERS = 100
 NO_BODY_STATUS = {204, 304}
 
@@ -236,10 +234,11 @@ def read_request(stream: IO[bytes]) -> tuple[dict[str, Any], LengthReader | Chun
             wsgi_key = "HTTP_" + name.upper().replace("-", "_")
             environ[wsgi_key] = f"{environ[wsgi_key]},{value}" if wsgi_key in environ else value
     body: LengthReader | ChunkedReader
+    # Either reader ends where the body ends: the app may read to end-of-file.
+    environ["wsgi.input_terminated"] = True
     if "chunked" in lowered.get("transfer-encoding", "").lower():
         body = ChunkedReader(stream)
         environ.pop("CONTENT_LENGTH", None)
-        environ["wsgi.input_terminated"] = True
     else:
         raw_length = lowered.get("content-length", "0") or "0"
         if not raw_length.isdigit():
@@ -273,11 +272,15 @@ class ResponseWriter:
     def _write_direct(self, data: bytes) -> None:
         raise RuntimeError("the write() callable is not supported; return an iterable")
 
-    def send(self, body: Iterable[bytes]) -> None:
+    def send(self, body: Iterable[bytes]) -> bool:
+        """Frame and write the answer; False when the app gave less than its declared
+        Content-Length (the stream's framing is lost: the server must stop). A body never
+        carries more than it declared: anything past it is dropped."""
         code = int(self.status.split(" ", 1)[0])
-        names = {name.lower() for name, _ in self.headers}
+        names = {name.lower(): value for name, value in self.headers}
         no_body = self.method == "HEAD" or code < 200 or code in NO_BODY_STATUS
         chunked = not no_body and "content-length" not in names
+        declared = None if no_body or chunked else int(names["content-length"])
         headers = [(n, v) for n, v in self.headers
                    if n.lower() not in ("connection", "transfer-encoding")]
         if chunked:
@@ -286,25 +289,35 @@ class ResponseWriter:
         head = f"HTTP/1.1 {self.status}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers)
         self.out.write(head.encode("latin-1") + b"\r\n")
         self.started = True
+        sent = 0
         for data in body:
             if not data or no_body:
+                if chunked:
+                    self.out.flush()  # an empty chunk: send what we hold (the head) now
                 continue
+            if declared is not None:
+                data = data[:declared - sent]
+                if not data:
+                    break
             if chunked:
                 self.out.write(b"%x\r\n%s\r\n" % (len(data), data))
             else:
                 self.out.write(data)
+            sent += len(data)
             self.out.flush()
         if chunked:
             self.out.write(b"0\r\n\r\n")
         self.out.flush()
+        return declared is None or sent == declared
 
 
 def serve(app: Callable[..., Iterable[bytes]], stdin: IO[bytes], stdout: IO[bytes],
-          client: socket.socket | None = None, quiet: Quiet | None = None) -> int:
+          client: socket.socket | None = None,
+          on_busy: Callable[[bool], None] | None = None) -> int:
     """Answer requests from `stdin` on `stdout` until end-of-file; the exit status.
 
     `client`, when given, is stdin's socket: the app kills a running command when it
-    hangs up. `quiet`, when given, is told when each request starts and ends."""
+    hangs up. `on_busy`, when given, is told when each request starts and ends."""
     while True:
         try:
             parsed = read_request(stdin)
@@ -320,24 +333,28 @@ def serve(app: Callable[..., Iterable[bytes]], stdin: IO[bytes], stdout: IO[byte
             return 0
         environ, body, keep_alive, expects_continue = parsed
         if client is not None:
-            environ[CLIENT_KEY] = client
+            environ[CLIENT_SOCKET] = client
         if expects_continue:
             stdout.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             stdout.flush()
         writer = ResponseWriter(stdout, environ["REQUEST_METHOD"], keep_alive)
-        if quiet is not None:
-            quiet.set_busy(True)
+        if on_busy is not None:
+            on_busy(True)
         try:
             result = app(environ, writer.start_response)
             try:
-                writer.send(result)
+                whole = writer.send(result)
             finally:
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
         finally:
-            if quiet is not None:
-                quiet.set_busy(False)
+            if on_busy is not None:
+                on_busy(False)
+        if not whole:
+            log.warning("stdio: %s %s gave less than its Content-Length; closing",
+                        environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""))
+            return 1
         try:
             body.drain()
         except BadRequestLine as exc:
@@ -347,160 +364,11 @@ def serve(app: Callable[..., Iterable[bytes]], stdin: IO[bytes], stdout: IO[byte
             return 0
 
 
-IDLE_WARM_S = 0.3  # quiet time before Flask is imported in the background
-
-
-class Quiet:
-    """When the server last finished a request, and whether one is in progress."""
-
-    def __init__(self) -> None:
-        self.busy = False
-        self.since = time.monotonic()
-        self.changed = threading.Condition()
-
-    def set_busy(self, busy: bool) -> None:
-        with self.changed:
-            self.busy = busy
-            self.since = time.monotonic()
-            self.changed.notify_all()
-
-    def wait(self, seconds: float) -> None:
-        """Block until no request has run for `seconds`."""
-        with self.changed:
-            while self.busy or time.monotonic() - self.since < seconds:
-                self.changed.wait(None if self.busy else seconds - (time.monotonic()
-                                                                    - self.since))
-
-
-class LazyApp:
-    """The --stdio WSGI app: core.Service answers GET /, /healthz, /exists, /metrics and
-    POST /execute(/stream) at once; the Flask app (uploads, downloads, listings, error
-    pages) is built on the first request that needs it, or in the background once the
-    server has been quiet for IDLE_WARM_S, whichever comes first. Importing Flask,
-    werkzeug and prometheus_client takes about half a second under gVisor's ptrace
-    platform; a local sandbox's first command must not wait for it."""
-
-    def __init__(self, overrides: Mapping[str, Any], quiet: Quiet | None = None,
-                 limits: Callable[[], Limits] | None = None) -> None:
-        from sandbox_runtime import config as config_mod
-        from sandbox_runtime import core
-
-        cfg = config_mod.load(overrides)
-        if not os.path.isdir(cfg.base_dir):
-            raise ValueError(f"workspace {cfg.base_dir!r} is not a directory")
-        self.runtime = core.Runtime(cfg, core.PlainMetrics(), limits)
-        self.service = core.Service(self.runtime)
-        log.info("sandbox-runtime settings %s rlimits=%s", config_mod.describe(cfg),
-                 "checking" if limits is not None else self.runtime.limits.kind)
-        self._flask: Callable[..., Iterable[bytes]] | None = None
-        self._lock = threading.Lock()
-        if quiet is not None:
-            threading.Thread(target=self._warm, args=(quiet,), name="sandbox-runtime-warm",
-                             daemon=True).start()
-
-    def flask(self) -> Callable[..., Iterable[bytes]]:
-        with self._lock:
-            if self._flask is None:
-                from sandbox_runtime.app import create_app
-
-                self._flask = create_app(runtime=self.runtime)
-            return self._flask
-
-    def _warm(self, quiet: Quiet) -> None:
-        quiet.wait(IDLE_WARM_S)
-        try:
-            self.flask()
-        except Exception:  # the request that needs it reports the problem
-            log.exception("stdio: building the Flask app failed")
-
-    def _rest(self, environ: dict[str, Any],
-              start_response: Callable[..., Any]) -> Iterable[bytes]:
-        try:
-            app = self.flask()
-        except Exception:
-            log.exception("stdio: building the Flask app failed")
-            body = b'{"error": "internal error"}'
-            start_response("500 Internal Server Error", [
-                ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-            return [body]
-        return app(environ, start_response)
-
-    def __call__(self, environ: dict[str, Any],
-                 start_response: Callable[..., Any]) -> Iterable[bytes]:
-        return self.service.stdio_front(environ, start_response, self._rest)
-
-
-INIT_REAP_INTERVAL_S = 1.0
-
-
-def reap_adopted_zombies() -> int:
-    """waitpid every zombie child of ours that no Popen owns; the number reaped.
-
-    For a runtime that is its sandbox's first process (pid 1): every orphan of a killed
-    command tree is reparented to it. procs.reap_orphans finds children through
-    /proc/<pid>/task/<tid>/children, which gVisor leaves empty, so this reads each
-    process's parent from /proc/<pid>/stat instead; only zombies are touched, never a pid a
-    live Popen may still wait for (procs.tracked, under procs.SPAWN_LOCK).
-    """
-    from sandbox_runtime import procs
-
-    me, reaped = os.getpid(), 0
-    with procs.SPAWN_LOCK:
-        for name in os.listdir("/proc"):
-            if not name.isdigit() or int(name) in procs.tracked:
-                continue
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-                if fields[0] != b"Z" or int(fields[1]) != me:
-                    continue
-                if os.waitpid(int(name), os.WNOHANG)[0]:
-                    reaped += 1
-            except (OSError, IndexError, ValueError):
-                continue
-    return reaped
-
-
-def _init_reaper() -> None:
-    while True:
-        time.sleep(INIT_REAP_INTERVAL_S)
-        try:
-            reap_adopted_zombies()
-        except Exception:  # the reaper must outlive any odd /proc state
-            log.exception("stdio: reaping orphans failed")
-
-
-def take_stdio() -> tuple[int, int]:
-    """Move the request and response streams off fds 0 and 1 (to non-inheritable fds):
-    stdin becomes /dev/null and fd 1 points at stderr, so nothing but responses (not a
-    stray print, not a child process) can reach the response stream, and no child can read
-    requests. Returns (request_fd, response_fd)."""
-    response_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    request_fd = os.dup(0)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    return request_fd, response_fd
-
-
-def main(overrides: Mapping[str, Any], log_level: str,
-         limits: Callable[[], Limits] | None = None,
-         streams: tuple[int, int] | None = None) -> int:
-    """Entry point of `sandbox-runtime --stdio`. The local backend's launcher calls it
-    with `streams` already taken (take_stdio) and `limits` being checked in a thread (see
-    core.Runtime), started before the rest of the runtime is imported."""
-    from sandbox_runtime import logs
-
-    request_fd, response_fd = streams if streams is not None else take_stdio()
-    sys.stdout = sys.stderr
-    logs.setup(log_level)
-    quiet = Quiet()
-    app = LazyApp(dict(overrides), quiet, limits)
-    if os.getpid() == 1:
-        threading.Thread(target=_init_reaper, name="sandbox-runtime-init-reaper",
-                         daemon=True).start()
+def serve_fds(app: Callable[..., Iterable[bytes]], request_fd: int, response_fd: int,
+              on_busy: Callable[[bool], None] | None = None) -> int:
+    """serve() on two descriptors (launch.take_streams gives them), which it closes. When
+    the request stream is a socket (the local backend's socketpair), a hang-up of its other
+    end while a command runs kills the command, as over TCP."""
     watched = None
     if stat.S_ISSOCK(os.fstat(request_fd).st_mode):
         copy = os.dup(request_fd)  # its own descriptor, only ever polled and peeked at
@@ -511,6 +379,9 @@ def main(overrides: Mapping[str, Any], log_level: str,
     try:
         with os.fdopen(request_fd, "rb", buffering=65536) as stdin, \
                 os.fdopen(response_fd, "wb", buffering=65536) as stdout:
-            return serve(app, stdin, stdout, watched, quiet)
+            return serve(app, stdin, stdout, watched, on_busy)
     except (BrokenPipeError, ConnectionResetError):
         return 0  # the client left (the close's final flush can say so too)
+    finally:
+        if watched is not None:
+            watched.close()

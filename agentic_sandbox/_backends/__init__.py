@@ -1,5 +1,8 @@
-"""Backends: where a sandbox comes from. base.py is the seam; local.py and kubernetes.py serve it.
+"""Backends: where a sandbox comes from. base.py is the seam; local/ and kubernetes.py serve it.
 
 The client (agentic_sandbox._client) talks to a backend only through `Backend.open()` and
-`Backend.close()`; nothing here knows about commands or files.
+`Backend.close()`, and to the sandbox through the Endpoint's httpx transport; choice.py
+picks and makes the backend, channel.py is the transport over a handed-out socket (local),
+router.py the way through the sandbox router (Kubernetes). Nothing here knows about
+commands or files.
 """

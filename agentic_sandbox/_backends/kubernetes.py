@@ -4,36 +4,41 @@ Called by SandboxClient (backend="kubernetes", or "auto" when a cluster is confi
 open(): check the SandboxTemplate exists, create a SandboxClaim
 (extensions.agents.x-k8s.io/v1alpha1, `spec.sandboxTemplateRef.name`) with a unique name,
 watch it until Ready (a terminal Ready=False reason fails at once), read the Sandbox's name
-from `status.sandbox.name` (it equals the claim's), open the connection to the router and
-check the runtime answers through it. Named sandboxes (the command line's `create NAME`,
+from `status.sandbox.name` (it equals the claim's) and its uid from the Sandbox itself
+(checking that the claim owns it), open the connection to the router and check the runtime
+answers through it. Named sandboxes (the command line's `create NAME`,
 `exec NAME`, `delete NAME`; SandboxClient(attach=NAME)): `claim=` names the claim instead of
 a random name, `attach=True` uses an existing claim (never created, never deleted here),
 release() hands a created claim over to the caller, delete() removes a claim by name.
 Connection modes: a `kubectl port-forward` tunnel to
 the router Service on a free loopback port (the default: two clients never collide), a
 direct or gateway `api_url`, or the router Service's in-cluster DNS name. Every request
-carries X-Sandbox-ID / X-Sandbox-Namespace / X-Sandbox-Port, and the router's bearer token
-when one is configured. close() (and any failure after the claim exists) deletes the claim
-and closes the tunnel. The `kubernetes` package is imported lazily: it is an extra.
+carries X-Sandbox-ID / X-Sandbox-Namespace / X-Sandbox-Port, X-Sandbox-UID (so the router
+never forwards to another Sandbox that held or will hold the same name), and the router's
+bearer token when one is configured. close() (and any failure after the claim exists)
+deletes the claim and closes the tunnel. The `kubernetes` package is imported lazily: it is
+an extra.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
-import shutil
-import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any, Final
 
-import requests
-from requests.adapters import HTTPAdapter
-
 from agentic_sandbox._backends.base import Endpoint
+from agentic_sandbox._backends.router import (
+    TOKEN_ENV,
+    Tunnel,
+    router_transport,
+    tunnel_argv,
+    wait_routable,
+)
 from agentic_sandbox._exceptions import (
     BackendUnavailableError,
     ClaimFailedError,
@@ -42,6 +47,7 @@ from agentic_sandbox._exceptions import (
     SandboxTimeoutError,
     TemplateNotFoundError,
 )
+from agentic_sandbox._options import KubernetesOptions
 
 __all__ = ["CLAIM_PLURAL", "TERMINAL_CLAIM_READY_REASONS", "KubernetesBackend"]
 
@@ -50,9 +56,10 @@ log = logging.getLogger(__name__)
 GROUP: Final = "extensions.agents.x-k8s.io"
 VERSION: Final = "v1alpha1"
 CLAIM_PLURAL: Final = "sandboxclaims"
+SANDBOX_GROUP: Final = "agents.x-k8s.io"
+SANDBOX_PLURAL: Final = "sandboxes"
 TEMPLATE_PLURAL: Final = "sandboxtemplates"
 READY: Final = "Ready"
-TOKEN_ENV: Final = "AGENTIC_SANDBOX_ROUTER_TOKEN"
 # Ready=False reasons that will not fix themselves: waiting on them would only burn the
 # timeout (upstream's TERMINAL_CLAIM_READY_REASONS). Spelled as the hooks spell them.
 TERMINAL_CLAIM_READY_REASONS: Final = frozenset(
@@ -74,104 +81,49 @@ def ready_condition(claim: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-class _Tunnel:
-    """`kubectl port-forward svc/<router> <free port>:<router port>` on 127.0.0.1."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.argv = argv
-        self.process: subprocess.Popen[str] | None = None
-        self.port = 0
-
-    def open(self, timeout: float) -> int:
-        kubectl = shutil.which(self.argv[0]) if not os.path.isabs(self.argv[0]) else self.argv[0]
-        if not kubectl:
-            raise BackendUnavailableError(
-                "the tunnel mode needs kubectl on PATH; install it, or pass api_url= "
-                "(a gateway or the router's URL)")
-        # Port 0: kubectl picks a free local port and prints it, so clients never collide.
-        self.process = subprocess.Popen(
-            [kubectl, *self.argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, start_new_session=True)
-        found: list[int] = []
-        done = threading.Event()
-
-        def read_stdout() -> None:
-            assert self.process is not None and self.process.stdout is not None
-            for line in self.process.stdout:
-                # "Forwarding from 127.0.0.1:43567 -> 8080"
-                if line.startswith("Forwarding from 127.0.0.1:") and not found:
-                    with contextlib.suppress(ValueError):
-                        found.append(int(line.split(":")[1].split()[0]))
-                        done.set()
-            done.set()
-
-        threading.Thread(target=read_stdout, daemon=True).start()
-        if not done.wait(timeout) or not found:
-            stderr = ""
-            if self.process.poll() is not None and self.process.stderr is not None:
-                stderr = self.process.stderr.read()[-1000:]
-            self.close()
-            raise SandboxConnectionError(
-                f"kubectl port-forward did not start within {timeout:.0f} s: {stderr.strip()}")
-        self.port = found[0]
-        return self.port
-
-    def close(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 class KubernetesBackend:
     """Backend that claims a sandbox from the cluster (see the module docstring)."""
 
     name = "kubernetes"
 
     def __init__(self, template_name: str, namespace: str = "default", *,
-                 ready_timeout: float = 180.0, api_url: str | None = None,
-                 connection: str | None = None, router_token: str | None = None,
-                 kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None,
-                 router_service: str = "sandbox-router-svc",
-                 router_namespace: str | None = None, router_port: int = 8080,
-                 server_port: int = 8888, api_client: Any = None,
-                 claim: str | None = None, attach: bool = False) -> None:
+                 ready_timeout: float = 180.0, options: KubernetesOptions | None = None,
+                 api_client: Any = None, claim: str | None = None,
+                 attach: bool = False) -> None:
+        given = options or KubernetesOptions()
+        connection = given.connection
         if connection is None:
-            connection = "direct" if api_url else (
-                "in-cluster" if _in_cluster() and not kubeconfig else "tunnel")
+            connection = "direct" if given.api_url else (
+                "in-cluster" if _in_cluster() and not given.kubeconfig else "tunnel")
         if connection not in CONNECTIONS:
             raise ValueError(f"connection must be one of {', '.join(CONNECTIONS)}, "
                              f"not {connection!r}")
-        if connection == "direct" and not api_url:
+        if connection == "direct" and not given.api_url:
             raise ValueError("connection='direct' needs api_url=")
         if attach and not claim:
             raise ValueError("attach=True needs claim= (the SandboxClaim's name)")
         self.template_name = template_name
         self.namespace = namespace
         self.ready_timeout = ready_timeout
-        self.api_url = api_url.rstrip("/") if api_url else None
-        self.connection = connection
-        self.router_token = router_token if router_token is not None else os.environ.get(
-            TOKEN_ENV)
-        self.kubeconfig = str(kubeconfig) if kubeconfig is not None else None
-        self.context = context
-        self.router_service = router_service
-        self.router_namespace = router_namespace or namespace
-        self.router_port = router_port
-        self.server_port = server_port
+        # The options as used: defaults chosen, the token read from the environment.
+        self.options = dataclasses.replace(
+            given, api_url=given.api_url.rstrip("/") if given.api_url else None,
+            connection=connection,
+            router_token=given.router_token if given.router_token is not None
+            else os.environ.get(TOKEN_ENV),
+            kubeconfig=str(given.kubeconfig) if given.kubeconfig is not None else None,
+            router_namespace=given.router_namespace or namespace)
         self.claim: str | None = None
+        self.claim_uid: str | None = None
         self.sandbox: str | None = None
+        self.sandbox_uid: str | None = None
         # Named sandboxes: a claim owned by the caller is never deleted here.
         self.claim_name = claim
         self.attach = attach
         self._owns_claim = not attach
         self._api_client = api_client
         self._own_client = api_client is None
-        self._tunnel: _Tunnel | None = None
+        self._tunnel: Tunnel | None = None
 
     # -- Kubernetes API ---------------------------------------------------------------------
 
@@ -184,12 +136,13 @@ class KubernetesBackend:
                 "pip install 'agent-sandbox[kubernetes]'") from exc
         if self._api_client is None:
             try:
-                if self.kubeconfig is None and self.context is None and _in_cluster():
+                opts = self.options
+                if opts.kubeconfig is None and opts.context is None and _in_cluster():
                     config.load_incluster_config()
                     self._api_client = client.ApiClient()
                 else:
                     self._api_client = config.new_client_from_config(
-                        config_file=self.kubeconfig, context=self.context)
+                        config_file=self.options.kubeconfig, context=self.options.context)
             except (config.ConfigException, OSError) as exc:
                 raise BackendUnavailableError(
                     f"no usable Kubernetes configuration ({exc}); set KUBECONFIG, or use "
@@ -241,6 +194,7 @@ class KubernetesBackend:
         except Exception as exc:
             raise self._api_error(exc, "creating the SandboxClaim") from exc
         self.claim = name
+        self.claim_uid = str((created.get("metadata") or {}).get("uid") or "") or None
         log.info("created SandboxClaim %s/%s for template %s", self.namespace, name,
                  self.template_name)
         return str(created.get("metadata", {}).get("resourceVersion", ""))
@@ -339,7 +293,39 @@ class KubernetesBackend:
         except Exception as exc:
             raise self._api_error(exc, "reading the SandboxClaim") from exc
         self.claim = name
+        self.claim_uid = str((found.get("metadata") or {}).get("uid") or "") or None
         return found
+
+    def _sandbox_uid(self, api: Any) -> str | None:
+        """The uid of the claim's Sandbox, after checking the claim owns it.
+
+        Sent as X-Sandbox-UID: a name may be taken again by another Sandbox (delete a claim,
+        create one of the same name) while the router's cache still shows the old one; a uid
+        never is. None when the Sandbox cannot be read (no permission, or a cluster whose
+        claims are not served by Sandboxes): requests then carry the name only, and the
+        router confirms it per connection (docs/router.md)."""
+        from kubernetes.client.exceptions import ApiException
+        where = f"Sandbox {self.namespace}/{self.sandbox}"
+        try:
+            obj = api.get_namespaced_custom_object(SANDBOX_GROUP, VERSION, self.namespace,
+                                                   SANDBOX_PLURAL, self.sandbox)
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                log.info("%s not readable (%s): requests carry its name only", where,
+                         exc.status)
+                return None
+            raise self._api_error(exc, f"reading the {where}") from exc
+        except Exception as exc:
+            raise self._api_error(exc, f"reading the {where}") from exc
+        meta = obj.get("metadata") or {}
+        owners = {str(ref.get("uid")) for ref in meta.get("ownerReferences") or ()
+                  if isinstance(ref, dict) and ref.get("controller")}
+        if self.claim_uid is not None and self.claim_uid not in owners:
+            raise ClaimFailedError(
+                f"{where} does not belong to SandboxClaim {self.namespace}/{self.claim}: the "
+                "claim's Sandbox was replaced", reason="SandboxReplaced",
+                claim=self.claim or "")
+        return str(meta.get("uid") or "") or None
 
     def _delete(self, name: str) -> bool:
         """Delete a claim by name; False if it was not there. Raises ApiException or ours."""
@@ -394,56 +380,25 @@ class KubernetesBackend:
     # -- the router -------------------------------------------------------------------------
 
     def _base_url(self, deadline: float) -> str:
-        if self.connection == "direct":
-            assert self.api_url is not None
-            return self.api_url
-        if self.connection == "in-cluster":
-            return (f"http://{self.router_service}.{self.router_namespace}.svc.cluster.local:"
-                    f"{self.router_port}")
-        argv = ["kubectl", "port-forward", f"svc/{self.router_service}",
-                f"0:{self.router_port}", "-n", self.router_namespace, "--address", "127.0.0.1"]
-        if self.kubeconfig:
-            argv += ["--kubeconfig", self.kubeconfig]
-        if self.context:
-            argv += ["--context", self.context]
-        self._tunnel = _Tunnel(argv)
+        opts = self.options
+        if opts.connection == "direct":
+            assert opts.api_url is not None
+            return opts.api_url
+        if opts.connection == "in-cluster":
+            return (f"http://{opts.router_service}.{opts.router_namespace}.svc.cluster.local:"
+                    f"{opts.router_port}")
+        self._tunnel = Tunnel(tunnel_argv(opts))
         port = self._tunnel.open(min(TUNNEL_TIMEOUT_S, max(1.0, deadline - time.monotonic())))
         return f"http://127.0.0.1:{port}"
 
     def headers(self) -> dict[str, str]:
         headers = {"X-Sandbox-ID": self.sandbox or "", "X-Sandbox-Namespace": self.namespace,
-                   "X-Sandbox-Port": str(self.server_port)}
-        if self.router_token:
-            headers["Authorization"] = f"Bearer {self.router_token}"
+                   "X-Sandbox-Port": str(self.options.server_port)}
+        if self.sandbox_uid:
+            headers["X-Sandbox-UID"] = self.sandbox_uid
+        if self.options.router_token:
+            headers["Authorization"] = f"Bearer {self.options.router_token}"
         return headers
-
-    def _wait_routable(self, base_url: str, adapter: HTTPAdapter, deadline: float) -> None:
-        """GET / through the router until the runtime answers: the router's view of new
-        Sandboxes (a watch cache) and the pod's readiness may trail the claim's Ready."""
-        session = requests.Session()
-        session.trust_env = False
-        session.mount(base_url + "/", adapter)
-        last = ""
-        delay = 0.05
-        while True:
-            try:
-                response = session.get(base_url + "/", headers=self.headers(),
-                                       timeout=(5, max(1.0, deadline - time.monotonic())))
-                if response.status_code == 200:
-                    return
-                if response.status_code in (401, 403):
-                    raise SandboxConnectionError(
-                        f"the router refused the request ({response.status_code}): set "
-                        f"router_token= or ${TOKEN_ENV}")
-                last = f"{response.status_code} {response.text[:200]}"
-            except requests.RequestException as exc:
-                last = str(exc)
-            if time.monotonic() + delay >= deadline:
-                raise SandboxTimeoutError(
-                    f"sandbox {self.namespace}/{self.sandbox} is Ready but its runtime did not "
-                    f"answer through the router at {base_url} in time (last: {last})")
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
 
     # -- Backend ----------------------------------------------------------------------------
 
@@ -463,13 +418,19 @@ class KubernetesBackend:
             self.sandbox = self._judge(found) if found else None
             if self.sandbox is None:
                 self.sandbox = self._wait_ready(api, version, deadline)
+            self.sandbox_uid = self._sandbox_uid(api)
             base_url = self._base_url(deadline)
-            adapter = HTTPAdapter(max_retries=0)
-            self._wait_routable(base_url, adapter, deadline)
+            transport = router_transport(base_url)
+            try:
+                wait_routable(transport, base_url, self.headers(), deadline,
+                              f"{self.namespace}/{self.sandbox}", self.claim or "")
+            except BaseException:
+                transport.close()
+                raise
         except BaseException:
             self.close()
             raise
-        return Endpoint(base_url=base_url, adapter=adapter, headers=self.headers(),
+        return Endpoint(base_url=base_url, transport=transport, headers=self.headers(),
                         sandbox_name=self.sandbox,
                         description=f"sandbox {self.namespace}/{self.sandbox} via {base_url}")
 

@@ -23,6 +23,24 @@ from agentic_sandbox import SandboxClient
 TEMPLATE = "python-runtime-template"
 
 
+def write_template(folder: Path, name: str, container: str) -> Path:
+    """A one-container SandboxTemplate `name` in `folder`; `container` is more YAML fields of
+    its container (`resources: ...`, `env: ...`). Returns the folder."""
+    (folder / f"{name}.yaml").write_text(f"""\
+apiVersion: extensions.agents.x-k8s.io/v1alpha1
+kind: SandboxTemplate
+metadata: {{name: {name}}}
+spec:
+  podTemplate:
+    spec:
+      containers:
+      - name: runtime
+        image: unused
+        {container}
+""")
+    return folder
+
+
 def runsc_problem() -> str | None:
     if not (os.environ.get("AGENTIC_SANDBOX_RUNSC") or shutil.which("runsc")):
         return "gVisor runsc is not installed: run `make system` (apt-get install runsc)"

@@ -14,6 +14,7 @@ import pytest
 
 from agentic_sandbox import BackendUnavailableError, SandboxClient, TemplateNotFoundError
 from agentic_sandbox._backends import local
+from agentic_sandbox._backends.local.owner import process_state
 from tests.dataplane.conftest import TEMPLATE, containers
 from tests.support import REPO
 
@@ -68,8 +69,36 @@ def test_stale_sandboxes_of_a_crashed_process_are_cleaned(tmp_path):
     proc.wait(30)
     time.sleep(0.5)
     assert (tmp_path / "workspaces" / sandbox_id / "left.txt").exists()
-    runsc = local._runsc_binary()
+    runsc = local.runsc_binary()
     removed = local.clean_stale(tmp_path, runsc)
+    assert sandbox_id in removed
+    assert sandbox_id not in containers(tmp_path)
+    assert not (tmp_path / "workspaces" / sandbox_id).exists()
+    assert not (tmp_path / "sandboxes" / sandbox_id).exists()
+
+
+def test_a_sandbox_whose_owner_is_a_zombie_is_stale(tmp_path):
+    """An owner that has exited but is not reaped yet (its parent has not waited for it)
+    still has its /proc entry with the same start time: it must count as gone."""
+    proc = python(f"""
+        import os
+        from agentic_sandbox import SandboxClient
+        client = SandboxClient({TEMPLATE!r}).open()
+        print(client.sandbox_name, flush=True)
+        os._exit(0)  # no atexit, no cleanup; a zombie until this test reaps it
+    """, tmp_path, start_new_session=True)
+    assert proc.stdout is not None
+    sandbox_id = proc.stdout.readline().strip()
+    assert sandbox_id.startswith("agentsbx-"), proc.stderr.read() if proc.stderr else ""
+    try:
+        deadline = time.monotonic() + 30
+        while process_state(proc.pid)[0] != "Z":  # type: ignore[index]
+            assert time.monotonic() < deadline, "the owner did not exit"
+            time.sleep(0.05)
+        assert sandbox_id in containers(tmp_path)
+        removed = local.clean_stale(tmp_path, local.runsc_binary())
+    finally:
+        proc.wait(30)
     assert sandbox_id in removed
     assert sandbox_id not in containers(tmp_path)
     assert not (tmp_path / "workspaces" / sandbox_id).exists()
@@ -78,7 +107,7 @@ def test_stale_sandboxes_of_a_crashed_process_are_cleaned(tmp_path):
 
 def test_stale_cleanup_spares_live_owners(state_dir):
     with SandboxClient(TEMPLATE, backend="local", state_dir=state_dir) as sandbox:
-        removed = local.clean_stale(state_dir, local._runsc_binary())
+        removed = local.clean_stale(state_dir, local.runsc_binary())
         assert sandbox.sandbox_name not in removed
         assert sandbox.run("echo alive").stdout == "alive\n"
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from agentic_sandbox._exceptions import SandboxError
+from tests.dataplane.conftest import write_template
 
 
 def host_processes() -> int:
@@ -87,18 +88,8 @@ def test_commands_carry_finite_limits_under_runsc(hostile, sandbox):
 
 def test_the_file_size_limit_is_enforced_under_runsc(hostile, state_dir, tmp_path):
     """A template lowers the runtime's file-size limit to 1 MiB: a 3 MB write stops there."""
-    (tmp_path / "small.yaml").write_text("""\
-apiVersion: extensions.agents.x-k8s.io/v1alpha1
-kind: SandboxTemplate
-metadata: {name: small-files}
-spec:
-  podTemplate:
-    spec:
-      containers:
-      - name: runtime
-        image: unused
-        env: [{name: SANDBOX_RUNTIME_COMMAND_FILE_SIZE_MIB, value: "1"}]
-""")
+    write_template(tmp_path, "small-files",
+                   'env: [{name: SANDBOX_RUNTIME_COMMAND_FILE_SIZE_MIB, value: "1"}]')
     from agentic_sandbox import SandboxClient
     small = SandboxClient("small-files", backend="local", templates_dir=str(tmp_path),
                           state_dir=state_dir, warm_pool=0).open()

@@ -1,6 +1,7 @@
 """Fixtures for the router's HTTP tier: real upstream servers on loopback and the real router.
 
-- `Upstream`: an aiohttp app in a thread that echoes what it received, streams NDJSON under
+- `Upstream`: an aiohttp app in a thread (on 127.0.0.1, or another loopback address) that
+  echoes what it received and who it is (`served_by`), streams NDJSON under
   the test's control (a gate the test opens), serves large bodies, sleeps, sets cookies.
 - `RawUpstream`: a socket server that misbehaves on purpose (closes, cuts bodies) and records
   every connection; as `RecordingListener` it is the SSRF tripwire that must stay untouched.
@@ -49,8 +50,9 @@ def pattern_sha256(size: int) -> str:
 class Upstream:
     """A well-behaved upstream in a background thread, on 127.0.0.1:<port>."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.host = host
+        self.port = port or free_port()
         self.requests: list[dict] = []
         self.gates: dict[str, threading.Event] = {}
         self._loop = asyncio.new_event_loop()
@@ -79,7 +81,7 @@ class Upstream:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", self.port)
+        site = web.TCPSite(runner, self.host, self.port)
         self._loop.run_until_complete(site.start())
         self._started.set()
         self._loop.run_forever()
@@ -101,6 +103,7 @@ class Upstream:
             "headers": [[k, v] for k, v in request.headers.items()],
             "body_size": size, "body_sha256": digest.hexdigest(),
             "chunked": "chunked" in request.headers.get("Transfer-Encoding", ""),
+            "served_by": f"{self.host}:{self.port}",
         }
         self.requests.append(record)
         path, query = request.path, request.query

@@ -95,20 +95,23 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
         yield server
 
 
-def processes_with(token: str) -> list[int]:
-    """Live (non-zombie) pids whose command line contains `token`."""
-    found = []
+def processes() -> Iterator[tuple[int, int, str, bytes]]:
+    """(pid, parent pid, state, argv joined by spaces) of every process /proc shows now."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if token.encode() in cmdline and state not in ("Z", "X"):
-            found.append(int(entry))
-    return found
+        yield int(entry), int(fields[1]), fields[0], cmdline
+
+
+def processes_with(token: str) -> list[int]:
+    """Live (non-zombie) pids whose command line contains `token`."""
+    return [pid for pid, _, state, cmdline in processes()
+            if token.encode() in cmdline and state not in ("Z", "X")]
 
 
 def wait_until_gone(token: str, timeout: float = 5.0) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 
@@ -95,6 +96,36 @@ def test_stream_delivers_output_before_the_command_ends(runtime):
     assert first == {"stream": "stdout", "data": "early\n"}
     rest = [json.loads(line) for line in lines if line]
     assert rest[-1]["exit_code"] == 0
+
+
+def test_stream_head_comes_before_the_command_s_first_output(runtime):
+    """The head is sent at once: stream() returns while the command is still silent (it
+    waits for the test to let it go on), so a client can read on or hang up."""
+    try:
+        response = runtime.http.post(
+            f"{runtime.url}/execute/stream", stream=True, timeout=(10, 30),
+            json={"command": "until [ -e go ]; do sleep 0.05; done; echo done"})
+    finally:
+        (runtime.workspace / "go").touch()
+    assert response.status_code == 200
+    lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert lines[0] == {"stream": "stdout", "data": "done\n"}
+    assert lines[-1]["exit_code"] == 0
+
+
+def test_downloads_keep_the_connection_alive(runtime):
+    """gunicorn sends files with sendfile(); the connection must serve the next request."""
+    (runtime.workspace / "twice.bin").write_bytes(b"t" * 200_000)
+    host, port = runtime.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        for _ in range(3):
+            conn.request("GET", "/download/twice.bin")
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"t" * 200_000)
+            assert not response.will_close
+    finally:
+        conn.close()
 
 
 def test_stream_validates_like_execute(runtime):

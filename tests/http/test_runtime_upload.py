@@ -1,6 +1,6 @@
 """The runtime's own multipart parser (POST /upload) on a real server: framing edge cases.
 
-The server reads the body in chunks of `files.CHUNK` bytes and looks for the closing
+The server reads the body in chunks of `multipart.CHUNK` bytes and looks for the closing
 delimiter where each chunk lies, holding back only the bytes that might start one; these
 tests put delimiters and near-delimiters across that chunk boundary, and check that every
 framing the RFC allows is accepted and everything else is refused with nothing left behind.
@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from sandbox_runtime import files
+from sandbox_runtime import multipart
 from tests.http import runtime_fixtures
 
 runtime = runtime_fixtures.runtime  # the module's server (fixture)
@@ -48,7 +48,7 @@ def assert_stored(runtime, response, name: str, data: bytes) -> None:
 def test_delimiter_across_the_read_boundary(runtime, shift):
     """The closing delimiter starts `shift` bytes before the end of the first chunk."""
     head, _, tail = form("straddle.bin", b"")
-    size = files.CHUNK - len(head) - shift
+    size = multipart.CHUNK - len(head) - shift
     data = os.urandom(size)
     assert_stored(runtime, post(runtime, head, data, tail), "straddle.bin", data)
 
@@ -58,7 +58,7 @@ def test_delimiter_prefix_in_the_data_is_data(runtime, shift):
     """Bytes that start like the delimiter (across the chunk end, too) belong to the file."""
     head, _, tail = form("near.bin", b"")
     near = f"\r\n--{BOUNDARY[:-1]}".encode()
-    before = files.CHUNK - len(head) - shift
+    before = multipart.CHUNK - len(head) - shift
     data = os.urandom(before) + near + b"X" + near[:5] + f"--{BOUNDARY}".encode() + b"end"
     assert_stored(runtime, post(runtime, head, data, tail), "near.bin", data)
 

@@ -131,3 +131,11 @@ def test_a_killed_worker_frees_its_slots(two_workers):
             for pid in wait_until_gone(f"424212{i}", timeout=0.1):
                 os.kill(pid, signal.SIGKILL)
     assert two_workers.alive()
+    # The dead worker's commands no longer count as running (its counters still count).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = requests.get(f"{two_workers.url}/metrics", timeout=30).text
+        if "sandbox_runtime_commands_running 0.0" in text:
+            break
+        time.sleep(0.1)
+    assert "sandbox_runtime_commands_running 0.0" in text

@@ -139,9 +139,9 @@ def test_fuzz_runtime_execute_bodies_without_a_runnable_command(hostile, runtime
 @BUDGET
 @given(text=st.text(max_size=300), env=st.dictionaries(
     st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}", fullmatch=True),
-    st.text(st.characters(blacklist_characters="\0"), max_size=30), max_size=3))
+    st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)),
+            max_size=30), max_size=3))
 def test_fuzz_runtime_printf_round_trips_any_text(hostile, runtime, text, env):
-    env.pop("SANDBOX_RUNTIME_COMMAND_ID", None)
     if "\0" in text:
         text = text.replace("\0", "")
     with hostile("runtime", "fuzz: /execute quoting and encodings"):

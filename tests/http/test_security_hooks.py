@@ -150,11 +150,6 @@ def test_a_request_flood_leaves_healthz_answering(hostile, hooks_url):
         assert errors == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GAP: gunicorn's gthread worker hands a connection to a thread once its first bytes "
-    "arrive; clients that send half a request header and wait hold every thread, so /healthz "
-    "(and Metacontroller) starve. Mitigate: NetworkPolicy so only Metacontroller reaches the "
-    "hooks, and/or a buffering front (owner: hooks/gunicorn_conf.py, manifests/hooks/)"))
 def test_slow_header_clients_do_not_starve_healthz(hostile, hooks_url):
     port = int(hooks_url.rsplit(":", 1)[1])
     held = []

@@ -1,69 +1,56 @@
 """A fake Backend for the client's unit tests: requests answered in memory, no sockets.
 
-FakeAdapter plays the transport (as httpx's MockTransport): a handler gets each prepared
-request and returns (status, body) or raises a requests exception; every request is recorded.
+FakeTransport plays the transport (as httpx's MockTransport): a handler gets each request
+(as a Sent record) and returns (status, body) or raises an httpx exception; every request is
+recorded with its timeouts.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import requests
-from requests.adapters import BaseAdapter
-from requests.structures import CaseInsensitiveDict
+import httpx2
 
 from agentic_sandbox import Endpoint
 
-Handler = Callable[[requests.PreparedRequest], tuple[int, Any]]
+
+@dataclass(frozen=True)
+class Sent:
+    """One request as it reached the transport."""
+
+    method: str
+    path_url: str  # the path (and query) exactly as sent, still percent-encoded
+    headers: httpx2.Headers
+    body: bytes
 
 
-class FakeAdapter(BaseAdapter):
+Handler = Callable[[Sent], tuple[int, Any]]
+
+
+class FakeTransport(httpx2.BaseTransport):
     def __init__(self, handler: Handler) -> None:
-        super().__init__()
         self.handler = handler
-        self.requests: list[requests.PreparedRequest] = []
-        self.timeouts: list[Any] = []
+        self.requests: list[Sent] = []
+        self.timeouts: list[dict[str, float | None]] = []
         self.closed = False
 
-    def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
-        self.requests.append(request)
-        self.timeouts.append(timeout)
-        status, body = self.handler(request)
-        response = requests.Response()
-        response.status_code = status
-        response.request = request
-        response.url = request.url
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        sent = Sent(request.method, request.url.raw_path.decode("ascii"), request.headers,
+                    request.read())
+        self.requests.append(sent)
+        self.timeouts.append(request.extensions.get("timeout", {}))
+        status, body = self.handler(sent)
         if isinstance(body, bytes):
-            raw = body
-            content_type = "application/octet-stream"
-        else:
-            raw = json.dumps(body).encode()
-            content_type = "application/json"
-        response.headers = CaseInsensitiveDict({"Content-Type": content_type})
-        response._content = raw
-        response.raw = _Raw(raw)
-        return response
+            return httpx2.Response(status, content=body,
+                                   headers={"Content-Type": "application/octet-stream"})
+        return httpx2.Response(status, content=json.dumps(body).encode(),
+                               headers={"Content-Type": "application/json"})
 
     def close(self) -> None:
         self.closed = True
-
-
-class _Raw:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def read(self, n: int = -1, **_: Any) -> bytes:
-        out, self.data = (self.data, b"") if n < 0 else (self.data[:n], self.data[n:])
-        return out
-
-    def stream(self, n: int, decode_content: bool = True):
-        while self.data:
-            yield self.read(n or 1024)
-
-    def close(self) -> None:
-        pass
 
 
 class FakeBackend:
@@ -71,7 +58,7 @@ class FakeBackend:
 
     def __init__(self, handler: Handler, *, headers: dict[str, str] | None = None,
                  fail_open: BaseException | None = None) -> None:
-        self.adapter = FakeAdapter(handler)
+        self.transport = FakeTransport(handler)
         self.headers = headers or {}
         self.fail_open = fail_open
         self.opened = 0
@@ -81,7 +68,7 @@ class FakeBackend:
         self.opened += 1
         if self.fail_open is not None:
             raise self.fail_open
-        return Endpoint(base_url="http://fake.sandbox", adapter=self.adapter,
+        return Endpoint(base_url="http://fake.sandbox", transport=self.transport,
                         headers=self.headers, sandbox_name="fake-1")
 
     def close(self) -> None:

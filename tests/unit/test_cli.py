@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from agentic_sandbox import SandboxRequestError, _cli, _ops
+from agentic_sandbox import SandboxRequestError, _cli, _named, _ops
 from agentic_sandbox._cli import Location, Progress, UsageError, command_line, parse_location
 from tests.unit.client_fakes import FakeBackend
 
@@ -39,7 +39,7 @@ class Sandbox:
         return found(request) if callable(found) else found
 
     def sent(self, method, path):
-        return [r for r in self.backend.adapter.requests
+        return [r for r in self.backend.transport.requests
                 if r.method == method and r.path_url == path]
 
     def main(self, *argv):
@@ -283,9 +283,9 @@ def test_describe_uses_the_runtimes_message_on_one_line():
 
 def test_create_and_delete_pass_name_template_and_options(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(_cli._named, "create", lambda name, **kw: calls.append(
+    monkeypatch.setattr(_named, "create", lambda name, **kw: calls.append(
         ("create", name, kw)))
-    monkeypatch.setattr(_cli._named, "delete", lambda name, **kw: calls.append(
+    monkeypatch.setattr(_named, "delete", lambda name, **kw: calls.append(
         ("delete", name, kw)))
     assert _cli.main(["create", "-b", "local", "-t", "tpl", "box"],
                      client_options={"state_dir": "/s"}) == 0

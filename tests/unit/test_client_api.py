@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
+import httpx2
 import pytest
-import requests
-import urllib3.exceptions
 
 from agentic_sandbox import (
     ExecutionResult,
@@ -18,7 +17,7 @@ from agentic_sandbox import (
     SandboxRequestError,
     SandboxTimeoutError,
 )
-from agentic_sandbox._client import RUN_GRACE_S
+from agentic_sandbox._protocol import CONNECT_TIMEOUT_S, RUN_GRACE_S, Call, replay_allowed
 from tests.unit.client_fakes import FakeBackend
 
 
@@ -46,11 +45,12 @@ def test_run_returns_execution_result_and_sends_command_and_timeout():
         result = sandbox.run("echo hi")
     assert result == ExecutionResult("hi\n", "", 0)
     assert result.ok
-    sent = backend.adapter.requests[0]
+    sent = backend.transport.requests[0]
     assert json.loads(sent.body) == {"command": "echo hi", "timeout": 12}
     assert sent.headers["X-Sandbox-ID"] == "s1"
     # HTTP read deadline = the command's deadline plus the grace for killing its tree.
-    assert backend.adapter.timeouts[0][1] == 12 + RUN_GRACE_S
+    assert backend.transport.timeouts[0]["read"] == 12 + RUN_GRACE_S
+    assert backend.transport.timeouts[0]["connect"] == CONNECT_TIMEOUT_S
     assert backend.opened == 1 and backend.closed == 1
 
 
@@ -59,10 +59,10 @@ def test_run_per_call_timeout_env_cwd_and_none():
     with client as sandbox:
         sandbox.run("x", timeout=3, env={"A": "1"}, cwd="sub")
         sandbox.run("y", timeout=None)
-    first, second = (json.loads(r.body) for r in backend.adapter.requests)
+    first, second = (json.loads(r.body) for r in backend.transport.requests)
     assert first == {"command": "x", "timeout": 3, "env": {"A": "1"}, "cwd": "sub"}
     assert second == {"command": "y"}
-    assert backend.adapter.timeouts[1][1] is None
+    assert backend.transport.timeouts[1]["read"] is None
 
 
 def test_nonzero_exit_and_timeout_are_data_not_exceptions():
@@ -87,7 +87,7 @@ def test_files_round_trip_shapes():
         assert sandbox.list("a") == [FileEntry("b.txt", "file", 3)]
         assert sandbox.exists("a/b.txt") is True
         assert sandbox.exists("nope") is False
-    upload = backend.adapter.requests[0]
+    upload = backend.transport.requests[0]
     assert b'name="file"; filename="a/b.txt"' in upload.body
     assert "héllo".encode() in upload.body
 
@@ -98,14 +98,14 @@ def test_dot_segments_reach_the_runtime_unnormalised():
         sandbox.read("../../etc/passwd")
     assert info.value.status_code == 403
     assert "outside the workspace" in str(info.value)
-    assert backend.adapter.requests[0].path_url == "/download/%2E%2E/%2E%2E/etc/passwd"
+    assert backend.transport.requests[0].path_url == "/download/%2E%2E/%2E%2E/etc/passwd"
 
 
 def test_special_characters_in_paths_are_quoted():
     client, backend = client_with(lambda r: (200, {"exists": True}))
     with client as sandbox:
         sandbox.exists("dir with space/q?#.txt")
-    assert backend.adapter.requests[0].path_url == "/exists/dir%20with%20space/q%3F%23.txt"
+    assert backend.transport.requests[0].path_url == "/exists/dir%20with%20space/q%3F%23.txt"
 
 
 def test_error_statuses_map_to_the_error_tree():
@@ -144,12 +144,11 @@ def raising(exc_factory, then=(200, EXEC_OK)):
 
 
 def protocol_error():
-    return requests.ConnectionError(urllib3.exceptions.ProtocolError("Connection aborted."))
+    return httpx2.RemoteProtocolError("Server disconnected without sending a response.")
 
 
 def never_connected():
-    return requests.ConnectionError(urllib3.exceptions.MaxRetryError(
-        None, "/", urllib3.exceptions.NewConnectionError(None, "refused")))
+    return httpx2.ConnectError("[Errno 111] Connection refused")
 
 
 def test_post_is_never_replayed_after_it_may_have_been_received():
@@ -161,7 +160,7 @@ def test_post_is_never_replayed_after_it_may_have_been_received():
 
 
 def test_post_read_timeout_is_not_replayed():
-    handler, calls = raising(lambda: requests.ReadTimeout("slow"))
+    handler, calls = raising(lambda: httpx2.ReadTimeout("slow"))
     client, _ = client_with(handler)
     with client as sandbox, pytest.raises(SandboxTimeoutError):
         sandbox.write("f", b"x")
@@ -188,7 +187,7 @@ def test_get_gives_up_after_the_second_failure():
     client, backend = client_with(lambda r: (_ for _ in ()).throw(protocol_error()))
     with client as sandbox, pytest.raises(SandboxConnectionError):
         sandbox.read("f")
-    assert len(backend.adapter.requests) == 2
+    assert len(backend.transport.requests) == 2
 
 
 def test_stream_yields_chunks_then_exit_code():
@@ -204,7 +203,7 @@ def test_stream_yields_chunks_then_exit_code():
                       OutputChunk("stdout", "b\n")]
     assert stream.exit_code == 3 and not stream.timed_out
     assert stream.result == ExecutionResult("a\nb\n", "oops\n", 3)
-    assert backend.adapter.requests[0].path_url == "/execute/stream"
+    assert backend.transport.requests[0].path_url == "/execute/stream"
 
 
 def test_stream_cut_before_exit_status_is_an_error():
@@ -258,3 +257,19 @@ def test_caller_mistakes_are_value_and_type_errors():
             sandbox.run("x", timeout=-1)
         with pytest.raises(ValueError):
             sandbox.read("a\x00b")
+
+
+@pytest.mark.parametrize(("method", "error", "attempt", "again"), [
+    ("GET", httpx2.RemoteProtocolError("reset"), 0, True),
+    ("GET", httpx2.ReadError("broken"), 0, True),
+    ("GET", httpx2.ConnectError("refused"), 1, False),  # at most twice in all
+    ("GET", httpx2.ReadTimeout("slow"), 0, False),  # it would only wait as long again
+    ("POST", httpx2.ConnectError("refused"), 0, True),  # never left this process
+    ("POST", httpx2.ConnectTimeout("slow connect"), 0, True),
+    ("POST", httpx2.RemoteProtocolError("reset"), 0, False),  # may have run
+    ("POST", httpx2.WriteError("broken pipe"), 0, False),
+    ("POST", httpx2.ReadTimeout("slow"), 0, False),
+])
+def test_the_replay_rule(method, error, attempt, again):
+    call = Call(method, "/x", 1.0, lambda answer: answer)
+    assert replay_allowed(call, error, attempt) is again

@@ -12,6 +12,7 @@ from agentic_sandbox._backends.kubernetes import (
     KubernetesBackend,
     claim_name,
 )
+from agentic_sandbox._options import KubernetesOptions
 
 
 def claim(status, reason="", sandbox=None):
@@ -23,7 +24,7 @@ def claim(status, reason="", sandbox=None):
 
 
 def backend(**kwargs):
-    b = KubernetesBackend("tpl", "ns", **kwargs)
+    b = KubernetesBackend("tpl", "ns", options=KubernetesOptions(**kwargs))
     b.claim = "sandbox-claim-1234abcd"
     return b
 
@@ -67,10 +68,10 @@ def test_every_reason_a_claim_gives_up_on_is_terminal_for_the_client():
 
 def test_connection_modes_and_headers(monkeypatch):
     monkeypatch.delenv("AGENTIC_SANDBOX_ROUTER_TOKEN", raising=False)
-    assert backend().connection == "tunnel"
+    assert backend().options.connection == "tunnel"
     direct = backend(api_url="http://gw:8080/", router_token="t0k", server_port=9999)
     direct.sandbox = "sb"
-    assert direct.connection == "direct" and direct.api_url == "http://gw:8080"
+    assert direct.options.connection == "direct" and direct.options.api_url == "http://gw:8080"
     assert direct.headers() == {"X-Sandbox-ID": "sb", "X-Sandbox-Namespace": "ns",
                                 "X-Sandbox-Port": "9999", "Authorization": "Bearer t0k"}
     in_cluster = backend(connection="in-cluster")
@@ -86,3 +87,68 @@ def test_token_from_environment(monkeypatch):
     b = backend(api_url="http://r")
     b.sandbox = "s"
     assert b.headers()["Authorization"] == "Bearer envtoken"
+
+
+CLAIM_UID = "0f8a3c9e-5b1d-4e2a-9c7f-3d6b8e1a2f40"
+SANDBOX_UID = "7c1e2d3f-4a5b-4c6d-8e7f-901234567890"
+
+
+class SandboxReader:
+    """The one CustomObjectsApi call _sandbox_uid makes, answering with `obj` or raising."""
+
+    def __init__(self, obj=None, status=None):
+        self.obj, self.status, self.asked = obj, status, []
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        from kubernetes.client.exceptions import ApiException
+        self.asked.append((group, plural, namespace, name))
+        if self.status is not None:
+            raise ApiException(status=self.status)
+        return self.obj
+
+
+def owned(owner_uid, controller=True):
+    return {"metadata": {"name": "sb", "uid": SANDBOX_UID, "ownerReferences": [
+        {"kind": "SandboxClaim", "name": "sb", "uid": owner_uid, "controller": controller}]}}
+
+
+def test_the_claims_sandbox_uid_is_sent_to_the_router(monkeypatch):
+    monkeypatch.delenv("AGENTIC_SANDBOX_ROUTER_TOKEN", raising=False)
+    b = backend(api_url="http://r")
+    b.sandbox, b.claim_uid = "sb", CLAIM_UID
+    api = SandboxReader(owned(CLAIM_UID))
+    b.sandbox_uid = b._sandbox_uid(api)
+    assert api.asked == [("agents.x-k8s.io", "sandboxes", "ns", "sb")]
+    assert b.headers()["X-Sandbox-UID"] == SANDBOX_UID
+
+
+@pytest.mark.parametrize("obj", [owned("another-claim-uid"), owned(CLAIM_UID, controller=False),
+                                 {"metadata": {"name": "sb", "uid": SANDBOX_UID}}])
+def test_a_sandbox_the_claim_does_not_own_is_refused(obj):
+    b = backend()
+    b.sandbox, b.claim_uid = "sb", CLAIM_UID
+    with pytest.raises(ClaimFailedError) as info:
+        b._sandbox_uid(SandboxReader(obj))
+    assert info.value.reason == "SandboxReplaced"
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_an_unreadable_sandbox_leaves_the_name_alone_to_route_by(status):
+    b = backend(api_url="http://r")
+    b.sandbox, b.claim_uid = "sb", CLAIM_UID
+    b.sandbox_uid = b._sandbox_uid(SandboxReader(status=status))
+    assert b.sandbox_uid is None and "X-Sandbox-UID" not in b.headers()
+
+
+def test_the_router_transport_never_skips_tls_verification():
+    """A plain http router URL skips loading the CA store (~80 ms), not verification: a TLS
+    server reached through it would be refused."""
+    import ssl
+
+    from agentic_sandbox._backends.router import router_transport
+
+    for url in ("http://sandbox-router-svc.ns.svc.cluster.local:8080", "https://gw.example"):
+        transport = router_transport(url)
+        context = transport._pool._ssl_context
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+        transport.close()

@@ -15,14 +15,11 @@ import pytest
 
 from agentic_sandbox import ClaimFailedError, SandboxClient
 from agentic_sandbox._backends.kubernetes import KubernetesBackend
-from agentic_sandbox._holder import (
-    HeldBackend,
-    _own_record,
-    holder_running,
-    named_dir,
-    read_record,
-)
+from agentic_sandbox._backends.local.owner import owner_record
+from agentic_sandbox._holder.attach import HeldBackend
+from agentic_sandbox._holder.records import holder_running, named_dir, read_record
 from agentic_sandbox._named import validate_name
+from agentic_sandbox._options import KubernetesOptions
 
 
 @pytest.mark.parametrize("name", ["a", "box", "my-box-2", "0", "a" * 63])
@@ -59,14 +56,15 @@ def test_attach_on_kubernetes_names_the_claim_and_never_owns_it():
 
 
 def test_release_hands_the_claim_over(monkeypatch):
-    backend = KubernetesBackend("tpl", "ns", api_url="http://r", claim="box")
+    backend = KubernetesBackend("tpl", "ns", options=KubernetesOptions(api_url="http://r"),
+                                claim="box")
     deleted = []
     monkeypatch.setattr(backend, "_delete", lambda name: deleted.append(name) or True)
     backend.claim = "box"
     assert backend.release() == "box"
     backend.close()
     assert deleted == []
-    owned = KubernetesBackend("tpl", "ns", api_url="http://r")
+    owned = KubernetesBackend("tpl", "ns", options=KubernetesOptions(api_url="http://r"))
     monkeypatch.setattr(owned, "_delete", lambda name: deleted.append(name) or True)
     owned.claim = "sandbox-claim-1"
     owned.close()
@@ -92,7 +90,7 @@ def test_a_record_whose_holder_is_gone_is_not_attached(tmp_path):
 
 
 def test_holder_records_tell_live_dead_reused_and_zombie_processes(tmp_path):
-    me = _own_record()
+    me = owner_record()
     assert me["pid"] == os.getpid() and holder_running(me)
     assert not holder_running(me | {"start": "0"})  # the pid, reused by another process
     assert not holder_running({"pid": 2**22 + 1, "start": me["start"]})

@@ -39,7 +39,7 @@ class Fake:
         return SandboxClient("tpl", backend=backend)
 
     def requests(self):
-        return [r for b in self.backends for r in b.adapter.requests]
+        return [r for b in self.backends for r in b.transport.requests]
 
 
 def session_calls(fake, calls):

@@ -14,6 +14,9 @@ def test_defaults_are_secure():
     assert config.port == 8080
     assert config.default_port == 8888
     assert config.default_namespace == "default"
+    # A name-only request is confirmed with the API server (once per connection) by default.
+    assert config.name_confirmation == "connection"
+    assert config.test_watch_hold_file == ""
 
 
 def test_environment_then_overrides():
@@ -30,7 +33,8 @@ def test_environment_then_overrides():
 @pytest.mark.parametrize("overrides", [
     {"source": "dns"}, {"source": "static"}, {"default_timeout": 0},
     {"default_timeout": 100, "max_timeout": 10}, {"port": 0}, {"default_port": 70000},
-    {"insecure_no_auth": "maybe"}, {"max_connections": 0},
+    {"insecure_no_auth": "maybe"}, {"max_connections": 0}, {"name_confirmation": "never"},
+    {"name_confirmation": ""}, {"api_timeout": 0}, {"api_concurrency": 0},
 ])
 def test_nonsense_fails_at_start(overrides):
     with pytest.raises(ValueError):

@@ -69,3 +69,29 @@ def test_repeated_routing_header_is_refused():
     headers = CIMultiDict([("X-Sandbox-ID", "a"), ("X-Sandbox-ID", "b")])
     with pytest.raises(BadRoute, match="more than once"):
         parse_route(headers, **DEFAULTS)
+
+
+UID = "0f8a3c9e-5b1d-4e2a-9c7f-3d6b8e1a2f40"
+
+
+def test_a_sandbox_uid_is_read_and_optional():
+    assert parse(X_Sandbox_ID="sb").uid is None
+    assert parse(X_Sandbox_ID="sb", X_Sandbox_UID="").uid is None
+    assert parse(X_Sandbox_ID="sb", X_Sandbox_UID=UID).uid == UID
+
+
+@pytest.mark.parametrize("uid", [
+    UID.upper(), UID[:-1], UID + "0", "{" + UID + "}", "urn:uuid:" + UID, UID.replace("-", ""),
+    " " + UID, UID + " ", UID.replace("-", "_"), UID[:8] + UID[9] + "-" + UID[10:], "g" + UID[1:],
+    "0f8a3c9e-5b1d-4e2a-9c7f-3d6b8e1a2f4\u0660", "../" + UID[3:], "*", "00000000",
+])
+def test_a_sandbox_uid_in_any_other_spelling_is_refused(uid):
+    with pytest.raises(BadRoute, match="UID"):
+        parse(X_Sandbox_ID="sb", X_Sandbox_UID=uid)
+
+
+def test_a_repeated_sandbox_uid_is_refused():
+    headers = CIMultiDict([("X-Sandbox-ID", "sb"), ("X-Sandbox-UID", UID),
+                           ("x-sandbox-uid", UID)])
+    with pytest.raises(BadRoute, match="more than once"):
+        parse_route(headers, **DEFAULTS)

@@ -19,22 +19,12 @@ from sandbox_router.resolve import (
     UnknownSandbox,
     record_from_sandbox,
 )
-from tests.unit.router_fakes import CacheSource
+from tests.unit.router_fakes import CacheSource, sandbox_object
 
 
 def sandbox(name="sb", namespace="default", ips=("10.244.0.7",), ports=(8888,), rv="1",
             fqdn=None):
-    obj = {
-        "apiVersion": "agents.x-k8s.io/v1alpha1", "kind": "Sandbox",
-        "metadata": {"name": name, "namespace": namespace, "resourceVersion": rv},
-        "spec": {"podTemplate": {"spec": {"containers": [
-            {"name": "runtime", "image": "x", "ports": [{"containerPort": p} for p in ports]},
-        ]}}},
-        "status": {"podIPs": [{"ip": ip} for ip in ips]},
-    }
-    if fqdn:
-        obj["status"]["serviceFQDN"] = fqdn
-    return obj
+    return sandbox_object(name, namespace, ips=ips, ports=ports, rv=rv, fqdn=fqdn)
 
 
 def route(name="sb", namespace="default", port=8888):

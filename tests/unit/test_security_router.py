@@ -16,21 +16,11 @@ import pytest
 from sandbox_router.addresses import AddressPolicy
 from sandbox_router.headers import Route
 from sandbox_router.resolve import NoAddress, ResolveError, Resolver
-from tests.unit.router_fakes import CacheSource
+from tests.unit.router_fakes import CacheSource, sandbox_object
 
 
 def sandbox(ips, *, ports=(8888,), fqdn=None, name="sb", namespace="default"):
-    obj = {
-        "apiVersion": "agents.x-k8s.io/v1alpha1", "kind": "Sandbox",
-        "metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"},
-        "spec": {"podTemplate": {"spec": {"containers": [
-            {"name": "runtime", "image": "x", "ports": [{"containerPort": p} for p in ports]},
-        ]}}},
-        "status": {"podIPs": list(ips)},
-    }
-    if fqdn:
-        obj["status"]["serviceFQDN"] = fqdn
-    return obj
+    return sandbox_object(name, namespace, pod_ips=list(ips), ports=ports, fqdn=fqdn)
 
 
 def resolve(obj, *, port=8888, allow_loopback=False):

@@ -1,176 +1,37 @@
-"""The `agentic-sandbox` command: gVisor sandboxes for people at a terminal, and the MCP server.
+"""The subcommands: one row each in COMMANDS (name, help, arguments, handler).
 
-The console script (pyproject.toml) and `python -m agentic_sandbox` call main(). Subcommands
-are one table (COMMANDS): each row names the subcommand, adds its arguments and points at a
-handler that gets the parsed arguments and returns the exit status, so a later feature is a
-new row. Built on SandboxClient's public API, agentic_sandbox._named for sandboxes that
-outlive one call, and agentic_sandbox._ops for what the MCP server shares. It must not reach
-into a backend or the runtime, and must not print anything but the command's own output on
-stdout.
-
-Exit status: 0 success; run and exec exit with the command's own status (124 when its
-timeout killed it, 128+n when signal n did); 1 a sandbox error, with one line on stderr; 2 a
-usage error (argparse's); 130 interrupted by Ctrl-C, 143 by SIGTERM (the sandbox of `run` is
-deleted either way); 141 when stdout's reader went away (`| head`).
+Called by main() (agentic_sandbox._cli.main), which parses the arguments and maps errors to
+exit statuses. A handler gets the parsed arguments and the embedder's client options and
+returns the exit status. Built on SandboxClient's public API, agentic_sandbox._named for
+sandboxes that outlive one call, and agentic_sandbox._ops for what the MCP server shares:
+it must not reach into a backend or the runtime, and prints nothing on stdout but the
+command's own output.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import posixpath
-import re
-import shlex
-import signal
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import IO, Any, Final, NamedTuple
+from typing import Any, Final
 
 from agentic_sandbox import _named, _ops
+from agentic_sandbox._cli.progress import Progress
+from agentic_sandbox._cli.words import (
+    PROG,
+    Location,
+    UsageError,
+    command_line,
+    environment,
+    parse_location,
+)
 from agentic_sandbox._client import SandboxClient
 from agentic_sandbox._exceptions import SandboxError
 
-__all__ = ["COMMANDS", "Location", "Progress", "build_parser", "command_line", "main", "parse",
-           "parse_location"]
-
-PROG: Final = "agentic-sandbox"
-BACKENDS: Final = ("auto", "local", "kubernetes")
-# NAME:path, NAME a sandbox name (as _named.NAME_PATTERN). Anything else is a local path,
-# so `./a:b` or `/tmp/a:b` stay local, as with kubectl cp and scp.
-LOCATION: Final = re.compile(r"([a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?):(.*)", re.DOTALL)
-PROGRESS_INTERVAL_S: Final = 0.25
-
-
-class UsageError(Exception):
-    """The command line is wrong in a way argparse cannot see; exits 2 with the usage."""
-
-
-class _Terminated(BaseException):
-    """SIGTERM: unwind like Ctrl-C, so `with` blocks delete what they made."""
-
-
-class Location(NamedTuple):
-    """One side of `cp`, or the argument of `ls`/`rm`: a sandbox path or a local one."""
-
-    sandbox: str | None  # None: a path on this machine
-    path: str
-
-
-def parse_location(text: str) -> Location:
-    """`NAME:path` is a path in sandbox NAME (`NAME:` is its workspace); anything else,
-    including `./NAME:path`, is local."""
-    found = LOCATION.fullmatch(text)
-    if found is None:
-        return Location(None, text)
-    return Location(found.group(1), found.group(2) or ".")
-
-
-def command_line(words: Sequence[str]) -> str:
-    """The shell command to run: one word is a command line as typed (`'ls | wc -l'`);
-    several are argv, each quoted, so nothing is split or expanded twice."""
-    words = list(words)
-    if words and words[0] == "--":
-        words = words[1:]
-    if not words:
-        raise UsageError("no command given (put it after --)")
-    return words[0] if len(words) == 1 else shlex.join(words)
-
-
-def _environment(pairs: Sequence[str]) -> dict[str, str]:
-    env = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--env wants KEY=VALUE, not {pair!r}")
-        env[key] = value
-    return env
-
-
-# -- progress ----------------------------------------------------------------------------------
-
-
-def _size(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} GiB"
-
-
-class Progress:
-    """A transfer's progress on stderr: bytes, rate and time, updated in place on a terminal.
-
-    `advance(n)` as bytes move; `done()` prints the final line. While the client moves a
-    file in one call (today's write() and read()), the live line shows the size and the
-    time so far; a streamed transfer calls advance() per piece and the line follows it.
-    Off unless forced or stderr is a terminal; not a terminal: only the final line.
-    """
-
-    def __init__(self, label: str, total: int | None, *, stream: IO[str] | None = None,
-                 enabled: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.label = label
-        self.total = total
-        self.stream = stream if stream is not None else sys.stderr
-        self.live = self.stream.isatty()
-        self.enabled = self.live if enabled is None else enabled
-        self.clock = clock
-        self.moved = 0
-        self.started = clock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def line(self, *, final: bool = False) -> str:
-        elapsed = max(self.clock() - self.started, 1e-6)
-        if final:
-            return (f"{self.label}: {_size(self.moved)} in {elapsed:.1f} s "
-                    f"({_size(self.moved / elapsed)}/s)")
-        if self.moved == 0 and self.total is not None:
-            return f"{self.label}: {_size(self.total)} ... {elapsed:.1f} s"
-        of = f"/{_size(self.total)}" if self.total is not None else ""
-        return (f"{self.label}: {_size(self.moved)}{of}  {_size(self.moved / elapsed)}/s  "
-                f"{elapsed:.1f} s")
-
-    def _draw(self, text: str) -> None:
-        self.stream.write(f"\r{text}\x1b[K")
-        self.stream.flush()
-
-    def _tick(self) -> None:
-        while not self._stop.wait(PROGRESS_INTERVAL_S):
-            self._draw(self.line())
-
-    def __enter__(self) -> Progress:
-        self.started = self.clock()
-        if self.enabled and self.live:
-            self._draw(self.line())
-            self._thread = threading.Thread(target=self._tick, daemon=True)
-            self._thread.start()
-        return self
-
-    def advance(self, count: int) -> None:
-        self.moved += count
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if not self.enabled:
-            return
-        if exc_type is None:
-            text = self.line(final=True)
-            self.stream.write(f"\r{text}\x1b[K\n" if self.live else text + "\n")
-        elif self.live:
-            self.stream.write("\r\x1b[K")
-        self.stream.flush()
-
-
-# -- handlers ----------------------------------------------------------------------------------
+__all__ = ["COMMANDS", "Command"]
 
 
 def _client_options(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +53,7 @@ def _sandbox(args: argparse.Namespace, extra: dict[str, Any], *,
 
 def _print_output(sandbox: SandboxClient, args: argparse.Namespace) -> int:
     """Run the command, its output going to ours as it comes; its exit status."""
-    command, env = command_line(args.command), _environment(args.env)
+    command, env = command_line(args.command), environment(args.env)
     stdout, stderr = sys.stdout.buffer, sys.stderr.buffer
     with sandbox.stream(command, env=env or None, cwd=args.workdir) as stream:
         for chunk in stream:
@@ -207,7 +68,7 @@ def _print_output(sandbox: SandboxClient, args: argparse.Namespace) -> int:
 def _check_command(args: argparse.Namespace) -> None:
     """Usage errors before a sandbox is made (or reached) for nothing."""
     command_line(args.command)
-    _environment(args.env)
+    environment(args.env)
 
 
 def cmd_run(args: argparse.Namespace, extra: dict[str, Any]) -> int:
@@ -434,89 +295,3 @@ COMMANDS: Final = (
     Command("mcp", "serve the Model Context Protocol on stdio (one sandbox per session)",
             _args_mcp, cmd_mcp),
 )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--backend", "-b", choices=BACKENDS, default="auto",
-                        help="where sandboxes come from (default: auto, as SandboxClient "
-                             "chooses; $AGENTIC_SANDBOX_BACKEND)")
-    common.add_argument("--namespace", "-n", default="default",
-                        help="Kubernetes namespace (default: %(default)s)")
-    common.add_argument("--api-url", metavar="URL",
-                        help="Kubernetes: the router's or a gateway's URL (default: a "
-                             "kubectl port-forward tunnel)")
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Run untrusted code in gVisor sandboxes, on Kubernetes or on "
-                               "this machine (docs/client.md, 'Command line').")
-    subparsers = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
-    for command in COMMANDS:
-        sub = subparsers.add_parser(command.name, help=command.help, parents=[common],
-                                    description=command.help)
-        command.arguments(sub)
-        sub.set_defaults(handler=command.handler, parser=sub)
-    return parser
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated
-
-
-@contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def parse(argv: Sequence[str]) -> argparse.Namespace:
-    """The command line, parsed: everything after the first `--` is the command, untouched;
-    options go before it, also after a sandbox name (`exec box --timeout 5 -- make`)."""
-    words, command = list(argv), None
-    if "--" in words:
-        split = words.index("--")
-        words, command = words[:split], words[split + 1:]
-    args = build_parser().parse_args(words)
-    if command is not None:
-        if not hasattr(args, "command"):
-            args.parser.error("this command takes no command after --")
-        if args.command:
-            args.parser.error("give the command after -- only")
-        args.command = command
-    return args
-
-
-def main(argv: Sequence[str] | None = None, *,
-         client_options: dict[str, Any] | None = None) -> int:
-    """Run one command line; returns the exit status.
-
-    `client_options` go to every SandboxClient the command makes (tests and embedders:
-    router_token, kubeconfig, state_dir, ...).
-    """
-    args = parse(sys.argv[1:] if argv is None else argv)
-    try:
-        with _sigterm_unwinds():
-            return int(args.handler(args, dict(client_options or {})))
-    except UsageError as exc:
-        args.parser.error(str(exc))  # exits 2
-    except SandboxError as exc:
-        print(f"{PROG}: error: {_ops.describe(exc)}", file=sys.stderr)
-    except BrokenPipeError:
-        # `... | head`: the reader left. Quietly, as other commands do (no flush at exit).
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + signal.SIGPIPE
-    except (ValueError, OSError) as exc:
-        # Local files (cp), names and paths the client refuses before asking anything.
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
-    except _Terminated:
-        return 128 + signal.SIGTERM
-    return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

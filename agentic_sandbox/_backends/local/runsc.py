@@ -1,0 +1,78 @@
+"""runsc itself for the local backend: finding it, its state folder, and its commands.
+
+Called by the rest of agentic_sandbox._backends.local (and by the named-sandbox holder for the
+state folder). Every runsc call goes through runsc_argv(), under the backend's own `--root`
+(`<state>/runsc`), so other runsc users on this machine are never touched. This module must
+never fall back to anything outside gVisor: when runsc cannot be used it raises
+BackendUnavailableError saying what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Final
+
+from agentic_sandbox._exceptions import BackendUnavailableError
+
+__all__ = ["ID_PREFIX", "PLATFORM_ENV", "RUNSC_TIMEOUT_S", "STATE_ENV", "default_state_dir",
+           "delete_container", "list_containers", "runsc_argv", "runsc_binary"]
+
+STATE_ENV: Final = "AGENTIC_SANDBOX_STATE_DIR"
+RUNSC_ENV: Final = "AGENTIC_SANDBOX_RUNSC"
+PLATFORM_ENV: Final = "AGENTIC_SANDBOX_RUNSC_PLATFORM"
+ID_PREFIX: Final = "agentsbx"  # sandbox ids: agentsbx-<owner pid>-<8 hex>
+RUNSC_TIMEOUT_S: Final = 30.0
+
+
+def default_state_dir() -> Path:
+    """The state folder when none is given: $AGENTIC_SANDBOX_STATE_DIR, else
+    ~/.cache/agent-sandbox/local (runsc root, bundles, workspaces, named sandboxes)."""
+    return Path(os.environ.get(STATE_ENV) or Path.home() / ".cache" / "agent-sandbox" / "local")
+
+
+def runsc_binary() -> str:
+    """Path of a usable runsc, or BackendUnavailableError saying what to do."""
+    path = os.environ.get(RUNSC_ENV) or shutil.which("runsc")
+    if not path or not os.access(path, os.X_OK):
+        raise BackendUnavailableError(
+            "the local backend needs gVisor's runsc, which is not installed: run "
+            "`apt-get install runsc` (or `make system`), or use a cluster with "
+            "backend='kubernetes' / AGENTIC_SANDBOX_BACKEND=kubernetes")
+    if os.geteuid() != 0:
+        raise BackendUnavailableError(
+            "the local backend starts gVisor sandboxes with runsc, which needs root here: "
+            "run as root (e.g. with sudo), or use backend='kubernetes'")
+    if importlib.util.find_spec("sandbox_runtime") is None or \
+            importlib.util.find_spec("flask") is None:
+        raise BackendUnavailableError(
+            "the local backend runs sandbox-runtime inside gVisor, and it is not installed "
+            "in this Python: pip install 'agent-sandbox[runtime]'")
+    return path
+
+
+def runsc_argv(runsc: str, state_dir: Path, *args: str) -> list[str]:
+    """A runsc command under the backend's own root."""
+    return [runsc, "--root", str(state_dir / "runsc"), *args]
+
+
+def delete_container(runsc: str, state_dir: Path, sandbox_id: str) -> None:
+    """`runsc delete --force`; quietly nothing when it is not there."""
+    with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+        subprocess.run(runsc_argv(runsc, state_dir, "delete", "--force", sandbox_id),
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=RUNSC_TIMEOUT_S, check=False)
+
+
+def list_containers(runsc: str, state_dir: Path) -> list[str]:
+    """Ids of the containers runsc knows under our root ([] when it cannot say)."""
+    try:
+        return subprocess.run(runsc_argv(runsc, state_dir, "list", "-quiet"),
+                              capture_output=True, text=True, timeout=RUNSC_TIMEOUT_S,
+                              check=False).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return []

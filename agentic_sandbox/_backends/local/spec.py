@@ -1,0 +1,155 @@
+"""The OCI runtime spec of one local sandbox, and its CPU bound once it runs.
+
+Called by LocalSandbox.start() (agentic_sandbox._backends.local.sandbox), which writes
+config.json (`runsc run`) and process.json (`runsc exec`) from these, and by the manager,
+which sets the default CPU quota once a sandbox is ready. What a sandbox may see and use is
+decided here: the host's / read-only, hidden folders behind empty tmpfs, a private /tmp, the
+workspace bound read-write, uid 65534 without capabilities, the template's resources in a
+cgroup. Pure functions of the template and paths, except set_cpu_quota (a cgroup file).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Final
+
+from agentic_sandbox._backends.local.launch import WORKSPACE, runtime_argv, visible_paths
+from agentic_sandbox._templates import LocalTemplate, parse_cpu, parse_memory
+
+__all__ = ["CPU_ENV", "MEMORY_ENV", "PIDS_LIMIT", "SANDBOX_UID", "cpu_limit_millis",
+           "exec_process", "oci_spec", "set_cpu_quota"]
+
+log = logging.getLogger(__name__)
+
+MEMORY_ENV: Final = "AGENTIC_SANDBOX_LOCAL_MEMORY"
+CPU_ENV: Final = "AGENTIC_SANDBOX_LOCAL_CPU"
+SANDBOX_UID: Final = 65534  # nobody: cannot read root-only host files such as /etc/shadow
+DEFAULT_MEMORY_BYTES: Final = 2 * 2**30  # when a template sets no memory limit
+DEFAULT_CPU_MILLIS: Final = 1000  # when a template sets no CPU limit (nor a larger request)
+CPU_PERIOD_US: Final = 100_000
+PIDS_LIMIT: Final = 1024  # a fork bomb ends the sandbox, not the host (design section 7)
+TMP_SIZE: Final = "256m"
+HIDDEN_DIRS: Final = ("/root", "/home", "/run", "/mnt", "/media")
+
+
+def _hidden_dirs(state_dir: Path) -> list[str]:
+    hidden = [d for d in HIDDEN_DIRS if os.path.isdir(d)]
+    state = str(state_dir.resolve())
+    if not any(state == d or state.startswith(d + "/") for d in hidden):
+        hidden.append(state)
+    return hidden
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def oci_spec(template: LocalTemplate, workspace: Path, state_dir: Path, sandbox_id: str,
+             *, cgroups: bool = True) -> dict[str, Any]:
+    """The OCI runtime spec (config.json) of one sandbox."""
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "HOME": WORKSPACE, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+    env.update(dict(template.env))
+    # The first process is the first runtime, speaking on runsc run's stdin/stdout (no
+    # `runsc exec`, no second interpreter start); once its channel ends it stays as the
+    # sandbox's init (sandbox_runtime/launch.py). Later runtimes come in with `runsc exec`,
+    # so a broken channel costs one runtime, never the sandbox.
+    argv = runtime_argv()
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", f"size={TMP_SIZE}", "mode=1777"]},
+    ]
+    hidden = _hidden_dirs(state_dir)
+    for folder in hidden:
+        mounts.append({"destination": folder, "type": "tmpfs", "source": "tmpfs",
+                       "options": ["ro", "nosuid", "nodev", "size=1m", "mode=755"]})
+    # The interpreter and the runtime's code may live under a folder the sandbox gets empty
+    # (a hidden one, or /tmp, which is private): bind them back, read-only.
+    covered = [*hidden, "/tmp"]
+    for path in visible_paths():
+        if any(_under(path, folder) for folder in covered):
+            mounts.append({"destination": path, "type": "bind", "source": path,
+                           "options": ["rbind", "ro"]})
+    mounts.append({"destination": WORKSPACE, "type": "bind", "source": str(workspace),
+                   "options": ["rbind", "rw"]})
+    no_caps: dict[str, list[str]] = {k: [] for k in
+                                     ("bounding", "effective", "permitted", "inheritable",
+                                      "ambient")}
+    linux: dict[str, Any] = {
+        "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")],
+    }
+    if cgroups:
+        memory = template.memory_limit_bytes or _default_memory()
+        resources: dict[str, Any] = {"memory": {"limit": memory},
+                                     "pids": {"limit": PIDS_LIMIT}}
+        cpu: dict[str, Any] = {}
+        if template.cpu_request_millis:
+            cpu["shares"] = max(2, template.cpu_request_millis * 1024 // 1000)
+        if template.cpu_limit_millis:
+            cpu["period"] = CPU_PERIOD_US
+            cpu["quota"] = template.cpu_limit_millis * CPU_PERIOD_US // 1000
+        if cpu:
+            resources["cpu"] = cpu
+        linux["resources"] = resources
+        linux["cgroupsPath"] = f"/agent-sandbox/{sandbox_id}"
+    return {
+        "ociVersion": "1.0.2",
+        "process": {"terminal": False, "user": {"uid": SANDBOX_UID, "gid": SANDBOX_UID},
+                    "args": argv, "env": [f"{k}={v}" for k, v in env.items()],
+                    "cwd": WORKSPACE, "capabilities": no_caps, "noNewPrivileges": True,
+                    "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}]},
+        "root": {"path": "/", "readonly": True},
+        "hostname": "sandbox",
+        "mounts": mounts,
+        "linux": linux,
+    }
+
+
+def exec_process(spec: dict[str, Any]) -> dict[str, Any]:
+    """The process spec `runsc exec --process` starts the runtime with: the sandbox's user,
+    environment, capabilities (none) and limits, running sandbox_runtime/launch.py."""
+    return spec["process"] | {"args": runtime_argv()}
+
+
+def _default_memory() -> int:
+    raw = os.environ.get(MEMORY_ENV)
+    return parse_memory(raw) if raw else DEFAULT_MEMORY_BYTES
+
+
+def cpu_limit_millis(template: LocalTemplate) -> int:
+    """The sandbox's CPU bound (CFS quota): the template's limit (in the spec); else its
+    request or the default (1 CPU, or $AGENTIC_SANDBOX_LOCAL_CPU), whichever is larger, set
+    once the sandbox is ready (set_cpu_quota). A pod without a limit may use its node's
+    idle CPU; a local sandbox must not take this whole machine."""
+    if template.cpu_limit_millis:
+        return template.cpu_limit_millis
+    raw = os.environ.get(CPU_ENV)
+    default = parse_cpu(raw) if raw else DEFAULT_CPU_MILLIS
+    return max(default, template.cpu_request_millis or 0)
+
+
+def set_cpu_quota(sandbox_id: str, millis: int) -> bool:
+    """Write a CFS quota into a running sandbox's cgroup (v1 or v2); False if there is none.
+
+    For templates without a CPU limit: the default bound is set once the sandbox is ready,
+    not in its spec, so the start-up burst (runsc's boot, the runtime's and its first
+    keeper's interpreters, measured at 60-100 ms longer under a one-CPU quota) is not
+    throttled; everything the sandbox's code runs afterwards is."""
+    quota = millis * CPU_PERIOD_US // 1000
+    v1 = Path("/sys/fs/cgroup/cpu/agent-sandbox") / sandbox_id
+    v2 = Path("/sys/fs/cgroup/agent-sandbox") / sandbox_id / "cpu.max"
+    try:
+        if (v1 / "cpu.cfs_quota_us").exists():
+            (v1 / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+            (v1 / "cpu.cfs_quota_us").write_text(str(quota))
+            return True
+        if v2.exists():
+            v2.write_text(f"{quota} {CPU_PERIOD_US}")
+            return True
+    except OSError as exc:
+        log.warning("cannot set the CPU quota of sandbox %s: %s", sandbox_id, exc)
+    return False

@@ -1,0 +1,132 @@
+"""Both gunicorn servers (hooks and runtime) over TCP: idle and slow clients starve nothing,
+and every answer gunicorn writes itself is the documented JSON error.
+
+The servers run exactly as deployed (sandbox_common.serving.HeadFirstWorker from their
+gunicorn_conf), the hook server with its smallest honest set-up (one worker, four threads).
+64 connections that send nothing plus 64 stalled inside their headers are held open while
+/healthz is probed on fresh connections (as a kubelet does) and hooks are POSTed on a
+kept-alive connection (as Metacontroller does).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.hookrequests import sandbox, sync_request
+from tests.http.runtime_fixtures import runtime_server
+from tests.slowclients import fresh_get, held_connections, latencies, percentile
+from tests.support import free_port, script, serve
+
+# The goal is p99 <= 100 ms, and `make bench` reports the figure against it. The test asserts
+# 250 ms: on this 2-core machine shared with other test runs (load average 5-8), 20 runs of
+# 200 probes each measured p99 from 3.6 to 94 ms and single probes up to 187 ms, all of it
+# waiting for a CPU, not for the server (p50 stayed 0.9-1.6 ms). A server that hands a
+# thread to a slow client fails by seconds: plain gthread stalled 4.5 s per idle connection
+# and indefinitely behind half-sent heads.
+P99_BOUND_S = 0.25
+PROBES = 200
+
+
+@pytest.fixture(scope="module")
+def hooks_port() -> Iterator[int]:
+    port = free_port()
+    argv = [script("sandbox-hooks"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
+            "--threads", "4"]
+    with serve(argv, port, env={"SANDBOX_HOOKS_ACCESS_LOG": ""}):
+        yield port
+
+
+@pytest.fixture(scope="module")
+def runtime_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    with runtime_server(tmp_path_factory.mktemp("serving")) as server:
+        yield int(server.url.rsplit(":", 1)[1])
+
+
+@pytest.fixture(params=["hooks", "runtime"])
+def server(request: pytest.FixtureRequest) -> tuple[str, int]:
+    """(surface name, port) of each server in turn."""
+    return request.param, int(request.getfixturevalue(f"{request.param}_port"))
+
+
+def test_healthz_answers_fast_while_idle_and_half_header_clients_are_held(hostile, server):
+    name, port = server
+    fresh_get(port)  # warm
+    with hostile(name, "64 idle + 64 half-header connections held: /healthz p99"):
+        with held_connections(port, idle=64, half=64):
+            samples = latencies(lambda: fresh_get(port), PROBES)
+        assert percentile(samples, 0.99) <= P99_BOUND_S, sorted(samples)[-5:]
+
+
+def test_hook_posts_are_not_delayed_by_held_clients(hostile, hooks_port):
+    body = json.dumps(sync_request(sandbox("web"))).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", hooks_port, timeout=30)
+
+    def post() -> float:
+        start = time.perf_counter()
+        conn.request("POST", "/sync/sandbox", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+        return time.perf_counter() - start
+
+    post()
+    with hostile("hooks", "64 idle + 64 half-header connections held: sync POST p99"):
+        with held_connections(hooks_port, idle=64, half=64):
+            samples = latencies(post, PROBES)
+        conn.close()
+        assert percentile(samples, 0.99) <= P99_BOUND_S, sorted(samples)[-5:]
+
+
+def test_many_more_stalled_heads_than_threads_starve_nothing(hostile, server):
+    name, port = server
+    # Each held connection costs no thread: far more of them than threads changes nothing.
+    with hostile(name, "200 half-header connections held"), \
+            held_connections(port, idle=0, half=200):
+        assert fresh_get(port) < 5
+
+
+def raw(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are; the status, headers and body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in
+               (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+GUNICORN_ERRORS = {
+    "request line too long": (414, b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"),
+    "malformed request line": (400, b"GARBAGE\r\nHost: x\r\n\r\n"),
+    "bad HTTP version": (400, b"GET / HTTP/9.9\r\nHost: x\r\n\r\n"),
+    "header field too large": (431, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: "
+                               + b"b" * 20000 + b"\r\n\r\n"),
+    "too many header fields": (431, b"GET / HTTP/1.1\r\n"
+                               + b"".join(b"X-%d: v\r\n" % i for i in range(150)) + b"\r\n"),
+    "unsupported transfer coding": (501, b"POST / HTTP/1.1\r\nHost: x\r\n"
+                                    b"Transfer-Encoding: foo, chunked\r\n\r\n"),
+    "invalid header name": (400, b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GUNICORN_ERRORS))
+def test_gunicorn_own_errors_are_json(hostile, server, case):
+    name, port = server
+    status, request = GUNICORN_ERRORS[case]
+    with hostile(name, f"gunicorn's own error answer is JSON: {case}"):
+        got, headers, body = raw(port, request)
+        assert got == status, body[:300]
+        assert headers["content-type"] == "application/json"
+        answer = json.loads(body)
+        assert list(answer) == ["error"] and isinstance(answer["error"], str)
+        assert answer["error"]
