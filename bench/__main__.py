@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from bench import plots
-from bench.harness import Context, Result, Skipped
+from bench.harness import Broken, Context, Result, Skipped
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -132,6 +132,10 @@ def main() -> int:
             print(f"   skipped: {why}", flush=True)
             skipped[name] = str(why)
             continue
+        except Broken as broken:  # the figures stand, the run fails
+            print(f"   BROKEN: {broken}", flush=True)
+            errors[name] = f"Broken: {broken}"
+            got = broken.results
         except Exception as exc:  # one broken benchmark must not hide the others
             traceback.print_exc()
             errors[name] = f"{type(exc).__name__}: {exc}"

@@ -3,7 +3,8 @@
 A and B are arms: a git revision (its hooks/, schemas/ and manifests/ are exported with `git
 archive`; the hooks server runs them through PYTHONPATH and the revision's loopback overlay,
 CRDs included, is what gets applied) or `.` for the working tree, optionally followed by
-Metacontroller flags after a colon: `HEAD~1`, `.:--workers=32`. Rounds alternate A, B, A, B on
+Metacontroller flags after a colon: `HEAD~1`, `.:--workers=32`; `hook-workers=N` among them
+sets the hooks server's workers for that arm (`.:hook-workers=4`). Rounds alternate A, B, A, B on
 a fresh loop each (tests/metacontroller/stack.py through bench/claimlab.py), so both arms see
 the same machine; the report gives each arm's medians over its rounds and the B/A ratios. This
 machine is shared: compare the ratios, not figures across runs.
@@ -43,12 +44,12 @@ def export(revision: str, into: Path) -> Path:
     return into
 
 
-def run_round(binary: str, tree: Path, flags: tuple[str, ...], args: argparse.Namespace
-              ) -> dict[str, Any]:
+def run_round(binary: str, tree: Path, flags: tuple[str, ...], hook_workers: int | None,
+              args: argparse.Namespace) -> dict[str, Any]:
     env = {} if tree == REPO else {"PYTHONPATH": str(tree)}
     overlay = tree / "manifests" / "overlays" / "loopback"
     with Lab(binary, metacontroller_flags=flags, hooks_env=env, overlay=overlay,
-             hooks_workers=args.hook_workers) as lab:
+             hooks_workers=hook_workers or args.hook_workers) as lab:
         if args.scenario == "seq":
             lab.make_pools(1, 2)
             window, names = lab.window(), []
@@ -84,9 +85,13 @@ def run_round(binary: str, tree: Path, flags: tuple[str, ...], args: argparse.Na
     }
 
 
-def parse_arm(text: str) -> tuple[str, tuple[str, ...]]:
-    revision, _, flags = text.partition(":")
-    return revision or ".", tuple(f for f in flags.split(",") if f)
+def parse_arm(text: str) -> tuple[str, tuple[str, ...], int | None]:
+    """`REV[:FLAG,...]`: Metacontroller flags, and `hook-workers=N` for the hooks server."""
+    revision, _, listed = text.partition(":")
+    flags = [f for f in listed.split(",") if f]
+    workers = [f for f in flags if f.startswith("hook-workers=")]
+    hook_workers = int(workers[-1].split("=", 1)[1]) if workers else None
+    return revision or ".", tuple(f for f in flags if f not in workers), hook_workers
 
 
 def main() -> int:
@@ -112,10 +117,10 @@ def main() -> int:
     arms = {"A": parse_arm(args.a), "B": parse_arm(args.b)}
     results: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory(prefix="ab-claims-") as tmp:
-        trees = {k: export(rev, Path(tmp) / k) for k, (rev, _) in arms.items()}
+        trees = {k: export(rev, Path(tmp) / k) for k, (rev, _, _) in arms.items()}
         for round_ in range(args.rounds):
             for arm in ("A", "B"):
-                got = run_round(binary, trees[arm], arms[arm][1], args)
+                got = run_round(binary, trees[arm], arms[arm][1], arms[arm][2], args)
                 results[arm].append(got)
                 print(f"round {round_ + 1} {arm}: p50 {got['p50_ms']:.0f} ms, p99 "
                       f"{got['p99_ms']:.0f} ms, last {got['last_ready_s']:.2f} s, writes/claim "

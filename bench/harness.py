@@ -69,6 +69,15 @@ class Skipped(Exception):
     """A benchmark that cannot run here (a missing binary, say); the reason is reported."""
 
 
+class Broken(Exception):
+    """A benchmark whose run broke a correctness rule (a pod shared by two claims, say): its
+    figures are still recorded, and the run fails (`make bench` exits non-zero)."""
+
+    def __init__(self, message: str, results: list[Result]) -> None:
+        super().__init__(message)
+        self.results = results
+
+
 @dataclass
 class Latencies:
     """Per-round p50/p95/p99 (seconds), reduced to medians across rounds; all samples kept
