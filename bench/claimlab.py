@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import statistics
 import tempfile
 import threading
@@ -59,6 +60,8 @@ POD_NAME_ANNOTATION = "agents.x-k8s.io/pod-name"
 KUBELET_AGENT = "kubelet-stand-in"
 # Claim reasons no amount of waiting changes (agentic_sandbox's TERMINAL_CLAIM_READY_REASONS).
 TERMINAL = ("PodLost", "InvalidSpec", "TemplateNotFound", "WarmPoolNotFound", "Expired")
+
+ACCESS_MS = re.compile(r" (\d+)ms\"?\}?$")  # the access log's last field, whole milliseconds
 
 # The milestones of a claim, in the order they happen, and the stages between them.
 MILESTONES = ("created", "sandbox", "bound", "pod_ready", "named", "claim_ready",
@@ -554,14 +557,13 @@ class Lab:
 
     def hook_times(self, since: Window, path_part: str) -> list[float]:
         """Milliseconds the hooks took for requests whose path contains `path_part`, from the
-        access log (gunicorn_conf: `... %(M)sms`)."""
+        access log (gunicorn_conf: `... %(M)sms`, inside the JSON log line's message)."""
         out = []
         with (self.stack.workdir / "hooks.log").open("rb") as log:
             log.seek(since.hooks_log_offset)
             for line in log.read().decode(errors="replace").splitlines():
-                if path_part in line and line.endswith("ms"):
-                    with contextlib.suppress(ValueError, IndexError):
-                        out.append(float(line.rsplit(" ", 1)[1][:-2]))
+                if path_part in line and (took := ACCESS_MS.search(line)):
+                    out.append(float(took.group(1)))
         return out
 
     def violations(self) -> tuple[int, str]:
