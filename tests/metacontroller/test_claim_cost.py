@@ -76,6 +76,9 @@ def one_claim(stack: MetacontrollerStack, namespace: str, name: str) -> int:
     before = sync_calls(stack)
     stack.apply(claim(name), namespace)
     stack.wait_for("sandboxclaim", name, is_ready, namespace=namespace, timeout=60)
+    # The Sandbox turns Ready after its claim, and that status write re-syncs the claim: under
+    # load it can come after a quiet spell, so wait for it rather than for silence.
+    stack.wait_for("sandbox", name, is_ready, namespace=namespace, timeout=60)
     stack.wait_for("sandboxwarmpool", POOL, pool_ready(2), namespace=namespace, timeout=60)
     quiet(stack)
     after = sync_calls(stack)
@@ -96,6 +99,7 @@ def test_a_claims_syncs_do_not_grow_with_the_claims_already_served(
         stack.apply(claim(f"kept-{i}"), namespace)
     for i in range(EXISTING):
         stack.wait_for("sandboxclaim", f"kept-{i}", is_ready, namespace=namespace, timeout=90)
+        stack.wait_for("sandbox", f"kept-{i}", is_ready, namespace=namespace, timeout=90)
     later = one_claim(stack, namespace, "later")
     assert later <= first + SLACK, (
         f"one claim cost {first} Sandbox and claim syncs on an empty namespace and {later} "
