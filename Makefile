@@ -53,8 +53,9 @@ serve: install ## the hook server on 127.0.0.1:9443, where manifests/overlays/lo
 bench: install system k8s ## every benchmark: bench/results.json + docs/benchmarks.md
 	$(PY) -m bench $(BENCH_ARGS)
 
-lint: install ## ruff, mypy and the generated-manifest check
+lint: install ## ruff, mypy, the import contracts (.importlinter) and the generated-manifest check
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy hooks sandbox_runtime sandbox_router agentic_sandbox sandbox_common --ignore-missing-imports
 	$(PY) -m hack.render_crds --check
 

@@ -5,12 +5,16 @@
     with SandboxClient(template_name="python-runtime-template", namespace="default") as sandbox:
         print(sandbox.run("echo 'Hello from the sandboxed environment!'").stdout)
 
+    async with AsyncSandboxClient(template_name="python-runtime-template") as sandbox:
+        print((await sandbox.run("echo hello")).stdout)
+
 The public names are listed in __all__; everything else is private (docs/client.md).
 """
 
+from agentic_sandbox._async_client import AsyncCommandStream, AsyncProcess, AsyncSandboxClient
 from agentic_sandbox._backends.base import Backend, Endpoint
 from agentic_sandbox._backends.choice import choose_backend
-from agentic_sandbox._client import CommandStream, SandboxClient
+from agentic_sandbox._client import CommandStream, Process, SandboxClient
 from agentic_sandbox._exceptions import (
     BackendUnavailableError,
     ClaimFailedError,
@@ -20,11 +24,23 @@ from agentic_sandbox._exceptions import (
     SandboxTimeoutError,
     TemplateNotFoundError,
 )
-from agentic_sandbox._models import ExecutionResult, FileEntry, OutputChunk
+from agentic_sandbox._models import (
+    ArchiveSummary,
+    ExecutionResult,
+    FileEntry,
+    FileStat,
+    OutputChunk,
+    ProcessInfo,
+    ProcessOutput,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArchiveSummary",
+    "AsyncCommandStream",
+    "AsyncProcess",
+    "AsyncSandboxClient",
     "Backend",
     "BackendUnavailableError",
     "ClaimFailedError",
@@ -32,7 +48,11 @@ __all__ = [
     "Endpoint",
     "ExecutionResult",
     "FileEntry",
+    "FileStat",
     "OutputChunk",
+    "Process",
+    "ProcessInfo",
+    "ProcessOutput",
     "SandboxClient",
     "SandboxConnectionError",
     "SandboxError",

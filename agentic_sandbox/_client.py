@@ -17,35 +17,66 @@ import enum
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import IO, Any, Final, TypeVar
 
 import httpx2
 
 from agentic_sandbox._backends.base import Backend, Endpoint
 from agentic_sandbox._backends.choice import choose_backend, make_backend
 from agentic_sandbox._exceptions import SandboxError
-from agentic_sandbox._models import ExecutionResult, FileEntry, OutputChunk
+from agentic_sandbox._models import (
+    ArchiveSummary,
+    ExecutionResult,
+    FileEntry,
+    FileStat,
+    OutputChunk,
+    ProcessInfo,
+    ProcessOutput,
+)
 from agentic_sandbox._options import KubernetesOptions, LocalOptions
 from agentic_sandbox._protocol import (
     MAX_ERROR_BODY,
     Call,
     CommandOutput,
+    archive_in_call,
+    archive_out_call,
     command_call,
+    copy_call,
     decode,
     download_call,
     exists_call,
     health_call,
+    kill_call,
     list_call,
+    mkdir_call,
+    move_call,
+    output_call,
+    process_call,
+    processes_call,
+    remove_call,
     replay_allowed,
+    start_call,
+    stat_call,
     status_error,
     timeout_of,
     transport_error,
     upload_call,
+    wait_call,
+    wait_slice,
 )
+from agentic_sandbox._transfer import (
+    DirectoryDownload,
+    DirectoryUpload,
+    FileDownload,
+    Progress,
+    counting,
+)
+from sandbox_common import contract
 
-__all__ = ["CommandStream", "SandboxClient", "choose_backend"]
+__all__ = ["CommandStream", "Process", "SandboxClient", "choose_backend"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +144,48 @@ class CommandStream(CommandOutput):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class Process:
+    """A background process in the sandbox (SandboxClient.start), by its id.
+
+    It runs on after the call that started it, until it ends, its own timeout passes,
+    kill() ends it, or the sandbox ends. Its output is kept up to the runtime's output cap.
+
+        server = sandbox.start("python -m http.server 8000")
+        print(server.output().stdout)
+        server.kill()  # its whole process tree
+    """
+
+    def __init__(self, client: SandboxClient, process_id: str, command: str = "") -> None:
+        self.client = client
+        self.id = process_id
+        self.command = command
+
+    def __repr__(self) -> str:
+        return f"Process(id={self.id!r}, command={self.command!r})"
+
+    def info(self) -> ProcessInfo:
+        """Its state now."""
+        return self.client._call(process_call(self.id, self.client.request_timeout))
+
+    def wait(self, timeout: float | None = None) -> ProcessInfo:
+        """Wait until it ends, or `timeout` seconds (None: no limit); its state then (see
+        `.running`: still True when the timeout came first)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            info = self.client._call(wait_call(self.id, wait_slice(deadline, time.monotonic())))
+            if not info.running or (deadline is not None and time.monotonic() >= deadline):
+                return info
+
+    def output(self) -> ProcessOutput:
+        """What it wrote so far (stdout and stderr, each up to the output cap)."""
+        return self.client._call(output_call(self.id, self.client.request_timeout))
+
+    def kill(self) -> ProcessInfo:
+        """Kill it and every process it started (SIGKILL to its whole tree); its state after
+        (exit code 137, signal "SIGKILL", unless it had ended already)."""
+        return self.client._call(kill_call(self.id, self.client.request_timeout))
 
 
 class _BaseClient:
@@ -275,7 +348,8 @@ class SandboxClient(_BaseClient):
         attempt = 0
         while True:
             request = http.build_request(call.method, call.path, json=call.json,
-                                         files=call.files, timeout=timeout_of(call))
+                                         files=call.files, content=call.content,
+                                         headers=call.headers, timeout=timeout_of(call))
             try:
                 response = http.send(request, stream=stream)
                 break
@@ -292,7 +366,7 @@ class SandboxClient(_BaseClient):
             finally:
                 response.close()
             raise status_error(call, response.status_code, response.reason_phrase, body,
-                               routed="X-Sandbox-ID" in endpoint.headers)
+                               routed=contract.SANDBOX_ID_HEADER in endpoint.headers)
         return response
 
     def _call(self, call: Call[T]) -> T:
@@ -327,14 +401,111 @@ class SandboxClient(_BaseClient):
         call = command_call(command, self._run_timeout(timeout), env, cwd, stream=True)
         return CommandStream(self._send(call, stream=True), command)
 
-    def write(self, path: str, content: str | bytes) -> None:
+    def start(self, command: str, *, timeout: float | None = None,
+              env: Mapping[str, str] | None = None, cwd: str | None = None) -> Process:
+        """Start a command in the background: it outlives this call (see Process).
+
+        Args:
+            command: run as `/bin/sh -c command`, like run().
+            timeout: seconds before the runtime kills its whole tree; None: the runtime's
+                longest (a day by default). The sandbox's end kills it in any case.
+            env, cwd: as for run().
+
+        Raises:
+            SandboxRequestError: 429 when the sandbox already runs its limit of background
+                processes (16 by default), 400/403/404 for a bad env or cwd.
+        """
+        info = self._call(start_call(command, timeout, env, cwd, self.request_timeout))
+        return Process(self, info.id, info.command)
+
+    def processes(self) -> builtins.list[ProcessInfo]:
+        """The sandbox's background processes, running and recently ended, oldest first."""
+        return self._call(processes_call(self.request_timeout))
+
+    def process(self, process_id: str) -> Process:
+        """The handle of a background process by its id (from processes(), or another
+        client of the same sandbox)."""
+        return Process(self, process_id)
+
+    def write(self, path: str, content: str | bytes | IO[bytes]) -> None:
         """Write a file in the workspace (parents are created), replacing it atomically.
 
         Args:
             path: relative to the workspace, or absolute inside it.
-            content: bytes, or str (written as UTF-8).
+            content: bytes, str (written as UTF-8), or a binary file object, streamed
+                from its start a piece at a time (any size up to the runtime's upload
+                limit, 413 past it).
         """
         self._call(upload_call(path, content, self.request_timeout))
+
+    def upload_file(self, local_path: str | os.PathLike[str], remote_path: str, *,
+                    progress: Progress | None = None) -> None:
+        """Stream a local file into the workspace (see write); `progress(n)` per piece."""
+        with open(local_path, "rb") as file:
+            self.write(remote_path, file if progress is None else counting(file, progress))
+
+    def download_file(self, remote_path: str, local_path: str | os.PathLike[str], *,
+                      progress: Progress | None = None) -> int:
+        """Stream a workspace file to a local file (replaced only once it is whole);
+        returns its size."""
+        call = download_call(remote_path, self.request_timeout)
+        with FileDownload(local_path, progress) as target:
+            self._receive(call, target.feed)
+            return target.finish()
+
+    def upload_dir(self, local_dir: str | os.PathLike[str], remote_dir: str, *,
+                   progress: Progress | None = None) -> ArchiveSummary:
+        """Upload a local directory's tree into a workspace directory (made if missing;
+        files there are replaced, others kept), streamed as tar. Symlinks go as links;
+        the runtime refuses absolute ones and those leading out of the tree, and on any
+        refusal the remote directory stays as it was."""
+        body = DirectoryUpload(local_dir, progress)
+        return self._call(archive_in_call(remote_dir, body, self.request_timeout))
+
+    def download_dir(self, remote_dir: str, local_dir: str | os.PathLike[str], *,
+                     progress: Progress | None = None) -> ArchiveSummary:
+        """Download a workspace directory's tree into a local directory (made if missing),
+        streamed as tar and extracted as it comes, by the runtime's own rules: nothing is
+        ever written outside `local_dir`, and a refused stream changes nothing there."""
+        call = archive_out_call(remote_dir, self.request_timeout)
+        with DirectoryDownload(local_dir, call.what, progress) as target:
+            self._receive(call, target.feed)
+            return target.finish()
+
+    def _receive(self, call: Call[Any], feed: Any) -> None:
+        """Send `call` and hand its answer's bytes to `feed` as they arrive."""
+        response = self._send(call, stream=True)
+        try:
+            for data in response.iter_bytes():
+                feed(data)
+        except (httpx2.HTTPError, httpx2.StreamError) as exc:
+            raise transport_error(exc, call.what) from exc
+        finally:
+            response.close()
+
+    def stat(self, path: str) -> FileStat:
+        """Type, size, permission bits and mtime of a workspace path (symlinks followed,
+        inside the workspace only)."""
+        return self._call(stat_call(path, self.request_timeout))
+
+    def mkdir(self, path: str, *, parents: bool = True) -> None:
+        """Make a workspace directory; `parents` (the default): like `mkdir -p`."""
+        self._call(mkdir_call(path, parents, self.request_timeout))
+
+    def remove(self, path: str, *, recursive: bool = False) -> None:
+        """Remove a file, a symlink (never its target) or, with `recursive`, a directory
+        tree (symlinks inside it are removed, never followed). 404 if missing."""
+        self._call(remove_call(path, recursive, self.request_timeout))
+
+    def move(self, source: str, destination: str) -> None:
+        """Rename a workspace entry (rename(2): a file or link at `destination` is
+        replaced; a symlink at `source` moves as itself)."""
+        self._call(move_call(source, destination, self.request_timeout))
+
+    def copy(self, source: str, destination: str) -> ArchiveSummary:
+        """Copy a workspace file (replacing `destination`) or directory tree (`destination`
+        must not exist); symlinks inside a tree are copied as links, never followed."""
+        return self._call(copy_call(source, destination, self.request_timeout))
 
     def read(self, path: str) -> bytes:
         """The bytes of a file in the workspace (SandboxRequestError 404 if missing)."""

@@ -12,9 +12,10 @@ or knows how a backend reaches its sandbox.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import signal
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeVar
+from typing import IO, Any, Final, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx2
@@ -25,12 +26,23 @@ from agentic_sandbox._exceptions import (
     SandboxRequestError,
     SandboxTimeoutError,
 )
-from agentic_sandbox._models import ExecutionResult, FileEntry, OutputChunk
+from agentic_sandbox._models import (
+    ArchiveSummary,
+    ExecutionResult,
+    FileEntry,
+    FileStat,
+    OutputChunk,
+    ProcessInfo,
+    ProcessOutput,
+)
 
 __all__ = ["CONNECT_TIMEOUT_S", "MAX_ERROR_BODY", "RUN_GRACE_S", "Call", "CommandOutput",
-           "command_call", "decode", "download_call", "exists_call", "health_call",
-           "list_call", "replay_allowed", "status_error", "timeout_of", "transport_error",
-           "upload_call", "url_path"]
+           "archive_in_call", "archive_out_call", "command_call", "copy_call", "decode",
+           "download_call", "exists_call", "health_call", "kill_call", "list_call",
+           "mkdir_call", "move_call", "output_call", "process_call", "processes_call",
+           "remove_call", "replay_allowed", "start_call", "stat_call", "status_error",
+           "timeout_of", "transport_error", "upload_call", "url_path", "wait_call",
+           "wait_slice"]
 
 T = TypeVar("T")
 
@@ -73,6 +85,10 @@ class Call(Generic[T]):
     parse: Callable[[Any], T] = field(repr=False)  # the JSON answer (or bytes) -> result
     json: Mapping[str, Any] | None = None
     files: Mapping[str, Any] | None = None
+    # A raw body: bytes, or an iterable of bytes sent as it is produced (iterated afresh
+    # when the call is sent again, so not a generator).
+    content: Any = None
+    headers: Mapping[str, str] | None = None
     raw: bool = False  # the answer is bytes, not JSON
 
     @property
@@ -151,12 +167,29 @@ def _unexpected(what: str) -> SandboxConnectionError:
     return SandboxConnectionError(f"{what}: unexpected answer")
 
 
+def exit_and_signal(answer: Mapping[str, Any]) -> tuple[int, str | None]:
+    """The exit code and signal name of an answer. A runtime older than the `signal` field
+    reports a signal N as exit code -N: that becomes 128 + N and the signal's name too."""
+    if answer.get("exit_code") is None:
+        return -1, None
+    code = int(answer["exit_code"])
+    name = answer.get("signal")
+    if code < 0 and name is None:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"SIG{-code}"
+        code = 128 - code
+    return code, str(name) if name is not None else None
+
+
 def execution_result(answer: Any) -> ExecutionResult:
     if not isinstance(answer, dict):
         raise _unexpected("POST /execute")
+    exit_code, signal_name = exit_and_signal(answer)
     return ExecutionResult(
         stdout=str(answer.get("stdout", "")), stderr=str(answer.get("stderr", "")),
-        exit_code=int(answer.get("exit_code", -1)),
+        exit_code=exit_code, signal=signal_name,
         timed_out=bool(answer.get("timed_out", False)),
         stdout_truncated=bool(answer.get("stdout_truncated", False)),
         stderr_truncated=bool(answer.get("stderr_truncated", False)))
@@ -179,17 +212,28 @@ def command_call(command: str, limit: float | None, env: Mapping[str, str] | Non
                 None if limit is None else limit + RUN_GRACE_S, execution_result, json=body)
 
 
-def upload_call(path: str, content: str | bytes, timeout: float | None) -> Call[None]:
+def upload_call(path: str, content: str | bytes | IO[bytes],
+                timeout: float | None) -> Call[None]:
+    """write(): the bytes, or a binary file object streamed from its start (it is read a
+    piece at a time, never whole; sent again, it is read again from the start)."""
+    data: bytes | IO[bytes]
     if isinstance(content, str):
         data = content.encode("utf-8")
     elif isinstance(content, bytes | bytearray | memoryview):
         data = bytes(content)
+    elif callable(getattr(content, "read", None)) and callable(getattr(content, "seek", None)):
+        data = content
     else:
-        raise TypeError(f"content must be str or bytes, not {type(content).__name__}")
-    if not isinstance(path, str) or not path:
-        raise ValueError("path must be a non-empty string")
+        raise TypeError(f"content must be str, bytes or a binary file object, not "
+                        f"{type(content).__name__}")
+    _check_path(path)
     return Call("POST", "/upload", timeout, lambda answer: None,
                 files={"file": (path, data, "application/octet-stream")})
+
+
+def _check_path(path: str, what: str = "path") -> None:
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"{what} must be a non-empty string")
 
 
 def download_call(path: str, timeout: float | None) -> Call[bytes]:
@@ -212,9 +256,145 @@ def exists_call(path: str, timeout: float | None) -> Call[bool]:
                 lambda answer: bool(isinstance(answer, dict) and answer.get("exists")))
 
 
+def _stat(answer: Any) -> FileStat:
+    if not isinstance(answer, dict):
+        raise _unexpected("GET /stat")
+    return FileStat(path=str(answer["path"]), type=str(answer["type"]),
+                    size=int(answer["size"]), mode=int(answer["mode"]),
+                    mtime=float(answer["mtime"]))
+
+
+def stat_call(path: str, timeout: float | None) -> Call[FileStat]:
+    return Call("GET", "/stat/" + url_path(path), timeout, _stat)
+
+
+def mkdir_call(path: str, parents: bool, timeout: float | None) -> Call[None]:
+    _check_path(path)
+    return Call("POST", "/mkdir", timeout, lambda answer: None,
+                json={"path": path, "parents": bool(parents)})
+
+
+def remove_call(path: str, recursive: bool, timeout: float | None) -> Call[None]:
+    _check_path(path)
+    return Call("POST", "/remove", timeout, lambda answer: None,
+                json={"path": path, "recursive": bool(recursive)})
+
+
+def move_call(source: str, destination: str, timeout: float | None) -> Call[None]:
+    _check_path(source, "source")
+    _check_path(destination, "destination")
+    return Call("POST", "/move", timeout, lambda answer: None,
+                json={"source": source, "destination": destination})
+
+
+def archive_summary(answer: Any) -> ArchiveSummary:
+    if not isinstance(answer, dict):
+        raise _unexpected("an archive or copy")
+    return ArchiveSummary(files=int(answer.get("files", 0)),
+                          directories=int(answer.get("directories", 0)),
+                          symlinks=int(answer.get("symlinks", 0)),
+                          bytes=int(answer.get("bytes", 0)),
+                          skipped=int(answer.get("skipped", 0)))
+
+
+def copy_call(source: str, destination: str, timeout: float | None) -> Call[ArchiveSummary]:
+    _check_path(source, "source")
+    _check_path(destination, "destination")
+    return Call("POST", "/copy", timeout, archive_summary,
+                json={"source": source, "destination": destination})
+
+
+def archive_in_call(remote_dir: str, body: Iterable[bytes],
+                    timeout: float | None) -> Call[ArchiveSummary]:
+    """upload_dir(): `body` is the directory's tar stream (re-iterable), sent chunked."""
+    _check_path(remote_dir, "remote_dir")
+    return Call("POST", "/archive/" + url_path(remote_dir), timeout, archive_summary,
+                content=body, headers={"Content-Type": "application/x-tar"})
+
+
+def archive_out_call(remote_dir: str, timeout: float | None) -> Call[None]:
+    """download_dir(): the answer is a tar stream, read as it comes (not decoded here)."""
+    return Call("GET", "/archive/" + url_path(remote_dir), timeout, lambda body: None,
+                raw=True)
+
+
 def health_call(timeout: float | None) -> Call[bool]:
     return Call("GET", "/", timeout,
                 lambda answer: isinstance(answer, dict) and answer.get("status") == "ok")
+
+
+# -- background processes -------------------------------------------------------------------
+
+# The runtime holds one wait request at most this long; a longer wait is several requests.
+MAX_WAIT_SLICE_S: Final = 30.0
+
+
+def process_info(answer: Any) -> ProcessInfo:
+    if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
+        raise _unexpected("/processes")
+    running = bool(answer.get("running"))
+    exit_code, signal_name = (None, None) if running else exit_and_signal(answer)
+    return ProcessInfo(
+        id=answer["id"], command=str(answer.get("command", "")), running=running,
+        exit_code=exit_code, signal=signal_name, timed_out=bool(answer.get("timed_out")),
+        started_at=answer.get("started_at"), ended_at=answer.get("ended_at"))
+
+
+def _process_output(answer: Any) -> ProcessOutput:
+    info = process_info(answer)
+    return ProcessOutput(stdout=str(answer.get("stdout", "")),
+                         stderr=str(answer.get("stderr", "")),
+                         stdout_truncated=bool(answer.get("stdout_truncated")),
+                         stderr_truncated=bool(answer.get("stderr_truncated")), info=info)
+
+
+def _process_path(process_id: str, action: str = "") -> str:
+    if not isinstance(process_id, str) or not process_id:
+        raise ValueError("a process id is a non-empty string")
+    return "/processes/" + url_path(process_id) + (f"/{action}" if action else "")
+
+
+def start_call(command: str, limit: float | None, env: Mapping[str, str] | None,
+               cwd: str | None, timeout: float | None) -> Call[ProcessInfo]:
+    """start() (POST /processes): `limit` is the process's own timeout (None: the
+    runtime's longest, a day by default); `timeout` the call's."""
+    body = command_call(command, limit, env, cwd).json
+    return Call("POST", "/processes", timeout, process_info, json=body)
+
+
+def processes_call(timeout: float | None) -> Call[list[ProcessInfo]]:
+    def parse(answer: Any) -> list[ProcessInfo]:
+        if not isinstance(answer, list):
+            raise _unexpected("GET /processes")
+        return [process_info(item) for item in answer]
+    return Call("GET", "/processes", timeout, parse)
+
+
+def process_call(process_id: str, timeout: float | None) -> Call[ProcessInfo]:
+    return Call("GET", _process_path(process_id), timeout, process_info)
+
+
+def output_call(process_id: str, timeout: float | None) -> Call[ProcessOutput]:
+    return Call("GET", _process_path(process_id, "output"), timeout, _process_output)
+
+
+def kill_call(process_id: str, timeout: float | None) -> Call[ProcessInfo]:
+    return Call("POST", _process_path(process_id, "kill"), timeout, process_info)
+
+
+def wait_call(process_id: str, wait: float) -> Call[ProcessInfo]:
+    """One wait request of at most `wait` seconds (wait_slice); its read deadline adds
+    RUN_GRACE_S."""
+    return Call("POST", _process_path(process_id, "wait"), wait + RUN_GRACE_S, process_info,
+                json={"timeout": wait})
+
+
+def wait_slice(deadline: float | None, now: float) -> float:
+    """How long the next wait request may wait: what is left of `deadline` (None: no
+    end), at most MAX_WAIT_SLICE_S."""
+    if deadline is None:
+        return MAX_WAIT_SLICE_S
+    return max(0.0, min(MAX_WAIT_SLICE_S, deadline - now))
 
 
 # -- a streamed command ------------------------------------------------------------------------
@@ -270,7 +450,13 @@ class CommandOutput:
     @property
     def exit_code(self) -> int | None:
         """The command's exit status once the stream ended, else None."""
-        return None if self._final is None else int(self._final.get("exit_code", -1))
+        return None if self._final is None else exit_and_signal(self._final)[0]
+
+    @property
+    def signal(self) -> str | None:
+        """The signal that killed the command's shell, once the stream ended (see
+        ExecutionResult.signal)."""
+        return None if self._final is None else exit_and_signal(self._final)[1]
 
     @property
     def timed_out(self) -> bool:

@@ -20,13 +20,14 @@ from typing import Any, Final
 import yaml
 
 from agentic_sandbox._exceptions import TemplateNotFoundError
+from sandbox_common import contract
 
 __all__ = ["TEMPLATES_ENV", "LocalTemplate", "load_template", "parse_cpu", "parse_memory",
            "template_dirs"]
 
 TEMPLATES_ENV: Final = "AGENTIC_SANDBOX_TEMPLATES"
 BUILTIN_DIR: Final = Path(__file__).resolve().parent / "templates"
-API_GROUP: Final = "extensions.agents.x-k8s.io/"
+API_GROUP: Final = f"{contract.EXTENSIONS_GROUP}/"
 MAX_TEMPLATE_BYTES: Final = 1024 * 1024
 # Fields of a pod template that have no meaning for a local runsc sandbox: the sandbox always
 # runs this machine's sandbox-runtime under gVisor, on stdin/stdout, with no network.
@@ -160,10 +161,10 @@ def load_template(name: str, dirs: Sequence[Path]) -> LocalTemplate:
         pool = 0
         for path, doc in _documents(folder):
             meta = doc.get("metadata") or {}
-            if doc.get("kind") == "SandboxTemplate" and meta.get("name") == name \
+            if doc.get("kind") == contract.TEMPLATE_KIND and meta.get("name") == name \
                     and template is None:
                 template = _from_document(name, path, doc)
-            elif doc.get("kind") == "SandboxWarmPool":
+            elif doc.get("kind") == contract.POOL_KIND:
                 spec = doc.get("spec") or {}
                 if (spec.get("sandboxTemplateRef") or {}).get("name") == name:
                     pool = max(pool, int(spec.get("replicas") or 0))
@@ -172,4 +173,4 @@ def load_template(name: str, dirs: Sequence[Path]) -> LocalTemplate:
     searched = ", ".join(str(d) for d in dirs)
     raise TemplateNotFoundError(
         f"SandboxTemplate {name!r} not found in {searched}; put its YAML in a folder named "
-        f"by templates_dir= or ${TEMPLATES_ENV}", reason="TemplateNotFound")
+        f"by templates_dir= or ${TEMPLATES_ENV}", reason=contract.TEMPLATE_NOT_FOUND)

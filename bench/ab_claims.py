@@ -5,7 +5,7 @@ archive`; the hooks server runs them through PYTHONPATH and the revision's loopb
 CRDs included, is what gets applied) or `.` for the working tree, optionally followed by
 Metacontroller flags after a colon: `HEAD~1`, `.:--workers=32`; `hook-workers=N` among them
 sets the hooks server's workers for that arm (`.:hook-workers=4`). Rounds alternate A, B, A, B on
-a fresh loop each (tests/metacontroller/stack.py through bench/claimlab.py), so both arms see
+a fresh loop each (testbed/metacontroller.py through bench/claimlab.py), so both arms see
 the same machine; the report gives each arm's medians over its rounds and the B/A ratios. This
 machine is shared: compare the ratios, not figures across runs.
 
@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.claimlab import Lab, percentiles
-from tests.metacontroller.stack import metacontroller_binary
-from tests.support import REPO
+from testbed.metacontroller import metacontroller_binary
+from testbed.support import REPO
 
 EXPORTED = ("hooks", "schemas", "manifests")
 

@@ -21,7 +21,7 @@ Scenarios (`--opt claims.scenarios=a,b`, default all):
   already in the namespace (made directly, scaled to zero), with hooks and Metacontroller RSS
   and the pools' sync time at each level.
 
-Every scenario asserts correctness under load (tests/tenancy_rules.py over every recorded
+Every scenario asserts correctness under load (testbed/tenancy_rules.py over every recorded
 event: no pod serves two Sandbox uids, no Sandbox changes pod...): a violation fails the run
 (harness.Broken: the figures are kept, `make bench` exits non-zero). It reports claims that
 never got Ready (a goal not met, not a failure of the run); it counts API writes per claim
@@ -40,10 +40,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
-from bench.claimlab import NS, SANDBOX_GROUP, Lab, percentiles
+from bench.claimlab import NS, Lab, percentiles
 from bench.harness import Broken, Latencies, Result, Skipped, latency_result
 from bench.harness import Context as BenchContext
-from tests.metacontroller.stack import metacontroller_binary
+from sandbox_common.contract import GROUP, SANDBOXES, VERSION
+from testbed.metacontroller import metacontroller_binary
 
 ALL = ("floor", "seq", "cold", "burst", "sustained", "scale")
 
@@ -236,8 +237,8 @@ def sequential(ctx: BenchContext, binary: str) -> list[Result]:
                 lab.create_sandboxes([name])
                 seen = lab.wait_sandboxes_ready([name], 60)
                 samples.append(seen[name] - began)
-                lab.custom.delete_namespaced_custom_object(SANDBOX_GROUP, "v1alpha1", NS,
-                                                           "sandboxes", name)
+                lab.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, SANDBOXES,
+                                                           name)
             cold.add_round(samples)
         report = lab.milestones.report(all_names)
         cost = lab.cost(window, len(all_names) * 2)

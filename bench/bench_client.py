@@ -38,7 +38,8 @@ print(samples[len(samples) // 2] * 1000)
 def _skip(reason: str) -> list[Result]:
     return [Result(component=COMPONENT, name=name, unit="ms", notes=f"skipped: {reason}")
             for name in ("local create -> first echo (cold)",
-                         "local create -> first echo (warm pool)", "local run('true')")]
+                         "local create -> first echo (warm pool)", "local run('true')",
+                         "local async run('true')")]
 
 
 def _bare_runsc_floor(runsc: str, work: Path, n: int) -> Latencies:
@@ -88,6 +89,52 @@ def first_echoes(state: Path, count: int, *, warm_pool: int,
     return latencies
 
 
+def _sync_and_async(holder: object, state: Path, ctx: Context) -> tuple[Latencies, Latencies]:
+    """run('true') with SandboxClient (`holder`, open) and AsyncSandboxClient (a sandbox of
+    its own, on one event loop), rounds alternated so both see the same machine."""
+    import asyncio
+
+    from agentic_sandbox import AsyncSandboxClient
+
+    iterations, rounds = ctx.scale(100, 20), ctx.scale(6, 3)
+    loop = asyncio.new_event_loop()
+    client = AsyncSandboxClient(TEMPLATE, backend="local", state_dir=state)
+    loop.run_until_complete(client.open())
+
+    async def async_round(n: int) -> list[float]:
+        samples = []
+        for _ in range(n):
+            start = time.perf_counter()
+            await client.run("true")
+            samples.append(time.perf_counter() - start)
+        return samples
+
+    def sync_round(n: int) -> list[float]:
+        samples = []
+        for _ in range(n):
+            start = time.perf_counter()
+            holder.run("true")  # type: ignore[attr-defined]
+            samples.append(time.perf_counter() - start)
+        return samples
+
+    sync_rt, async_rt = Latencies(), Latencies()
+    try:
+        loop.run_until_complete(async_round(10))
+        sync_round(10)
+        for i in range(rounds):
+            # Which goes first alternates too: neither always follows the other.
+            if i % 2:
+                async_rt.add_round(loop.run_until_complete(async_round(iterations)))
+                sync_rt.add_round(sync_round(iterations))
+            else:
+                sync_rt.add_round(sync_round(iterations))
+                async_rt.add_round(loop.run_until_complete(async_round(iterations)))
+    finally:
+        loop.run_until_complete(client.close())
+        loop.close()
+    return sync_rt, async_rt
+
+
 def run(ctx: Context) -> list[Result]:
     runsc = shutil.which("runsc")
     import os
@@ -133,6 +180,7 @@ def run(ctx: Context) -> list[Result]:
         exists_rt = time_calls(lambda: holder.exists("floor.py"),
                                iterations=ctx.scale(200, 50), rounds=ctx.scale(5, 3),
                                warmup=10)
+        sync_vs_async = _sync_and_async(holder, state, ctx)
         sandbox = holder.backend.sandbox  # type: ignore[attr-defined]
         exec_samples = []
         for _ in range(ctx.scale(10, 4)):
@@ -159,6 +207,18 @@ def run(ctx: Context) -> list[Result]:
                    "exists_round_trip_p50_ms": exists_rt.median("p50") * 1e3},
             notes="HTTP over the socketpair to sandbox-runtime --stdio; exists() p50 shows "
                   "the channel itself, the rest is the runtime's /execute under gVisor"))
+        sync_rt, async_rt = sync_vs_async
+        ratio = async_rt.median("p50") / sync_rt.median("p50")
+        results.append(latency_result(
+            COMPONENT, "local async run('true')", async_rt,
+            goal="p50 <= 1.10 x sync run('true')", met=ratio <= 1.10,
+            floor_name="sync run('true'), same run, rounds alternated",
+            ratio_to_floor=ratio,
+            extra={"sync_p50_ms": sync_rt.median("p50") * 1e3,
+                   "sync_p95_ms": sync_rt.median("p95") * 1e3},
+            notes="AsyncSandboxClient (httpx AsyncClient over the async channel transport) "
+                  "against SandboxClient, each on its own sandbox of the same template, "
+                  "one round of each in turn"))
     finally:
         local.manager(state).shutdown()
         shutil.rmtree(work, ignore_errors=True)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import multiprocessing
-import os
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -27,7 +25,7 @@ from bench.harness import (
     time_calls,
     tree_pids,
 )
-from tests.hookrequests import (
+from testbed.hookrequests import (
     SEED_POD_TEMPLATE,
     owned,
     resource,
@@ -35,8 +33,8 @@ from tests.hookrequests import (
     sync_request,
     with_pod_status,
 )
-from tests.slowclients import fresh_get, held_connections, latencies
-from tests.support import free_port, stop_process, wait_for_port
+from testbed.slowclients import fresh_get, held_connections, latencies
+from testbed.support import free_port, serve
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,15 +46,9 @@ def gunicorn(app: str):
     port = free_port()
     argv = [str(Path(sys.executable).parent / "gunicorn"), "-c", "python:hooks.gunicorn_conf",
             "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS), app]
-    process = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL,
-                               env={**os.environ, "SANDBOX_HOOKS_ACCESS_LOG": ""}, cwd=REPO)
-    try:
-        wait_for_port(port, process=process)
+    with serve(argv, port, env={"SANDBOX_HOOKS_ACCESS_LOG": ""}, quiet=True, cwd=REPO) as process:
         time.sleep(0.5)  # workers booted
         yield port, process
-    finally:
-        stop_process(process)
 
 
 def poster(port: int, path: str, body: bytes):

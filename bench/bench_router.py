@@ -1,8 +1,8 @@
 """Router benchmark: what the router adds over a direct connection to the same upstream.
 
-`python -m bench router [--quick]`. Starts a fast upstream (an aiohttp app in its own
-process, standing in for the runtime's small JSON answers and large downloads) and the real
-`sandbox-router` process in front of it, on loopback. Every figure is measured twice in the
+`python -m bench router [--quick]`. Starts a fast upstream (bench/upstream.py: an aiohttp app
+in its own process, standing in for the runtime's small JSON answers and large downloads) and
+the real `sandbox-router` process in front of it, on loopback. Every figure is measured twice in the
 same run, through the router and directly, so the direct figure is the floor:
 
 - added latency of a proxied POST /execute on one keep-alive connection (p50, p99)
@@ -24,10 +24,8 @@ import asyncio
 import contextlib
 import http.client
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,112 +33,45 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import keepalive
 from bench.harness import Context, Latencies, Result, latency_result, rss_mib, time_calls
+from sandbox_common import contract
+from testbed.support import free_port, serve
 
 COMPONENT = "router"
 K8S_COMPONENT = "router-k8s"
 TOKEN = "bench-token"
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
-
-
-# --- the upstream, run as `python -m bench.bench_router --upstream PORT` --------------------
-
-def serve_upstream(port: int) -> None:
-    from aiohttp import web
-
-    block = bytes(range(256)) * 4096  # 1 MiB
-
-    async def root(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def execute(request: web.Request) -> web.Response:
-        body = await request.json()
-        return web.json_response({"stdout": body.get("command", ""), "stderr": "",
-                                  "exit_code": 0})
-
-    async def big(request: web.Request) -> web.StreamResponse:
-        size = int(request.query["size"])
-        response = web.StreamResponse()
-        response.content_length = size
-        await response.prepare(request)
-        while size > 0:
-            chunk = block[: min(size, len(block))]
-            size -= len(chunk)
-            await response.write(chunk)
-        await response.write_eof()
-        return response
-
-    app = web.Application()
-    app.router.add_get("/", root)
-    app.router.add_post("/execute", execute)
-    app.router.add_get("/big", big)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, backlog=1024)
-
-
-# --- processes -------------------------------------------------------------------------------
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    import socket
-
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
+ROUTER = [str(Path(sys.executable).parent / "sandbox-router")]
 
 
 @contextlib.contextmanager
 def _process(argv: list[str], port: int, env: dict[str, str] | None = None):
-    process = subprocess.Popen(argv, env={**os.environ, **(env or {})},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True, cwd=REPO)
-    try:
-        _wait_port(port, process)
+    with serve(argv, port, env=env, timeout=20, quiet=True, cwd=REPO) as process:
         yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextlib.contextmanager
 def _stack():
-    up_port, router_port = _free_port(), _free_port()
+    """The upstream (bench/upstream.py) and the real router in front of it (static source)."""
+    up_port, router_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
         static = Path(tmp) / "sandboxes.json"
         static.write_text(json.dumps({"allow_loopback": True, "sandboxes": {
             "default/bench": {"addresses": ["127.0.0.1"], "ports": [up_port]}}}))
-        router_bin = Path(sys.executable).parent / "sandbox-router"
-        router_cmd = ([str(router_bin)] if router_bin.exists()
-                      else [sys.executable, "-m", "sandbox_router"])
-        with _process([sys.executable, "-m", "bench.bench_router", "--upstream", str(up_port)],
-                      up_port), \
-             _process([*router_cmd, "--host", "127.0.0.1", "--port", str(router_port),
+        with _process([sys.executable, "-m", "bench.upstream", str(up_port)], up_port), \
+             _process([*ROUTER, "--host", "127.0.0.1", "--port", str(router_port),
                        "--static-file", str(static)], router_port,
                       env={"SANDBOX_ROUTER_TOKEN": TOKEN}) as router:
             yield up_port, router_port, router
 
 
-ROUTING = {"Authorization": f"Bearer {TOKEN}", "X-Sandbox-ID": "bench"}
+ROUTING = {"Authorization": f"Bearer {TOKEN}", contract.SANDBOX_ID_HEADER: "bench"}
 
 
 def _headers(port: int, proxied: bool) -> dict[str, str]:
-    return {**ROUTING, "X-Sandbox-Port": str(port)} if proxied else {}
+    return {**ROUTING, contract.SANDBOX_PORT_HEADER: str(port)} if proxied else {}
 
 
 # --- 1. added latency on one keep-alive connection -------------------------------------------
@@ -171,75 +102,6 @@ def _latency(port: int, up_port: int, proxied: bool, ctx: Context,
                           rounds=ctx.scale(5, 3), warmup=200 // scale)
     finally:
         conn.close()
-
-
-# --- 2/4. raw asyncio HTTP/1.1 keep-alive client ---------------------------------------------
-
-async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", port)
-
-
-async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-               request: bytes) -> int:
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    if length:
-        await reader.readexactly(length)
-    return status
-
-
-def _request_bytes(up_port: int, proxied: bool, routing: dict[str, str] | None = None) -> bytes:
-    lines = ["GET / HTTP/1.1", "Host: bench"]
-    sent = routing if routing is not None else _headers(up_port, proxied)
-    lines += [f"{k}: {v}" for k, v in sent.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-async def _throughput(port: int, request: bytes, connections: int, seconds: float) -> tuple[
-        float, int]:
-    done = errors = 0
-    stop = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        nonlocal done, errors
-        reader, writer = await _open(port)
-        try:
-            while time.perf_counter() < stop:
-                if await _get(reader, writer, request) == 200:
-                    done += 1
-                else:
-                    errors += 1
-        finally:
-            writer.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(connections)))
-    return done / (time.perf_counter() - started), errors
-
-
-async def _hold(port: int, request: bytes, connections: int) -> tuple[int, int, float]:
-    """Open `connections` keep-alive connections, use each, hold them all, use each again."""
-    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    errors = ok = 0
-    started = time.perf_counter()
-    try:
-        for batch in range(0, connections, 100):
-            opened += await asyncio.gather(*(_open(port) for _ in range(
-                min(100, connections - batch))))
-        for _ in range(2):
-            results = await asyncio.gather(*(_get(r, w, request) for r, w in opened),
-                                           return_exceptions=True)
-            ok += sum(1 for x in results if x == 200)
-            errors += sum(1 for x in results if x != 200)
-    finally:
-        for _, writer in opened:
-            writer.close()
-    return ok, errors, time.perf_counter() - started
 
 
 # --- 3. large download -----------------------------------------------------------------------
@@ -312,12 +174,12 @@ def run(ctx: Context) -> list[Result]:
         seconds, rounds = (1.0, 3) if ctx.quick else (3.0, 5)
         via, floor, errs = [], [], 0
         for _ in range(rounds):
-            rate, err = asyncio.run(_throughput(router_port, _request_bytes(up_port, True), 16,
-                                                seconds))
+            rate, err = asyncio.run(keepalive.throughput(
+                router_port, keepalive.get_request(_headers(up_port, True)), 16, seconds))
             via.append(rate)
             errs += err
-            rate, err = asyncio.run(_throughput(up_port, _request_bytes(up_port, False), 16,
-                                                seconds))
+            rate, err = asyncio.run(keepalive.throughput(
+                up_port, keepalive.get_request(_headers(up_port, False)), 16, seconds))
             floor.append(rate)
         rps, rps_floor = statistics.median(via), statistics.median(floor)
         results.append(Result(
@@ -352,10 +214,11 @@ def run(ctx: Context) -> list[Result]:
 
         # 4. 500 concurrent keep-alive connections
         rss_before = rss_mib(pid)
-        ok, errors, elapsed = asyncio.run(_hold(router_port, _request_bytes(up_port, True), 500))
+        ok, errors, elapsed = asyncio.run(keepalive.hold(
+            router_port, keepalive.get_request(_headers(up_port, True)), 500))
         rss_after = rss_mib(pid)
         ok_direct, errors_direct, elapsed_direct = asyncio.run(
-            _hold(up_port, _request_bytes(up_port, False), 500))
+            keepalive.hold(up_port, keepalive.get_request(_headers(up_port, False)), 500))
         results.append(Result(
             component=COMPONENT, name="500 concurrent keep-alive connections", unit="s",
             throughput=ok / elapsed, throughput_unit="req/s", peak_rss_mib=rss_after,
@@ -389,7 +252,7 @@ def _reads(url: str) -> float:
 @contextlib.contextmanager
 def _control_plane(up_port: int):
     """A loopback kube-apiserver with the CRDs and one Ready Sandbox `bench` at 127.0.0.1."""
-    from tests.controlplane import kube
+    from testbed import kube
 
     with tempfile.TemporaryDirectory() as tmp:
         plane = kube.start(Path(tmp) / "plane", crds=kube.crd_files(), controller_manager=False)
@@ -399,17 +262,17 @@ def _control_plane(up_port: int):
             api = plane.api_client()
             custom = client.CustomObjectsApi(api)
             made: Any = custom.create_namespaced_custom_object(
-                "agents.x-k8s.io", "v1alpha1", "default", "sandboxes",
-                {"apiVersion": "agents.x-k8s.io/v1alpha1", "kind": "Sandbox",
+                contract.GROUP, contract.VERSION, "default", contract.SANDBOXES,
+                {"apiVersion": contract.SANDBOX_API, "kind": contract.SANDBOX_KIND,
                  "metadata": {"name": "bench"},
                  "spec": {"podTemplate": {"spec": {"containers": [
                      {"name": "runtime", "image": "bench",
                       "ports": [{"containerPort": up_port}]}]}}}})
             now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             custom.patch_namespaced_custom_object_status(
-                "agents.x-k8s.io", "v1alpha1", "default", "sandboxes", "bench",
+                contract.GROUP, contract.VERSION, "default", contract.SANDBOXES, "bench",
                 {"status": {"podIPs": ["127.0.0.1"], "podName": "bench", "conditions": [
-                    {"type": "Ready", "status": "True", "reason": "SandboxReady",
+                    {"type": contract.READY, "status": "True", "reason": contract.SANDBOX_READY,
                      "message": "bench", "lastTransitionTime": now}]}})
             api.close()
             yield plane, made["metadata"]["uid"]
@@ -419,10 +282,8 @@ def _control_plane(up_port: int):
 
 @contextlib.contextmanager
 def _kube_router(kubeconfig: Path, *extra: str):
-    port = _free_port()
-    router_bin = Path(sys.executable).parent / "sandbox-router"
-    argv = ([str(router_bin)] if router_bin.exists() else [sys.executable, "-m", "sandbox_router"])
-    with _process([*argv, "--host", "127.0.0.1", "--port", str(port), "--source", "kubernetes",
+    port = free_port()
+    with _process([*ROUTER, "--host", "127.0.0.1", "--port", str(port), "--source", "kubernetes",
                    "--namespace", "default", "--allow-loopback-pods", *extra], port,
                   env={"SANDBOX_ROUTER_TOKEN": TOKEN, "KUBECONFIG": str(kubeconfig)}):
         import urllib.error
@@ -445,7 +306,7 @@ def _kubernetes_source(ctx: Context, up_port: int, direct: Latencies, static: La
     """Each case beside the static router measured in the same run: on one keep-alive
     connection (floors: direct to the upstream, and the static router), or a new connection
     per request (floor: the static router, new connection per request)."""
-    from tests.controlplane import kube
+    from testbed import kube
 
     missing = kube.missing_binaries()
     if missing:  # the static figures stand; this component keeps its last ones
@@ -453,9 +314,9 @@ def _kubernetes_source(ctx: Context, up_port: int, direct: Latencies, static: La
               f"({', '.join(missing)}): run `make k8s`", flush=True)
         return []
     results: list[Result] = []
-    named = {**ROUTING, "X-Sandbox-Port": str(up_port)}
+    named = {**ROUTING, contract.SANDBOX_PORT_HEADER: str(up_port)}
     with _control_plane(up_port) as (plane, uid):
-        with_uid = {**named, "X-Sandbox-UID": uid}
+        with_uid = {**named, contract.SANDBOX_UID_HEADER: uid}
         with _kube_router(plane.kubeconfig) as (port, url), \
                 _kube_router(plane.kubeconfig, "--name-confirmation", "request") as (
                     strict_port, strict_url):
@@ -492,8 +353,8 @@ def _kubernetes_source(ctx: Context, up_port: int, direct: Latencies, static: La
                     ratio_to_floor=lat.median("p50") / floor.median("p50"), notes=notes,
                     extra=extra))
             before = _reads(url)
-            ok, errors, elapsed = asyncio.run(_hold(port, _request_bytes(up_port, True, named),
-                                                    500))
+            ok, errors, elapsed = asyncio.run(keepalive.hold(port, keepalive.get_request(named),
+                                                             500))
             reads = _reads(url) - before
             results.append(Result(
                 component=K8S_COMPONENT,
@@ -507,7 +368,4 @@ def _kubernetes_source(ctx: Context, up_port: int, direct: Latencies, static: La
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--upstream":
-        serve_upstream(int(sys.argv[2]))
-    else:
-        print("usage: python -m bench router [--quick]  (this module is run by the harness)")
+    print("usage: python -m bench router [--quick]  (this module is run by the harness)")

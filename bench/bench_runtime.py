@@ -13,7 +13,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,46 +30,22 @@ from bench.harness import (
     time_calls,
     tree_pids,
 )
-from tests.slowclients import fresh_get, held_connections, latencies
+from testbed.slowclients import fresh_get, held_connections, latencies
+from testbed.support import free_port, serve
 
 COMPONENT = "runtime"
 MIB = 1024 * 1024
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _server(workspace: Path):
-    port = _free_port()
+    port = free_port()
     exe = str(Path(sys.executable).parent / "sandbox-runtime")
-    env = {**os.environ, "SANDBOX_RUNTIME_MAX_UPLOAD_BYTES": str(200 * MIB),
+    env = {"SANDBOX_RUNTIME_MAX_UPLOAD_BYTES": str(200 * MIB),
            "SANDBOX_RUNTIME_MAX_CONCURRENT_COMMANDS": "32"}
-    proc = subprocess.Popen([exe, "--port", str(port), "--host", "127.0.0.1",
-                             "--base-dir", str(workspace)], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("sandbox-runtime did not start") from None
-                time.sleep(0.05)
+    with serve([exe, "--port", str(port), "--host", "127.0.0.1", "--base-dir", str(workspace)],
+               port, env=env, quiet=True) as proc:
         yield port, proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 class Client:

@@ -1,9 +1,9 @@
 """The claim benchmark's laboratory: one running loop, the load it is put under, and what it
 cost. Used by bench/bench_claims.py (the figures) and bench/ab_claims.py (before/after runs).
 
-A `Lab` is the whole loop on loopback (tests/metacontroller/stack.py: kube-apiserver with an
+A `Lab` is the whole loop on loopback (testbed/metacontroller.py: kube-apiserver with an
 audit log of writes, etcd, our hooks under gunicorn, the real Metacontroller), the kubelet
-stand-in in instant mode, and the tenancy recorder (tests/metacontroller/tenancy.py) watching
+stand-in in instant mode, and the tenancy recorder (testbed/tenancy.py) watching
 the benchmark's namespace from one list on. Everything the figures say comes from there:
 
 - **Milestones** of every claim, from the recorder's watch events, on this process's clock:
@@ -15,7 +15,7 @@ the benchmark's namespace from one list on. Everything the figures say comes fro
 - **Cost**: every write of the window by client (Metacontroller, the kubelet stand-in, the
   benchmark, kube-controller-manager), verb and resource, from the API server's audit log; the
   409 Conflicts among them; Metacontroller's "outdated resourceVersion" log lines.
-- **Correctness under load**: tests/tenancy_rules.py's check over every recorded event (no
+- **Correctness under load**: testbed/tenancy_rules.py's check over every recorded event (no
   pod serves two Sandbox uids, no Sandbox changes pod, ...), and claims that never got Ready.
 
 It must not: assert anything about speed (it measures), or leave a process running.
@@ -41,25 +41,32 @@ from typing import Any
 import requests
 
 from bench.harness import rss_mib, tree_pids
-from tests.hookrequests import SEED_POD_TEMPLATE
-from tests.metacontroller.stack import (
-    METACONTROLLER_FLAGS,
-    Kubelet,
-    MetacontrollerStack,
-    running_stack,
+from sandbox_common.contract import (
+    CLAIM_KIND,
+    CLAIMS,
+    EXTENSIONS_API,
+    EXTENSIONS_GROUP,
+    POOL_KIND,
+    POOLS,
+    SANDBOX_API,
+    SANDBOX_KIND,
+    SANDBOX_UID_LABEL,
+    SANDBOXES,
+    TEMPLATE_KIND,
+    TEMPLATES,
+    TERMINAL_REASONS,
+    VERSION,
 )
-from tests.metacontroller.tenancy import Recorder
-from tests.tenancy_rules import Event, check, is_ready, ready_condition
+from sandbox_common.contract import GROUP as SANDBOX_GROUP
+from testbed.hookrequests import SEED_POD_TEMPLATE
+from testbed.kubelet import Kubelet
+from testbed.metacontroller import METACONTROLLER_FLAGS, MetacontrollerStack, running_stack
+from testbed.tenancy import Recorder
+from testbed.tenancy_rules import Event, check, is_ready, ready_condition
 
-GROUP, VERSION = "extensions.agents.x-k8s.io", "v1alpha1"
-SANDBOX_GROUP = "agents.x-k8s.io"
 NS = "bench"
 TEMPLATE, POOL = "python-runtime-template", "python-sandbox-warmpool"
-SANDBOX_UID_LABEL = "agents.x-k8s.io/sandbox-uid"
-POD_NAME_ANNOTATION = "agents.x-k8s.io/pod-name"
 KUBELET_AGENT = "kubelet-stand-in"
-# Claim reasons no amount of waiting changes (agentic_sandbox's TERMINAL_CLAIM_READY_REASONS).
-TERMINAL = ("PodLost", "InvalidSpec", "TemplateNotFound", "WarmPoolNotFound", "Expired")
 
 ACCESS_MS = re.compile(r" (\d+)ms\"?\}?$")  # the access log's last field, whole milliseconds
 
@@ -80,7 +87,7 @@ def claim_body(name: str, pool: str | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {"sandboxTemplateRef": {"name": TEMPLATE}}
     if pool:
         spec["warmPoolRef"] = {"name": pool}
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SandboxClaim",
+    return {"apiVersion": EXTENSIONS_API, "kind": CLAIM_KIND,
             "metadata": {"name": name}, "spec": spec}
 
 
@@ -89,7 +96,7 @@ def sandbox_body(name: str, replicas: int = 1) -> dict[str, Any]:
     spec: dict[str, Any] = {"podTemplate": SEED_POD_TEMPLATE}
     if replicas != 1:
         spec["replicas"] = replicas
-    return {"apiVersion": f"{SANDBOX_GROUP}/v1alpha1", "kind": "Sandbox",
+    return {"apiVersion": SANDBOX_API, "kind": SANDBOX_KIND,
             "metadata": {"name": name}, "spec": spec}
 
 
@@ -173,18 +180,18 @@ class Milestones:
         obj, meta, seen = event.obj, event.obj["metadata"], event.seen
         if event.type == "DELETED":
             return
-        if event.kind == "SandboxClaim":
+        if event.kind == CLAIM_KIND:
             claim = self.claims.get(meta["name"])
             if claim is None:
                 return
             claim.uid = claim.uid or meta["uid"]
             if is_ready(obj):
                 self._first(claim, "claim_ready", seen)
-            elif ready_condition(obj).get("reason") in TERMINAL:
+            elif ready_condition(obj).get("reason") in TERMINAL_REASONS:
                 claim.failed = str(ready_condition(obj)["reason"])
-        elif event.kind == "Sandbox":
+        elif event.kind == SANDBOX_KIND:
             owner = next((r for r in meta.get("ownerReferences") or []
-                          if r.get("kind") == "SandboxClaim" and r.get("controller")), None)
+                          if r.get("kind") == CLAIM_KIND and r.get("controller")), None)
             claim = self.claims.get(owner["name"]) if owner else None
             if claim is None:
                 return
@@ -378,8 +385,8 @@ class Lab:
         self.recorder.start()
         self.exits.callback(self.recorder.stop)
         self.milestones = Milestones(self.recorder)
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, NS, "sandboxtemplates", {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "SandboxTemplate",
+        self.custom.create_namespaced_custom_object(EXTENSIONS_GROUP, VERSION, NS, TEMPLATES, {
+            "apiVersion": EXTENSIONS_API, "kind": TEMPLATE_KIND,
             "metadata": {"name": TEMPLATE}, "spec": {"podTemplate": SEED_POD_TEMPLATE}})
 
     # -- pools --
@@ -389,16 +396,16 @@ class Lab:
         (claims pick among the pools it lists)."""
         names = [f"{POOL}-{i}" for i in range(count)]
         for name in names:
-            self.custom.create_namespaced_custom_object(GROUP, VERSION, NS, "sandboxwarmpools", {
-                "apiVersion": f"{GROUP}/{VERSION}", "kind": "SandboxWarmPool",
+            self.custom.create_namespaced_custom_object(EXTENSIONS_GROUP, VERSION, NS, POOLS, {
+                "apiVersion": EXTENSIONS_API, "kind": POOL_KIND,
                 "metadata": {"name": name},
                 "spec": {"replicas": replicas, "sandboxTemplateRef": {"name": TEMPLATE}}})
         for name in names:
             self.pool_full(replicas, name, timeout=600)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            template = self.custom.get_namespaced_custom_object(GROUP, VERSION, NS,
-                                                                "sandboxtemplates", TEMPLATE)
+            template = self.custom.get_namespaced_custom_object(EXTENSIONS_GROUP, VERSION, NS,
+                                                                TEMPLATES, TEMPLATE)
             if sorted((template.get("status") or {}).get("warmPools") or []) == sorted(names):
                 return names
             time.sleep(0.1)
@@ -409,7 +416,7 @@ class Lab:
         began = time.monotonic()
         while True:
             status = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, NS, "sandboxwarmpools", name).get("status") or {}
+                EXTENSIONS_GROUP, VERSION, NS, POOLS, name).get("status") or {}
             if status.get("readyReplicas") == replicas and status.get("replicas") == replicas:
                 return time.monotonic() - began
             if time.monotonic() - began > timeout:
@@ -426,14 +433,14 @@ class Lab:
     def create_claim(self, name: str, pool: str | None = None) -> Claim:
         started = time.monotonic()
         claim = self.milestones.expect(name, started)
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, NS, "sandboxclaims",
+        self.custom.create_namespaced_custom_object(EXTENSIONS_GROUP, VERSION, NS, CLAIMS,
                                                     claim_body(name, pool))
         return claim
 
     def delete_claims(self, names: list[str]) -> None:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda n: self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, NS, "sandboxclaims", n), names))
+                EXTENSIONS_GROUP, VERSION, NS, CLAIMS, n), names))
 
     def burst(self, names: list[str], threads: int = 16, pool: str | None = None) -> float:
         """Create every claim as fast as `threads` clients can; seconds the creates took."""
@@ -469,7 +476,7 @@ class Lab:
     def create_sandboxes(self, names: list[str], replicas: int = 1, threads: int = 16) -> None:
         with ThreadPoolExecutor(threads) as executor:
             list(executor.map(lambda n: self.custom.create_namespaced_custom_object(
-                SANDBOX_GROUP, "v1alpha1", NS, "sandboxes", sandbox_body(n, replicas)), names))
+                SANDBOX_GROUP, VERSION, NS, SANDBOXES, sandbox_body(n, replicas)), names))
 
     def wait_sandboxes_settled(self, names: list[str], timeout: float) -> None:
         """Wait until each named Sandbox has a status with a Ready condition (any reason)."""
@@ -484,7 +491,8 @@ class Lab:
                 fresh = self.recorder.events[cursor:]
                 cursor += len(fresh)
             done.update(e.obj["metadata"]["name"] for e in fresh
-                        if e.kind == "Sandbox" and e.type != "DELETED" and ready_condition(e.obj))
+                        if e.kind == SANDBOX_KIND and e.type != "DELETED"
+                        and ready_condition(e.obj))
             time.sleep(0.05)
 
     def wait_sandboxes_ready(self, names: list[str], timeout: float) -> dict[str, float]:
@@ -498,7 +506,7 @@ class Lab:
                 cursor += len(fresh)
             for event in fresh:
                 meta = event.obj["metadata"]
-                if (event.kind == "Sandbox" and meta["name"] in wanted
+                if (event.kind == SANDBOX_KIND and meta["name"] in wanted
                         and event.type != "DELETED" and is_ready(event.obj)):
                     found.setdefault(meta["name"], event.seen)
             time.sleep(0.01)

@@ -27,9 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.claimlab import GROUP, NS, VERSION, Lab
-from tests.controlplane import kube
-from tests.metacontroller.stack import metacontroller_binary
+from bench.claimlab import NS, Lab
+from sandbox_common.contract import CLAIMS, EXTENSIONS_GROUP, VERSION
+from testbed import kube
+from testbed.metacontroller import metacontroller_binary
+from testbed.tenancy_rules import is_ready
 
 
 def after_other_write(core: Any, count: int) -> dict[str, float]:
@@ -104,11 +106,10 @@ def wait_by_own_watch(lab: Lab, name: str) -> None:
     from kubernetes import watch
 
     stream = watch.Watch()
-    for event in stream.stream(lab.custom.list_namespaced_custom_object, GROUP, VERSION, NS,
-                               "sandboxclaims", field_selector=f"metadata.name={name}",
+    for event in stream.stream(lab.custom.list_namespaced_custom_object, EXTENSIONS_GROUP,
+                               VERSION, NS, CLAIMS, field_selector=f"metadata.name={name}",
                                timeout_seconds=60):
-        conditions = (event["object"].get("status") or {}).get("conditions") or []
-        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+        if is_ready(event["object"]):
             stream.stop()
             return
 

@@ -12,58 +12,62 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hooks.typedefs import KubeObject, ObjectMap, ResourceRule, SyncRequest, SyncResponse
+from sandbox_common import contract
+from sandbox_common.contract import CLAIM_KIND as CLAIM_KIND
+from sandbox_common.contract import CLAIM_LABEL as CLAIM_LABEL
+from sandbox_common.contract import CLAIMS as CLAIMS
+from sandbox_common.contract import EXPIRED as EXPIRED
+from sandbox_common.contract import EXTENSIONS_API as EXTENSIONS_API
+from sandbox_common.contract import INVALID_SPEC as INVALID_SPEC
+from sandbox_common.contract import LAST_APPLIED as LAST_APPLIED
+from sandbox_common.contract import METACONTROLLER_UID_LABEL as METACONTROLLER_UID_LABEL
+from sandbox_common.contract import NETWORK_POLICY_DISABLED as NETWORK_POLICY_DISABLED
+from sandbox_common.contract import NETWORK_POLICY_PENDING as NETWORK_POLICY_PENDING
+from sandbox_common.contract import NETWORK_POLICY_READY as NETWORK_POLICY_READY
+from sandbox_common.contract import POD_LOST as POD_LOST
+from sandbox_common.contract import POD_NAME_ANNOTATION as POD_NAME_ANNOTATION
+from sandbox_common.contract import POD_NOT_READY as POD_NOT_READY
+from sandbox_common.contract import POOL_KIND as POOL_KIND
+from sandbox_common.contract import POOL_LABEL as POOL_LABEL
+from sandbox_common.contract import POOL_NOT_FOUND as POOL_NOT_FOUND
+from sandbox_common.contract import POOL_NOT_READY as POOL_NOT_READY
+from sandbox_common.contract import POOL_READY as POOL_READY
+from sandbox_common.contract import POOLS as POOLS
+from sandbox_common.contract import READY as READY
+from sandbox_common.contract import ROLE_LABEL as ROLE_LABEL
+from sandbox_common.contract import SANDBOX_API as SANDBOX_API
+from sandbox_common.contract import SANDBOX_EXPIRED as SANDBOX_EXPIRED
+from sandbox_common.contract import SANDBOX_KIND as SANDBOX_KIND
+from sandbox_common.contract import SANDBOX_LABEL as SANDBOX_LABEL
+from sandbox_common.contract import SANDBOX_NOT_READY as SANDBOX_NOT_READY
+from sandbox_common.contract import SANDBOX_READY as SANDBOX_READY
+from sandbox_common.contract import SANDBOX_UID_LABEL as SANDBOX_UID_LABEL
+from sandbox_common.contract import SANDBOXES as SANDBOXES
+from sandbox_common.contract import SCALED_TO_ZERO as SCALED_TO_ZERO
+from sandbox_common.contract import TEMPLATE_HASH_ANNOTATION as TEMPLATE_HASH_ANNOTATION
+from sandbox_common.contract import TEMPLATE_KIND as TEMPLATE_KIND
+from sandbox_common.contract import TEMPLATE_LABEL as TEMPLATE_LABEL
+from sandbox_common.contract import TEMPLATE_NOT_FOUND as TEMPLATE_NOT_FOUND
+from sandbox_common.contract import TEMPLATES as TEMPLATES
+from sandbox_common.contract import WAITING_FOR_ANNOTATION as WAITING_FOR_ANNOTATION
+from sandbox_common.contract import WAITING_FOR_WARM_POD as WAITING_FOR_WARM_POD
 
-# Keys of Metacontroller's children/related maps.
-POD = "Pod.v1"
-SERVICE = "Service.v1"
-PVC = "PersistentVolumeClaim.v1"
-NETWORK_POLICY = "NetworkPolicy.networking.k8s.io/v1"
-SANDBOX = "Sandbox.agents.x-k8s.io/v1alpha1"
-TEMPLATE = "SandboxTemplate.extensions.agents.x-k8s.io/v1alpha1"
-POOL = "SandboxWarmPool.extensions.agents.x-k8s.io/v1alpha1"
+# The names imported above and below are spelled in sandbox_common/contract.py; the hook
+# modules read them as objects.NAME. Keys of Metacontroller's children/related maps.
+POD = contract.POD_KEY
+SERVICE = contract.SERVICE_KEY
+PVC = contract.PVC_KEY
+NETWORK_POLICY = contract.NETWORK_POLICY_KEY
+SANDBOX = contract.SANDBOX_KEY
+TEMPLATE = contract.TEMPLATE_KEY
+POOL = contract.POOL_KEY
 
-SANDBOX_API = "agents.x-k8s.io/v1alpha1"
-EXTENSIONS_API = "extensions.agents.x-k8s.io/v1alpha1"
+# Users cannot set label or annotation keys under our group (or any subdomain of it).
+RESERVED_SUFFIX = contract.GROUP
 
-# Labels and annotations we own. Users cannot set keys under RESERVED_SUFFIX (any subdomain).
-RESERVED_SUFFIX = "agents.x-k8s.io"
-# A pod serving a Sandbox carries both: the name for people, the uid for every selector. A name
-# is reused when a Sandbox is deleted and created again; a uid never is, so nothing that decides
-# which pod serves which Sandbox (Service selector, binding, status) ever keys by the name.
-SANDBOX_LABEL = "agents.x-k8s.io/sandbox"
-SANDBOX_UID_LABEL = "agents.x-k8s.io/sandbox-uid"
-TEMPLATE_LABEL = "agents.x-k8s.io/sandbox-template"
-POOL_LABEL = "agents.x-k8s.io/warm-pool"
-CLAIM_LABEL = "agents.x-k8s.io/claim"
-ROLE_LABEL = "agents.x-k8s.io/role"  # on the router's pods; the NetworkPolicies trust it
-POD_NAME_ANNOTATION = "agents.x-k8s.io/pod-name"
-TEMPLATE_HASH_ANNOTATION = "agents.x-k8s.io/template-hash"
-METACONTROLLER_UID_LABEL = "controller-uid"  # generateSelector: Metacontroller's own label
-LAST_APPLIED = "metacontroller.k8s.io/last-applied-configuration"
-
-# Condition types and reasons, shared by hooks, client and tests.
-READY = "Ready"
-INVALID_SPEC = "InvalidSpec"
-SANDBOX_READY = "SandboxReady"
-SANDBOX_NOT_READY = "SandboxNotReady"
-SANDBOX_EXPIRED = "SandboxExpired"
-POD_NOT_READY = "PodNotReady"
-POD_LOST = "PodLost"
-WAITING_FOR_ANNOTATION = "WaitingForPodNameAnnotation"
-SCALED_TO_ZERO = "ScaledToZero"
-WAITING_FOR_WARM_POD = "WaitingForWarmPod"
-TEMPLATE_NOT_FOUND = "TemplateNotFound"
-POOL_NOT_FOUND = "WarmPoolNotFound"
-EXPIRED = "Expired"
-POOL_READY = "PoolReady"
-POOL_NOT_READY = "PoolNotReady"
-NETWORK_POLICY_READY = "NetworkPolicyReady"
-NETWORK_POLICY_DISABLED = "NetworkPolicyDisabled"
-NETWORK_POLICY_PENDING = "NetworkPolicyPending"
-# Sandbox reasons that no amount of waiting fixes; a claim reports them as its own reason, and
-# the client (agentic_sandbox, TERMINAL_CLAIM_READY_REASONS) stops waiting on them.
+# Sandbox reasons a claim reports as its own (so its client stops waiting): terminal ones
+# (contract.TERMINAL_REASONS) that only the Sandbox can know. Its own deadline it reports itself.
 TERMINAL_SANDBOX_REASONS = (POD_LOST, INVALID_SPEC)
-
 
 
 # ---- reading requests -------------------------------------------------------------------

@@ -134,7 +134,7 @@ def pool_pods(request: SyncRequest) -> list[KubeObject]:
     return [
         p
         for p in objects.observed(request, POD, "related")
-        if pool and objects.controller_of(p) == ("SandboxWarmPool", pool)
+        if pool and objects.controller_of(p) == (objects.POOL_KIND, pool)
     ]
 
 
@@ -240,7 +240,7 @@ def sync(
         if not objects.pod_is_ready(pod):
             phase = pod.get("status", {}).get("phase", "Pending")
             ready(False, objects.POD_NOT_READY, f"pod {pod_name} is {phase} and not ready")
-        elif claim is not None and claim[0] == "SandboxClaim" and annotated != pod_name:
+        elif claim is not None and claim[0] == objects.CLAIM_KIND and annotated != pod_name:
             # Clients of the walkthrough's era read the pod's name from this annotation at the
             # first Ready; only the claim may write it, so Ready waits for it.
             ready(

@@ -77,7 +77,7 @@ def desired_sandbox(claim: KubeObject, template: KubeObject, pool: str | None) -
     spec: dict[str, Any] = {"podTemplate": objects.clone(template["spec"]["podTemplate"])}
     sandbox = {
         "apiVersion": objects.SANDBOX_API,
-        "kind": "Sandbox",
+        "kind": objects.SANDBOX_KIND,
         "metadata": {
             "name": meta["name"],
             "namespace": meta.get("namespace", "default"),
@@ -269,12 +269,11 @@ def customize(request: CustomizeRequest) -> CustomizeResponse:
     template = (spec.get("sandboxTemplateRef") or {}).get("name")
     pool = (spec.get("warmPoolRef") or {}).get("name")
     rules = [
-        objects.related(objects.EXTENSIONS_API, "sandboxtemplates", namespace, name=template),
+        objects.related(objects.EXTENSIONS_API, objects.TEMPLATES, namespace, name=template),
         objects.related(
-            objects.SANDBOX_API, "sandboxes", namespace, name=claim["metadata"]["name"]
+            objects.SANDBOX_API, objects.SANDBOXES, namespace, name=claim["metadata"]["name"]
         ),
     ]
     if isinstance(pool, str) and pool:
-        rules.append(objects.related(objects.EXTENSIONS_API, "sandboxwarmpools", namespace,
-                                     name=pool))
+        rules.append(objects.related(objects.EXTENSIONS_API, objects.POOLS, namespace, name=pool))
     return {"relatedResources": rules}

@@ -189,6 +189,6 @@ def customize(request: CustomizeRequest) -> CustomizeResponse:
     namespace = template["metadata"].get("namespace", "default")
     return {
         "relatedResources": [
-            objects.related(objects.EXTENSIONS_API, "sandboxwarmpools", namespace)
+            objects.related(objects.EXTENSIONS_API, objects.POOLS, namespace)
         ]
     }

@@ -260,13 +260,13 @@ def customize(request: CustomizeRequest) -> CustomizeResponse:
     rules = [
         objects.related(
             objects.SANDBOX_API,
-            "sandboxes",
+            objects.SANDBOXES,
             namespace,
             labels={POOL_LABEL: pool["metadata"]["name"]},
         )
     ]
     if isinstance(template, str):
         rules.append(
-            objects.related(objects.EXTENSIONS_API, "sandboxtemplates", namespace, name=template)
+            objects.related(objects.EXTENSIONS_API, objects.TEMPLATES, namespace, name=template)
         )
     return {"relatedResources": rules}

@@ -20,11 +20,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sandbox_router.addresses import AddressPolicy
+from sandbox_router.auth import TokenCheck
 from sandbox_router.config import Config, load_config
 from sandbox_router.headers import SANDBOX_ID
 from sandbox_router.metrics import create_metrics
-from sandbox_router.proxy import Forwarder, TokenCheck
-from sandbox_router.resolve import KubernetesSource, Resolver, Source, StaticSource
+from sandbox_router.proxy import Forwarder
+from sandbox_router.resolve import Resolver
+from sandbox_router.sources import KubernetesSource, Source, StaticSource
 
 log = logging.getLogger(__name__)
 

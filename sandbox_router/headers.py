@@ -13,13 +13,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-SANDBOX_ID = "X-Sandbox-ID"
-SANDBOX_NAMESPACE = "X-Sandbox-Namespace"
-SANDBOX_PORT = "X-Sandbox-Port"
-SANDBOX_TIMEOUT = "X-Sandbox-Timeout"
-# The uid of the Sandbox the client means (metadata.uid): a name can be re-used, a uid never.
-SANDBOX_UID = "X-Sandbox-UID"
-ROUTING_HEADERS = (SANDBOX_ID, SANDBOX_NAMESPACE, SANDBOX_PORT, SANDBOX_TIMEOUT, SANDBOX_UID)
+from sandbox_common.contract import ROUTING_HEADERS as ROUTING_HEADERS
+from sandbox_common.contract import SANDBOX_ID_HEADER as SANDBOX_ID
+from sandbox_common.contract import SANDBOX_NAMESPACE_HEADER as SANDBOX_NAMESPACE
+from sandbox_common.contract import SANDBOX_PORT_HEADER as SANDBOX_PORT
+from sandbox_common.contract import SANDBOX_TIMEOUT_HEADER as SANDBOX_TIMEOUT
+from sandbox_common.contract import SANDBOX_UID_HEADER as SANDBOX_UID
 
 # DNS-1123 label: what a Sandbox name must be, because its headless Service carries the same
 # name (Service names are labels). This refuses dots, so no IP address or FQDN is a name.

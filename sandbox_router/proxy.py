@@ -1,18 +1,17 @@
 """The forwarding handler: one client request in, one request to one sandbox out, streamed.
 
 Installed by ``app.create_app`` as the handler of every request that carries X-Sandbox-ID.
-Order matters and is the security argument: authenticate, parse routing headers, resolve
-through ``resolve.Resolver`` (which applies the address policy), and only then connect, to a
-``Target`` address and never to anything the caller wrote. Refusals answer before any
-connection is opened. Bodies stream both ways; nothing here buffers a whole body beyond
-``buffer_body_bytes``. It must not follow redirects, decode content, or forward the caller's
+Order matters and is the security argument: authenticate (``auth.TokenCheck``), parse routing
+headers, resolve through ``resolve.Resolver`` (which applies the address policy), and only
+then connect, to a ``Target`` address and never to anything the caller wrote. Refusals answer
+before any connection is opened. Bodies stream both ways; nothing here buffers a whole body
+beyond ``buffer_body_bytes``. It must not follow redirects, decode content, or forward the caller's
 credentials or hop-by-hop headers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 import weakref
@@ -25,8 +24,15 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from sandbox_router.auth import TokenCheck
 from sandbox_router.config import Config
-from sandbox_router.headers import ROUTING_HEADERS, BadRoute, parse_route
+from sandbox_router.headers import (
+    ROUTING_HEADERS,
+    SANDBOX_ID,
+    SANDBOX_NAMESPACE,
+    BadRoute,
+    parse_route,
+)
 from sandbox_router.identity import ConnectionMemory
 from sandbox_router.metrics import Metrics, method_label
 from sandbox_router.resolve import ResolveError, Resolver, Target
@@ -48,55 +54,6 @@ _DROP_REQUEST = HOP_BY_HOP | frozenset(h.lower() for h in (
 _DROP_RESPONSE = HOP_BY_HOP | frozenset(("content-length",))
 _NO_BODY_STATUS = frozenset((204, 304))
 _CHUNK = 256 * 1024
-
-
-class TokenCheck:
-    """Bearer-token check in constant time; the token file is re-read when it changes."""
-
-    def __init__(self, *, token: str = "", token_file: str = "",
-                 reload_interval: float = 10.0) -> None:
-        self._literal = token.strip()
-        self._file = token_file
-        self._interval = reload_interval
-        self._checked_at = 0.0
-        self._mtime: float | None = None
-        self._token = self._literal.encode()
-        if token_file:
-            self._reload(force=True)
-
-    @property
-    def configured(self) -> bool:
-        return bool(self._token)
-
-    def _reload(self, *, force: bool = False) -> None:
-        import os
-
-        now = time.monotonic()
-        if not force and now - self._checked_at < self._interval:
-            return
-        self._checked_at = now
-        try:
-            mtime = os.stat(self._file).st_mtime
-            if force or mtime != self._mtime:
-                with open(self._file, "rb") as handle:
-                    text = handle.read(4096).strip()
-                self._mtime = mtime
-                self._token = text or self._literal.encode()
-        except OSError:
-            if force:
-                raise
-            log.warning("token file unreadable; keeping the previous token",
-                        extra={"token_file": self._file})
-
-    def allows(self, authorization: str | None) -> bool:
-        if self._file:
-            self._reload()
-        if not self._token or not authorization:
-            return False
-        scheme, _, presented = authorization.partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        return hmac.compare_digest(presented.strip().encode(), self._token)
 
 
 def error(status: int, message: str) -> web.Response:
@@ -141,8 +98,8 @@ class Forwarder:
             if self.config.access_log:
                 access_log.info("request", extra={
                     "method": request.method, "path": request.path, "status": status,
-                    "sandbox": request.headers.get("X-Sandbox-ID", ""),
-                    "namespace": request.headers.get("X-Sandbox-Namespace", ""),
+                    "sandbox": request.headers.get(SANDBOX_ID, ""),
+                    "namespace": request.headers.get(SANDBOX_NAMESPACE, ""),
                     "ms": round((time.perf_counter() - started) * 1e3, 3)})
 
     def _refuse(self, reason: str, status: int, message: str) -> web.Response:

@@ -8,8 +8,10 @@ must stay up and stay confined under hostile input. Map of the package, by quest
   answered, a path decoded?            JSON, the WSGI adapter both transports use)
 - how is /execute validated?          commands.py (fields, the slot, the stream, records)
 - where is a timeout enforced?        execute.py (deadline, output caps, kill the group)
+- what may outlive its request?       background.py (/processes: start, list, wait,
+                                      output, kill; the only processes that may)
 - how can a command not escape?       keeper.py (the keeper program), procs.py (the server's
-                                      side: pool, retirement, the one reaper)
+                                      side: pool, leftovers killed, the one reaper)
 - where is a path confined?           confine.py (resolve, symlinks, /proc/self/fd checks)
 - where is an upload parsed?          multipart.py (the body) -> files.py (the file ops)
 - what bounds commands across         slots.py (record locks on a memfd)

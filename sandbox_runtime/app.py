@@ -30,7 +30,8 @@ class App(WSGIApp):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         errors = runtime.metrics.errors
-        super().__init__(Router(Routes(runtime).table()),
+        self.routes = Routes(runtime)
+        super().__init__(Router(self.routes.table()),
                          lambda status: errors.labels(str(status)).inc())
 
 

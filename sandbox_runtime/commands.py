@@ -55,9 +55,13 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def parse(body: Mapping[str, Any], rt: Runtime) -> Execution:
-    """Validate an /execute body; every message names the field at fault."""
+def parse(body: Mapping[str, Any], rt: Runtime, *, background: bool = False) -> Execution:
+    """Validate an /execute (or, `background`, a /processes) body; every message names the
+    field at fault. A background process's timeout defaults to, and may be up to,
+    max_process_timeout_s."""
     cfg = rt.cfg
+    default_timeout = cfg.max_process_timeout_s if background else cfg.default_timeout_s
+    max_timeout = cfg.max_process_timeout_s if background else cfg.max_timeout_s
     unknown = sorted(set(body) - FIELDS)
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}; "
@@ -69,13 +73,13 @@ def parse(body: Mapping[str, Any], rt: Runtime) -> Execution:
             len(command.encode()) > cfg.max_command_bytes:
         raise BadRequest(f"command: must hold no NUL or lone surrogates and at most "
                          f"{cfg.max_command_bytes} bytes")
-    timeout = body.get("timeout", cfg.default_timeout_s)
+    timeout = body.get("timeout", default_timeout)
     if timeout is None:
-        timeout = cfg.default_timeout_s
+        timeout = default_timeout
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise BadRequest("timeout: must be a number of seconds")
-    if not 0 < timeout <= cfg.max_timeout_s:
-        raise BadRequest(f"timeout: must be > 0 and at most {cfg.max_timeout_s} seconds")
+    if not 0 < timeout <= max_timeout:
+        raise BadRequest(f"timeout: must be > 0 and at most {max_timeout} seconds")
     env = body.get("env") or {}
     if not isinstance(env, dict):
         raise BadRequest("env: must be an object of string to string")

@@ -37,10 +37,18 @@ class Config:
     max_command_bytes: int = 256 * 1024
     max_env_entries: int = 256
     max_list_entries: int = 100_000
+    # Entries of one directory upload (POST /archive/*); its files' bytes: max_upload_bytes.
+    max_archive_entries: int = 100_000
     # rlimits of every command (and of its descendants, which inherit them).
     command_address_space_mib: int = 4096
     command_file_size_mib: int = 1024
     command_max_processes: int = 512
+    # Background processes (POST /processes): how many run at once, their longest life.
+    max_processes: int = 16
+    max_process_timeout_s: float = 86400.0
+    # Where the background processes' registry lives (outside the workspace); "": a folder
+    # under the temporary directory named after the workspace (background.state_dir).
+    state_dir: str = ""
     log_level: str = "INFO"
     # gunicorn worker processes (TCP mode); 0: one per CPU the pod may use, at most 8.
     workers: int = 0

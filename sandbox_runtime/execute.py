@@ -58,14 +58,29 @@ class Outcome:
     extra: dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
+        exit_code, signal_name = exit_status(self.exit_code)
         return {
             "stdout": self.stdout.decode("utf-8", "replace"),
             "stderr": self.stderr.decode("utf-8", "replace"),
-            "exit_code": self.exit_code,
+            "exit_code": exit_code,
+            "signal": signal_name,
             "timed_out": self.timed_out,
             "stdout_truncated": self.stdout_truncated,
             "stderr_truncated": self.stderr_truncated,
         }
+
+
+def exit_status(code: int | None) -> tuple[int | None, str | None]:
+    """A shell's wait status as the API reports it: (exit code, signal name). Killed by
+    signal N (waitstatus_to_exitcode's -N): 128 + N, as a shell reports it, and the
+    signal's name ("SIGKILL"); else the exit code and None."""
+    if code is None or code >= 0:
+        return code, None
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"SIG{-code}"
+    return 128 - code, name
 
 
 _ids = itertools.count(1)
@@ -80,13 +95,16 @@ class Command:
 
     def __init__(self, command: str, *, timeout_s: float, cwd: str, env: Mapping[str, str],
                  config: Config, keepers: procs.KeeperPool,
-                 base_env: Mapping[str, str]) -> None:
+                 base_env: Mapping[str, str], dedicated: bool = False) -> None:
+        """`dedicated`: the keeper ends with the command instead of going back to the pool
+        (a background process: its keeper's pid must not name another command's group)."""
         self.id = f"{os.getpid()}-{next(_ids)}-{os.urandom(4).hex()}"
         self.cap = config.max_output_bytes
         self.started = time.monotonic()
         self.deadline = self.started + timeout_s
         self.outcome = Outcome()
         self._keepers = keepers
+        self._dedicated = dedicated
         self._done = False
         self._exited = False
         self._killed = False
@@ -257,9 +275,11 @@ class Command:
         for fd in self._files:
             os.close(fd)
         self._files.clear()
-        if not self._killed:
+        if self._dedicated and not self._killed:
+            self.outcome.killed = self.keeper.kill()  # and whatever it left behind
+        elif not self._killed:
             self._keepers.release(self.keeper)
-        if self._killed or self.keeper.clean is False:
+        if (self._killed or self.keeper.clean is False) and not self._dedicated:
             self._keepers.prewarm()  # the next command finds a keeper ready
         out = self.outcome
         out.stdout = b"".join(self._kept["stdout"])

@@ -43,10 +43,11 @@ The protocol, on a stream socket the server holds the other end of (FD):
   meanwhile, and reads the verdict before it gives the keeper another command.
 
 What it must never do: run two commands at once, or take a command while anything of the
-previous one is alive (the server retires such a keeper, see procs.py); outlive a command
-that is still running when the server goes away (end-of-file on FD: it kills its group,
-itself included); leave its group's processes alive past `deadline + BACKUP_GRACE_S` if the
-server did not kill them by then (the server may be stopped or dead).
+previous one is alive (the server kills such a keeper with its group, see procs.py);
+outlive a command that is still running when the server goes away (end-of-file on FD: it
+kills its group, itself included); leave its group's processes alive past
+`deadline + BACKUP_GRACE_S` if the server did not kill them by then (the server may be
+stopped or dead).
 """
 
 from __future__ import annotations

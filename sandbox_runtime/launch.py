@@ -118,8 +118,11 @@ def serve_stdio(overrides: Mapping[str, Any], *, init: bool = False) -> int:
                      daemon=True).start()
     try:
         status = stdio.serve_fds(application, request_fd, response_fd, quiet.set_busy)
+        # The background processes started over this channel outlive it: this process
+        # (their keepers' parent, driving their output) stays until they end.
+        application.routes.processes.wait_owned()
     finally:
-        keepers.close()  # idle keepers exit; retired ones keep their processes
+        keepers.close()  # idle keepers exit
     if init:
         reaper.join()  # stay as the sandbox's init
     return status

@@ -8,9 +8,10 @@ guarantees. Linux only.
 
 A keeper runs one command at a time. After a command that ended with nothing of it left
 alive, the keeper goes back to the pool for the next command. After a command that left
-processes running on purpose (`nohup srv &`), the keeper is retired: it keeps those
-processes in its group (so they stay accounted to that command: a later API can list or
-end them by the keeper's pid) and exits once they are gone; the server reaps it then.
+processes running (`nohup srv &`), the keeper is killed with its whole group as the command
+ends: only background processes (background.py, each in a keeper of its own) may outlive
+their request. A keeper is retired (its socket closed, reaped once it exited) only when the
+pool has enough idle ones.
 After a timeout, a cancellation, or a keeper that died or broke the protocol, the keeper's
 group is killed whole (keeper.kill_group) and the keeper reaped only after that, so its pid,
 which is the group's id, cannot be reused meanwhile.
@@ -171,7 +172,7 @@ class KeeperPool:
                 return self.spawn()
             if keeper.clean is not False and keeper.settle(SETTLE_TIMEOUT_S):
                 return keeper
-            self._retire(keeper)
+            keeper.kill()
 
     def prewarm(self) -> None:
         """Have one idle keeper ready (its interpreter start is off the next command's path)."""
@@ -187,14 +188,17 @@ class KeeperPool:
             self._idle.append(keeper)
 
     def release(self, keeper: Keeper) -> None:
-        """A command ended normally. If its verdict says something of it is alive, retire
-        the keeper now (it keeps those processes and exits when they end); with the
-        verdict still due, keep it idle: acquire() reads the verdict before reuse."""
-        if keeper.clean is not False:
-            with self._lock:
-                if len(self._idle) < MAX_IDLE:
-                    self._idle.append(keeper)
-                    return
+        """A command ended normally. Its verdict is read now: if something of it is still
+        alive (`srv &` left behind), the keeper's group is killed with it, since only
+        background processes (background.py) may outlive their command; else the keeper
+        goes back to the pool."""
+        if not keeper.settle(SETTLE_TIMEOUT_S):
+            keeper.kill()
+            return
+        with self._lock:
+            if len(self._idle) < MAX_IDLE:
+                self._idle.append(keeper)
+                return
         self._retire(keeper)
 
     def _retire(self, keeper: Keeper) -> None:

@@ -65,8 +65,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
     ran = {marker for r in reports for marker in MUST_RUN_IN_CI if marker in r.keywords}
     if not ran:
         return
-    from tests.controlplane import kube
-    from tests.metacontroller.stack import metacontroller_binary
+    from testbed import kube
+    from testbed.metacontroller import metacontroller_binary
 
     terminalreporter.section("real tools", sep="-")
     terminalreporter.write_line(f"control plane: kube-apiserver {kube.K8S_VERSION} "

@@ -13,7 +13,7 @@ of a parent that is gone one round later, not at once. A sync may read its paren
 status written by the sync before last), as Metacontroller does when its informer lags.
 
 The tests play the kubelet (pods Ready). Every change to a Pod, Service, Sandbox or
-SandboxClaim is recorded as a watch event (`events`), so tests/tenancy_rules.py checks the
+SandboxClaim is recorded as a watch event (`events`), so testbed/tenancy_rules.py checks the
 same rules here as on the real loop. Real Metacontroller runs in tests/metacontroller/.
 """
 
@@ -29,8 +29,9 @@ from typing import Any
 
 from hooks import objects, sandbox, sandboxclaim, sandboxtemplate, sandboxwarmpool
 from hooks.typedefs import DEFAULT_SETTINGS
-from tests.hookrequests import API, KEYS
-from tests.tenancy_rules import Event
+from sandbox_common import contract
+from testbed.hookrequests import API, KEYS
+from testbed.tenancy_rules import Event
 
 Obj = dict[str, Any]
 Key = tuple[str, str, str]  # kind, namespace, name
@@ -66,10 +67,10 @@ PLURAL_KIND = {
     "pods": "Pod",
     "services": "Service",
     "persistentvolumeclaims": "PersistentVolumeClaim",
-    "sandboxes": "Sandbox",
-    "sandboxtemplates": "SandboxTemplate",
-    "sandboxwarmpools": "SandboxWarmPool",
-    "sandboxclaims": "SandboxClaim",
+    contract.SANDBOXES: contract.SANDBOX_KIND,
+    contract.TEMPLATES: contract.TEMPLATE_KIND,
+    contract.POOLS: contract.POOL_KIND,
+    contract.CLAIMS: contract.CLAIM_KIND,
 }
 
 

@@ -1,12 +1,14 @@
 """The backend seam: a Backend opens one sandbox and hands back an Endpoint to talk to it.
 
-Called by agentic_sandbox._client (SandboxClient.open/close). An Endpoint carries a base URL,
-the headers every request needs (routing, auth) and the httpx transport that reaches the
-sandbox: httpx's HTTPTransport over TCP for Kubernetes, a ChannelTransport over a socketpair
-for the local runsc backend (agentic_sandbox._backends.channel), an in-memory transport in
-unit tests (as httpx's MockTransport). The client owns the transport once open() returned
-it, and closes it. Backends must not retry requests themselves: replay policy lives in the
-client only (agentic_sandbox._protocol.replay_allowed).
+Called by agentic_sandbox._client (SandboxClient and AsyncSandboxClient, open/close). An
+Endpoint carries a base URL, the headers every request needs (routing, auth) and the httpx
+transports that reach the sandbox, one sync and one async: httpx's HTTPTransport and
+AsyncHTTPTransport over TCP for Kubernetes, a ChannelTransport and an AsyncChannelTransport
+over socketpairs for the local runsc backend (agentic_sandbox._backends.channel), in-memory
+transports in unit tests (as httpx's MockTransport). The client owns both transports once
+open() returned them, uses the one that fits it, and closes both. Backends must not retry
+requests themselves: replay policy lives in the client only
+(agentic_sandbox._protocol.replay_allowed).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ class Endpoint:
     """How to reach one open sandbox's runtime API."""
 
     base_url: str  # e.g. "http://127.0.0.1:40123" (no trailing slash)
-    transport: httpx2.BaseTransport  # every request to base_url goes through it
+    transport: httpx2.BaseTransport  # every request of a SandboxClient goes through it
+    # ... and of an AsyncSandboxClient through this one (None: the backend has no async IO)
+    async_transport: httpx2.AsyncBaseTransport | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     sandbox_name: str = ""  # the Sandbox (Kubernetes) or runsc container id (local)
     description: str = ""  # for error messages: "router tunnel on 127.0.0.1:40123", ...

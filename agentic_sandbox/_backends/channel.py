@@ -10,13 +10,19 @@ httpx's ConnectError, so the client knows the request never left this process.
 
 One idle connection is kept, for ever (a new one costs a `runsc exec`); a second
 concurrent request gets a channel of its own, closed once there are two idle. No retries
-here: replay is the client's decision alone (agentic_sandbox._protocol). An
-AsyncChannelTransport will be the same over httpcore's async pool, with the socket wrapped
-by anyio.
+here: replay is the client's decision alone (agentic_sandbox._protocol).
+
+AsyncChannelTransport is the same over httpcore's async pool, for AsyncSandboxClient: the
+channel is a non-blocking socket read and written through the running asyncio loop
+(`sock_recv`, `sock_sendall`), and the factory runs in a thread (it may start a `runsc
+exec`). With `owns_channels=False` a transport never closes a channel: the local backend
+checks a new sandbox answers over its first channel and then hands that same channel, clean
+between two requests, to whichever client (sync or async) asks first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import select
 import socket
@@ -26,9 +32,11 @@ from typing import Any, Final
 import httpcore2
 import httpx2
 
+from agentic_sandbox._aio import in_thread
 from agentic_sandbox._exceptions import SandboxError
 
-__all__ = ["CHANNEL_URL", "ChannelFactory", "ChannelTransport", "hang_up"]
+__all__ = ["CHANNEL_URL", "AsyncChannelTransport", "ChannelFactory", "ChannelTransport",
+           "hang_up"]
 
 # The base URL of every channel endpoint: the host name is never resolved.
 CHANNEL_URL: Final = "http://sandbox.local"
@@ -36,11 +44,22 @@ CHANNEL_URL: Final = "http://sandbox.local"
 ChannelFactory = Callable[[], socket.socket]
 
 
+def _readable(sock: socket.socket) -> bool:
+    """httpcore's `is_readable`: an idle connection with something to read has been closed
+    (or spoken to out of turn) by the other side, and is dropped instead of reused."""
+    if sock.fileno() < 0:
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class ChannelStream(httpcore2.NetworkStream):
     """One channel as httpcore's network stream (HTTP/1.1 in clear, no TLS)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, owned: bool = True) -> None:
         self._sock = sock
+        self._owned = owned
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         try:
@@ -61,47 +80,119 @@ class ChannelStream(httpcore2.NetworkStream):
             raise httpcore2.WriteError(str(exc)) from exc
 
     def close(self) -> None:
-        self._sock.close()
+        if self._owned:
+            self._sock.close()
 
     def get_extra_info(self, info: str) -> Any:
         if info == "socket":
             return self._sock
         if info == "is_readable":
-            # An idle connection with something to read has been closed (or spoken to out
-            # of turn) by the other side: httpcore then drops it instead of reusing it.
-            if self._sock.fileno() < 0:
-                return True
-            poller = select.poll()
-            poller.register(self._sock, select.POLLIN)
-            return bool(poller.poll(0))
+            return _readable(self._sock)
         return None
 
 
 class _ChannelNetwork(httpcore2.NetworkBackend):
     """httpcore's network backend: 'connecting' takes a channel from the factory."""
 
-    def __init__(self, factory: ChannelFactory) -> None:
+    def __init__(self, factory: ChannelFactory, owns_channels: bool) -> None:
         self._factory = factory
+        self._owns = owns_channels
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore2.NetworkStream:
         try:
-            return ChannelStream(self._factory())
+            return ChannelStream(self._factory(), owned=self._owns)
         except SandboxError as exc:
             raise httpcore2.ConnectError(str(exc)) from exc
+
+
+def _pool_options() -> dict[str, Any]:
+    # One idle channel kept for ever (a new one may cost a `runsc exec`), never a retry.
+    return {"max_connections": None, "max_keepalive_connections": 1,
+            "keepalive_expiry": None, "retries": 0}
 
 
 class ChannelTransport(httpx2.HTTPTransport):
     """httpx's HTTP transport over channels from `factory` (see the module docstring)."""
 
-    def __init__(self, factory: ChannelFactory) -> None:
+    def __init__(self, factory: ChannelFactory, *, owns_channels: bool = True) -> None:
         # Not HTTPTransport.__init__: it builds a TCP pool (and a TLS context) that would
         # never be used. HTTPTransport's request handling and error mapping work on
         # whatever pool `_pool` holds.
         self._pool = httpcore2.ConnectionPool(
-            network_backend=_ChannelNetwork(factory), max_connections=None,
-            max_keepalive_connections=1, keepalive_expiry=None, retries=0)
+            network_backend=_ChannelNetwork(factory, owns_channels), **_pool_options())
+
+
+class AsyncChannelStream(httpcore2.AsyncNetworkStream):
+    """One channel as httpcore's async network stream, on the running asyncio loop."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        loop = asyncio.get_running_loop()
+        try:
+            if timeout is None:
+                return await loop.sock_recv(self._sock, max_bytes)
+            return await asyncio.wait_for(loop.sock_recv(self._sock, max_bytes), timeout)
+        except TimeoutError as exc:
+            raise httpcore2.ReadTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore2.ReadError(str(exc)) from exc
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            if timeout is None:
+                await loop.sock_sendall(self._sock, buffer)
+            else:
+                await asyncio.wait_for(loop.sock_sendall(self._sock, buffer), timeout)
+        except TimeoutError as exc:
+            raise httpcore2.WriteTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore2.WriteError(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        self._sock.close()
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "socket":
+            return self._sock
+        if info == "is_readable":
+            return _readable(self._sock)
+        return None
+
+
+class _AsyncChannelNetwork(httpcore2.AsyncNetworkBackend):
+    """httpcore's async network backend: the factory runs in a thread (it may start a
+    process); its SandboxError becomes ConnectError, as in the sync backend."""
+
+    def __init__(self, factory: ChannelFactory) -> None:
+        self._factory = factory
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Iterable[Any] | None = None
+                          ) -> httpcore2.AsyncNetworkStream:
+        try:
+            return AsyncChannelStream(await in_thread(self._factory))
+        except SandboxError as exc:
+            raise httpcore2.ConnectError(str(exc)) from exc
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class AsyncChannelTransport(httpx2.AsyncHTTPTransport):
+    """httpx's async HTTP transport over channels from `factory` (module docstring)."""
+
+    def __init__(self, factory: ChannelFactory) -> None:
+        self._pool = httpcore2.AsyncConnectionPool(
+            network_backend=_AsyncChannelNetwork(factory), **_pool_options())
 
 
 def hang_up(response: httpx2.Response) -> None:

@@ -30,8 +30,10 @@ from agentic_sandbox._exceptions import (
     SandboxTimeoutError,
 )
 from agentic_sandbox._options import KubernetesOptions
+from sandbox_common import contract
 
-__all__ = ["TOKEN_ENV", "Tunnel", "router_transport", "tunnel_argv", "wait_routable"]
+__all__ = ["TOKEN_ENV", "Tunnel", "router_async_transport", "router_transport", "tls_context",
+           "tunnel_argv", "wait_routable"]
 
 TOKEN_ENV: Final = "AGENTIC_SANDBOX_ROUTER_TOKEN"
 
@@ -101,13 +103,25 @@ def tunnel_argv(options: KubernetesOptions) -> list[str]:
     return argv
 
 
-def router_transport(base_url: str) -> httpx2.HTTPTransport:
-    """httpx's TCP transport, with no retries of its own (replays are the client's). The
-    system's CA certificates (~80 ms to load) only for an https URL (a gateway); a plain
-    http URL gets a TLS context that would refuse any server, and is never used."""
+def tls_context(base_url: str) -> ssl.SSLContext:
+    """The system's CA certificates (~80 ms to load) only for an https URL (a gateway); a
+    plain http URL gets a TLS context that would refuse any server, and is never used.
+    Made once per sandbox and shared by its sync and async transports."""
     if base_url.startswith("https://"):
-        return httpx2.HTTPTransport(retries=0)
-    return httpx2.HTTPTransport(retries=0, verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+        return httpx2.create_ssl_context()
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+def router_transport(base_url: str,
+                     context: ssl.SSLContext | None = None) -> httpx2.HTTPTransport:
+    """httpx's TCP transport, with no retries of its own (replays are the client's)."""
+    return httpx2.HTTPTransport(retries=0, verify=context or tls_context(base_url))
+
+
+def router_async_transport(base_url: str, context: ssl.SSLContext | None = None
+                           ) -> httpx2.AsyncHTTPTransport:
+    """The same for AsyncSandboxClient."""
+    return httpx2.AsyncHTTPTransport(retries=0, verify=context or tls_context(base_url))
 
 
 def wait_routable(transport: httpx2.BaseTransport, base_url: str, headers: Mapping[str, str],
@@ -131,7 +145,7 @@ def wait_routable(transport: httpx2.BaseTransport, base_url: str, headers: Mappi
             if response.status_code == 409:
                 raise ClaimFailedError(
                     f"sandbox {sandbox} was replaced: {response.text[:200]}",
-                    reason="SandboxReplaced", claim=claim)
+                    reason=contract.SANDBOX_REPLACED, claim=claim)
             last = f"{response.status_code} {response.text[:200]}"
         except httpx2.TransportError as exc:
             last = str(exc) or type(exc).__name__

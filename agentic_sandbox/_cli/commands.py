@@ -11,6 +11,7 @@ command's own output.
 from __future__ import annotations
 
 import argparse
+import os
 import posixpath
 import sys
 from collections.abc import Callable
@@ -129,56 +130,90 @@ def cmd_ls(args: argparse.Namespace, extra: dict[str, Any]) -> int:
     return 0
 
 
-def cmd_rm(args: argparse.Namespace, extra: dict[str, Any]) -> int:
-    targets = [_remote(text, "rm") for text in args.targets]
+def _each_remote(args: argparse.Namespace, extra: dict[str, Any], what: str,
+                 action: Callable[[SandboxClient, str], object]) -> int:
+    """`action(sandbox, path)` for each NAME:path of args.targets, one client per sandbox;
+    a failure is reported and the others still run (status 1)."""
+    targets = [_remote(text, what) for text in args.targets]
     status = 0
     for name in dict.fromkeys(t.sandbox for t in targets):
         assert name is not None
         with _sandbox(args, extra, attach=name) as sandbox:
             for target in (t for t in targets if t.sandbox == name):
                 try:
-                    _ops.remove(sandbox, target.path, recursive=args.recursive,
-                                force=args.force)
+                    action(sandbox, target.path)
                 except (SandboxError, ValueError) as exc:
-                    print(f"{PROG}: rm: {name}:{target.path}: {_ops.describe(exc)}",
+                    print(f"{PROG}: {what}: {name}:{target.path}: {_ops.describe(exc)}",
                           file=sys.stderr)
                     status = 1
     return status
 
 
+def cmd_rm(args: argparse.Namespace, extra: dict[str, Any]) -> int:
+    return _each_remote(args, extra, "rm", lambda sandbox, path: _ops.remove(
+        sandbox, path, recursive=args.recursive, force=args.force))
+
+
+def cmd_mkdir(args: argparse.Namespace, extra: dict[str, Any]) -> int:
+    return _each_remote(args, extra, "mkdir", lambda sandbox, path: sandbox.mkdir(
+        path, parents=args.parents))
+
+
+def _local_size(path: Path) -> int:
+    """The bytes a transfer of `path` carries (a tree: its regular files'), for progress."""
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum(os.path.getsize(os.path.join(folder, name))
+               for folder, _, names in os.walk(path) for name in names
+               if not os.path.islink(os.path.join(folder, name)))
+
+
 def _upload(sandbox: SandboxClient, source: str, target: str, args: argparse.Namespace) -> None:
-    if source == "-":
-        data, base = sys.stdin.buffer.read(), ""
-    else:
-        local = Path(source)
-        if local.is_dir():
-            raise UsageError(f"{source} is a directory: cp copies one file")
-        data, base = local.read_bytes(), local.name
+    local = Path(source)
+    if source != "-" and local.is_dir() and not args.recursive:
+        raise UsageError(f"{source} is a directory: use cp -r to copy it and its contents")
+    base = "" if source == "-" else local.resolve().name
     if target.endswith("/") or target in (".", "") or _ops.is_directory(sandbox, target):
         if not base:
             raise UsageError("copying from stdin needs a file name in the sandbox")
-        target = posixpath.join(target, base)
-    with Progress(f"{source} -> {sandbox.sandbox_name}:{target}", len(data),
-                  enabled=args.progress or None) as progress:
-        sandbox.write(target, data)
-        progress.advance(len(data))
+        target = base if target in (".", "") else posixpath.join(target, base)
+    label = f"{source} -> {sandbox.sandbox_name}:{target}"
+    if source == "-":
+        data = sys.stdin.buffer.read()
+        with Progress(label, len(data), enabled=args.progress or None) as progress:
+            sandbox.write(target, data)
+            progress.advance(len(data))
+        return
+    with Progress(label, _local_size(local), enabled=args.progress or None) as progress:
+        if local.is_dir():
+            sandbox.upload_dir(local, target, progress=progress.advance)
+        else:
+            sandbox.upload_file(local, target, progress=progress.advance)
 
 
 def _download(sandbox: SandboxClient, source: str, target: str,
               args: argparse.Namespace) -> None:
+    info = sandbox.stat(source)
+    directory = info.type == "directory"
+    if directory and not args.recursive:
+        raise UsageError(f"{source} is a directory: use cp -r to copy it and its contents")
+    if directory and target == "-":
+        raise UsageError("a directory cannot be copied to stdout")
     if target != "-" and Path(target).is_dir():
         target = str(Path(target) / posixpath.basename(source.rstrip("/")))
-    with Progress(f"{sandbox.sandbox_name}:{source} -> {target}", None,
+    with Progress(f"{sandbox.sandbox_name}:{source} -> {target}",
+                  None if directory else info.size,
                   enabled=args.progress or None) as progress:
-        data = sandbox.read(source)
-        progress.advance(len(data))
-    if target == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    partial = Path(target).with_name(f".{Path(target).name}.part")
-    partial.write_bytes(data)
-    partial.replace(target)  # a failed copy never leaves half a file under the real name
+        if directory:
+            sandbox.download_dir(source, target, progress=progress.advance)
+        elif target == "-":
+            data = sandbox.read(source)
+            progress.advance(len(data))
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        else:
+            # Streamed to a hidden file, renamed over the target only once it is whole.
+            sandbox.download_file(source, target, progress=progress.advance)
 
 
 def cmd_cp(args: argparse.Namespace, extra: dict[str, Any]) -> int:
@@ -252,6 +287,8 @@ def _args_cp(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="a local file, - (stdin) or NAME:path")
     parser.add_argument("target", help="a local path, - (stdout) or NAME:path; a directory "
                                        "(or a path ending in /) gets the source's name")
+    parser.add_argument("--recursive", "-r", action="store_true",
+                        help="copy directories and their contents (as a tar stream)")
     parser.add_argument("--progress", action="store_true",
                         help="show progress on stderr even when it is not a terminal")
 
@@ -267,6 +304,12 @@ def _args_rm(parser: argparse.ArgumentParser) -> None:
                         help="remove directories and their contents")
     parser.add_argument("--force", "-f", action="store_true",
                         help="no error for paths that do not exist")
+
+
+def _args_mkdir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("targets", nargs="+", metavar="NAME:path")
+    parser.add_argument("--parents", "-p", action="store_true",
+                        help="make missing parents too; no error if it exists")
 
 
 def _args_mcp(parser: argparse.ArgumentParser) -> None:
@@ -288,9 +331,11 @@ COMMANDS: Final = (
     Command("create", "make a named sandbox that stays until deleted", _args_create,
             cmd_create),
     Command("exec", "run a command in a named sandbox", _args_exec, cmd_exec),
-    Command("cp", "copy a file into or out of a named sandbox", _args_cp, cmd_cp),
+    Command("cp", "copy a file or (-r) a directory into or out of a named sandbox", _args_cp,
+            cmd_cp),
     Command("ls", "list a directory of a named sandbox", _args_ls, cmd_ls),
     Command("rm", "remove files from a named sandbox", _args_rm, cmd_rm),
+    Command("mkdir", "make directories in a named sandbox", _args_mkdir, cmd_mkdir),
     Command("delete", "delete named sandboxes", _args_delete, cmd_delete),
     Command("mcp", "serve the Model Context Protocol on stdio (one sandbox per session)",
             _args_mcp, cmd_mcp),

@@ -29,9 +29,8 @@ def _size(count: float) -> str:
 class Progress:
     """A transfer's progress on stderr: bytes, rate and time, updated in place on a terminal.
 
-    `advance(n)` as bytes move; `done()` prints the final line. While the client moves a
-    file in one call (today's write() and read()), the live line shows the size and the
-    time so far; a streamed transfer calls advance() per piece and the line follows it.
+    `advance(n)` as bytes move (the client's transfers call it per piece, through their
+    `progress=` argument); leaving the `with` block prints the final line.
     Off unless forced or stderr is a terminal; not a terminal: only the final line.
     """
 

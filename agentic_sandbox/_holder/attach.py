@@ -1,8 +1,9 @@
 """SandboxClient(attach=NAME) on the local backend: the Backend that reaches a named sandbox.
 
-Made by agentic_sandbox._backends.choice.make_backend. Its Endpoint's transport is a
-ChannelTransport whose channels are connections to the holder's Unix socket (through the
-folder's descriptor: socket paths are short); the holder forwards them to the runtime.
+Made by agentic_sandbox._backends.choice.make_backend. Its Endpoint's transports (sync and
+async) are ChannelTransports whose channels are connections to the holder's Unix socket
+(through the folder's descriptor: socket paths are short); the holder forwards them to the
+runtime.
 Nothing is released on close: the sandbox belongs to its name until `delete NAME`.
 """
 
@@ -12,10 +13,15 @@ import os
 import socket
 
 from agentic_sandbox._backends.base import Endpoint
-from agentic_sandbox._backends.channel import CHANNEL_URL, ChannelTransport
+from agentic_sandbox._backends.channel import (
+    CHANNEL_URL,
+    AsyncChannelTransport,
+    ChannelTransport,
+)
 from agentic_sandbox._exceptions import ClaimFailedError, SandboxConnectionError
 from agentic_sandbox._holder.records import SOCKET, holder_running, named_dir, read_record
 from agentic_sandbox._named import validate_name
+from sandbox_common import contract
 
 __all__ = ["HeldBackend"]
 
@@ -65,7 +71,9 @@ class HeldBackend:
         if not record.get("sandbox"):
             raise SandboxConnectionError(f"local sandbox {self.sandbox!r} is still starting")
         return Endpoint(base_url=CHANNEL_URL, transport=ChannelTransport(self._connect),
-                        headers={"X-Sandbox-ID": self.sandbox}, sandbox_name=self.sandbox,
+                        async_transport=AsyncChannelTransport(self._connect),
+                        headers={contract.SANDBOX_ID_HEADER: self.sandbox},
+                        sandbox_name=self.sandbox,
                         description=f"named local sandbox {self.sandbox} "
                                     f"(holder pid {record.get('pid')})")
 

@@ -1,7 +1,7 @@
 """Fixtures of the control-plane tier: one loopback cluster per test run, namespaces per test.
 
 `control_plane` (session) starts etcd + kube-apiserver + kube-controller-manager through
-tests/controlplane/kube.py, installs manifests/crds/*.yaml and yields a kube.ControlPlane
+testbed/kube.py, installs manifests/crds/*.yaml and yields a kube.ControlPlane
 (.kubeconfig, .server, .kubectl(...), .api_client()). It skips, with the command to run,
 when the binaries are missing (the only skip here; in CI it fails, tests/conftest.py).
 `crds` fails when no CRD manifest exists: those are this repository's own files.
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.controlplane import kube
+from testbed import kube
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,14 @@ def test_create_attach_and_delete_a_named_claim(stack, capsysbinary, tmp_path): 
         assert capsysbinary.readouterr().out == b"through the router"
         assert cli(stack, "ls", f"{NAME}:cli") == 0
         assert capsysbinary.readouterr().out == b"up.txt\n"
+        # A directory, streamed as tar both ways through the router.
+        (tmp_path / "tree" / "sub").mkdir(parents=True)
+        (tmp_path / "tree" / "sub" / "f.bin").write_bytes(bytes(range(256)) * 4096)
+        assert cli(stack, "cp", "-r", str(tmp_path / "tree"), f"{NAME}:cli/") == 0
+        assert (stack["workspace"] / "cli" / "tree" / "sub" / "f.bin").read_bytes() == \
+            bytes(range(256)) * 4096
+        assert cli(stack, "cp", "-r", f"{NAME}:cli/tree", str(tmp_path / "back")) == 0
+        assert (tmp_path / "back" / "sub" / "f.bin").read_bytes() == bytes(range(256)) * 4096
         assert cli(stack, "rm", "-r", f"{NAME}:cli") == 0
         assert not (stack["workspace"] / "cli").exists()
         assert claims(stack) == [NAME]  # attaching never deletes

@@ -26,12 +26,12 @@ from agentic_sandbox import (
     SandboxTimeoutError,
     TemplateNotFoundError,
 )
-from agentic_sandbox._backends import kubernetes as kube_backend
-from tests.support import REPO, free_port, script, serve
+from agentic_sandbox._backends import claims as claim_api
+from testbed.support import REPO, free_port, script, serve
 
 TOKEN = "client-test-token-0123456789abcdef"
 TEMPLATE = "python-runtime-template"
-NAMES = [f"sandbox-claim-k8s-{i}" for i in range(12)]
+NAMES = [f"sandbox-claim-k8s-{i}" for i in range(14)]
 GROUP, VERSION, PLURAL = "extensions.agents.x-k8s.io", "v1alpha1", "sandboxclaims"
 
 
@@ -88,7 +88,7 @@ def names(monkeypatch):
         issued.append(name)
         return name
 
-    monkeypatch.setattr(kube_backend, "claim_name", next_name)
+    monkeypatch.setattr(claim_api, "claim_name", next_name)
     return issued
 
 
@@ -173,6 +173,41 @@ def test_claim_ready_route_run_files_and_delete(stack, names):
             assert "".join(c.data for c in stream) == "a\nb\n"
         assert stream.exit_code == 0
     assert claim not in claims(stack)
+
+
+def test_the_async_client_claims_routes_and_deletes(stack, names):
+    """AsyncSandboxClient on Kubernetes: the claim made and watched in a thread, every
+    call through the router on httpx's async transport, a background process started,
+    read and killed through it, the claim deleted on exit."""
+    import asyncio
+
+    from agentic_sandbox import AsyncSandboxClient
+
+    async def main():
+        options = {"backend": "kubernetes", "api_url": stack["api_url"],
+                   "router_token": TOKEN, "kubeconfig": stack["plane"].kubeconfig,
+                   "sandbox_ready_timeout": 60, "server_port": stack["runtime_port"]}
+        async with AsyncSandboxClient(TEMPLATE, stack["namespace"], **options) as sandbox:
+            ran = await sandbox.run("echo routed; kill -TERM $$")
+            await sandbox.write("via-async.txt", b"async")
+            async with sandbox.stream("echo a; echo b") as stream:
+                streamed = "".join([c.data async for c in stream])
+            process = await sandbox.start("echo bg; sleep 4249301")
+            for _ in range(100):
+                if (await process.output()).stdout:
+                    break
+                await asyncio.sleep(0.05)
+            killed = await process.kill()
+            return (sandbox.sandbox_name, ran, await sandbox.read("via-async.txt"),
+                    streamed, (await process.output()).stdout, killed)
+
+    with Controller(stack["plane"], stack["namespace"]):
+        name, ran, read, streamed, bg, killed = asyncio.run(main())
+    assert name == names[-1]
+    assert (ran.stdout, ran.exit_code, ran.signal) == ("routed\n", 143, "SIGTERM")
+    assert (read, streamed, bg) == (b"async", "a\nb\n", "bg\n")
+    assert (killed.exit_code, killed.signal) == (137, "SIGKILL")
+    assert name not in claims(stack)
 
 
 def test_missing_template_fails_before_creating_a_claim(stack, names):

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.controlplane import kube
+from testbed import kube
 
 CRD_FILES = kube.crd_files()
 DELETE = object()

@@ -25,9 +25,9 @@ import pytest
 
 from hooks import objects as hook_objects
 from hooks.app import ROUTES
-from tests.controlplane import kube
+from testbed import kube
+from testbed.support import REPO
 from tests.controlplane.test_crds import SEED_POD_TEMPLATE
-from tests.support import REPO
 
 EXAMPLE_REQUESTS = REPO / "examples" / "requests"
 CONTROLLERS = REPO / "manifests" / "controllers"

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from hooks import k8srules
-from tests.controlplane import kube
-from tests.hookrequests import API, SEED_POD_TEMPLATE
+from testbed import kube
+from testbed.hookrequests import API, SEED_POD_TEMPLATE
 from tests.unit.test_hooks_label_rules import BAD_METADATA, GOOD_METADATA, KEYS
 
 VALUES = ["", "v", "v" * 63, "v" * 64, "a b", "a/b", "a-", "-a", "A.b_c-D", "a\nb"]

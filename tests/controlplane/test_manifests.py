@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.controlplane import kube
-from tests.support import REPO
+from testbed import kube
+from testbed.support import REPO
 
 MANIFESTS = REPO / "manifests"
 ROOT = MANIFESTS / "kustomization.yaml"

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from hooks import sandbox, sandboxwarmpool
-from tests.controlplane import kube
+from testbed import kube
+from testbed.hookrequests import SEED_POD_TEMPLATE, resource, sync_request
+from testbed.support import REPO
 from tests.controlplane.conftest import fresh_namespace
-from tests.hookrequests import SEED_POD_TEMPLATE, resource, sync_request
-from tests.support import REPO
 
 EXAMPLE_FILES = sorted([*(REPO / "manifests" / "examples").glob("*.yaml"),
                         *(REPO / "agentic_sandbox" / "templates").glob("*.yaml")])

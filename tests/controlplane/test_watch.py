@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from tests.controlplane import kube
+from testbed import kube
 
 IDLE_FOR = 12.0  # seconds: well past the 3 s after which etcd 3.4's watch fails
 

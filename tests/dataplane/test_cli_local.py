@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from testbed.support import script
 from tests.dataplane.conftest import containers
-from tests.support import script
 
 CLI = script("agentic-sandbox")
 
@@ -156,9 +156,22 @@ def test_named_sandbox_create_exec_cp_ls_rm_delete(state, tmp_path):
     outside = cli(state, "rm", "-rf", "box:../etc")
     assert outside.returncode == 1 and "outside the workspace (403)" in outside.stderr
     missing = cli(state, "rm", "box:nope")
-    assert missing.returncode == 1 and "no such file or directory" in missing.stderr
+    assert missing.returncode == 1 and "'nope' does not exist (404)" in missing.stderr
     assert cli(state, "rm", "-f", "box:nope").returncode == 0
     assert cli(state, "rm", "-r", "box:dir", "box:from-stdin.txt").returncode == 0
+    assert cli(state, "ls", "box").stdout == ""
+
+    tree = tmp_path / "tree"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "x.bin").write_bytes(payload)
+    (tree / "top").write_text("t")
+    up_tree = cli(state, "cp", "-r", "--progress", str(tree), "box:")
+    assert up_tree.returncode == 0 and "tree -> box:tree: 3.0 MiB in" in up_tree.stderr
+    assert cli(state, "mkdir", "-p", "box:tree/made/deep").returncode == 0
+    back = tmp_path / "back"
+    assert cli(state, "cp", "-r", "box:tree", str(back)).returncode == 0
+    assert (back / "a" / "x.bin").read_bytes() == payload and (back / "made" / "deep").is_dir()
+    assert cli(state, "rm", "-r", "box:tree").returncode == 0
     assert cli(state, "ls", "box").stdout == ""
 
     gone = cli(state, "delete", "box")

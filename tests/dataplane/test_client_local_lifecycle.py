@@ -15,8 +15,8 @@ import pytest
 from agentic_sandbox import BackendUnavailableError, SandboxClient, TemplateNotFoundError
 from agentic_sandbox._backends import local
 from agentic_sandbox._backends.local.owner import process_state
+from testbed.support import REPO
 from tests.dataplane.conftest import TEMPLATE, containers
-from tests.support import REPO
 
 
 def python(code: str, state_dir, **kwargs) -> subprocess.Popen[str]:

@@ -39,18 +39,22 @@ def test_nothing_outlives_a_cancelled_stream_under_runsc(hostile, sandbox):
         assert sandbox.run(survivors_command(marker)).stdout == ""
 
 
-def test_a_background_process_of_a_command_that_ended_stays(sandbox):
-    """...and stays its own command's: a later command timing out does not take it along
-    (its keeper was retired, not reused)."""
+def test_a_command_s_background_process_ends_with_it_and_a_started_one_stays(sandbox):
+    """Only sandbox.start() makes what may outlive its call (before: the `&` sleep stayed,
+    its keeper retired); a started one stays through a later command's timeout, and its
+    kill takes its whole tree."""
     marker = 4246101
     result = sandbox.run(f"nohup sleep {marker} </dev/null >/dev/null 2>&1 & echo started")
     assert (result.stdout, result.timed_out, result.exit_code) == ("started\n", False, 0)
+    assert sandbox.run(survivors_command(marker)).stdout == ""
+    process = sandbox.start(f"(setsid sleep {marker} </dev/null >/dev/null 2>&1 &); "
+                            f"sleep {marker}")
     try:
-        assert sandbox.run(survivors_command(marker)).stdout != ""
         assert sandbox.run("sleep 30", timeout=1).timed_out
         assert sandbox.run(survivors_command(marker)).stdout != ""
     finally:
-        sandbox.run(f"pkill -f 'sleep {marker}' || true")
+        assert process.kill().signal == "SIGKILL"
+    assert sandbox.run(survivors_command(marker)).stdout == ""
 
 
 def test_a_command_that_kills_its_keeper_loses_every_process_under_runsc(hostile, sandbox):
@@ -58,5 +62,6 @@ def test_a_command_that_kills_its_keeper_loses_every_process_under_runsc(hostile
     with hostile("local", "a command kills its keeper, then detaches, under runsc"):
         result = sandbox.run(f"(setsid sleep {marker} </dev/null >/dev/null 2>&1 &); "
                              "kill -9 $PPID; sleep 30", timeout=20)
-        assert (result.exit_code, result.timed_out) == (-9, False), result
+        assert (result.exit_code, result.signal, result.timed_out) == \
+            (137, "SIGKILL", False), result
         assert sandbox.run(survivors_command(marker)).stdout == ""

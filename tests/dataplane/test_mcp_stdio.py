@@ -18,8 +18,8 @@ import anyio
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
+from testbed.support import script
 from tests.dataplane.conftest import containers
-from tests.support import script
 
 
 @pytest.fixture

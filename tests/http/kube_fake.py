@@ -23,9 +23,10 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from tests.support import free_port
+from sandbox_common import contract
+from testbed.support import free_port
 
-PREFIX = "/apis/agents.x-k8s.io/v1alpha1"
+PREFIX = f"/apis/{contract.SANDBOX_API}"
 
 
 class FakeApiServer:
@@ -124,7 +125,7 @@ class FakeApiServer:
                 items = [copy.deepcopy(o) for (ns, _), o in sorted(self.objects.items())
                          if namespace in (None, ns)]
                 version = str(next(self._versions))
-            return web.json_response({"apiVersion": "agents.x-k8s.io/v1alpha1",
+            return web.json_response({"apiVersion": contract.SANDBOX_API,
                                       "kind": "SandboxList", "items": items,
                                       "metadata": {"resourceVersion": version}})
         response = web.StreamResponse(headers={"Content-Type": "application/json"})

@@ -26,7 +26,8 @@ from pathlib import Path
 import yaml
 from aiohttp import web
 
-from tests.support import free_port, script, serve
+from sandbox_common import contract
+from testbed.support import free_port, script, serve
 
 TOKEN = "router-test-token-0123456789"
 PATTERN = bytes(range(256)) * 4096  # 1 MiB of a deterministic, incompressible-ish pattern
@@ -299,8 +300,8 @@ class Stack:
                 **extra: str) -> dict[str, str]:
         target_port = port if port is not None else (
             self.raw.port if sandbox == "raw" else self.upstream.port)
-        return {"Authorization": f"Bearer {TOKEN}", "X-Sandbox-ID": sandbox,
-                "X-Sandbox-Port": str(target_port), **extra}
+        return {"Authorization": f"Bearer {TOKEN}", contract.SANDBOX_ID_HEADER: sandbox,
+                contract.SANDBOX_PORT_HEADER: str(target_port), **extra}
 
 
 @contextlib.contextmanager

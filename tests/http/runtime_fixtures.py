@@ -1,7 +1,9 @@
-"""Fixtures for the runtime's HTTP-tier tests: a real `sandbox-runtime` process on loopback.
+"""Helpers for the runtime's HTTP-tier tests: a real `sandbox-runtime` process on loopback.
 
-Used by tests/http/test_runtime_*.py. Settings reach the server through SANDBOX_RUNTIME_*
-variables, exactly as in a pod. Nothing here fakes the server or the processes it runs.
+runtime_server() starts one; tests/http/conftest.py's `runtime` fixture gives each module its
+own, and modules that need other settings (two workers, a cgroup, a tiny filesystem) start
+theirs with it. Settings reach the server through SANDBOX_RUNTIME_* variables, exactly as in
+a pod. Nothing here fakes the server or the processes it runs.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import requests
 
-from tests.support import free_port, script, stop_process, wait_for_port
+from testbed.support import free_port, script, stop_process, wait_for_port
 
 SMALL_LIMITS = {
     "SANDBOX_RUNTIME_DEFAULT_TIMEOUT_S": "20",
@@ -78,7 +79,9 @@ def runtime_server(workspace: Path, env: dict[str, str] | None = None,
     if cgroup is not None:
         # Join the cgroup first, then become the server: every thread and child is inside.
         argv = ["/bin/sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *argv]
-    full_env = {**os.environ, **SMALL_LIMITS, **(env or {})}
+    # The background processes' registry next to the workspace, not in the host's /tmp.
+    state = {"SANDBOX_RUNTIME_STATE_DIR": str(workspace.parent / f"{workspace.name}.state")}
+    full_env = {**os.environ, **SMALL_LIMITS, **state, **(env or {})}
     process = subprocess.Popen(argv, env=full_env, start_new_session=True,
                                stdout=subprocess.DEVNULL, cwd=str(workspace))
     try:
@@ -86,13 +89,6 @@ def runtime_server(workspace: Path, env: dict[str, str] | None = None,
         yield Runtime(f"http://127.0.0.1:{port}", workspace, process)
     finally:
         stop_process(process)
-
-
-@pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    workspace = tmp_path_factory.mktemp("workspace")
-    with runtime_server(workspace) as server:
-        yield server
 
 
 def processes() -> Iterator[tuple[int, int, str, bytes]]:

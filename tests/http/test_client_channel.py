@@ -23,7 +23,7 @@ import pytest
 
 from agentic_sandbox import Endpoint, SandboxClient, SandboxConnectionError
 from agentic_sandbox._backends.channel import CHANNEL_URL, ChannelTransport
-from tests.support import script
+from testbed.support import script
 
 
 class HostRuntimes:

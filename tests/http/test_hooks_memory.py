@@ -12,31 +12,16 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import requests
 
-from tests.hookrequests import sandbox, sync_request
-from tests.support import free_port, script, serve
+from sandbox_common import contract
+from testbed.hookrequests import sandbox, sync_request
 
 MiB = 1024 * 1024
 RSS_LIMIT_MIB = 150
 STATUS_MESSAGE_LIMIT = 32768  # schemas/*.json: conditions[].message maxLength
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def rss_mib(pid: int) -> float:
@@ -44,15 +29,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no VmRSS for {pid}")
-
-
-@pytest.fixture(scope="module")
-def hooks() -> Iterator[tuple[str, int]]:
-    port = free_port()
-    argv = [script("sandbox-hooks"), "--bind", f"127.0.0.1:{port}", "--workers", "1"]
-    with serve(argv, port, env={"SANDBOX_HOOKS_ACCESS_LOG": ""}) as master:
-        (worker,) = children_of(master.pid)
-        yield f"http://127.0.0.1:{port}", worker
 
 
 def large_spec_body(size: int, *, invalid: bool) -> bytes:
@@ -67,8 +43,8 @@ def large_spec_body(size: int, *, invalid: bool) -> bytes:
     return json.dumps(sync_request(parent)).encode()
 
 
-def test_memory_stays_bounded_after_a_thousand_distinct_large_specs(hooks):
-    url, worker = hooks
+def test_memory_stays_bounded_after_a_thousand_distinct_large_specs(hooks_server):
+    url, worker = hooks_server.url, hooks_server.worker()
     session = requests.Session()
     before = rss_mib(worker)
     sizes = [MiB // 2] * 1000 + [20 * MiB] * 12
@@ -79,7 +55,7 @@ def test_memory_stays_bounded_after_a_thousand_distinct_large_specs(hooks):
                               headers={"Content-Type": "application/json"}, timeout=60)
         assert answer.status_code == 200, answer.text[:300]
         (ready,) = answer.json()["status"]["conditions"]
-        assert (ready["reason"] == "InvalidSpec") == invalid
+        assert (ready["reason"] == contract.INVALID_SPEC) == invalid
         longest = max(longest, len(ready["message"]))
         if index % 50 == 49:  # stop at the first breach rather than eat the machine's memory
             assert rss_mib(worker) < RSS_LIMIT_MIB, f"worker RSS after {index + 1} large specs"
@@ -90,8 +66,8 @@ def test_memory_stays_bounded_after_a_thousand_distinct_large_specs(hooks):
     assert after < RSS_LIMIT_MIB, f"worker RSS {after:.0f} MiB after {len(sizes)} large specs"
 
 
-def test_the_body_limit_is_the_documented_32_mib(hooks):
-    url, _ = hooks
+def test_the_body_limit_is_the_documented_32_mib(hooks_url):
+    url = hooks_url
     answer = requests.post(f"{url}/sync/sandbox", data=b"x" * (32 * MiB + 1),
                            headers={"Content-Type": "application/json"}, timeout=60)
     assert answer.status_code == 413

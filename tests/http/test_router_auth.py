@@ -13,34 +13,32 @@ import time
 import pytest
 import requests
 
+from testbed.support import free_port
 from tests.http.router_fixtures import (
     TOKEN,
-    Upstream,
     router_argv,
     start_router,
     write_static,
 )
-from tests.support import free_port
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    with Upstream() as up:
-        yield up
+@pytest.fixture
+def upstream(router_stack):
+    return router_stack.upstream
 
 
-@pytest.fixture(scope="module")
-def static(upstream, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("router-auth")
-    return write_static(directory / "sandboxes.yaml",
-                        {"echo": {"addresses": ["127.0.0.1"], "ports": [upstream.port]}},
+@pytest.fixture
+def static(router_stack, tmp_path):
+    return write_static(tmp_path / "sandboxes.yaml",
+                        {"echo": {"addresses": ["127.0.0.1"],
+                                  "ports": [router_stack.upstream.port]}},
                         allow_loopback=True)
 
 
-@pytest.fixture(scope="module")
-def router(static):
-    with start_router(static) as url:
-        yield url
+@pytest.fixture
+def router(router_stack):
+    """The session's router (tests/http/conftest.py): its token is router_fixtures.TOKEN."""
+    return router_stack.url
 
 
 def routed(upstream, **extra: str) -> dict[str, str]:
@@ -106,14 +104,14 @@ def test_insecure_no_auth_is_explicit_and_warned(static, upstream, tmp_path):
             router_argv(port, "--static-file", str(static), "--insecure-no-auth"),
             env=env, stdout=subprocess.DEVNULL, stderr=sink, start_new_session=True)
         try:
-            from tests.support import wait_for_port
+            from testbed.support import wait_for_port
 
             wait_for_port(port, process=process)
             response = requests.get(f"http://127.0.0.1:{port}/", headers=routed(upstream),
                                     timeout=10)
             assert response.status_code == 200
         finally:
-            from tests.support import stop_process
+            from testbed.support import stop_process
 
             stop_process(process)
     assert "authentication disabled" in log.read_text()

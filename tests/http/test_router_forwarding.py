@@ -11,13 +11,13 @@ import hashlib
 import pytest
 import requests
 
-from tests.http.router_fixtures import TOKEN, stack
+from tests.http.router_fixtures import TOKEN
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    with stack(tmp_path_factory.mktemp("router-forwarding")) as s:
-        yield s
+@pytest.fixture
+def env(router_stack):
+    """The session's router in front of the test upstreams (tests/http/conftest.py)."""
+    return router_stack
 
 
 def echoed(response: requests.Response) -> dict:

@@ -17,9 +17,10 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from sandbox_common import contract
+from testbed.support import free_port, serve
 from tests.http.kube_fake import FakeApiServer
 from tests.http.router_fixtures import TOKEN, Upstream, router_argv
-from tests.support import free_port, serve
 from tests.unit.router_fakes import sandbox_object
 
 OLD_IP, NEW_IP = "127.0.0.2", "127.0.0.3"
@@ -136,14 +137,15 @@ def test_a_name_only_client_on_a_fresh_connection_reaches_the_new_pod(world):
 
 
 def test_not_ready_or_being_deleted_is_a_503_with_retry_after(world):
-    uid = place(world, "down-1", NEW_IP, ready="False", reason="PodLost")["metadata"]["uid"]
+    uid = place(world, "down-1", NEW_IP, ready="False", reason=contract.POD_LOST)["metadata"]["uid"]
     world["api"].deliver()
     gone = sandbox_object("down-2", ips=(NEW_IP,), ports=(world["port"],), uid=str(uuid.uuid4()))
     gone["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     world["api"].put(gone)
     world["api"].deliver()
     news = len(world["new"].requests)
-    for name, sent_uid, says in (("down-1", uid, "PodLost"), ("down-1", None, "PodLost"),
+    lost = contract.POD_LOST
+    for name, sent_uid, says in (("down-1", uid, lost), ("down-1", None, lost),
                                  ("down-2", None, "being deleted")):
         answer = requests.get(world["url"] + "/", headers=headers(world, name, sent_uid),
                               timeout=5)

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.http.router_fixtures import TOKEN, start_router, write_static
-from tests.support import free_port, script, serve
+from testbed.support import script
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("sandbox_runtime") is None
@@ -22,19 +21,10 @@ pytestmark = pytest.mark.skipif(
     reason="sandbox_runtime (the `sandbox-runtime` script) is not installed")
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    base = tmp_path_factory.mktemp("runtime-ws")
-    port = free_port()
-    with serve([script("sandbox-runtime"), "--port", str(port), "--host", "127.0.0.1",
-                "--base-dir", str(base)], port):
-        static = write_static(tmp_path_factory.mktemp("router-rt") / "s.yaml",
-                              {"default/rt": {"addresses": ["127.0.0.1"], "ports": [port]}},
-                              allow_loopback=True)
-        with start_router(static) as url:
-            headers = {"Authorization": f"Bearer {TOKEN}", "X-Sandbox-ID": "rt",
-                       "X-Sandbox-Namespace": "default", "X-Sandbox-Port": str(port)}
-            yield url, headers, base
+@pytest.fixture
+def env(runtime_router):
+    """The router in front of this module's runtime (tests/http/conftest.py)."""
+    return runtime_router.url, runtime_router.headers, runtime_router.runtime.workspace
 
 
 def test_root_and_execute_through_the_router(env):

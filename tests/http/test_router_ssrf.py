@@ -16,11 +16,11 @@ from tests.http.router_fixtures import TOKEN, raw_request, stack
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    with stack(tmp_path_factory.mktemp("router-ssrf")) as s:
-        yield s
-        # The module's last word: nothing, from any test above, reached the tripwire.
-        assert s.tripwire.connections == 0, s.tripwire.received
+def env(router_stack):
+    """The session's router in front of the test upstreams (tests/http/conftest.py)."""
+    yield router_stack
+    # The module's last word: nothing, from any test above, reached the tripwire.
+    assert router_stack.tripwire.connections == 0, router_stack.tripwire.received
 
 
 def send(env, headers: dict[str, str], path: str = "/") -> requests.Response:

@@ -14,13 +14,13 @@ import threading
 import pytest
 import requests
 
-from tests.http.router_fixtures import pattern_sha256, stack
+from tests.http.router_fixtures import pattern_sha256
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    with stack(tmp_path_factory.mktemp("router-streaming")) as s:
-        yield s
+@pytest.fixture
+def env(router_stack):
+    """The session's router in front of the test upstreams (tests/http/conftest.py)."""
+    return router_stack
 
 
 def router_pid(env) -> int:

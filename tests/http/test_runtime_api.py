@@ -9,10 +9,6 @@ import os
 import pytest
 import requests
 
-from tests.http import runtime_fixtures
-
-runtime = runtime_fixtures.runtime  # the module's server (fixture)
-
 
 def test_index_and_healthz_answer_ok(runtime):
     assert runtime.get("/").json()["status"] == "ok"
@@ -21,8 +17,8 @@ def test_index_and_healthz_answer_ok(runtime):
 
 def test_execute_returns_stdout_stderr_exit_code_and_flags(runtime):
     out = runtime.run("echo hi; echo oops >&2; exit 3")
-    assert out == {"stdout": "hi\n", "stderr": "oops\n", "exit_code": 3, "timed_out": False,
-                   "stdout_truncated": False, "stderr_truncated": False}
+    assert out == {"stdout": "hi\n", "stderr": "oops\n", "exit_code": 3, "signal": None,
+                   "timed_out": False, "stdout_truncated": False, "stderr_truncated": False}
 
 
 def test_execute_uses_a_shell_with_pipes_and_redirects(runtime):
@@ -35,6 +31,18 @@ def test_execute_runs_in_workspace_with_env_and_cwd(runtime):
     (runtime.workspace / "sub").mkdir(exist_ok=True)
     out = runtime.run("pwd; echo $GREETING", env={"GREETING": "hello"}, cwd="sub")
     assert out["stdout"] == f"{os.path.realpath(runtime.workspace / 'sub')}\nhello\n"
+
+
+def test_a_shell_killed_by_a_signal_reports_128_plus_n_and_the_signal(runtime):
+    out = runtime.run("echo before; kill -TERM $$; echo after")
+    assert (out["stdout"], out["exit_code"], out["signal"]) == ("before\n", 143, "SIGTERM")
+    out = runtime.run("exit 3")
+    assert (out["exit_code"], out["signal"]) == (3, None)
+    out = runtime.run("sleep 30", timeout=0.5)
+    assert (out["exit_code"], out["signal"], out["timed_out"]) == (137, "SIGKILL", True)
+    stream = runtime.post("/execute/stream", json={"command": "kill -KILL $$"})
+    final = json.loads(stream.text.splitlines()[-1])
+    assert (final["exit_code"], final["signal"]) == (137, "SIGKILL")
 
 
 def test_execute_hides_server_settings_and_command_variable(runtime):
@@ -84,8 +92,8 @@ def test_stream_sends_chunks_then_the_exit(runtime):
     chunks = [line for line in lines if "stream" in line]
     assert "".join(c["data"] for c in chunks if c["stream"] == "stdout") == "one\n"
     assert "".join(c["data"] for c in chunks if c["stream"] == "stderr") == "two\n"
-    assert lines[-1] == {"exit_code": 4, "timed_out": False, "stdout_truncated": False,
-                         "stderr_truncated": False}
+    assert lines[-1] == {"exit_code": 4, "signal": None, "timed_out": False,
+                         "stdout_truncated": False, "stderr_truncated": False}
 
 
 def test_stream_delivers_output_before_the_command_ends(runtime):

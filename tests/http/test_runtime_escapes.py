@@ -20,10 +20,7 @@ import pytest
 import requests
 
 from tests.escapes import FORMS, command, markers
-from tests.http import runtime_fixtures
 from tests.http.runtime_fixtures import processes_with
-
-runtime = runtime_fixtures.runtime  # the module's server (fixture)
 
 
 def kill_leftovers(marker: str) -> None:
@@ -79,24 +76,39 @@ def test_a_command_that_kills_its_keeper_loses_every_process(hostile, runtime):
         with hostile("runtime", "a command kills its keeper, then detaches"):
             out = runtime.run(f"(setsid sleep {marker} </dev/null >/dev/null 2>&1 &); "
                               "kill -9 $PPID; sleep 30", timeout=20)
-            assert (out["exit_code"], out["timed_out"]) == (-9, False), out
+            assert (out["exit_code"], out["signal"], out["timed_out"]) == \
+                (137, "SIGKILL", False), out
             assert processes_with(marker) == []
             assert runtime.run("echo next")["stdout"] == "next\n"
     finally:
         kill_leftovers(marker)
 
 
-def test_background_processes_of_a_command_that_ended_stay_in_its_keepers_group(runtime):
+def test_only_a_started_background_process_stays_and_in_its_keepers_group(runtime):
+    """A plain command's `nohup ... &` ends with its command (before issue 16 it stayed);
+    a process started with POST /processes stays, in a keeper group of its own that a
+    later command's timeout does not take along, until it is killed, tree and all."""
     marker = "4246202"
     try:
         out = runtime.run(f"nohup sleep {marker} </dev/null >/dev/null 2>&1 & echo started")
         assert (out["stdout"], out["timed_out"], out["exit_code"]) == ("started\n", False, 0)
-        [pid] = processes_with(marker)
-        group = os.getpgid(pid)
-        keeper = Path(f"/proc/{group}/cmdline").read_bytes().split(b"\0")
+        assert processes_with(marker) == []
+        started = runtime.post("/processes", json={
+            "command": f"(setsid sleep {marker} </dev/null >/dev/null 2>&1 &); "
+                       f"exec sleep {marker}"}).json()
+        deadline = time.monotonic() + 10
+        while len(processes_with(marker)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids = processes_with(marker)
+        assert len(pids) == 2
+        groups = {os.getpgid(pid) for pid in pids}
+        assert len(groups) == 1  # setsid did not take the first one out
+        keeper = Path(f"/proc/{groups.pop()}/cmdline").read_bytes().split(b"\0")
         assert any(part.endswith(b"keeper.py") for part in keeper), keeper
-        # A later command that times out does not take it along (its keeper was retired).
         assert runtime.run("sleep 30", timeout=1)["timed_out"] is True
-        assert processes_with(marker) == [pid]
+        assert sorted(processes_with(marker)) == sorted(pids)
+        killed = runtime.post(f"/processes/{started['id']}/kill").json()
+        assert (killed["exit_code"], killed["signal"]) == (137, "SIGKILL")
+        assert processes_with(marker) == []
     finally:
         kill_leftovers(marker)

@@ -1,8 +1,9 @@
 """Command keepers' own lifecycle, with real processes: none is ever left behind.
 
 A keeper exits when its server goes away (end-of-file on its control socket, or a failed
-send because the server closed first), and a retired keeper (one holding a finished
-command's background processes) exits once they end, then is reaped by its server.
+send because the server closed first); a keeper whose command left processes behind is
+killed with them when the command ends (only background processes, POST /processes, may
+outlive their request), and a background process's own keeper ends with it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ import time
 from pathlib import Path
 
 from sandbox_runtime import config, procs
-from tests.http.runtime_fixtures import processes, processes_with, runtime_server
+from tests.http.runtime_fixtures import (
+    processes,
+    processes_with,
+    runtime_server,
+    wait_until_gone,
+)
 
 
 def alive(pid: int) -> bool:
@@ -57,13 +63,34 @@ def test_a_stopped_server_leaves_no_keeper(tmp_path):
     assert wait_gone(keepers) == []
 
 
-def test_a_retired_keeper_ends_with_its_background_process(tmp_path):
+def test_a_keeper_is_killed_with_what_its_command_left_behind(tmp_path):
     with runtime_server(tmp_path) as server:
-        out = server.run("sleep 4 </dev/null >/dev/null 2>&1 & echo $PPID")
-        keeper = int(out["stdout"])
-        assert alive(keeper)  # retired: it holds the background sleep's group
-        deadline = time.monotonic() + 20
-        while Path(f"/proc/{keeper}").exists() and time.monotonic() < deadline:
-            time.sleep(0.5)
-            server.run("true")  # the server reaps exited retired keepers as it goes
+        try:
+            out = server.run("sleep 4242301 </dev/null >/dev/null 2>&1 & echo $PPID")
+            keeper = int(out["stdout"])
+            # Before: the keeper was retired, holding the sleep until it ended on its own.
+            assert wait_gone([keeper]) == []
+            assert processes_with("4242301") == []
+            assert not Path(f"/proc/{keeper}").exists()  # reaped, not a zombie
+        finally:
+            for pid in processes_with("4242301"):  # a failure must not leak into reruns
+                os.kill(pid, 9)
+
+
+def test_a_background_process_s_keeper_ends_with_it(tmp_path):
+    with runtime_server(tmp_path) as server:
+        started = server.post("/processes", json={"command": "echo $PPID; sleep 1"}).json()
+        done = server.post(f"/processes/{started['id']}/wait", json={"timeout": 20}).json()
+        assert (done["running"], done["exit_code"]) == (False, 0)
+        output = server.get(f"/processes/{started['id']}/output").json()
+        keeper = int(output["stdout"])
+        assert wait_gone([keeper]) == []
         assert not Path(f"/proc/{keeper}").exists()
+
+
+def test_a_stopped_server_ends_its_background_processes(tmp_path):
+    with runtime_server(tmp_path) as server:
+        answer = server.post("/processes", json={"command": "sleep 4242302"})
+        assert answer.status_code == 201
+        assert processes_with("4242302")
+    assert wait_until_gone("4242302") == []

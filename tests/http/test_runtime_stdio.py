@@ -14,7 +14,7 @@ from typing import IO
 
 import pytest
 
-from tests.support import script
+from testbed.support import script
 
 
 def read_response(stream: IO[bytes]) -> tuple[int, dict[str, str], bytes]:

@@ -14,9 +14,6 @@ import os
 import pytest
 
 from sandbox_runtime import multipart
-from tests.http import runtime_fixtures
-
-runtime = runtime_fixtures.runtime  # the module's server (fixture)
 
 BOUNDARY = "7MA4YWxkTrZu0gW"
 

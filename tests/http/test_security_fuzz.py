@@ -16,48 +16,21 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.hookrequests import SEED_POD_TEMPLATE, resource, sync_request
-from tests.http.router_fixtures import TOKEN, start_router, write_static
-from tests.http.runtime_fixtures import runtime_server
-from tests.support import free_port, script, serve
+from testbed.hookrequests import SEED_POD_TEMPLATE, resource, sync_request
+from tests.http.router_fixtures import TOKEN
 
 BUDGET = settings(max_examples=50, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))
 
-# ---- servers ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def hooks_url() -> Iterator[str]:
-    port = free_port()
-    argv = [script("sandbox-hooks"), "--bind", f"127.0.0.1:{port}", "--workers", "1"]
-    with serve(argv, port, env={"SANDBOX_HOOKS_ACCESS_LOG": ""}):
-        yield f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture(scope="module")
-def runtime(tmp_path_factory):
-    with runtime_server(tmp_path_factory.mktemp("fuzz-workspace")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def router_url(runtime, tmp_path_factory) -> Iterator[str]:
-    port = int(runtime.url.rsplit(":", 1)[1])
-    static = write_static(tmp_path_factory.mktemp("fuzz-router") / "s.yaml",
-                          {"fuzz": {"addresses": ["127.0.0.1"], "ports": [port]}},
-                          allow_loopback=True)
-    with start_router(static, env={"SANDBOX_ROUTER_DEFAULT_PORT": str(port)}) as url:
-        yield url
+# The servers are tests/http/conftest.py's: hooks_url, runtime, and runtime_router in front
+# of that runtime.
 
 
 SESSION = requests.Session()
@@ -77,6 +50,10 @@ json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=
                            max_leaves=20)
 header_text = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=70)
 names = st.text(max_size=70) | st.from_regex(r"[a-z][-a-z0-9]{0,70}", fullmatch=True)
+# Validated now, at collection: that imports hypothesis' regex module, which it otherwise does
+# inside the first test, while the servers' threads run, and CPython 3.11's parser is not
+# safe to run beside other threads' imports ("AST constructor recursion depth mismatch").
+names.validate()
 paths = st.text(max_size=200)
 
 
@@ -194,14 +171,14 @@ def test_fuzz_runtime_server_still_healthy(hostile, runtime):
 @BUDGET
 @given(sandbox=header_text, namespace=st.none() | header_text, port=st.none() | header_text,
        timeout=st.none() | header_text)
-def test_fuzz_router_routing_headers(hostile, router_url, sandbox, namespace, port, timeout):
+def test_fuzz_router_routing_headers(hostile, runtime_router, sandbox, namespace, port, timeout):
     headers = {"Authorization": f"Bearer {TOKEN}", "X-Sandbox-ID": sandbox}
     for key, value in (("X-Sandbox-Namespace", namespace), ("X-Sandbox-Port", port),
                        ("X-Sandbox-Timeout", timeout)):
         if value is not None:
             headers[key] = value
     with hostile("router", "fuzz: routing header values"):
-        response = SESSION.get(f"{router_url}/", headers=headers, timeout=30)
+        response = SESSION.get(f"{runtime_router.url}/", headers=headers, timeout=30)
         clean(response)
 
 
@@ -210,29 +187,29 @@ def test_fuzz_router_routing_headers(hostile, router_url, sandbox, namespace, po
        path=paths, body=st.binary(max_size=3000),
        extra=st.dictionaries(st.from_regex(r"X-[A-Za-z0-9-]{1,20}", fullmatch=True),
                              header_text, max_size=3))
-def test_fuzz_router_forwarded_requests(hostile, router_url, method, path, body, extra):
-    headers = {"Authorization": f"Bearer {TOKEN}", "X-Sandbox-ID": "fuzz", **extra}
+def test_fuzz_router_forwarded_requests(hostile, runtime_router, method, path, body, extra):
+    headers = {"Authorization": f"Bearer {TOKEN}", "X-Sandbox-ID": runtime_router.sandbox, **extra}
     headers = {k: v for k, v in headers.items()
                if k.lower() not in ("x-sandbox-namespace", "x-sandbox-port",
                                     "x-sandbox-timeout") or k == "X-Sandbox-ID"}
     with hostile("router", "fuzz: forwarded method, path, headers and body"):
-        response = SESSION.request(method, f"{router_url}/{quote(path, safe='/?=&')}",
+        response = SESSION.request(method, f"{runtime_router.url}/{quote(path, safe='/?=&')}",
                                    data=body or None, headers=headers, timeout=30)
         clean(response, json_body=method != "HEAD" and response.status_code != 200)
 
 
 @BUDGET
 @given(authorization=st.none() | header_text)
-def test_fuzz_router_credentials(hostile, router_url, authorization):
-    headers = {"X-Sandbox-ID": "fuzz"}
+def test_fuzz_router_credentials(hostile, runtime_router, authorization):
+    headers = {"X-Sandbox-ID": runtime_router.sandbox}
     if authorization is not None:
         headers["Authorization"] = authorization
     with hostile("router", "fuzz: Authorization values"):
-        response = SESSION.get(f"{router_url}/", headers=headers, timeout=30)
+        response = SESSION.get(f"{runtime_router.url}/", headers=headers, timeout=30)
         clean(response)
         assert response.status_code == 401
 
 
-def test_fuzz_router_still_healthy(hostile, router_url):
+def test_fuzz_router_still_healthy(hostile, runtime_router):
     with hostile("router", "fuzz: /healthz after the router fuzzing"):
-        assert requests.get(f"{router_url}/healthz", timeout=10).status_code == 200
+        assert requests.get(f"{runtime_router.url}/healthz", timeout=10).status_code == 200

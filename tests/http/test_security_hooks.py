@@ -14,22 +14,11 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 import requests
 
-from tests.hookrequests import sandbox, sync_request
-from tests.support import free_port, script, serve
-
-
-@pytest.fixture(scope="module")
-def hooks_url() -> Iterator[str]:
-    port = free_port()
-    argv = [script("sandbox-hooks"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
-            "--threads", "4"]
-    with serve(argv, port, env={"SANDBOX_HOOKS_ACCESS_LOG": ""}):
-        yield f"http://127.0.0.1:{port}"
+from testbed.hookrequests import sandbox, sync_request
 
 
 def healthy(url: str, timeout: float = 5.0) -> bool:

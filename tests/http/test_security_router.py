@@ -21,15 +21,16 @@ import threading
 import pytest
 import requests
 
-from tests.http.router_fixtures import TOKEN, raw_request, router_argv, stack, write_static
-from tests.support import free_port
+from testbed.support import free_port
+from tests.http.router_fixtures import TOKEN, raw_request, router_argv, write_static
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    with stack(tmp_path_factory.mktemp("router-security")) as s:
-        yield s
-        assert s.tripwire.connections == 0, s.tripwire.received
+def env(router_stack):
+    """The session's router in front of the test upstreams (tests/http/conftest.py); nothing
+    in this module may reach the tripwire."""
+    yield router_stack
+    assert router_stack.tripwire.connections == 0, router_stack.tripwire.received
 
 
 def head(env, *lines: str, path: str = "/inj", sandbox: str = "echo") -> bytes:

@@ -21,10 +21,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.http import runtime_fixtures
 from tests.http.runtime_fixtures import runtime_server
 
-runtime = runtime_fixtures.runtime  # the module's server (fixture)
 BOUNDARY = "hostile-boundary"
 
 

@@ -14,14 +14,11 @@ import http.client
 import json
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tests.hookrequests import sandbox, sync_request
-from tests.http.runtime_fixtures import runtime_server
-from tests.slowclients import fresh_get, held_connections, latencies, percentile
-from tests.support import free_port, script, serve
+from testbed.hookrequests import sandbox, sync_request
+from testbed.slowclients import fresh_get, held_connections, latencies, percentile
 
 # The goal is p99 <= 100 ms, and `make bench` reports the figure against it. The test asserts
 # 250 ms: on this 2-core machine shared with other test runs (load average 5-8), 20 runs of
@@ -33,19 +30,14 @@ P99_BOUND_S = 0.25
 PROBES = 200
 
 
-@pytest.fixture(scope="module")
-def hooks_port() -> Iterator[int]:
-    port = free_port()
-    argv = [script("sandbox-hooks"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
-            "--threads", "4"]
-    with serve(argv, port, env={"SANDBOX_HOOKS_ACCESS_LOG": ""}):
-        yield port
+@pytest.fixture
+def hooks_port(hooks_server) -> int:
+    return hooks_server.port
 
 
-@pytest.fixture(scope="module")
-def runtime_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    with runtime_server(tmp_path_factory.mktemp("serving")) as server:
-        yield int(server.url.rsplit(":", 1)[1])
+@pytest.fixture
+def runtime_port(runtime) -> int:
+    return int(runtime.url.rsplit(":", 1)[1])
 
 
 @pytest.fixture(params=["hooks", "runtime"])

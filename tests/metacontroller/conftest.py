@@ -1,7 +1,7 @@
 """Fixtures of the Metacontroller tier: the whole loop on loopback, with a kubelet stand-in.
 
 `metacontroller_stack` (one per test package run) starts its own control plane
-(tests/controlplane/kube.py), our hooks under gunicorn (`sandbox-hooks --bind 127.0.0.1:<port>`),
+(testbed/kube.py), our hooks under gunicorn (`sandbox-hooks --bind 127.0.0.1:<port>`),
 applies manifests/overlays/loopback with the hooks' port, and starts Metacontroller against
 that kubeconfig: METACONTROLLER_BIN, else `../shared/bin/metacontroller` beside the repository
 (stack.metacontroller_binary()). Without either every test here is skipped with the reason
@@ -9,7 +9,7 @@ printed (`-ra`), and in CI that skip is a failure (tests/conftest.py). Nothing h
 fetches Metacontroller. Missing project files (CRDs, the loopback overlay) are failures, not
 skips: they are this repository's own.
 
-`kubelet` runs the kubelet stand-in (stack.Kubelet, runtime mode) for the test's namespace:
+`kubelet` runs the kubelet stand-in (testbed/kubelet.py, runtime mode) for the test's namespace:
 every pod gets its own loopback address and a real `sandbox-runtime`. Everything listens on
 127.0.0.1/8 and is stopped, process group by process group, when the tests are done.
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.controlplane import kube
-from tests.metacontroller.stack import (
+from testbed import kube
+from testbed.kubelet import Kubelet, running_kubelet
+from testbed.metacontroller import (
     LOOPBACK_OVERLAY,
-    Kubelet,
     MetacontrollerStack,
     metacontroller_binary,
     running_stack,
@@ -64,17 +64,7 @@ def namespace(metacontroller_stack: MetacontrollerStack) -> Iterator[str]:
 @pytest.fixture
 def kubelet(metacontroller_stack: MetacontrollerStack, namespace: str,
             tmp_path: Path) -> Iterator[Kubelet]:
-    """The kubelet stand-in (real runtimes on per-pod loopback addresses) for the namespace.
-
-    At the end the test fails if the stand-in hit an error it could not explain (a runtime
-    that never answered, a status patch refused).
-    """
-    api = metacontroller_stack.plane.api_client()
-    player = Kubelet(api, namespace, state_dir=tmp_path / "kubelet")
-    player.start()
-    try:
+    """The kubelet stand-in for the test's namespace (running_kubelet)."""
+    with running_kubelet(metacontroller_stack, namespace, tmp_path / "kubelet") as player:
         yield player
-    finally:
-        player.stop()
-        api.close()
-    assert not player.errors, player.errors
+

@@ -10,17 +10,28 @@ from __future__ import annotations
 import copy
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tests.hookrequests import SEED_POD_TEMPLATE
+from sandbox_common.contract import EXTENSIONS_API as X
+from sandbox_common.contract import (
+    POOL_LABEL as POOL_LABEL,
+)
+from sandbox_common.contract import (
+    SANDBOX_API as SANDBOX_API,
+)
+from sandbox_common.contract import (
+    SANDBOX_LABEL as SANDBOX_LABEL,
+)
+from sandbox_common.contract import (
+    SANDBOX_UID_LABEL as SANDBOX_UID_LABEL,
+)
+from testbed.hookrequests import SEED_POD_TEMPLATE
 
-SANDBOX_API = "agents.x-k8s.io/v1alpha1"
-X = "extensions.agents.x-k8s.io/v1alpha1"
+if TYPE_CHECKING:
+    from testbed.metacontroller import MetacontrollerStack
+
 TEMPLATE = "python-runtime-template"
 POOL = "python-sandbox-warmpool"
-SANDBOX_LABEL = "agents.x-k8s.io/sandbox"
-SANDBOX_UID_LABEL = "agents.x-k8s.io/sandbox-uid"
-POOL_LABEL = "agents.x-k8s.io/warm-pool"
 TEST_GRACE_SECONDS = 2
 
 
@@ -119,3 +130,11 @@ def eventually(check, timeout: float = 30.0, interval: float = 0.2):  # type: ig
             return last
         time.sleep(interval)
     raise AssertionError(f"not reached in {timeout:.0f}s; last: {last!r}")
+
+
+def warm_pool(stack: MetacontrollerStack, namespace: str, replicas: int) -> None:
+    """Apply the seed's template and a warm pool of `replicas`; return once all are Ready."""
+    stack.apply(template(), namespace)
+    stack.apply(pool(replicas), namespace)
+    stack.wait_for("sandboxwarmpool", POOL, pool_ready(replicas), namespace=namespace,
+                   timeout=90)

@@ -21,8 +21,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from testbed.kubelet import Kubelet
+from testbed.metacontroller import MetacontrollerStack
 from tests.metacontroller.objects import POOL, claim, is_ready, pool, pool_ready, template
-from tests.metacontroller.stack import Kubelet, MetacontrollerStack
 
 EXISTING = 12
 # Syncs that one warm claim's own events explain, whatever else exists: the claim's (its

@@ -19,11 +19,14 @@ import pytest
 
 from hooks.objects import (
     EXPIRED,
+    POOL_KIND,
     POOL_NOT_FOUND,
     SANDBOX_EXPIRED,
     SANDBOX_READY,
+    SANDBOX_UID_LABEL,
     TEMPLATE_NOT_FOUND,
 )
+from testbed.metacontroller import MetacontrollerStack
 from tests.metacontroller.objects import (
     POOL,
     SANDBOX_LABEL,
@@ -32,23 +35,19 @@ from tests.metacontroller.objects import (
     is_ready,
     live,
     pool,
-    pool_ready,
     ready_condition,
     reason,
     rfc3339,
     template,
+    warm_pool,
 )
-from tests.metacontroller.stack import MetacontrollerStack
 
 
 @pytest.fixture
 def warm(metacontroller_stack, namespace, kubelet) -> Iterator[tuple[MetacontrollerStack, str]]:
     """The seed's template and a warm pool of one, warmed."""
-    stack = metacontroller_stack
-    stack.apply(template(), namespace)
-    stack.apply(pool(1), namespace)
-    stack.wait_for("sandboxwarmpool", POOL, pool_ready(1), namespace=namespace, timeout=90)
-    yield stack, namespace
+    warm_pool(metacontroller_stack, namespace, 1)
+    yield metacontroller_stack, namespace
 
 
 def serving_pods(stack: MetacontrollerStack, namespace: str, name: str) -> list[dict[str, Any]]:
@@ -72,9 +71,9 @@ def test_a_claim_with_an_empty_pool_is_served_by_a_pod_the_pool_makes_for_it(
     served = stack.get("pod", sandbox["status"]["podName"], namespace)
     assert served is not None
     owner = next(r for r in served["metadata"]["ownerReferences"] if r.get("controller"))
-    assert (owner["kind"], owner["name"]) == ("SandboxWarmPool", POOL)
+    assert (owner["kind"], owner["name"]) == (POOL_KIND, POOL)
     labels = served["metadata"]["labels"]
-    assert labels["agents.x-k8s.io/sandbox-uid"] == sandbox["metadata"]["uid"]
+    assert labels[SANDBOX_UID_LABEL] == sandbox["metadata"]["uid"]
     assert stack.get("pod", "solo", namespace) is None, "no pod of its own: no grace waited"
 
 

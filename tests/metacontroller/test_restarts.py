@@ -17,6 +17,7 @@ from collections import defaultdict
 import pytest
 import requests
 
+from testbed.metacontroller import MetacontrollerStack
 from tests.metacontroller.objects import (
     POOL,
     SANDBOX_LABEL,
@@ -26,7 +27,6 @@ from tests.metacontroller.objects import (
     pool_ready,
     template,
 )
-from tests.metacontroller.stack import MetacontrollerStack
 
 CLAIMS = 8
 DOWN_FOR = 4.0  # seconds the victim stays dead while claims keep coming

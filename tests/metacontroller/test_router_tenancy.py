@@ -34,9 +34,10 @@ import requests
 
 from agentic_sandbox import ClaimFailedError, SandboxClient
 from agentic_sandbox._backends.kubernetes import KubernetesBackend
+from agentic_sandbox._options import KubernetesOptions
+from testbed.kubelet import Kubelet
+from testbed.support import free_port, script, serve
 from tests.metacontroller import objects
-from tests.metacontroller.stack import Kubelet
-from tests.support import free_port, script, serve
 
 NAME = "tenant"
 GRACE = 30  # the old pod serves, terminating, for the whole trial
@@ -224,10 +225,10 @@ def test_our_client_reaches_only_its_own_pod_through_a_lagging_router(
     custom = world
 
     def client() -> SandboxClient:
+        options = KubernetesOptions(api_url=routers.connection, router_token=routers.token,
+                                    kubeconfig=metacontroller_stack.plane.kubeconfig)
         backend = KubernetesBackend(objects.TEMPLATE, namespace, claim=NAME,
-                                    api_url=routers.connection, router_token=routers.token,
-                                    kubeconfig=metacontroller_stack.plane.kubeconfig,
-                                    ready_timeout=60)
+                                    options=options, ready_timeout=60)
         return SandboxClient(objects.TEMPLATE, namespace, backend=backend)
 
     def opened() -> SandboxClient:

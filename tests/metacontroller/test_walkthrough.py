@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from agentic_sandbox import SandboxClient
-from tests.hookrequests import SEED_POD_TEMPLATE
-from tests.metacontroller.stack import Kubelet
-from tests.support import free_port, script, serve
+from testbed.hookrequests import SEED_POD_TEMPLATE
+from testbed.kubelet import Kubelet, running_kubelet
+from testbed.support import free_port, script, serve
 
 X = "extensions.agents.x-k8s.io/v1alpha1"
 TEMPLATE = "python-runtime-template"
@@ -45,15 +45,9 @@ def router(metacontroller_stack, namespace, tmp_path: Path) -> Iterator[dict[str
 def seed_kubelet(metacontroller_stack, namespace, tmp_path: Path) -> Iterator[Kubelet]:
     """The stand-in for the seed's own template: its 30 s default grace period is capped at
     3 s here, so the claim's clean-up is waited for, not slept through."""
-    api = metacontroller_stack.plane.api_client()
-    player = Kubelet(api, namespace, state_dir=tmp_path / "kubelet", max_grace_seconds=3)
-    player.start()
-    try:
+    with running_kubelet(metacontroller_stack, namespace, tmp_path / "kubelet",
+                         max_grace_seconds=3) as player:
         yield player
-    finally:
-        player.stop()
-        api.close()
-    assert not player.errors, player.errors
 
 
 def test_the_walkthrough_runs_through_router_and_runtime(metacontroller_stack, namespace,

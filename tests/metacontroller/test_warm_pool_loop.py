@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import requests
 
+from testbed.kubelet import Kubelet
+from testbed.metacontroller import MetacontrollerStack
 from tests.metacontroller.objects import (
     POOL,
     SANDBOX_LABEL,
@@ -23,21 +25,17 @@ from tests.metacontroller.objects import (
     free_warm,
     is_ready,
     live,
-    pool,
     pool_ready,
     template,
+    warm_pool,
 )
-from tests.metacontroller.stack import Kubelet, MetacontrollerStack
 
 
 @pytest.fixture
 def walkthrough(metacontroller_stack, namespace, kubelet) -> Iterator[tuple[Any, str]]:
     """The seed's template and warm pool of two, warmed, with the kubelet stand-in running."""
-    stack = metacontroller_stack
-    stack.apply(template(), namespace)
-    stack.apply(pool(2), namespace)
-    stack.wait_for("sandboxwarmpool", POOL, pool_ready(2), namespace=namespace, timeout=90)
-    yield stack, namespace
+    warm_pool(metacontroller_stack, namespace, 2)
+    yield metacontroller_stack, namespace
 
 
 def serve(stack: MetacontrollerStack, namespace: str, name: str) -> str:

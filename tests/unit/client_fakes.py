@@ -30,7 +30,9 @@ class Sent:
 Handler = Callable[[Sent], tuple[int, Any]]
 
 
-class FakeTransport(httpx2.BaseTransport):
+class FakeTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
+    """Both a sync and an async transport: the same handler answers either client."""
+
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.requests: list[Sent] = []
@@ -49,7 +51,16 @@ class FakeTransport(httpx2.BaseTransport):
         return httpx2.Response(status, content=json.dumps(body).encode(),
                                headers={"Content-Type": "application/json"})
 
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        await request.aread()
+        response = self.handle_request(request)
+        return httpx2.Response(response.status_code, content=response.content,
+                               headers=response.headers)
+
     def close(self) -> None:
+        self.closed = True
+
+    async def aclose(self) -> None:
         self.closed = True
 
 
@@ -69,7 +80,8 @@ class FakeBackend:
         if self.fail_open is not None:
             raise self.fail_open
         return Endpoint(base_url="http://fake.sandbox", transport=self.transport,
-                        headers=self.headers, sandbox_name="fake-1")
+                        async_transport=self.transport, headers=self.headers,
+                        sandbox_name="fake-1")
 
     def close(self) -> None:
         self.closed += 1

@@ -13,13 +13,15 @@ import copy
 import uuid
 from typing import Any
 
-from sandbox_router.resolve import SandboxCache, SourceUnavailable, record_from_sandbox
+from sandbox_common import contract
+from sandbox_router.records import SandboxCache, record_from_sandbox
+from sandbox_router.sources import SourceUnavailable
 
 
 def sandbox_object(name: str = "sb", namespace: str = "default", *,
                    ips: tuple[str, ...] = ("10.244.0.7",), ports: tuple[Any, ...] = (8888,),
                    rv: str = "1", uid: str | None = None, ready: str | None = "True",
-                   reason: str = "SandboxReady", fqdn: str | None = None,
+                   reason: str = contract.SANDBOX_READY, fqdn: str | None = None,
                    pod: str | None = None,
                    pod_ips: list[Any] | None = None) -> dict[str, Any]:
     """A Sandbox as the API server returns it after the hooks made it Ready (`ready=None`: no
@@ -28,14 +30,14 @@ def sandbox_object(name: str = "sb", namespace: str = "default", *,
     status: dict[str, Any] = {"podIPs": pod_ips if pod_ips is not None else [
         {"ip": ip} for ip in ips]}
     if ready is not None:
-        status["conditions"] = [{"type": "Ready", "status": ready, "reason": reason,
+        status["conditions"] = [{"type": contract.READY, "status": ready, "reason": reason,
                                  "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}]
     if fqdn:
         status["serviceFQDN"] = fqdn
     if pod:
         status["podName"] = pod
     return {
-        "apiVersion": "agents.x-k8s.io/v1alpha1", "kind": "Sandbox",
+        "apiVersion": contract.SANDBOX_API, "kind": contract.SANDBOX_KIND,
         "metadata": {"name": name, "namespace": namespace, "resourceVersion": rv,
                      "uid": uid or str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{namespace}.{name}"))},
         "spec": {"podTemplate": {"spec": {"containers": [

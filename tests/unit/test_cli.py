@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import tarfile
 
 import pytest
 
@@ -178,6 +179,10 @@ def test_ls_of_a_file_shows_the_file(capsys):
     assert capsys.readouterr().out == "f.txt\n"
 
 
+def stat_of(path, kind, size=4096):
+    return {"path": path, "type": kind, "size": size, "mode": 0o755, "mtime": 1.0}
+
+
 def test_cp_up_into_a_directory_and_down_to_a_file(tmp_path, capsys):
     uploads = []
 
@@ -185,8 +190,9 @@ def test_cp_up_into_a_directory_and_down_to_a_file(tmp_path, capsys):
         uploads.append(request.body)
         return 200, {"ok": True}
 
-    fake = Sandbox({("GET", "/list/d"): (200, []),
-                    ("GET", "/list/d/new.bin"): (400, {"error": "not a directory"}),
+    fake = Sandbox({("GET", "/stat/d"): (200, stat_of("d", "directory")),
+                    ("GET", "/stat/d/new.bin"): (404, {"error": "missing"}),
+                    ("GET", "/stat/d/f.bin"): (200, stat_of("d/f.bin", "file", 9)),
                     ("POST", "/upload"): upload,
                     ("GET", "/download/d/f.bin"): (200, b"\x00\x01payload")})
     source = tmp_path / "f.bin"
@@ -205,13 +211,34 @@ def test_cp_up_into_a_directory_and_down_to_a_file(tmp_path, capsys):
 
 def test_cp_from_stdin_and_to_stdout(monkeypatch, capsysbinary):
     fake = Sandbox({("POST", "/upload"): (200, {"ok": True}),
-                    ("GET", "/list/in.txt"): (404, {"error": "missing"}),
+                    ("GET", "/stat/in.txt"): (200, stat_of("in.txt", "file", 10)),
                     ("GET", "/download/in.txt"): (200, b"round trip")})
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"from stdin")))
     assert fake.main("cp", "-", "box:in.txt") == 0
     assert b"from stdin" in fake.sent("POST", "/upload")[0].body
+    assert b'filename="in.txt"' in fake.sent("POST", "/upload")[0].body
     assert fake.main("cp", "box:in.txt", "-") == 0
     assert capsysbinary.readouterr().out == b"round trip"
+
+
+def test_cp_of_a_directory_wants_r_and_then_sends_a_tar_stream(tmp_path, capsys):
+    fake = Sandbox({("GET", "/stat/up"): (404, {"error": "missing"}),
+                    ("GET", "/stat/d"): (200, stat_of("d", "directory")),
+                    ("POST", "/archive/up"): (200, {"files": 1, "directories": 1,
+                                                    "symlinks": 0, "bytes": 2})})
+    (tmp_path / "src" / "sub").mkdir(parents=True)
+    (tmp_path / "src" / "sub" / "f").write_text("hi")
+    for argv in (["cp", str(tmp_path / "src"), "box:up"], ["cp", "box:d", str(tmp_path)]):
+        with pytest.raises(SystemExit) as info:
+            fake.main(*argv)
+        assert info.value.code == 2
+        assert "is a directory: use cp -r" in capsys.readouterr().err
+    assert fake.sent("POST", "/archive/up") == []
+    assert fake.main("cp", "-r", "--progress", str(tmp_path / "src"), "box:up") == 0
+    body = fake.sent("POST", "/archive/up")[0].body
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        assert tar.getnames() == ["sub", "sub/f"]
+    assert "src -> fake-1:up: 2.5 KiB in" in capsys.readouterr().err  # the tar stream
 
 
 def test_cp_of_a_missing_local_file_is_status_1(tmp_path, capsys):
@@ -221,20 +248,18 @@ def test_cp_of_a_missing_local_file_is_status_1(tmp_path, capsys):
 
 
 def remove_calls(fake):
-    return [json.loads(r.body) for r in fake.sent("POST", "/execute")]
+    return [json.loads(r.body) for r in fake.sent("POST", "/remove")]
 
 
-def test_rm_runs_in_the_parent_and_names_one_component():
-    fake = Sandbox({("POST", "/execute"): (200, {"stdout": "", "stderr": "", "exit_code": 0})})
+def test_rm_asks_the_runtime_to_remove_each_path():
+    fake = Sandbox({("POST", "/remove"): (200, {"path": "x", "type": "file"})})
     assert fake.main("rm", "box:a/b c/it's", "box:top/", "box:/workspace/x") == 0
-    calls = remove_calls(fake)
-    assert [c["cwd"] for c in calls] == ["a/b c", ".", "/workspace"]
-    # The last component reaches the shell as one quoted word, never a path.
-    assert calls[0]["command"].endswith(" rm 'it'\"'\"'s'")
-    assert calls[1]["command"].endswith(" rm top")  # the trailing / is dropped: no following
-    assert calls[2]["command"].endswith(" rm x")  # no -r: a directory is refused
-    assert fake.main("rm", "-r", "box:d") == 0 and remove_calls(fake)[-1]["command"].endswith(
-        " rm d -r")
+    assert remove_calls(fake) == [
+        {"path": "a/b c/it's", "recursive": False},
+        {"path": "top", "recursive": False},  # the trailing / is dropped: no following
+        {"path": "/workspace/x", "recursive": False}]
+    assert fake.main("rm", "-r", "box:d") == 0
+    assert remove_calls(fake)[-1] == {"path": "d", "recursive": True}
 
 
 @pytest.mark.parametrize("path", ["", ".", "..", "/", "a/..", "a/.", "//"])
@@ -245,30 +270,32 @@ def test_rm_refuses_the_workspace_itself_and_dot_names(path, capsys):
     assert remove_calls(fake) == []
 
 
-def test_rm_reports_missing_and_directories_and_force(capsys):
-    answers = iter([3, 4, 3])
+def test_rm_reports_the_runtimes_refusals_and_force_ignores_missing(capsys):
+    def remove(request):
+        path = json.loads(request.body)["path"]
+        if path == "dir":
+            return 400, {"error": "path: 'dir' is a directory (remove it recursively)"}
+        if path == "../etc/passwd":
+            return 403, {"error": "path: '..' is outside the workspace"}
+        return 404, {"error": f"path: {path!r} does not exist"}
 
-    def run(request):
-        return 200, {"stdout": "", "stderr": "", "exit_code": next(answers)}
-
-    fake = Sandbox({("POST", "/execute"): run})
-    assert fake.main("rm", "box:gone", "box:dir") == 1
+    fake = Sandbox({("POST", "/remove"): remove})
+    assert fake.main("rm", "box:gone", "box:dir", "box:../etc/passwd") == 1
     err = capsys.readouterr().err
-    assert "box:gone: no such file or directory" in err
-    assert "box:dir: is a directory (use -r" in err
-    assert fake.main("rm", "-f", "box:gone") == 0
-
-
-def test_rm_outside_the_workspace_is_the_runtimes_refusal(capsys):
-    fake = Sandbox({("POST", "/execute"): (403, {"error": "cwd: '..' is outside the workspace"})})
+    assert "rm: box:gone: path: 'gone' does not exist (404)" in err
+    assert "box:dir: path: 'dir' is a directory (remove it recursively) (400)" in err
+    assert "outside the workspace (403)" in err
+    assert fake.main("rm", "-f", "box:gone", "box:no/x") == 0
     assert fake.main("rm", "-f", "box:../etc/passwd") == 1
-    assert "outside the workspace (403)" in capsys.readouterr().err
 
 
-def test_rm_force_ignores_a_missing_parent():
-    fake = Sandbox({("POST", "/execute"): (404, {"error": "cwd: 'no' does not exist"})})
-    assert fake.main("rm", "-f", "box:no/x") == 0
-    assert fake.main("rm", "box:no/x") == 1
+def test_mkdir_asks_for_each_directory():
+    fake = Sandbox({("POST", "/mkdir"): (200, {"path": "a"})})
+    assert fake.main("mkdir", "-p", "box:a/b", "box:c") == 0
+    assert [json.loads(r.body) for r in fake.sent("POST", "/mkdir")] == [
+        {"path": "a/b", "parents": True}, {"path": "c", "parents": True}]
+    assert fake.main("mkdir", "box:d") == 0
+    assert json.loads(fake.sent("POST", "/mkdir")[-1].body) == {"path": "d", "parents": False}
 
 
 def test_describe_uses_the_runtimes_message_on_one_line():

@@ -7,11 +7,13 @@ import re
 import pytest
 
 from agentic_sandbox import ClaimFailedError, TemplateNotFoundError
-from agentic_sandbox._backends.kubernetes import (
+from agentic_sandbox._backends.claims import (
     TERMINAL_CLAIM_READY_REASONS,
-    KubernetesBackend,
     claim_name,
+    judge,
+    sandbox_uid,
 )
+from agentic_sandbox._backends.kubernetes import KubernetesBackend
 from agentic_sandbox._options import KubernetesOptions
 
 
@@ -29,6 +31,10 @@ def backend(**kwargs):
     return b
 
 
+def judged(obj):
+    return judge(obj, "ns", "sandbox-claim-1234abcd")
+
+
 def test_claim_names_are_unique_dns_labels():
     names = {claim_name() for _ in range(100)}
     assert len(names) == 100
@@ -37,33 +43,22 @@ def test_claim_names_are_unique_dns_labels():
 
 
 def test_ready_gives_the_sandbox_name():
-    assert backend()._judge(claim("True", "SandboxReady", "sb-1")) == "sb-1"
-    assert backend()._judge(claim("True")) == "sandbox-claim-1234abcd"
+    assert judged(claim("True", "SandboxReady", "sb-1")) == "sb-1"
+    assert judged(claim("True")) == "sandbox-claim-1234abcd"
 
 
 def test_transient_reasons_keep_waiting():
-    assert backend()._judge({}) is None
-    assert backend()._judge(claim("False", "SandboxNotReady")) is None
+    assert judged({}) is None
+    assert judged(claim("False", "SandboxNotReady")) is None
 
 
 def test_terminal_reasons_fail_fast_naming_the_reason():
     for reason in sorted(TERMINAL_CLAIM_READY_REASONS):
         with pytest.raises(ClaimFailedError) as info:
-            backend()._judge(claim("False", reason))
+            judged(claim("False", reason))
         assert info.value.reason == reason and reason in str(info.value)
     with pytest.raises(TemplateNotFoundError):
-        backend()._judge(claim("False", "TemplateNotFound"))
-
-
-def test_every_reason_a_claim_gives_up_on_is_terminal_for_the_client():
-    """The hooks' claim reports these reasons only when waiting cannot help: a client that
-    kept waiting on one would burn its whole timeout."""
-    from hooks import objects
-
-    claim_gives_up = {objects.INVALID_SPEC, objects.TEMPLATE_NOT_FOUND, objects.POOL_NOT_FOUND,
-                      objects.EXPIRED, *objects.TERMINAL_SANDBOX_REASONS}
-    assert claim_gives_up <= TERMINAL_CLAIM_READY_REASONS
-    assert objects.SANDBOX_NOT_READY not in TERMINAL_CLAIM_READY_REASONS
+        judged(claim("False", "TemplateNotFound"))
 
 
 def test_connection_modes_and_headers(monkeypatch):
@@ -94,7 +89,7 @@ SANDBOX_UID = "7c1e2d3f-4a5b-4c6d-8e7f-901234567890"
 
 
 class SandboxReader:
-    """The one CustomObjectsApi call _sandbox_uid makes, answering with `obj` or raising."""
+    """The one CustomObjectsApi call claims.sandbox_uid makes, answering with `obj` or raising."""
 
     def __init__(self, obj=None, status=None):
         self.obj, self.status, self.asked = obj, status, []
@@ -117,7 +112,7 @@ def test_the_claims_sandbox_uid_is_sent_to_the_router(monkeypatch):
     b = backend(api_url="http://r")
     b.sandbox, b.claim_uid = "sb", CLAIM_UID
     api = SandboxReader(owned(CLAIM_UID))
-    b.sandbox_uid = b._sandbox_uid(api)
+    b.sandbox_uid = sandbox_uid(api, "ns", "sb", "sb", CLAIM_UID)
     assert api.asked == [("agents.x-k8s.io", "sandboxes", "ns", "sb")]
     assert b.headers()["X-Sandbox-UID"] == SANDBOX_UID
 
@@ -125,10 +120,8 @@ def test_the_claims_sandbox_uid_is_sent_to_the_router(monkeypatch):
 @pytest.mark.parametrize("obj", [owned("another-claim-uid"), owned(CLAIM_UID, controller=False),
                                  {"metadata": {"name": "sb", "uid": SANDBOX_UID}}])
 def test_a_sandbox_the_claim_does_not_own_is_refused(obj):
-    b = backend()
-    b.sandbox, b.claim_uid = "sb", CLAIM_UID
     with pytest.raises(ClaimFailedError) as info:
-        b._sandbox_uid(SandboxReader(obj))
+        sandbox_uid(SandboxReader(obj), "ns", "sb", "sb", CLAIM_UID)
     assert info.value.reason == "SandboxReplaced"
 
 
@@ -136,7 +129,7 @@ def test_a_sandbox_the_claim_does_not_own_is_refused(obj):
 def test_an_unreadable_sandbox_leaves_the_name_alone_to_route_by(status):
     b = backend(api_url="http://r")
     b.sandbox, b.claim_uid = "sb", CLAIM_UID
-    b.sandbox_uid = b._sandbox_uid(SandboxReader(status=status))
+    b.sandbox_uid = sandbox_uid(SandboxReader(status=status), "ns", "sb", "sb", CLAIM_UID)
     assert b.sandbox_uid is None and "X-Sandbox-UID" not in b.headers()
 
 
@@ -145,10 +138,17 @@ def test_the_router_transport_never_skips_tls_verification():
     server reached through it would be refused."""
     import ssl
 
-    from agentic_sandbox._backends.router import router_transport
+    from agentic_sandbox._backends.router import (
+        router_async_transport,
+        router_transport,
+        tls_context,
+    )
 
     for url in ("http://sandbox-router-svc.ns.svc.cluster.local:8080", "https://gw.example"):
-        transport = router_transport(url)
-        context = transport._pool._ssl_context
-        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
-        transport.close()
+        shared = tls_context(url)
+        for transport in (router_transport(url), router_async_transport(url),
+                          router_transport(url, shared), router_async_transport(url, shared)):
+            context = transport._pool._ssl_context
+            assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+        if url.startswith("https"):
+            assert shared.cert_store_stats()["x509_ca"] > 0  # the CA store, loaded once

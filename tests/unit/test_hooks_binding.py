@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 
 from hooks import objects, sandboxclaim, sandboxwarmpool
-from tests.hookrequests import SEED_POD_TEMPLATE, owned, resource, sync_request, with_pod_status
+from testbed.hookrequests import SEED_POD_TEMPLATE, owned, resource, sync_request, with_pod_status
 from tests.unit.test_hooks_contract import NOW, POOL, TEMPLATE
 
 

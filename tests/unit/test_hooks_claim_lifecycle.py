@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from hooks import objects, sandboxclaim
 from hooks.objects import SANDBOX_LABEL
-from tests import hookrequests as hr
+from testbed import hookrequests as hr
 from tests.metacontroller_sim import Cluster
 from tests.unit.test_hooks_scenarios import claim, pool, ready_reason, template
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from hooks import objects, sandbox, sandboxclaim, sandboxtemplate, sandboxwarmpool
-from tests.hookrequests import SEED_POD_TEMPLATE, owned, resource, sync_request, with_pod_status
+from testbed.hookrequests import SEED_POD_TEMPLATE, owned, resource, sync_request, with_pod_status
 
 NOW = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
 TEMPLATE = resource(

@@ -16,7 +16,7 @@ import json
 import pytest
 
 from hooks import k8srules, objects, sandbox, sandboxclaim, sandboxtemplate, sandboxwarmpool
-from tests.hookrequests import SEED_POD_TEMPLATE, owned, resource, sync_request, with_pod_status
+from testbed.hookrequests import SEED_POD_TEMPLATE, owned, resource, sync_request, with_pod_status
 from tests.unit.test_hooks_contract import NOW
 
 PREFIX_253 = ".".join(["a" * 63] * 4)[:253]

@@ -6,11 +6,11 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from hooks import objects, sandbox
-from tests.hookrequests import owned, sync_request, with_pod_status
-from tests.hookrequests import sandbox as make_sandbox
+from testbed.hookrequests import owned, sync_request, with_pod_status
+from testbed.hookrequests import sandbox as make_sandbox
 
 NOW = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
-UID = "uid-sandbox-my-sandbox"  # what tests.hookrequests gives Sandbox my-sandbox
+UID = "uid-sandbox-my-sandbox"  # what testbed.hookrequests gives Sandbox my-sandbox
 
 
 def kinds(response: dict) -> dict[str, dict]:
@@ -252,7 +252,7 @@ def warm_pod(
     deleting: bool = False,
 ):
     """A pool pod as related: free, or bound to Sandbox `bound_to` (of uid `uid`, by default
-    the uid tests.hookrequests gives a Sandbox of that name)."""
+    the uid testbed.hookrequests gives a Sandbox of that name)."""
     pool_owner = {
         "apiVersion": "extensions.agents.x-k8s.io/v1alpha1",
         "kind": "SandboxWarmPool",

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from hooks import objects
 from hooks.objects import POOL_LABEL, SANDBOX_LABEL, SANDBOX_UID_LABEL
-from tests.hookrequests import SEED_POD_TEMPLATE
+from testbed.hookrequests import SEED_POD_TEMPLATE
+from testbed.tenancy_rules import check, leftover_bound_pods
 from tests.metacontroller_sim import Cluster
-from tests.tenancy_rules import check, leftover_bound_pods
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 X = "extensions.agents.x-k8s.io/v1alpha1"
@@ -315,7 +315,7 @@ def test_property_warm_pods_serve_one_sandbox_uid_ever_and_are_never_pulled_from
     operations,
 ):
     """Over random claims, deletions, same-name re-creations, scaling, template changes, time,
-    half-finished rounds and stale reads: every rule of tests/tenancy_rules.py holds (a pod
+    half-finished rounds and stale reads: every rule of testbed/tenancy_rules.py holds (a pod
     serves one Sandbox uid ever, no Sandbox switches pods or is Ready on a pod that is gone or
     terminating, the claim's annotation precedes Ready), no pod serving a live claim's Sandbox
     is deleted, and in the end every claim is Ready on a pod of its own."""

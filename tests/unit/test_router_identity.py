@@ -12,20 +12,20 @@ import asyncio
 
 import pytest
 
+from sandbox_common import contract
 from sandbox_router.addresses import AddressPolicy
 from sandbox_router.headers import Route
 from sandbox_router.identity import CONNECTION_NAMES, ConnectionMemory, Reads
+from sandbox_router.records import SandboxCache, record_from_sandbox
 from sandbox_router.resolve import (
     NOT_READY_RECHECK_SECONDS,
     NotServable,
     Resolver,
-    SandboxCache,
     SandboxReplaced,
-    StaticSource,
     Unconfirmed,
     UnknownSandbox,
-    record_from_sandbox,
 )
+from sandbox_router.sources import StaticSource
 from tests.unit.router_fakes import CacheSource, sandbox_object
 
 OLD = "11111111-1111-4111-8111-111111111111"
@@ -80,7 +80,7 @@ def test_a_record_carries_uid_pod_version_and_readiness():
 
 
 @pytest.mark.parametrize(("change", "says"), [
-    (lambda o: o["status"]["conditions"][0].update(status="False", reason="PodLost"),
+    (lambda o: o["status"]["conditions"][0].update(status="False", reason=contract.POD_LOST),
      "is not ready (PodLost: m)"),
     (lambda o: o["status"]["conditions"][0].update(status="Unknown", reason="X"),
      "is not ready (X: m)"),
@@ -257,11 +257,11 @@ def test_connection_memory_is_bounded_and_forgets_the_oldest_name():
 # ---- Ready and deletion ----------------------------------------------------------------------
 
 def test_a_sandbox_that_is_not_ready_is_refused_with_503_and_retry_after():
-    source = CacheSource(new(ready="False", reason="PodLost"))
+    source = CacheSource(new(ready="False", reason=contract.POD_LOST))
     now = [100.0]
     resolver = Resolver(source, AddressPolicy(), clock=lambda: now[0])
     for _ in range(3):
-        with pytest.raises(NotServable, match="PodLost") as refused:
+        with pytest.raises(NotServable, match=contract.POD_LOST) as refused:
             run(resolver, route(NEW))
         assert refused.value.status == 503 and refused.value.retry_after == 1
     # One read to check the cache was not merely behind; clients retrying at once cost none.
@@ -276,9 +276,9 @@ def test_a_sandbox_that_is_not_ready_is_refused_with_503_and_retry_after():
 
 def test_a_sandbox_found_not_ready_is_read_again_while_the_watch_lags():
     source = CacheSource(new(rv="20"))
-    source.serve(new(rv="21", ready="False", reason="WaitingForPodNameAnnotation"))
+    source.serve(new(rv="21", ready="False", reason=contract.WAITING_FOR_ANNOTATION))
     source.deliver(("MODIFIED", new(rv="21", ready="False",
-                                    reason="WaitingForPodNameAnnotation")))
+                                    reason=contract.WAITING_FOR_ANNOTATION)))
     now = [100.0]
     resolver = Resolver(source, AddressPolicy(), clock=lambda: now[0])
     with pytest.raises(NotServable):
@@ -290,7 +290,7 @@ def test_a_sandbox_found_not_ready_is_read_again_while_the_watch_lags():
 
 
 def test_a_cache_that_is_behind_a_sandbox_turning_ready_costs_one_read_not_a_refusal():
-    source = CacheSource(new(rv="20", ready="False", reason="WaitingForPodNameAnnotation"))
+    source = CacheSource(new(rv="20", ready="False", reason=contract.WAITING_FOR_ANNOTATION))
     source.serve(new(rv="21"))
     (target,) = run(Resolver(source, AddressPolicy()), route(NEW))
     assert target.addresses == (NEW_IP,) and reads == []

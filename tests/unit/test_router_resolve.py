@@ -10,15 +10,9 @@ import pytest
 
 from sandbox_router.addresses import AddressPolicy
 from sandbox_router.headers import Route
-from sandbox_router.resolve import (
-    NoAddress,
-    Resolver,
-    SandboxCache,
-    StaticSource,
-    UndeclaredPort,
-    UnknownSandbox,
-    record_from_sandbox,
-)
+from sandbox_router.records import SandboxCache, record_from_sandbox
+from sandbox_router.resolve import NoAddress, Resolver, UndeclaredPort, UnknownSandbox
+from sandbox_router.sources import StaticSource
 from tests.unit.router_fakes import CacheSource, sandbox_object
 
 

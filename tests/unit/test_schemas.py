@@ -77,7 +77,7 @@ def test_invalid_specs_are_reported_with_their_field(kind, spec, field):
 
 
 def test_seed_specs_are_valid():
-    from tests.hookrequests import SEED_POD_TEMPLATE
+    from testbed.hookrequests import SEED_POD_TEMPLATE
 
     assert schemas.validate("sandboxtemplate", {"podTemplate": SEED_POD_TEMPLATE}) == []
     assert (

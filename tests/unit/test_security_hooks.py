@@ -18,7 +18,7 @@ import pytest
 
 from hooks import objects, sandbox, sandboxclaim, sandboxtemplate, sandboxwarmpool
 from hooks.objects import CLAIM_LABEL, POOL_LABEL, SANDBOX_LABEL, TEMPLATE_LABEL
-from tests.hookrequests import SEED_POD_TEMPLATE, owned, resource, sync_request, with_pod_status
+from testbed.hookrequests import SEED_POD_TEMPLATE, owned, resource, sync_request, with_pod_status
 from tests.metacontroller_sim import Cluster
 
 NOW = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)

@@ -48,6 +48,7 @@ class LocalBackend:
         pool = warm_pool_size(self.options.warm_pool, template)
         self.sandbox = self._manager.acquire(template, pool, self.ready_timeout)
         return Endpoint(base_url=CHANNEL_URL, transport=self.sandbox.transport,
+                        async_transport=self.sandbox.async_transport,
                         sandbox_name=self.sandbox.id,
                         description=f"local gVisor sandbox {self.sandbox.id}")
 

@@ -4,10 +4,12 @@ Made and destroyed by the manager (agentic_sandbox._backends.local.manager). sta
 the bundle (the OCI spec, agentic_sandbox._backends.local.spec) and the owner record, mounts
 the bounded workspace, and starts `runsc run` in the foreground as our child, with one end of
 a socketpair as the first runtime's stdin and stdout. Requests reach the runtime through
-`transport` (agentic_sandbox._backends.channel): the first connection is that socketpair,
-later ones (after a broken channel, or a second concurrent call) a fresh runtime from
-`runsc exec` on a new socketpair, in the same sandbox. destroy() removes everything.
-Nothing here runs a command outside gVisor.
+`transport` or `async_transport` (agentic_sandbox._backends.channel): the first connection
+is that socketpair, later ones (after a broken channel, or a second concurrent call) a fresh
+runtime from `runsc exec` on a new socketpair, in the same sandbox. wait_ready() checks the
+first channel on a transport of its own that leaves it open, and puts it back: whichever
+client comes (sync or async) gets the first runtime, not a `runsc exec`. destroy() removes
+everything. Nothing here runs a command outside gVisor.
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ from pathlib import Path
 import httpx2
 
 from agentic_sandbox._backends.base import request_once
-from agentic_sandbox._backends.channel import CHANNEL_URL, ChannelTransport
+from agentic_sandbox._backends.channel import (
+    CHANNEL_URL,
+    AsyncChannelTransport,
+    ChannelTransport,
+)
 from agentic_sandbox._backends.local.owner import owner_record
 from agentic_sandbox._backends.local.runsc import (
     ID_PREFIX,
@@ -70,6 +76,7 @@ class LocalSandbox:
         self._lock = threading.Lock()
         self._destroyed = False
         self.transport = ChannelTransport(self._new_channel)
+        self.async_transport = AsyncChannelTransport(self._new_channel)
 
     def _runsc(self, *args: str) -> list[str]:
         return runsc_argv(self.runsc, self.state_dir, *args)
@@ -174,18 +181,26 @@ class LocalSandbox:
         """Block until the runtime answers GET / (the request waits in the socket buffer);
         with `warm_up`, also until it has run one command (for warm-pool spares)."""
         limit = httpx2.Timeout(timeout)
+        first = self._new_channel()
+        channel: socket.socket | None = first  # None once handed back
+        # The check's own transport leaves the channel open: after a complete answer it is
+        # clean between two requests, and goes back for the client's first request.
+        probe = ChannelTransport(lambda: first, owns_channels=False)
         try:
-            response = request_once(self.transport, "GET", CHANNEL_URL + "/", timeout=limit)
+            response = request_once(probe, "GET", CHANNEL_URL + "/", timeout=limit)
             if response.status_code != 200:
                 raise SandboxConnectionError(f"runtime answered {response.status_code}")
             # The runtime's first command pays a one-time set-up (~10 ms under gVisor):
             # a spare pays it in advance; a cold start would only add a round trip.
             if warm_up:
-                response = request_once(self.transport, "POST", CHANNEL_URL + "/execute",
+                response = request_once(probe, "POST", CHANNEL_URL + "/execute",
                                         json={"command": "true"}, timeout=limit)
                 if response.status_code != 200:
                     raise SandboxConnectionError(
                         f"runtime answered {response.status_code} to its first command")
+            with self._lock:
+                if not self._destroyed and self._first_channel is None:
+                    self._first_channel, channel = first, None
         except httpx2.TimeoutException as exc:
             raise SandboxTimeoutError(
                 f"the runtime in sandbox {self.id} did not answer within {timeout:.0f} s; "
@@ -199,6 +214,10 @@ class LocalSandbox:
             raise SandboxConnectionError(
                 f"the runtime in sandbox {self.id} did not start: {exc}; "
                 f"log: {self.log_tail()}") from exc
+        finally:
+            probe.close()
+            if channel is not None:
+                channel.close()
 
     def destroy(self) -> None:
         """runsc delete --force, close the channels, remove bundle and workspace. Idempotent."""

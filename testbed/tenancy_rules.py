@@ -1,7 +1,8 @@
 """The tenancy rules (one pod per Sandbox uid, ever), checked over a timeline of watch events.
 
 Used by the Metacontroller tier (tests/metacontroller/test_tenancy_trials.py, events from real
-watches) and the unit tier (tests/metacontroller_sim.py records the same events). Events of
+watches), the unit tier (tests/metacontroller_sim.py records the same events) and the claim
+benchmark (bench/claimlab.py, every event of a run under load). Events of
 Pods, Services, Sandboxes and SandboxClaims, sorted by resourceVersion, replay as one timeline
 (one etcd gives them one order), so the checker can ask "which pod of this name existed when
 that Sandbox said Ready?". Pure: it reads the events and nothing else.
@@ -13,9 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-SANDBOX_LABEL = "agents.x-k8s.io/sandbox"
-SANDBOX_UID_LABEL = "agents.x-k8s.io/sandbox-uid"
-POD_NAME_ANNOTATION = "agents.x-k8s.io/pod-name"
+from sandbox_common.contract import POD_NAME_ANNOTATION, SANDBOX_LABEL, SANDBOX_UID_LABEL
 
 
 @dataclass(frozen=True)

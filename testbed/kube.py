@@ -45,7 +45,7 @@ from typing import Any
 import requests
 import yaml
 
-from tests.support import REPO, free_port, stop_process
+from testbed.support import REPO, free_port, stop_process
 
 K8S_VERSION = os.environ.get("K8S_VERSION", "v1.34.4")
 K8S_CACHE = Path(os.environ.get("K8S_CACHE", Path.home() / ".cache" / "agent-sandbox" / "k8s"))

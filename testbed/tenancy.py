@@ -1,6 +1,6 @@
-"""Tools of the tenancy trials (test_tenancy_trials.py): a recorder of watch events and a
-kubelet stand-in with graceful pod termination. The rules they are checked against are in
-tests/tenancy_rules.py.
+"""Tools of the tenancy trials (tests/metacontroller/test_tenancy_trials.py) and the claim
+benchmark (bench/claimlab.py): a recorder of watch events and a kubelet stand-in with graceful
+pod termination. The rules they are checked against are in testbed/tenancy_rules.py.
 
 The recorder keeps every event of Pods, Services, Sandboxes and SandboxClaims of one
 namespace, from one list on. The kubelet stand-in binds each pod to a node name (so deletion
@@ -16,7 +16,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from tests.tenancy_rules import Event
+from sandbox_common import contract
+from testbed.tenancy_rules import Event
 
 NODE = "trial-node"
 
@@ -25,7 +26,7 @@ LAST_APPLIED = "metacontroller.k8s.io/last-applied-configuration"
 
 
 def slim(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
-    """What tests/tenancy_rules.py reads of an object, without the bulk (managed fields, the
+    """What testbed/tenancy_rules.py reads of an object, without the bulk (managed fields, the
     last-applied annotation, pod and Sandbox specs): the claim benchmark records thousands."""
     meta = obj.get("metadata") or {}
     meta.pop("managedFields", None)
@@ -59,9 +60,10 @@ class Recorder:
             "Pod": (self.core.list_namespaced_pod, (ns,)),
             "Service": (self.core.list_namespaced_service, (ns,)),
             "Sandbox": (self.custom.list_namespaced_custom_object,
-                        ("agents.x-k8s.io", "v1alpha1", ns, "sandboxes")),
+                        (contract.GROUP, contract.VERSION, ns, contract.SANDBOXES)),
             "SandboxClaim": (self.custom.list_namespaced_custom_object,
-                             ("extensions.agents.x-k8s.io", "v1alpha1", ns, "sandboxclaims")),
+                             (contract.EXTENSIONS_GROUP, contract.VERSION, ns,
+                              contract.CLAIMS)),
         }
 
     def start(self) -> None:

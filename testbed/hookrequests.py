@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from sandbox_common import contract
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "requests"
 CREATED = "2026-01-01T00:00:00Z"
 
@@ -44,16 +45,16 @@ KEYS = {
     "Service": "Service.v1",
     "PersistentVolumeClaim": "PersistentVolumeClaim.v1",
     "NetworkPolicy": "NetworkPolicy.networking.k8s.io/v1",
-    "Sandbox": "Sandbox.agents.x-k8s.io/v1alpha1",
-    "SandboxTemplate": "SandboxTemplate.extensions.agents.x-k8s.io/v1alpha1",
-    "SandboxWarmPool": "SandboxWarmPool.extensions.agents.x-k8s.io/v1alpha1",
-    "SandboxClaim": "SandboxClaim.extensions.agents.x-k8s.io/v1alpha1",
+    contract.SANDBOX_KIND: contract.SANDBOX_KEY,
+    contract.TEMPLATE_KIND: contract.TEMPLATE_KEY,
+    contract.POOL_KIND: contract.POOL_KEY,
+    contract.CLAIM_KIND: f"{contract.CLAIM_KIND}.{contract.EXTENSIONS_API}",
 }
 API = {
-    "Sandbox": "agents.x-k8s.io/v1alpha1",
-    "SandboxTemplate": "extensions.agents.x-k8s.io/v1alpha1",
-    "SandboxWarmPool": "extensions.agents.x-k8s.io/v1alpha1",
-    "SandboxClaim": "extensions.agents.x-k8s.io/v1alpha1",
+    contract.SANDBOX_KIND: contract.SANDBOX_API,
+    contract.TEMPLATE_KIND: contract.EXTENSIONS_API,
+    contract.POOL_KIND: contract.EXTENSIONS_API,
+    contract.CLAIM_KIND: contract.EXTENSIONS_API,
 }
 
 

@@ -1,4 +1,5 @@
-"""Helpers shared by every tier: free loopback ports, waiting for a server, process cleanup."""
+"""Helpers shared by every tier and bench: free loopback ports, waiting for a server, process
+cleanup, and serve() (a server process on a free port for the length of a block)."""
 
 from __future__ import annotations
 
@@ -57,15 +58,24 @@ def stop_process(process: subprocess.Popen[bytes], *, grace: float = 5.0) -> Non
 
 @contextlib.contextmanager
 def serve(
-    argv: Sequence[str], port: int, *, env: dict[str, str] | None = None, timeout: float = 15.0
+    argv: Sequence[str],
+    port: int,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 15.0,
+    quiet: bool = False,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a server command in its own process group until the block ends."""
+    """Run a server command in its own process group until the block ends, once it listens
+    on 127.0.0.1:port. Its stderr is ours (a test shows it on failure) unless `quiet`, as a
+    benchmark wants it: a server's log lines must not cost the terminal's time."""
     process = subprocess.Popen(
         list(argv),
         env={**os.environ, **(env or {})},
         start_new_session=True,
         stdout=subprocess.DEVNULL,
-        stderr=None,
+        stderr=subprocess.DEVNULL if quiet else None,
+        cwd=cwd,
     )
     try:
         wait_for_port(port, timeout=timeout, process=process)
