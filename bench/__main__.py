@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from bench import plots
-from bench.harness import Context, Result, Skipped
+from bench.harness import Broken, Context, Result, Skipped
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -108,12 +108,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("components", nargs="*", help=f"any of {', '.join(discover())}")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
+    parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="a benchmark's own setting, e.g. --opt claims.scenarios=burst "
+                             "(see each bench_*.py)")
     args = parser.parse_args()
+    options = dict(o.split("=", 1) for o in args.opt if "=" in o)
     chosen = args.components or discover()
     unknown = sorted(set(chosen) - set(discover()))
     if unknown:
         parser.error(f"no benchmark named {', '.join(unknown)}")
-    ctx = Context(quick=args.quick)
+    ctx = Context(quick=args.quick, options=options)
     info = machine()
     stamp = info["date"] + (" (quick)" if args.quick else "")
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"results": []}
@@ -128,6 +132,10 @@ def main() -> int:
             print(f"   skipped: {why}", flush=True)
             skipped[name] = str(why)
             continue
+        except Broken as broken:  # the figures stand, the run fails
+            print(f"   BROKEN: {broken}", flush=True)
+            errors[name] = f"Broken: {broken}"
+            got = broken.results
         except Exception as exc:  # one broken benchmark must not hide the others
             traceback.print_exc()
             errors[name] = f"{type(exc).__name__}: {exc}"

@@ -45,9 +45,16 @@ class Context:
     """What the runner hands every benchmark module."""
 
     quick: bool = False  # fewer repetitions, for a smoke run
+    options: dict[str, str] = field(default_factory=dict)  # `--opt key=value`, per benchmark
 
     def scale(self, full: int, quick: int) -> int:
         return quick if self.quick else full
+
+    def option(self, key: str, full: str, quick: str | None = None) -> str:
+        """An `--opt key=value` if given, else the full run's or the quick run's default."""
+        if key in self.options:
+            return self.options[key]
+        return quick if self.quick and quick is not None else full
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -60,6 +67,15 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 class Skipped(Exception):
     """A benchmark that cannot run here (a missing binary, say); the reason is reported."""
+
+
+class Broken(Exception):
+    """A benchmark whose run broke a correctness rule (a pod shared by two claims, say): its
+    figures are still recorded, and the run fails (`make bench` exits non-zero)."""
+
+    def __init__(self, message: str, results: list[Result]) -> None:
+        super().__init__(message)
+        self.results = results
 
 
 @dataclass

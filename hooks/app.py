@@ -41,6 +41,7 @@ ROUTES: dict[tuple[str, str], Callable[..., Any]] = {
     ("customize", "sandboxwarmpool"): sandboxwarmpool.customize,
     ("finalize", "sandboxwarmpool"): sandboxwarmpool.finalize,
     ("sync", "sandboxtemplate"): sandboxtemplate.sync,
+    ("customize", "sandboxtemplate"): sandboxtemplate.customize,
 }
 
 REQUESTS = Counter(

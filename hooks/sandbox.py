@@ -10,18 +10,21 @@ it with that uid (the pool owns that pod for its whole life; see hooks/sandboxwa
 Service selects by uid. Once `status.podName` names a pod, the Sandbox keeps it while it wants
 a pod: if that pod goes, it reports Ready=False `PodLost` and takes no other.
 
-A pool-served Sandbox offers itself to its pool (Ready=False `WaitingForWarmPod`) and starts its
-own pod only once it stops offering (no free pool pod in sight, or the grace has passed; the
-pool binds only early in the grace), so the two paths rarely meet; when both pods exist and
-none was reported yet, its own pod wins and the pool deletes the other.
+A pool-served Sandbox offers itself to its pool (Ready=False `WaitingForWarmPod`) for the warm-pod
+grace and starts its own pod only after it (the pool binds only early in the grace, a free pod
+or one it makes for the Sandbox), so the two paths rarely meet; when both pods exist and none
+was reported yet, its own pod wins and the pool deletes the other. It watches only pods bound
+to its own uid, never all of its pool's: Metacontroller re-syncs every parent related to an
+object whenever it changes, and a pool's pods change with every claim.
 
 A Sandbox with `spec.idleTimeout` suspends when it has been Ready that long with no request
 through the router (the router reports requests in the `agents.x-k8s.io/last-activity`
 annotation): no pod, Service and volumes kept, Ready=False and Suspended=True (reason Idle).
 The router wakes it by writing the Suspended condition's lastTransitionTime into the
 `agents.x-k8s.io/wake` annotation; the Sandbox then looks for a pod afresh (offering itself to
-its pool again, else cold), and only a pod labelled with that wake's incarnation serves it: the
-pod it had before the suspension is being deleted and is never taken back.
+its pool again, with the grace counted from the resume, else cold), and only a pod labelled
+with that wake's incarnation serves it: the pod it had before the suspension is being deleted
+and is never taken back.
 """
 
 from __future__ import annotations
@@ -157,30 +160,21 @@ def bound_warm_pods(request: SyncRequest) -> list[KubeObject]:
     ]
 
 
-def free_warm_pods(request: SyncRequest) -> list[KubeObject]:
-    """Pool pods nobody holds, Ready or still warming up."""
-    return [
-        p
-        for p in pool_pods(request)
-        if not objects.is_bound(p) and not objects.is_deleting(p)
-        and not objects.pod_has_finished(p)
-    ]
-
-
-def offers_to_pool(sandbox: KubeObject, request: SyncRequest, now: datetime,
-                   settings: HookSettings, *, resuming: bool = False) -> float | None:
+def offers_to_pool(sandbox: KubeObject, now: datetime, settings: HookSettings, *,
+                   resuming: bool = False) -> float | None:
     """Seconds the sandbox may still wait for its pool to bind a pod, or None to start its own.
 
-    It waits only while it has never started its own (an earlier answer said PodNotReady),
-    within the grace (from its creation, or its resume: `resuming` in the answer that resumes
-    it), and while its pool has a free pod (Ready or warming up)."""
+    It waits only while it has never started its own (an earlier answer said PodNotReady) and
+    within the grace, counted from its creation or its resume (`resuming` in the answer that
+    resumes it). Its pool serves it early in the grace: with a free pod, or with one made for
+    it when none is free."""
     if POOL_LABEL not in objects.labels_of(sandbox):
         return None
     if objects.ready_reason(sandbox) == objects.POD_NOT_READY:
         return None
     age = 0.0 if resuming else objects.serving_age(sandbox, now)
     left = settings["warm_pod_grace_seconds"] - age
-    return left if left > 0 and free_warm_pods(request) else None
+    return left if left > 0 else None
 
 
 def sync(
@@ -261,8 +255,8 @@ def sync(
         pod = own
     elif live := [p for p in candidates if not objects.is_deleting(p)]:
         pod = live[0]
-    elif (left := offers_to_pool(sandbox, request, now, settings, resuming=resuming)) is not None:
-        # A free pool pod exists: offer this sandbox to the pool for a while before starting cold.
+    elif (left := offers_to_pool(sandbox, now, settings, resuming=resuming)) is not None:
+        # Offer this sandbox to its pool for a while before starting cold.
         ready(
             False,
             objects.WAITING_FOR_WARM_POD,
@@ -307,9 +301,9 @@ def sync(
 
 
 def customize(request: CustomizeRequest) -> CustomizeResponse:
-    """Pods of the sandbox's warm pool (a binding, a label change, re-syncs this sandbox), and
-    the Pod, Service and PVCs named like its children: while an earlier Sandbox's objects of
-    those names linger, Metacontroller cannot create ours, and their deletion must re-sync us."""
+    """Pods bound to this sandbox's uid (its pool binding one re-syncs it), and the Pod, Service
+    and PVCs named like its children: while an earlier Sandbox's objects of those names linger,
+    Metacontroller cannot create ours, and their deletion must re-sync us."""
     sandbox = request["parent"]
     namespace = sandbox["metadata"].get("namespace", "default")
     name = sandbox["metadata"]["name"]
@@ -324,7 +318,7 @@ def customize(request: CustomizeRequest) -> CustomizeResponse:
     ]
     if claims:
         rules.append(objects.related("v1", "persistentvolumeclaims", namespace, name=claims))
-    pool = objects.labels_of(sandbox).get(POOL_LABEL)
-    if pool:
-        rules.append(objects.related("v1", "pods", namespace, labels={POOL_LABEL: pool}))
+    uid = objects.uid_of(sandbox)
+    if uid and POOL_LABEL in objects.labels_of(sandbox):
+        rules.append(objects.related("v1", "pods", namespace, labels={SANDBOX_UID_LABEL: uid}))
     return {"relatedResources": rules}

@@ -5,16 +5,21 @@ on the request and `now`.
 
 The walkthrough's client waits for a Sandbox of the claim's name and routes with
 `X-Sandbox-ID: <claim name>`, so the name is fixed whichever pod serves it. The claim picks a
-warm pool (spec.warmPoolRef, else the first pool of its template) and labels its Sandbox with
-it; the pool binds a warm pod, or the Sandbox starts its own after a short grace. The claim
-forwards the Sandbox's readiness (a reason the Sandbox cannot recover from, such as `PodLost`,
-becomes the claim's own) and names the serving pod: in its status, and in the Sandbox's
-`agents.x-k8s.io/pod-name` annotation as soon as the Sandbox reports the pod. A claim's
-Sandbox reports Ready only once that annotation names its pod, so a client that reads the
-annotation at the first Ready event always finds it. Its lifecycle.shutdownTime is the
-Sandbox's spec.shutdownTime, kept in step on every sync; past it, shutdownPolicy (read on every
-sync, so an edit is honoured) deletes the Sandbox or retains it, expired. Its idleTimeout (else
-its template's) is the Sandbox's spec.idleTimeout.
+warm pool (spec.warmPoolRef, else one of the pools its template lists in `status.warmPools`,
+by a hash of the claim's uid, so claims spread over a template's pools) and labels its Sandbox
+with it; the pool binds a warm pod (or makes one for it), or the Sandbox starts its own after
+a short grace. The claim forwards the Sandbox's readiness (a reason the Sandbox cannot recover
+from, such as `PodLost`, becomes the claim's own) and names the serving pod: in its status,
+and in the Sandbox's `agents.x-k8s.io/pod-name` annotation as soon as the Sandbox reports the
+pod. A claim's Sandbox reports Ready only once that annotation names its pod, so a client that
+reads the annotation at the first Ready event always finds it. Its lifecycle.shutdownTime is
+the Sandbox's spec.shutdownTime, kept in step on every sync; past it, shutdownPolicy (read on
+every sync, so an edit is honoured) deletes the Sandbox or retains it, expired. Its
+idleTimeout (else its template's) is the Sandbox's spec.idleTimeout.
+
+Every status that differs from the last is an API write (and an event for every client
+watching the claim), so until it is Ready a claim's status says the same thing whatever its
+Sandbox is doing: a claim costs two status writes, at creation and at Ready.
 """
 
 from __future__ import annotations
@@ -54,28 +59,22 @@ def lifecycle(claim: KubeObject) -> tuple[datetime | None, str]:
     )
 
 
-def choose_pool(claim: KubeObject, pools: list[KubeObject]) -> KubeObject | None:
-    """The named pool, else the first pool (by name) of the claim's template."""
-    spec = claim["spec"]
-    if spec.get("warmPoolRef"):
-        wanted = spec["warmPoolRef"]["name"]
-        return next((p for p in pools if p["metadata"]["name"] == wanted), None)
-    template = spec["sandboxTemplateRef"]["name"]
-    return next(
-        (
-            p
-            for p in pools
-            if p.get("spec", {}).get("sandboxTemplateRef", {}).get("name") == template
-        ),
-        None,
-    )
+def template_pool(claim: KubeObject, template: KubeObject) -> str | None:
+    """One of the pools the template lists (status.warmPools), by a hash of the claim's uid:
+    claims spread evenly over a template's pools, and a claim always picks the same one."""
+    listed = (template.get("status") or {}).get("warmPools") or []
+    names = sorted(n for n in listed if isinstance(n, str) and n)
+    if not names:
+        return None
+    key = objects.uid_of(claim) or claim["metadata"]["name"]
+    return names[int(objects.short_hash(key, length=8), 16) % len(names)]
 
 
-def desired_sandbox(claim: KubeObject, template: KubeObject, pool: KubeObject | None) -> KubeObject:
+def desired_sandbox(claim: KubeObject, template: KubeObject, pool: str | None) -> KubeObject:
     meta = claim["metadata"]
     labels = {CLAIM_LABEL: meta["name"], TEMPLATE_LABEL: template["metadata"]["name"]}
     if pool is not None:
-        labels[POOL_LABEL] = pool["metadata"]["name"]
+        labels[POOL_LABEL] = pool
     spec: dict[str, Any] = {"podTemplate": objects.clone(template["spec"]["podTemplate"])}
     if template["spec"].get("idleTimeout"):
         spec["idleTimeout"] = template["spec"]["idleTimeout"]  # the claim's own wins (below)
@@ -147,6 +146,16 @@ def sync(
             status["sandbox"] = sandbox_status
         return {"children": children, "status": status}
 
+    def not_ready(children: list[KubeObject]) -> SyncResponse:
+        """One status from creation until Ready, whatever the Sandbox reports meanwhile."""
+        return answer(
+            children,
+            False,
+            objects.SANDBOX_NOT_READY,
+            f"sandbox {name} is not ready yet",
+            {"name": name},
+        )
+
     problems = spec_problems(claim)
     if problems:
         return objects.keep_children(
@@ -185,7 +194,7 @@ def sync(
         sandbox = with_pod_annotation(objects.clone(objects.as_desired(existing)), pod_name)
         sandbox = with_idle_timeout(with_shutdown_time(sandbox, claim), claim)
         cond = sandbox_ready(existing) or {}
-        sandbox_status = {"name": name, **({"podName": pod_name} if pod_name else {})}
+        named = {"name": name, **({"podName": pod_name} if pod_name else {})}
         # A Sandbox whose pod is Ready waits only for the annotation this answer writes, and
         # Metacontroller writes children before status: the claim is Ready now.
         if cond.get("status") == "True" or (
@@ -196,33 +205,36 @@ def sync(
                 True,
                 objects.SANDBOX_READY,
                 f"sandbox {name} is ready (pod {pod_name})",
-                sandbox_status,
+                named,
             )
-        else:
-            detail = f"{cond.get('reason')}: {cond.get('message')}" if cond else "no status yet"
+        elif cond.get("reason") in objects.TERMINAL_SANDBOX_REASONS:
             # A reason the Sandbox will not recover from is the claim's own: clients stop waiting.
-            terminal = cond.get("reason") in objects.TERMINAL_SANDBOX_REASONS
             response = answer(
                 [sandbox],
                 False,
-                str(cond["reason"]) if terminal else objects.SANDBOX_NOT_READY,
-                f"sandbox {name} is not ready: {detail}",
-                sandbox_status,
+                str(cond["reason"]),
+                f"sandbox {name} is not ready: {cond.get('reason')}: {cond.get('message')}",
+                named,
             )
+        else:
+            response = not_ready([sandbox])
     else:
         pools = objects.observed(request, POOL, "related")
-        pool = choose_pool(claim, pools)
         spec = claim["spec"]
-        if spec.get("warmPoolRef") and pool is None and not spec.get("sandboxTemplateRef"):
+        named_pool = None
+        if spec.get("warmPoolRef"):
+            wanted = spec["warmPoolRef"]["name"]
+            named_pool = next((p for p in pools if p["metadata"]["name"] == wanted), None)
+        if spec.get("warmPoolRef") and named_pool is None and not spec.get("sandboxTemplateRef"):
             return answer(
                 [],
                 False,
                 objects.POOL_NOT_FOUND,
                 f"SandboxWarmPool {spec['warmPoolRef']['name']} not found",
             )
-        template_name = (spec.get("sandboxTemplateRef") or {}).get("name") or (pool or {})["spec"][
-            "sandboxTemplateRef"
-        ]["name"]
+        template_name = (spec.get("sandboxTemplateRef") or {}).get("name") or (
+            named_pool or {}
+        )["spec"]["sandboxTemplateRef"]["name"]
         template = next(
             (
                 t
@@ -240,13 +252,13 @@ def sync(
             return objects.keep_children(
                 request, reason=objects.INVALID_SPEC, message="; ".join(problems), now=now
             )
-        response = answer(
-            [desired_sandbox(claim, template, pool)],
-            False,
-            objects.SANDBOX_NOT_READY,
-            f"sandbox {name} is being created",
-            {"name": name},
-        )
+        if named_pool is not None:
+            pool: str | None = named_pool["metadata"]["name"]
+        elif spec.get("warmPoolRef"):
+            pool = None  # the named pool is gone: the Sandbox starts its own pod
+        else:
+            pool = template_pool(claim, template)
+        response = not_ready([desired_sandbox(claim, template, pool)])
 
     if deadline is not None:
         response["resyncAfterSeconds"] = max(1.0, (deadline - now).total_seconds())
@@ -254,21 +266,25 @@ def sync(
 
 
 def customize(request: CustomizeRequest) -> CustomizeResponse:
-    """The claim's template and its warm pool: by name when named, else all in the namespace
-    (a claim without a template reference learns it from its pool). And the Sandbox named like
-    the claim: while an earlier claim's Sandbox of that name lingers, Metacontroller cannot
-    create ours, and its deletion must re-sync this claim."""
+    """The claim's template (by name when named, else all in the namespace), the pool it names
+    if any (a claim without a template reference learns it from its pool), and the Sandbox
+    named like the claim: while an earlier claim's Sandbox of that name lingers, Metacontroller
+    cannot create ours, and its deletion must re-sync this claim.
+
+    No other pools: a pool's status changes with every binding, and Metacontroller re-syncs
+    every parent related to an object on each of its changes; the template lists its pools
+    instead (hooks/sandboxtemplate.py)."""
     claim = request["parent"]
     namespace = claim["metadata"].get("namespace", "default")
     spec = claim.get("spec") or {}
     template = (spec.get("sandboxTemplateRef") or {}).get("name")
     pool = (spec.get("warmPoolRef") or {}).get("name")
-    return {
-        "relatedResources": [
-            objects.related(objects.EXTENSIONS_API, objects.TEMPLATES, namespace, name=template),
-            objects.related(objects.EXTENSIONS_API, objects.POOLS, namespace, name=pool),
-            objects.related(
-                objects.SANDBOX_API, objects.SANDBOXES, namespace, name=claim["metadata"]["name"]
-            ),
-        ]
-    }
+    rules = [
+        objects.related(objects.EXTENSIONS_API, objects.TEMPLATES, namespace, name=template),
+        objects.related(
+            objects.SANDBOX_API, objects.SANDBOXES, namespace, name=claim["metadata"]["name"]
+        ),
+    ]
+    if isinstance(pool, str) and pool:
+        rules.append(objects.related(objects.EXTENSIONS_API, objects.POOLS, namespace, name=pool))
+    return {"relatedResources": rules}

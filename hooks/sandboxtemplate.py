@@ -1,8 +1,14 @@
-"""Sync hook for SandboxTemplate: the NetworkPolicy that fences every pod of the template.
+"""Sync and customize hooks for SandboxTemplate: the NetworkPolicy that fences every pod of the
+template, and the list of warm pools that serve it.
 
-Served at POST /sync/sandboxtemplate by hooks/app.py. Pure: the answer depends only on the
-request. Pods made from a template (warm pods and claim sandboxes) carry the label
+Served at POST /{sync,customize}/sandboxtemplate by hooks/app.py. Pure: the answer depends only
+on the request. Pods made from a template (warm pods and claim sandboxes) carry the label
 `agents.x-k8s.io/sandbox-template=<template>`, which the policy selects.
+
+`status.warmPools` names the SandboxWarmPools of the namespace that serve this template. Claims
+read it here rather than watching the pools themselves: a pool's status changes with every
+binding, and each change would re-sync every claim that watched it; this list changes only when
+a pool of the template is created or deleted.
 
 The default policy: ingress only from the sandbox-router pods; egress only to public
 addresses (no RFC 1918, carrier-grade NAT, link-local, loopback or IPv6 private ranges),
@@ -15,8 +21,16 @@ from datetime import datetime
 from typing import Any
 
 from hooks import objects, schemas
-from hooks.objects import NETWORK_POLICY, TEMPLATE_LABEL
-from hooks.typedefs import DEFAULT_SETTINGS, HookSettings, KubeObject, SyncRequest, SyncResponse
+from hooks.objects import NETWORK_POLICY, POOL, TEMPLATE_LABEL
+from hooks.typedefs import (
+    DEFAULT_SETTINGS,
+    CustomizeRequest,
+    CustomizeResponse,
+    HookSettings,
+    KubeObject,
+    SyncRequest,
+    SyncResponse,
+)
 
 KIND = "sandboxtemplate"
 # A key under agents.x-k8s.io: templates cannot set it (objects.user_keys drops such keys), so a
@@ -108,6 +122,19 @@ def desired_network_policy(template: KubeObject) -> KubeObject:
     }
 
 
+def serving_pools(request: SyncRequest) -> list[str]:
+    """Names of the pools (related objects) that name this template, are not being deleted and
+    have a valid spec; sorted."""
+    name = request["parent"]["metadata"]["name"]
+    return [
+        p["metadata"]["name"]
+        for p in objects.observed(request, POOL, "related")
+        if ((p.get("spec") or {}).get("sandboxTemplateRef") or {}).get("name") == name
+        and not objects.is_deleting(p)
+        and not schemas.problems("sandboxwarmpool", p)
+    ]
+
+
 def sync(
     request: SyncRequest, *, now: datetime, settings: HookSettings = DEFAULT_SETTINGS
 ) -> SyncResponse:
@@ -115,12 +142,14 @@ def sync(
     problems = schemas.problems(KIND, template)
     if problems:
         return objects.keep_children(
-            request, reason=objects.INVALID_SPEC, message="; ".join(problems), now=now
+            request, reason=objects.INVALID_SPEC, message="; ".join(problems), now=now,
+            extra_status={"warmPools": serving_pools(request)},
         )
     if not policy_settings(template)["enabled"]:
         return {
             "children": [],
             "status": {
+                "warmPools": serving_pools(request),
                 "conditions": objects.ready_conditions(
                     template,
                     True,
@@ -141,6 +170,7 @@ def sync(
         "children": [policy],
         "status": {
             "networkPolicy": policy["metadata"]["name"],
+            "warmPools": serving_pools(request),
             "conditions": objects.ready_conditions(
                 template,
                 applied,
@@ -149,4 +179,16 @@ def sync(
                 now=now,
             ),
         },
+    }
+
+
+def customize(request: CustomizeRequest) -> CustomizeResponse:
+    """The SandboxWarmPools of the template's namespace (few; a pool names its template in its
+    spec, which no label selector can match)."""
+    template = request["parent"]
+    namespace = template["metadata"].get("namespace", "default")
+    return {
+        "relatedResources": [
+            objects.related(objects.EXTENSIONS_API, objects.POOLS, namespace)
+        ]
     }

@@ -7,15 +7,18 @@ The pool is the single writer of its pods for their whole life (Metacontroller c
 child to another parent). It keeps `spec.replicas` free pods of its template running. A
 Sandbox that wants one carries the label `agents.x-k8s.io/warm-pool=<pool>` and arrives here as
 a related object; while it offers itself (Ready=False `WaitingForWarmPod`, early in its grace)
-the pool binds a free, Ready pod to it by adding the labels `agents.x-k8s.io/sandbox-uid=<uid>`
-(what its Service selects) and `agents.x-k8s.io/sandbox=<name>` (for people). A bound pod is
-never re-labelled: when the Sandbox of that uid goes (a new Sandbox of the same name is another
-uid), stops wanting it, or serves from another pod, the pool deletes it and refills, so a warm
-pod serves at most one Sandbox uid, ever.
+the pool binds a free pod to it by adding the labels `agents.x-k8s.io/sandbox-uid=<uid>`
+(what its Service selects) and `agents.x-k8s.io/sandbox=<name>` (for people): a Ready one
+first, else one still warming up, else a pod made for it with those labels (so a pool that
+runs dry serves at once rather than after the grace). A bound pod is never re-labelled: when
+the Sandbox of that uid goes (a new Sandbox of the same name is another uid), stops wanting it,
+or serves from another pod, the pool deletes it and refills, so a warm pod serves at most one
+Sandbox uid, ever.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -200,35 +203,49 @@ def sync(
     ]
     free.sort(key=lambda p: (not objects.pod_is_ready(p), p["metadata"]["name"]))
 
-    # Bind free Ready pods to waiting Sandboxes, oldest Sandbox first.
+    # Serve waiting Sandboxes, oldest first: free pods (Ready ones first, `free` is sorted so),
+    # then pods made for them.
     waiting = [
         s
         for s in sorted(sandboxes.values(), key=arrival)
         if objects.uid_of(s) not in served and wants_binding(s, pool, now, settings)
     ]
-    ready_free = [p for p in free if objects.pod_is_ready(p)]
-    bindings = list(zip(waiting, ready_free, strict=False))
+    bindings = list(zip(waiting, free, strict=False))
     for sandbox, pod in bindings:
         children.append(bind(pod, sandbox))
         free.remove(pod)
-    bound += len(bindings)
+    names = free_names(pool, in_use)
+    for sandbox in waiting[len(bindings):]:
+        children.append(bind(desired_pod(pool, template, next(names)), sandbox))
+    bound += len(waiting)
 
     wanted = int(pool["spec"].get("replicas", 1))
     kept = free[:wanted]
     children += [objects.as_desired(p) for p in kept]
-    # Metacontroller writes an answer's children one API call at a time: an answer that binds
-    # leaves the refill to the next sync (the bindings trigger it), so waiting claims are not
-    # queued behind pod creations.
-    index = 0
-    for _ in range(0 if bindings else wanted - len(kept)):
-        while pod_name(pool, index) in in_use:
-            index += 1
-        in_use.add(pod_name(pool, index))
-        children.append(desired_pod(pool, template, pod_name(pool, index)))
+    # Metacontroller writes an answer's children one at a time, in no particular order: an
+    # answer that serves Sandboxes leaves the refill for later while at least half the pool
+    # is still free, so a burst's bindings do not queue behind pod creations; below that it
+    # refills at once, so steady load (every answer serves someone) never starves the pool.
+    refill = wanted - len(kept)
+    if waiting and 2 * len(kept) >= wanted:
+        refill = 0
+    for _ in range(refill):
+        children.append(desired_pod(pool, template, next(names)))
     return {
         "children": children,
         "status": status_of(pool, kept, bound, now=now),
     }
+
+
+def free_names(pool: KubeObject, in_use: set[str]) -> Iterator[str]:
+    """Pod names of the pool that no pod holds (not even a terminating one), lowest first."""
+    index = 0
+    while True:
+        name = pod_name(pool, index)
+        if name not in in_use:
+            in_use.add(name)
+            yield name
+        index += 1
 
 
 def finalize(

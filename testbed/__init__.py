@@ -9,4 +9,6 @@ packages. bench/ imports it, never tests/ (import-linter keeps that so: `make li
 - kubelet.py        the kubelet stand-in (Kubelet) that runs a real sandbox-runtime per pod
 - hookrequests.py   Metacontroller hook requests shaped exactly like the real ones
 - slowclients.py    idle and half-header connections held against a server, probe latencies
+- tenancy_rules.py  the tenancy rules (one pod per Sandbox uid, ever) over recorded watch events
+- tenancy.py        the recorder of those events and a kubelet stand-in with graceful deletion
 """

@@ -19,6 +19,9 @@ Choices, so the cluster behaves like a real one while staying on 127.0.0.1 only:
 - No endpoint reconciler: the `kubernetes` Service would need a non-loopback address.
 - A RuntimeClass `gvisor` (handler runsc), as on a cluster with gVisor installed: the
   RuntimeClass admission plugin rejects pods naming a RuntimeClass that does not exist.
+- On request (`start(..., audit=True)`, the claim benchmark), an audit log of every write
+  (create, update, patch, delete) at Metadata level: who wrote what, the answer's code, and the
+  API server's own timestamps; reads are not logged. `ControlPlane.audit_log` names the file.
 
 It must not: listen on anything but 127.0.0.1, touch ~/.kube, or leave a process running
 (each component runs in its own process group and stop() kills the groups).
@@ -212,6 +215,7 @@ class ControlPlane:
     crds: list[str] = field(default_factory=list)
     startup_seconds: float = 0.0
     etcd_dir: Path | None = None
+    audit_log: Path | None = None  # JSON lines, one per write request (start(audit=True))
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
                 timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
@@ -308,6 +312,31 @@ def _wait(what: str, ready: Callable[[], bool], plane: ControlPlane, timeout: fl
     raise TimeoutError(f"{what} not reached after {timeout:.0f}s\n{logs}")
 
 
+# Writes only, at Metadata level (no bodies), one line when the answer is complete: cheap enough
+# to leave on during a benchmark, and the one reliable count of what each client wrote.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived", "ResponseStarted", "Panic"],
+    "rules": [
+        {"level": "Metadata", "verbs": ["create", "update", "patch", "delete",
+                                        "deletecollection"]},
+        {"level": "None"},
+    ],
+}
+
+
+def _audit_flags(workdir: Path) -> tuple[list[str], Path]:
+    policy = workdir / "audit-policy.yaml"
+    policy.write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
+    log = workdir / "audit.log"
+    return [
+        "--audit-policy-file", str(policy), "--audit-log-path", str(log),
+        "--audit-log-format", "json", "--audit-log-maxbackup", "0",
+        "--audit-log-maxsize", "0",  # one file, never rotated, for the run's length
+    ], log
+
+
 def _fast_data_dir(workdir: Path) -> Path:
     """etcd's data dir on tmpfs when there is one: fsync there costs nothing."""
     shm = Path("/dev/shm")
@@ -317,11 +346,12 @@ def _fast_data_dir(workdir: Path) -> Path:
 
 
 def start(workdir: Path, *, crds: Iterable[Path] = (), controller_manager: bool = True,
-          timeout: float = START_TIMEOUT) -> ControlPlane:
+          timeout: float = START_TIMEOUT, audit: bool = False) -> ControlPlane:
     """Start etcd, kube-apiserver and (optionally) kube-controller-manager on loopback.
 
     Returns once /readyz answers ok, the given CRDs are Established (installed before the
     controller manager starts) and the `default` ServiceAccount exists (so Pods can be created).
+    With audit=True the API server logs every write to `plane.audit_log` (AUDIT_POLICY).
     CRDs installed later become known to the garbage collector only at its next resync (30 s).
     On any failure everything started is stopped.
     """
@@ -336,6 +366,9 @@ def start(workdir: Path, *, crds: Iterable[Path] = (), controller_manager: bool 
     plane = ControlPlane(workdir=workdir, kubeconfig=workdir / "kubeconfig", server=server,
                          pki=pki)
     plane.etcd_dir = etcd_dir = _fast_data_dir(workdir)
+    audit_flags: list[str] = []
+    if audit:
+        audit_flags, plane.audit_log = _audit_flags(workdir)
     try:
         etcd_url = f"http://127.0.0.1:{etcd_client}"
         peer_url = f"http://127.0.0.1:{etcd_peer}"
@@ -364,6 +397,7 @@ def start(workdir: Path, *, crds: Iterable[Path] = (), controller_manager: bool 
             "--service-cluster-ip-range", "10.96.0.0/16",
             "--endpoint-reconciler-type", "none",
             "--profiling=false",
+            *audit_flags,
         ])
         _wait("kube-apiserver /readyz", lambda: plane.get("/readyz").text == "ok", plane,
               timeout)

@@ -74,6 +74,10 @@ class MetacontrollerStack:
     workdir: Path
     binary: str = ""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    metacontroller_flags: tuple[str, ...] = METACONTROLLER_FLAGS
+    hooks_workers: int = 2
+    hooks_env: dict[str, str] = field(default_factory=dict)
+    metrics_url: str = ""  # Metacontroller's /metrics, once started
 
     @property
     def hooks_port(self) -> int:
@@ -170,8 +174,9 @@ class MetacontrollerStack:
         self.processes["hooks"] = _spawn(
             self.workdir,
             "hooks",
-            [script("sandbox-hooks"), "--bind", f"127.0.0.1:{self.hooks_port}", "--workers", "2"],
-            {"SANDBOX_HOOKS_ACCESS_LOG": "-"},
+            [script("sandbox-hooks"), "--bind", f"127.0.0.1:{self.hooks_port}",
+             "--workers", str(self.hooks_workers)],
+            {"SANDBOX_HOOKS_ACCESS_LOG": "-", **self.hooks_env},
         )
         wait_for_port(self.hooks_port, timeout=30, process=self.processes["hooks"])
 
@@ -186,10 +191,11 @@ class MetacontrollerStack:
                 f"--health-probe-bind-address=127.0.0.1:{health_port}",
                 f"--metrics-address=127.0.0.1:{metrics_port}",
                 "--pprof-address=0",
-                *METACONTROLLER_FLAGS,
+                *self.metacontroller_flags,
             ],
             {"KUBECONFIG": str(self.plane.kubeconfig)},
         )
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
@@ -239,19 +245,36 @@ def _spawn(workdir: Path, name: str, argv: list[str], env: dict[str, str]) -> su
         )
 
 
-def loopback_registrations(plane: kube.ControlPlane, hooks_address: str) -> str:
+def loopback_registrations(plane: kube.ControlPlane, hooks_address: str,
+                           overlay: Path = LOOPBACK_OVERLAY) -> str:
     """The loopback overlay rendered with our hooks server's address."""
-    rendered = plane.kubectl("kustomize", str(LOOPBACK_OVERLAY)).stdout
+    rendered = plane.kubectl("kustomize", str(overlay)).stdout
     return rendered.replace(OVERLAY_HOOKS_ADDRESS, hooks_address)
 
 
 @contextlib.contextmanager
-def running_stack(workdir: Path, binary: str) -> Iterator[MetacontrollerStack]:
-    """Start the loop in workdir with the Metacontroller at `binary`; stop it afterwards."""
-    plane = kube.start(workdir / "control-plane", crds=[*kube.crd_files(), METACONTROLLER_CRDS])
+def running_stack(
+    workdir: Path,
+    binary: str,
+    *,
+    audit: bool = False,
+    metacontroller_flags: tuple[str, ...] = METACONTROLLER_FLAGS,
+    hooks_workers: int = 2,
+    hooks_env: dict[str, str] | None = None,
+    overlay: Path = LOOPBACK_OVERLAY,
+) -> Iterator[MetacontrollerStack]:
+    """Start the loop in workdir with the Metacontroller at `binary`; stop it afterwards.
+
+    The benchmark varies the rest: an API server audit log of writes (kube.start), other
+    Metacontroller flags (later flags win over earlier ones), more hook workers, the hooks'
+    environment (bench/ab_claims.py runs another revision's hooks through PYTHONPATH) and the
+    registrations (another revision's loopback overlay)."""
+    plane = kube.start(workdir / "control-plane", crds=[*kube.crd_files(), METACONTROLLER_CRDS],
+                       audit=audit)
     stack = MetacontrollerStack(
         plane=plane, hooks_url=f"http://127.0.0.1:{free_port()}", workdir=workdir,
-        binary=binary,
+        binary=binary, metacontroller_flags=metacontroller_flags, hooks_workers=hooks_workers,
+        hooks_env=dict(hooks_env or {}),
     )
     try:
         stack.start_hooks()
@@ -259,9 +282,10 @@ def running_stack(workdir: Path, binary: str) -> Iterator[MetacontrollerStack]:
             "apply",
             "--server-side",
             "--field-manager=tests",
+            "--force-conflicts",  # another overlay's CRDs (bench/ab_claims.py) replace ours
             "-f",
             "-",
-            input=loopback_registrations(plane, f"127.0.0.1:{stack.hooks_port}"),
+            input=loopback_registrations(plane, f"127.0.0.1:{stack.hooks_port}", overlay),
         )
         stack.start_metacontroller()
     except BaseException:

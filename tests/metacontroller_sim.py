@@ -13,7 +13,7 @@ of a parent that is gone one round later, not at once. A sync may read its paren
 status written by the sync before last), as Metacontroller does when its informer lags.
 
 The tests play the kubelet (pods Ready). Every change to a Pod, Service, Sandbox or
-SandboxClaim is recorded as a watch event (`events`), so tests/tenancy_rules.py checks the
+SandboxClaim is recorded as a watch event (`events`), so testbed/tenancy_rules.py checks the
 same rules here as on the real loop. Real Metacontroller runs in tests/metacontroller/.
 """
 
@@ -31,7 +31,7 @@ from hooks import objects, sandbox, sandboxclaim, sandboxtemplate, sandboxwarmpo
 from hooks.typedefs import DEFAULT_SETTINGS
 from sandbox_common import contract
 from testbed.hookrequests import API, KEYS
-from tests.tenancy_rules import Event
+from testbed.tenancy_rules import Event
 
 Obj = dict[str, Any]
 Key = tuple[str, str, str]  # kind, namespace, name

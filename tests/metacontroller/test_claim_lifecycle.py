@@ -1,4 +1,5 @@
-"""A SandboxClaim's whole life on a real Metacontroller: served cold when no warm pod exists,
+"""A SandboxClaim's whole life on a real Metacontroller: served by a pod made for it when no warm
+pod is free,
 waiting (with a reason) for a missing template or pool, deleted with everything it made, and
 its lifecycle (shutdownTime, shutdownPolicy) honoured as it is when created and as a user edits
 it later: the Sandbox's deadline follows the claim's, and the claim never says its pod is gone
@@ -18,14 +19,16 @@ import pytest
 
 from hooks.objects import (
     EXPIRED,
+    POOL_KIND,
     POOL_NOT_FOUND,
     SANDBOX_EXPIRED,
     SANDBOX_READY,
+    SANDBOX_UID_LABEL,
     TEMPLATE_NOT_FOUND,
-    WAITING_FOR_WARM_POD,
 )
 from testbed.metacontroller import MetacontrollerStack
 from tests.metacontroller.objects import (
+    POOL,
     SANDBOX_LABEL,
     X,
     claim,
@@ -52,22 +55,26 @@ def serving_pods(stack: MetacontrollerStack, namespace: str, name: str) -> list[
             if p["metadata"].get("labels", {}).get(SANDBOX_LABEL) == name]
 
 
-def test_a_claim_with_an_empty_pool_gets_a_cold_pod_without_waiting(
+def test_a_claim_with_an_empty_pool_is_served_by_a_pod_the_pool_makes_for_it(
         metacontroller_stack, namespace, kubelet):
+    """No free warm pod: the pool makes one bound to the claim's Sandbox, rather than leaving
+    the Sandbox to start its own after the warm-pod grace (5 s)."""
     stack = metacontroller_stack
     stack.apply(template(), namespace)
     stack.apply(pool(0), namespace)
+    # A claim picks among the pools its template lists (one template sync after a pool).
+    stack.wait_for("sandboxtemplate", "python-runtime-template",
+                   lambda t: (t.get("status") or {}).get("warmPools") == [POOL],
+                   namespace=namespace, timeout=60)
     stack.apply(claim("solo"), namespace)
-    reasons = []
-
-    def ready_and_noted(sandbox: dict[str, Any]) -> bool:
-        reasons.append(reason(sandbox))
-        return is_ready(sandbox)
-    sandbox = stack.wait_for("sandbox", "solo", ready_and_noted, namespace=namespace,
-                             timeout=60)
-    assert sandbox["status"]["podName"] == "solo", "its own pod, named like the sandbox"
-    # No free warm pod: no grace (5 s) spent waiting for one to be bound.
-    assert WAITING_FOR_WARM_POD not in reasons, reasons
+    sandbox = stack.wait_for("sandbox", "solo", is_ready, namespace=namespace, timeout=60)
+    served = stack.get("pod", sandbox["status"]["podName"], namespace)
+    assert served is not None
+    owner = next(r for r in served["metadata"]["ownerReferences"] if r.get("controller"))
+    assert (owner["kind"], owner["name"]) == (POOL_KIND, POOL)
+    labels = served["metadata"]["labels"]
+    assert labels[SANDBOX_UID_LABEL] == sandbox["metadata"]["uid"]
+    assert stack.get("pod", "solo", namespace) is None, "no pod of its own: no grace waited"
 
 
 def test_a_missing_template_is_a_condition_until_the_template_appears(

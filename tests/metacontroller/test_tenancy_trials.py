@@ -5,7 +5,7 @@ Four claims, each deleted and created again under the same name after 0, 50, 200
 25 trials per delay, against the seed's warm pool. A kubelet stand-in binds every pod to a node
 (so deletions are graceful and pods linger, terminating, as on a cluster) and gives each pod
 an IP of its own. Every Pod, Service, Sandbox and SandboxClaim event of the namespace is
-recorded; tests/tenancy_rules.py replays them in resourceVersion order and checks,
+recorded; testbed/tenancy_rules.py replays them in resourceVersion order and checks,
 per Sandbox uid: no pod serves two uids (not even two Sandboxes of the same name), no
 Service reaches another uid's pod, no Sandbox changes pod or reports Ready on a pod that is
 gone or terminating, a claim's Sandbox is Ready only with the pod-name annotation naming its
@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from testbed.hookrequests import SEED_POD_TEMPLATE
-from tests.metacontroller.tenancy import GracefulKubelet, Recorder, recorded
-from tests.tenancy_rules import check, controller_uid, is_ready, leftover_bound_pods
+from testbed.tenancy import GracefulKubelet, Recorder, recorded
+from testbed.tenancy_rules import check, controller_uid, is_ready, leftover_bound_pods
 
 GROUP, VERSION = "extensions.agents.x-k8s.io", "v1alpha1"
 TEMPLATE, POOL = "python-runtime-template", "python-sandbox-warmpool"

@@ -137,3 +137,81 @@ def test_a_lost_pod_is_the_claims_own_terminal_reason():
     claim, children = claim_with_sandbox(sandbox_says(objects.POD_LOST, "p-1"))
     got = sandboxclaim.sync(sync_request(claim, children, [TEMPLATE, POOL]), now=NOW)
     assert ready_of(got) == ("False", objects.POD_LOST)
+
+
+def test_the_pool_serves_every_waiting_sandbox_ready_pods_first_then_warming_then_new_ones():
+    """Two free pods (one Ready, one warming) and three Sandboxes waiting in their binding
+    window: the oldest gets the Ready pod, the next the warming one, the last a pod made for
+    it, bound at creation;
+    and the pool refills its two free pods in the same answer (under steady load every answer
+    binds, so a refill left for later would never come)."""
+    pods = pool_pods()
+    pods[1] = with_pod_status(pods[1], ready=False)
+    waiting = [waiting_sandbox(f"s{i}", f"uid-s{i}", created=f"2026-01-01T00:09:5{6 + i}Z")
+               for i in range(4)]
+    got = sandboxwarmpool.sync(sync_request(POOL, pods, [TEMPLATE, *waiting]), now=NOW)
+    children = by_name(got)
+    uid_of_pod = {n: c["metadata"]["labels"].get(objects.SANDBOX_UID_LABEL)
+                  for n, c in children.items()}
+    ready_pod, warming_pod = pods[0]["metadata"]["name"], pods[1]["metadata"]["name"]
+    # s0 is 4 s old: past the binding window (grace 5 s - 1 s), it is not served any more.
+    assert uid_of_pod[ready_pod] == "uid-s1"
+    assert uid_of_pod[warming_pod] == "uid-s2"
+    made = {n for n in children if n not in (ready_pod, warming_pod)}
+    assert sorted(uid_of_pod[n] for n in made if uid_of_pod[n]) == ["uid-s3"]
+    assert sum(1 for n in made if not uid_of_pod[n]) == 2, "two free pods again"
+    assert len(set(uid_of_pod.values()) - {None}) == 3, "one pod per Sandbox uid"
+    assert got["status"]["boundReplicas"] == 3
+
+
+def test_a_claim_says_the_same_until_ready_whatever_its_sandbox_reports():
+    """Every distinct status is an API write and an event for each client watching the claim:
+    from its creation to Ready, a claim's status does not change."""
+    claim = resource(
+        "SandboxClaim", "my-claim", {"sandboxTemplateRef": {"name": "python-runtime-template"}}
+    )
+    first = sandboxclaim.sync(sync_request(claim, related=[TEMPLATE, POOL]), now=NOW)
+    statuses = [first["status"]]
+    for sandbox_status in ({}, sandbox_says(objects.WAITING_FOR_WARM_POD),
+                           sandbox_says(objects.POD_NOT_READY, "p-1")):
+        _, children = claim_with_sandbox(sandbox_status)
+        claim["status"] = statuses[-1]
+        got = sandboxclaim.sync(sync_request(claim, children, [TEMPLATE, POOL]), now=NOW)
+        statuses.append(got["status"])
+    assert all(s == statuses[0] for s in statuses), statuses
+    assert ready_of(first) == ("False", objects.SANDBOX_NOT_READY)
+
+
+def test_a_claim_picks_one_of_its_templates_pools_by_its_uid():
+    template = copy.deepcopy(TEMPLATE)
+    template["status"] = {"warmPools": ["pool-a", "pool-b"]}
+    chosen = []
+    for i in range(16):
+        claim = resource("SandboxClaim", f"c{i}",
+                         {"sandboxTemplateRef": {"name": "python-runtime-template"}})
+        got = sandboxclaim.sync(sync_request(claim, related=[template]), now=NOW)
+        again = sandboxclaim.sync(sync_request(claim, related=[template]), now=NOW)
+        assert got == again
+        chosen.append(got["children"][0]["metadata"]["labels"][objects.POOL_LABEL])
+    assert set(chosen) == {"pool-a", "pool-b"}
+    template["status"] = {}
+    got = sandboxclaim.sync(sync_request(claim, related=[template]), now=NOW)
+    assert objects.POOL_LABEL not in got["children"][0]["metadata"]["labels"], "no pool: cold"
+
+
+def test_an_answer_that_binds_refills_only_once_half_the_pool_is_gone():
+    """Metacontroller writes an answer's children one at a time in no set order: refill pods
+    made beside a burst's bindings would delay them. So while half the pool is still free the
+    refill waits for an answer that binds nothing; below half it comes at once."""
+    pool4 = resource("SandboxWarmPool", "pool",
+                     {"replicas": 4, "sandboxTemplateRef": {"name": "python-runtime-template"}})
+    first = sandboxwarmpool.sync(sync_request(pool4, related=[TEMPLATE]), now=NOW)
+    pods = [with_pod_status(owned(c, pool4), ready=True) for c in first["children"]]
+    one = sandboxwarmpool.sync(
+        sync_request(pool4, pods, [TEMPLATE, waiting_sandbox("a", "uid-a")]), now=NOW)
+    assert len(one["children"]) == 4, "one bound, three free, none made yet"
+    three = [waiting_sandbox(n, f"uid-{n}") for n in ("a", "b", "c")]
+    refilled = sandboxwarmpool.sync(sync_request(pool4, pods, [TEMPLATE, *three]), now=NOW)
+    assert len(refilled["children"]) == 7, "three bound, one free, three made to refill"
+    idle = sandboxwarmpool.sync(sync_request(pool4, pods[1:], [TEMPLATE]), now=NOW)
+    assert len(idle["children"]) == 4, "nothing to bind: the refill comes at once"

@@ -125,12 +125,6 @@ def test_customize_hooks_depend_on_the_parent_only():
             "names": ["python-runtime-template"],
         },
         {
-            "apiVersion": "extensions.agents.x-k8s.io/v1alpha1",
-            "resource": "sandboxwarmpools",
-            "namespace": "default",
-            "labelSelector": {"matchLabels": {}},
-        },
-        {
             "apiVersion": "agents.x-k8s.io/v1alpha1",
             "resource": "sandboxes",
             "namespace": "default",
@@ -139,3 +133,33 @@ def test_customize_hooks_depend_on_the_parent_only():
     ]
     rules = sandboxwarmpool.customize({"controller": {}, "parent": POOL})["relatedResources"]
     assert [r["resource"] for r in rules] == ["sandboxes", "sandboxtemplates"]
+    rules = sandboxtemplate.customize({"controller": {}, "parent": TEMPLATE})["relatedResources"]
+    assert rules == [{"apiVersion": "extensions.agents.x-k8s.io/v1alpha1",
+                      "resource": "sandboxwarmpools", "namespace": "default",
+                      "labelSelector": {"matchLabels": {}}}]
+
+
+def test_a_claim_watches_no_pool_but_the_one_it_names():
+    """A pool's status changes with every binding, and Metacontroller re-syncs every parent
+    related to it on each change: a claim of a template must not relate pools (its template
+    lists them), only a claim that names a pool relates that one."""
+    of_template = sandboxclaim.customize({"controller": {}, "parent": CLAIM})["relatedResources"]
+    assert "sandboxwarmpools" not in [r["resource"] for r in of_template]
+    named = resource("SandboxClaim", "claim", {"warmPoolRef": {"name": "pool"}})
+    rules = sandboxclaim.customize({"controller": {}, "parent": named})["relatedResources"]
+    assert [r for r in rules if r["resource"] == "sandboxwarmpools"] == [{
+        "apiVersion": "extensions.agents.x-k8s.io/v1alpha1", "resource": "sandboxwarmpools",
+        "namespace": "default", "names": ["pool"]}]
+
+
+def test_a_template_lists_the_valid_live_pools_that_serve_it():
+    other = resource("SandboxWarmPool", "other-pool",
+                     {"replicas": 1, "sandboxTemplateRef": {"name": "another-template"}})
+    going = resource("SandboxWarmPool", "going", POOL["spec"])
+    going["metadata"]["deletionTimestamp"] = "2026-01-01T00:09:00Z"
+    broken = resource("SandboxWarmPool", "broken", {**POOL["spec"], "replicas": -1})
+    second = resource("SandboxWarmPool", "a-pool", POOL["spec"])
+    got = sandboxtemplate.sync(
+        sync_request(TEMPLATE, related=[POOL, other, going, broken, second]), now=NOW)
+    assert got["status"]["warmPools"] == ["a-pool", "pool"]
+    assert sandboxtemplate.sync(sync_request(TEMPLATE), now=NOW)["status"]["warmPools"] == []

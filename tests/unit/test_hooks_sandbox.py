@@ -308,38 +308,34 @@ def test_a_pod_bound_to_an_earlier_sandbox_of_the_same_name_is_never_served():
     assert ready(got)["reason"] == objects.WAITING_FOR_WARM_POD
 
 
-def test_offers_itself_to_the_pool_while_a_free_pod_exists_then_goes_cold():
+def test_offers_itself_to_the_pool_for_the_grace_then_goes_cold():
+    """It needs no sight of its pool's free pods (the pool makes one for it when none is free),
+    so it offers itself for the grace whatever the pool holds, then starts its own."""
     young = pool_sandbox(created="2026-01-01T00:09:58Z")
-    related = [warm_pod("pool-fghij")]
-    got = sandbox.sync(sync_request(young, related=related), now=NOW)
-    assert set(kinds(got)) == {"Service/my-sandbox"}
-    assert ready(got)["reason"] == objects.WAITING_FOR_WARM_POD
-    assert got["resyncAfterSeconds"] == 3.0
-    # A pod still warming up counts: it will be Ready before a cold pod would be.
-    warming = sandbox.sync(
-        sync_request(young, related=[warm_pod("pool-fghij", ready_=False)]), now=NOW
-    )
-    assert ready(warming)["reason"] == objects.WAITING_FOR_WARM_POD
+    for related in ([], [warm_pod("pool-x", bound_to="other"), warm_pod("pool-y")]):
+        got = sandbox.sync(sync_request(young, related=related), now=NOW)
+        assert set(kinds(got)) == {"Service/my-sandbox"}
+        assert ready(got)["reason"] == objects.WAITING_FOR_WARM_POD
+        assert got["resyncAfterSeconds"] == 3.0
     old = pool_sandbox(created="2026-01-01T00:09:00Z")
-    assert "Pod/my-sandbox" in kinds(sandbox.sync(sync_request(old, related=related), now=NOW))
+    cold = sandbox.sync(sync_request(old), now=NOW)
+    assert "Pod/my-sandbox" in kinds(cold)
+    assert ready(cold)["reason"] == objects.POD_NOT_READY
 
 
-def test_no_free_pool_pod_means_a_cold_pod_at_once_and_no_offer_after():
+def test_once_it_started_its_own_pod_it_never_offers_itself_again():
+    """A binding landing after that would leave it two pods."""
     young = pool_sandbox(created="2026-01-01T00:09:59Z")
-    related = [warm_pod("pool-x", bound_to="other"), warm_pod("pool-y", deleting=True)]
-    got = sandbox.sync(sync_request(young, related=related), now=NOW)
-    assert "Pod/my-sandbox" in kinds(got)
-    assert ready(got)["reason"] == objects.POD_NOT_READY
-    # Once it started its own pod it never offers itself again, even if a pool pod frees up:
-    # a binding landing now would leave it two pods.
-    young["status"] = got["status"]
+    young["status"] = {"conditions": [{"type": "Ready", "status": "False",
+                                       "reason": objects.POD_NOT_READY, "message": "",
+                                       "lastTransitionTime": "2026-01-01T00:09:59Z"}]}
     again = sandbox.sync(sync_request(young, related=[warm_pod("pool-z")]), now=NOW)
     assert "Pod/my-sandbox" in kinds(again)
     assert ready(again)["reason"] == objects.POD_NOT_READY
 
 
 def test_own_pod_wins_over_a_late_warm_binding_when_nothing_was_reported():
-    parent = pool_sandbox()
+    parent = pool_sandbox(created="2026-01-01T00:09:54Z")  # past the grace: it goes cold
     first = sandbox.sync(sync_request(parent), now=NOW)
     children = applied(parent, first, pod_ready=True)
     got = sandbox.sync(
@@ -411,7 +407,9 @@ def test_a_claims_sandbox_is_ready_only_once_the_claim_named_its_pod():
     assert (ready(got)["status"], ready(got)["reason"]) == ("True", objects.SANDBOX_READY)
 
 
-def test_customize_relates_pool_pods_and_objects_named_like_its_children():
+def test_customize_relates_pods_bound_to_its_uid_and_objects_named_like_its_children():
+    """Never all of its pool's pods: each of their changes would re-sync every Sandbox of the
+    pool, and they change with every claim."""
     named = [
         {"apiVersion": "v1", "resource": "pods", "namespace": "default", "names": ["my-sandbox"]},
         {
@@ -438,7 +436,7 @@ def test_customize_relates_pool_pods_and_objects_named_like_its_children():
             "apiVersion": "v1",
             "resource": "pods",
             "namespace": "default",
-            "labelSelector": {"matchLabels": {objects.POOL_LABEL: "pool"}},
+            "labelSelector": {"matchLabels": {objects.SANDBOX_UID_LABEL: UID}},
         },
     ]
 

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from hooks import objects
 from hooks.objects import POOL_LABEL, SANDBOX_LABEL, SANDBOX_UID_LABEL
 from testbed.hookrequests import SEED_POD_TEMPLATE
+from testbed.tenancy_rules import check, leftover_bound_pods
 from tests.metacontroller_sim import Cluster
-from tests.tenancy_rules import check, leftover_bound_pods
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 X = "extensions.agents.x-k8s.io/v1alpha1"
@@ -138,14 +138,46 @@ def test_many_claims_at_once_never_share_a_pod(seeded: Cluster):
     assert all(ready_reason(seeded.get("SandboxClaim", f"c{i}"))[0] == "True" for i in range(6))
 
 
-def test_empty_pool_means_a_cold_pod_without_waiting():
+def test_an_empty_pool_makes_a_pod_for_the_claim_without_waiting():
+    """No free pod: the pool makes one bound to the claim's Sandbox in its next answer, rather
+    than leaving the Sandbox to start its own after the warm-pod grace."""
     cluster = Cluster(now=START)
     cluster.create(template())
     cluster.create(pool(0))
-    cluster.create(claim("solo"))
     cluster.settle()
-    assert cluster.get("Sandbox", "solo")["status"]["podName"] == "solo"
-    assert cluster.get("Pod", "solo") is not None
+    assert cluster.get("SandboxTemplate", "python-runtime-template")["status"]["warmPools"] == [
+        "python-sandbox-warmpool"]
+    cluster.create(claim("solo"))
+    cluster.settle()  # no time passes: nothing waited for the grace
+    sandbox = cluster.get("Sandbox", "solo")
+    served = cluster.get("Pod", sandbox["status"]["podName"])
+    assert objects.controller_of(served) == ("SandboxWarmPool", "python-sandbox-warmpool")
+    assert objects.labels_of(served)[SANDBOX_UID_LABEL] == sandbox["metadata"]["uid"]
+    assert cluster.get("Pod", "solo") is None
+    assert ready_reason(cluster.get("SandboxClaim", "solo")) == ("True", objects.SANDBOX_READY)
+    assert free_pods(cluster) == [], "replicas 0: it keeps no free pod"
+    assert check(cluster.events).count() == 0, check(cluster.events).summary()
+
+
+def test_claims_spread_over_the_pools_of_their_template():
+    """Several pools of one template share its claims (by a hash of each claim's uid), so a
+    burst is bound by several pools' syncs at once rather than one pool's, one pod at a time."""
+    cluster = Cluster(now=START)
+    cluster.create(template())
+    for name in ("pool-a", "pool-b", "pool-c"):
+        cluster.create(pool(4, name=name))
+    cluster.settle()
+    assert cluster.get("SandboxTemplate", "python-runtime-template")["status"]["warmPools"] == [
+        "pool-a", "pool-b", "pool-c"]
+    for i in range(12):
+        cluster.create(claim(f"c{i}"))
+    cluster.settle()
+    chosen = [objects.labels_of(cluster.get("Sandbox", f"c{i}"))[POOL_LABEL] for i in range(12)]
+    assert set(chosen) == {"pool-a", "pool-b", "pool-c"}
+    for i, pool_name in enumerate(chosen):
+        served = cluster.get("Pod", cluster.get("Sandbox", f"c{i}")["status"]["podName"])
+        assert objects.controller_of(served) == ("SandboxWarmPool", pool_name)
+    assert check(cluster.events).count() == 0, check(cluster.events).summary()
 
 
 def test_scale_down_and_template_change_keep_pods_that_serve_sandboxes(seeded: Cluster):
@@ -283,7 +315,7 @@ def test_property_warm_pods_serve_one_sandbox_uid_ever_and_are_never_pulled_from
     operations,
 ):
     """Over random claims, deletions, same-name re-creations, scaling, template changes, time,
-    half-finished rounds and stale reads: every rule of tests/tenancy_rules.py holds (a pod
+    half-finished rounds and stale reads: every rule of testbed/tenancy_rules.py holds (a pod
     serves one Sandbox uid ever, no Sandbox switches pods or is Ready on a pod that is gone or
     terminating, the claim's annotation precedes Ready), no pod serving a live claim's Sandbox
     is deleted, and in the end every claim is Ready on a pod of its own."""

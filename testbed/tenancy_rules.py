@@ -1,7 +1,8 @@
 """The tenancy rules (one pod per Sandbox uid, ever), checked over a timeline of watch events.
 
 Used by the Metacontroller tier (tests/metacontroller/test_tenancy_trials.py, events from real
-watches) and the unit tier (tests/metacontroller_sim.py records the same events). Events of
+watches), the unit tier (tests/metacontroller_sim.py records the same events) and the claim
+benchmark (bench/claimlab.py, every event of a run under load). Events of
 Pods, Services, Sandboxes and SandboxClaims, sorted by resourceVersion, replay as one timeline
 (one etcd gives them one order), so the checker can ask "which pod of this name existed when
 that Sandbox said Ready?". Pure: it reads the events and nothing else.
@@ -111,6 +112,22 @@ def check(events: Iterable[Event], *, claim_sandboxes_need_annotation: bool = Tr
     serving_uid: dict[str, str] = {}  # Sandbox uid -> pod uid of its first Ready
     binding: dict[str, tuple[str | None, str | None]] = {}  # pod uid -> first binding labels
     seen_sandboxes: set[str] = set()
+    # Indexes, so a timeline of thousands of Services and pods replays in linear time: a
+    # Service by the first item of its selector, a pod by each of its labels.
+    services_by_label: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    pods_by_label: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+
+    def first_item(service: dict[str, Any]) -> tuple[str, str] | None:
+        selector = service["spec"].get("selector") or {}
+        return min(selector.items()) if selector else None
+
+    def index_pod(pod: dict[str, Any], add: bool) -> None:
+        for item in (pod["metadata"].get("labels") or {}).items():
+            group = pods_by_label.setdefault(item, {})
+            if add:
+                group[pod["metadata"]["name"]] = pod
+            else:
+                group.pop(pod["metadata"]["name"], None)
 
     def note_reach(service: dict[str, Any], pod: dict[str, Any]) -> None:
         owner = controller_uid(service)
@@ -124,9 +141,12 @@ def check(events: Iterable[Event], *, claim_sandboxes_need_annotation: bool = Tr
             labels = meta.get("labels") or {}
             if event.type == "DELETED":
                 if pods.get(meta["name"], {}).get("metadata", {}).get("uid") == meta["uid"]:
-                    del pods[meta["name"]]
+                    index_pod(pods.pop(meta["name"]), add=False)
                 continue
+            if meta["name"] in pods:
+                index_pod(pods[meta["name"]], add=False)
             pods[meta["name"]] = obj
+            index_pod(obj, add=True)
             marks = (labels.get(SANDBOX_LABEL), labels.get(SANDBOX_UID_LABEL))
             first = binding.setdefault(meta["uid"], marks)
             if first == (None, None) and marks != (None, None):
@@ -135,15 +155,20 @@ def check(events: Iterable[Event], *, claim_sandboxes_need_annotation: bool = Tr
                 found.add("binding label changed", meta["uid"],
                           f"pod {meta['name']} ({meta['uid'][:8]}) from {first} to {marks}",
                           served.get(meta["uid"], set()))
-            for service in services.values():
-                note_reach(service, obj)
+            for item in labels.items():
+                for service in list(services_by_label.get(item, {}).values()):
+                    note_reach(service, obj)
         elif event.kind == "Service":
+            previous = services.pop(meta["uid"], None)
+            if previous is not None and (item := first_item(previous)) is not None:
+                services_by_label.get(item, {}).pop(meta["uid"], None)
             if event.type == "DELETED":
-                services.pop(meta["uid"], None)
                 continue
             services[meta["uid"]] = obj
-            for pod in pods.values():
-                note_reach(obj, pod)
+            if (item := first_item(obj)) is not None:
+                services_by_label.setdefault(item, {})[meta["uid"]] = obj
+                for pod in list(pods_by_label.get(item, {}).values()):
+                    note_reach(obj, pod)
         elif event.kind == "Sandbox":
             uid = meta["uid"]
             if event.type == "DELETED":

@@ -1,6 +1,6 @@
-"""Tools of the tenancy trials (test_tenancy_trials.py): a recorder of watch events and a
-kubelet stand-in with graceful pod termination. The rules they are checked against are in
-tests/tenancy_rules.py.
+"""Tools of the tenancy trials (tests/metacontroller/test_tenancy_trials.py) and the claim
+benchmark (bench/claimlab.py): a recorder of watch events and a kubelet stand-in with graceful
+pod termination. The rules they are checked against are in testbed/tenancy_rules.py.
 
 The recorder keeps every event of Pods, Services, Sandboxes and SandboxClaims of one
 namespace, from one list on. The kubelet stand-in binds each pod to a node name (so deletion
@@ -17,17 +17,34 @@ from collections.abc import Iterator
 from typing import Any
 
 from sandbox_common import contract
-from tests.tenancy_rules import Event
+from testbed.tenancy_rules import Event
 
 NODE = "trial-node"
 
 
-class Recorder:
-    """Watches the namespace's Pods, Services, Sandboxes and SandboxClaims from one list on."""
+LAST_APPLIED = "metacontroller.k8s.io/last-applied-configuration"
 
-    def __init__(self, api_client: Any, namespace: str) -> None:
+
+def slim(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """What testbed/tenancy_rules.py reads of an object, without the bulk (managed fields, the
+    last-applied annotation, pod and Sandbox specs): the claim benchmark records thousands."""
+    meta = obj.get("metadata") or {}
+    meta.pop("managedFields", None)
+    (meta.get("annotations") or {}).pop(LAST_APPLIED, None)
+    if kind in ("Pod", "Sandbox"):
+        obj.pop("spec", None)
+    return obj
+
+
+class Recorder:
+    """Watches the namespace's Pods, Services, Sandboxes and SandboxClaims from one list on.
+
+    With slim=True it keeps only what the tenancy rules read (see slim())."""
+
+    def __init__(self, api_client: Any, namespace: str, *, slim: bool = False) -> None:
         from kubernetes import client
 
+        self.slim = slim
         self.namespace = namespace
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
@@ -72,6 +89,8 @@ class Recorder:
                     if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
                         continue
                     obj = event["object"]
+                    if self.slim:
+                        obj = slim(kind, obj)
                     version = obj["metadata"]["resourceVersion"]
                     with self.lock:
                         self.events.append(Event(int(version), kind, event["type"], obj,
@@ -197,8 +216,8 @@ class GracefulKubelet(threading.Thread):
 
 
 @contextlib.contextmanager
-def recorded(api_client: Any, namespace: str) -> Iterator[Recorder]:
-    recorder = Recorder(api_client, namespace)
+def recorded(api_client: Any, namespace: str, *, slim: bool = False) -> Iterator[Recorder]:
+    recorder = Recorder(api_client, namespace, slim=slim)
     recorder.start()
     try:
         yield recorder

@@ -1,0 +1,148 @@
+"""Before/after on the claim loop, in one run: `python -m bench.ab_claims A B [options]`.
+
+A and B are arms: a git revision (its hooks/, schemas/ and manifests/ are exported with `git
+archive`; the hooks server runs them through PYTHONPATH and the revision's loopback overlay,
+CRDs included, is what gets applied) or `.` for the working tree, optionally followed by
+Metacontroller flags after a colon: `HEAD~1`, `.:--workers=32`; `hook-workers=N` among them
+sets the hooks server's workers for that arm (`.:hook-workers=4`). Rounds alternate A, B, A, B on
+a fresh loop each (testbed/metacontroller.py through bench/claimlab.py), so both arms see
+the same machine; the report gives each arm's medians over its rounds and the B/A ratios. This
+machine is shared: compare the ratios, not figures across runs.
+
+Scenarios (`--scenario`): `seq` (claims one after another, kept, on a pool of 2), `burst`
+(`--claims` at once against `--pools` pools of `--pool` warm pods), `steady` (`--rate` claims/s
+for `--seconds`, same pools). The kubelet stand-in is instant. Prints a table and writes JSON
+(`--out`, default /tmp/ab-claims.json). Measures only; asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.claimlab import Lab, percentiles
+from testbed.metacontroller import metacontroller_binary
+from testbed.support import REPO
+
+EXPORTED = ("hooks", "schemas", "manifests")
+
+
+def export(revision: str, into: Path) -> Path:
+    """The revision's hooks, schemas and manifests under `into` (the working tree for '.')."""
+    if revision == ".":
+        return REPO
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, *EXPORTED],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def run_round(binary: str, tree: Path, flags: tuple[str, ...], hook_workers: int | None,
+              args: argparse.Namespace) -> dict[str, Any]:
+    env = {} if tree == REPO else {"PYTHONPATH": str(tree)}
+    overlay = tree / "manifests" / "overlays" / "loopback"
+    with Lab(binary, metacontroller_flags=flags, hooks_env=env, overlay=overlay,
+             hooks_workers=hook_workers or args.hook_workers) as lab:
+        if args.scenario == "seq":
+            lab.make_pools(1, 2)
+            window, names = lab.window(), []
+            for _ in range(args.claims):
+                name = lab.name("seq")
+                names.append(name)
+                lab.create_claim(name)
+                lab.milestones.wait([name], 60)
+        elif args.scenario == "burst":
+            lab.make_pools(args.pools, args.pool)
+            window = lab.window()
+            names = [lab.name("burst") for _ in range(args.claims)]
+            lab.burst(names)
+            lab.milestones.wait(names, args.timeout)
+        else:
+            lab.make_pools(args.pools, args.pool)
+            window = lab.window()
+            names, _ = lab.steady("steady", args.rate, args.seconds)
+            lab.milestones.wait(names, args.timeout)
+        report = lab.milestones.report(names)
+        cost = lab.cost(window, len(names))
+        violations, _ = lab.violations()
+    latencies = percentiles([s * 1e3 for s in report["latencies"]])
+    return {
+        "p50_ms": latencies.get("p50"), "p99_ms": latencies.get("p99"),
+        "last_ready_s": report["last_ready_s"], "failed": len(report["failed"]),
+        "warm_served": report["warm_served"], "violations": violations,
+        "controller_writes_per_claim": cost["controller_writes_per_claim"],
+        "conflicts": cost["conflicts_total"],
+        "hook_calls_per_claim": sum(cost["hook_calls_per_claim"].values()),
+        "cpu_ms_per_claim": sum(cost["cpu_ms_per_claim"].values()),
+        "stages_ms": report["stage_means_ms"], "cost": cost,
+    }
+
+
+def parse_arm(text: str) -> tuple[str, tuple[str, ...], int | None]:
+    """`REV[:FLAG,...]`: Metacontroller flags, and `hook-workers=N` for the hooks server."""
+    revision, _, listed = text.partition(":")
+    flags = [f for f in listed.split(",") if f]
+    workers = [f for f in flags if f.startswith("hook-workers=")]
+    hook_workers = int(workers[-1].split("=", 1)[1]) if workers else None
+    return revision or ".", tuple(f for f in flags if f not in workers), hook_workers
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ab_claims", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("a")
+    parser.add_argument("b")
+    parser.add_argument("--scenario", choices=("seq", "burst", "steady"), default="seq")
+    parser.add_argument("--claims", type=int, default=30)
+    parser.add_argument("--pool", type=int, default=50, help="warm pods per pool")
+    parser.add_argument("--pools", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--hook-workers", type=int, default=2)
+    parser.add_argument("--out", default="/tmp/ab-claims.json")
+    args = parser.parse_args()
+    binary, why_not = metacontroller_binary()
+    if binary is None:
+        print(why_not, file=sys.stderr)
+        return 2
+    arms = {"A": parse_arm(args.a), "B": parse_arm(args.b)}
+    results: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
+    with tempfile.TemporaryDirectory(prefix="ab-claims-") as tmp:
+        trees = {k: export(rev, Path(tmp) / k) for k, (rev, _, _) in arms.items()}
+        for round_ in range(args.rounds):
+            for arm in ("A", "B"):
+                got = run_round(binary, trees[arm], arms[arm][1], arms[arm][2], args)
+                results[arm].append(got)
+                print(f"round {round_ + 1} {arm}: p50 {got['p50_ms']:.0f} ms, p99 "
+                      f"{got['p99_ms']:.0f} ms, last {got['last_ready_s']:.2f} s, writes/claim "
+                      f"{got['controller_writes_per_claim']}, hooks/claim "
+                      f"{got['hook_calls_per_claim']:.1f}, cpu ms/claim "
+                      f"{got['cpu_ms_per_claim']:.0f}, warm {got['warm_served']}, failed "
+                      f"{got['failed']}, violations {got['violations']}", flush=True)
+    keys = ("p50_ms", "p99_ms", "last_ready_s", "controller_writes_per_claim", "conflicts",
+            "hook_calls_per_claim", "cpu_ms_per_claim", "warm_served", "failed", "violations")
+    print(f"\n{args.scenario}: A = {args.a}, B = {args.b}, medians of {args.rounds} rounds")
+    print("| figure | A | B | B/A |\n|---|---|---|---|")
+    summary = {}
+    for key in keys:
+        a = statistics.median(r[key] for r in results["A"])
+        b = statistics.median(r[key] for r in results["B"])
+        summary[key] = {"A": a, "B": b}
+        ratio = f"{b / a:.2f}" if a else ""
+        print(f"| {key} | {a:.2f} | {b:.2f} | {ratio} |")
+    Path(args.out).write_text(json.dumps({"args": vars(args), "rounds": results,
+                                          "medians": summary}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
