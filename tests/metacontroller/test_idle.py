@@ -24,8 +24,8 @@ import requests
 from agentic_sandbox import SandboxClient
 from testbed.metacontroller import MetacontrollerStack
 from testbed.support import free_port, script, serve
+from testbed.tenancy import Recorder, recorded
 from tests.metacontroller import objects
-from tests.metacontroller.tenancy import Recorder, recorded
 
 IDLE = "3s"
 
