@@ -26,7 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.claimlab import Lab, percentiles
+from bench.claimlab import Lab
+from bench.harness import percentiles
 from testbed.metacontroller import metacontroller_binary
 from testbed.support import REPO
 
@@ -52,7 +53,7 @@ def run_round(binary: str, tree: Path, flags: tuple[str, ...], hook_workers: int
              hooks_workers=hook_workers or args.hook_workers) as lab:
         if args.scenario == "seq":
             lab.make_pools(1, 2)
-            window, names = lab.window(), []
+            window, names = lab.meter.window(), []
             for _ in range(args.claims):
                 name = lab.name("seq")
                 names.append(name)
@@ -60,17 +61,17 @@ def run_round(binary: str, tree: Path, flags: tuple[str, ...], hook_workers: int
                 lab.milestones.wait([name], 60)
         elif args.scenario == "burst":
             lab.make_pools(args.pools, args.pool)
-            window = lab.window()
+            window = lab.meter.window()
             names = [lab.name("burst") for _ in range(args.claims)]
             lab.burst(names)
             lab.milestones.wait(names, args.timeout)
         else:
             lab.make_pools(args.pools, args.pool)
-            window = lab.window()
+            window = lab.meter.window()
             names, _ = lab.steady("steady", args.rate, args.seconds)
             lab.milestones.wait(names, args.timeout)
         report = lab.milestones.report(names)
-        cost = lab.cost(window, len(names))
+        cost = lab.meter.cost(window, len(names))
         violations, _ = lab.violations()
     latencies = percentiles([s * 1e3 for s in report["latencies"]])
     return {

@@ -40,8 +40,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
-from bench.claimlab import NS, Lab, percentiles
-from bench.harness import Broken, Latencies, Result, Skipped, latency_result
+from bench import loop_probes
+from bench.claimlab import NS, Lab
+from bench.harness import Broken, Latencies, Result, Skipped, latency_result, percentiles
 from bench.harness import Context as BenchContext
 from sandbox_common.contract import GROUP, SANDBOXES, VERSION
 from testbed.metacontroller import metacontroller_binary
@@ -185,12 +186,12 @@ def write_floor(ctx: BenchContext, binary: str) -> tuple[list[Result], dict[str,
                 samples.append(time.perf_counter() - began)
             sequential.add_round(samples)
             share = count // FLOOR_PROCESSES
-            used, began = lab.cpu(), time.perf_counter()
+            used, began = loop_probes.cpu(lab.stack), time.perf_counter()
             list(processes.map(create_config_maps, [kubeconfig] * FLOOR_PROCESSES,
                                [f"load{round_}-{i}" for i in range(FLOOR_PROCESSES)],
                                [share] * FLOOR_PROCESSES))
             parallel_rates.append(share * FLOOR_PROCESSES / (time.perf_counter() - began))
-            after = lab.cpu()
+            after = loop_probes.cpu(lab.stack)
             cpu_per_write.append(sum(after[k] - used[k] for k in ("kube-apiserver", "etcd"))
                                  * 1e3 / (share * FLOOR_PROCESSES))
     rate = statistics.median(parallel_rates)
@@ -218,7 +219,7 @@ def sequential(ctx: BenchContext, binary: str) -> list[Result]:
     warm, cold, all_names = Latencies(), Latencies(), []
     with Lab(binary) as lab:
         pool = lab.make_pools(1, 2)[0]
-        window = lab.window()
+        window = lab.meter.window()
         for _ in range(rounds):
             names = []
             for _ in range(count):
@@ -241,7 +242,7 @@ def sequential(ctx: BenchContext, binary: str) -> list[Result]:
                                                            name)
             cold.add_round(samples)
         report = lab.milestones.report(all_names)
-        cost = lab.cost(window, len(all_names) * 2)
+        cost = lab.meter.cost(window, len(all_names) * 2)
         violations, summary = lab.violations()
     extra = milestone_extra(report, cost, violations, summary)
     extra["cold_p50_ms"] = cold.median("p50") * 1e3
@@ -264,12 +265,12 @@ def burst(ctx: BenchContext, binary: str, count: int, *, pools: int, per_pool: i
           goal_s: float, name: str) -> list[Result]:
     with Lab(binary) as lab:
         lab.make_pools(pools, per_pool)
-        window = lab.window()
+        window = lab.meter.window()
         names = [lab.name("burst") for _ in range(count)]
         creates = lab.burst(names)
         lab.milestones.wait(names, float(ctx.option("claims.timeout", "300")))
         report = lab.milestones.report(names)
-        cost = lab.cost(window, count)
+        cost = lab.meter.cost(window, count)
         violations, summary = lab.violations()
     lat = Latencies()
     lat.add_round(report["latencies"] or [0.0])
@@ -300,13 +301,13 @@ def sustained(ctx: BenchContext, binary: str) -> list[Result]:
     drain = float(ctx.option("claims.drain", "120", "60"))
     with Lab(binary) as lab:
         lab.make_pools(pools, per_pool)
-        window = lab.window()
+        window = lab.meter.window()
         names, lag = lab.steady("sustained", rate, seconds)
         lab.milestones.wait(names, drain)
         report = lab.milestones.report(names)
-        cost = lab.cost(window, len(names))
-        pool_syncs = lab.hook_times(window, "/sync/sandboxwarmpool")
-        rss = lab.rss()
+        cost = lab.meter.cost(window, len(names))
+        pool_syncs = lab.meter.hook_times(window, "/sync/sandboxwarmpool")
+        rss = loop_probes.rss(lab.stack)
         violations, summary = lab.violations()
     lat = Latencies()
     lat.add_round(report["latencies"] or [0.0])
@@ -338,7 +339,7 @@ def sustained(ctx: BenchContext, binary: str) -> list[Result]:
 
 def probe(lab: Lab, count: int, level: int) -> dict[str, Any]:
     """`count` claims one after another (kept): claim -> Ready, and the loop's state."""
-    window = lab.window()
+    window = lab.meter.window()
     names = []
     for _ in range(count):
         name = lab.name(f"probe{level}")
@@ -346,15 +347,15 @@ def probe(lab: Lab, count: int, level: int) -> dict[str, Any]:
         lab.create_claim(name)
         lab.milestones.wait([name], 120)
     report = lab.milestones.report(names)
-    pool_syncs = lab.hook_times(window, "/sync/sandboxwarmpool")
+    pool_syncs = lab.meter.hook_times(window, "/sync/sandboxwarmpool")
     return {
         "existing": level, "p50_ms": statistics.median(report["latencies"]) * 1e3,
         "p99_ms": percentiles(report["latencies"])["p99"] * 1e3,
-        "failed": len(report["failed"]), "rss_mib": lab.rss(),
+        "failed": len(report["failed"]), "rss_mib": loop_probes.rss(lab.stack),
         "pool_sync_ms_p50": statistics.median(pool_syncs) if pool_syncs else None,
         "pool_sync_ms_max": max(pool_syncs) if pool_syncs else None,
         "stage_means_ms": report["stage_means_ms"],
-        "cost": lab.cost(window, count),
+        "cost": lab.meter.cost(window, count),
     }
 
 

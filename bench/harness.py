@@ -65,6 +65,14 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank]
 
 
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50, p95, p99, max and mean of unsorted samples; empty if there are none."""
+    ordered = sorted(values)
+    if not ordered:
+        return {}
+    return {q: percentile(ordered, float(q[1:])) for q in ("p50", "p95", "p99")} | {
+        "max": ordered[-1], "mean": statistics.fmean(ordered)}
+
 class Skipped(Exception):
     """A benchmark that cannot run here (a missing binary, say); the reason is reported."""
 

@@ -2,7 +2,7 @@
 claim's time goes.
 
 Reads the Result records (their `extra["cdf_ms"]` quantiles; for claims, `extra["stages"]`:
-each claim's time in each stage, from bench/claimlab.py's milestones) and writes PNGs under
+each claim's time in each stage, from bench/claim_milestones.py) and writes PNGs under
 docs/bench/. matplotlib is a dev dependency; without it the report says so and goes on.
 """
 
