@@ -32,7 +32,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from hooks import objects, schemas
+from hooks import lifecycle, objects, schemas
 from hooks.objects import POD, POOL_LABEL, SANDBOX_UID_LABEL
 from hooks.typedefs import (
     DEFAULT_SETTINGS,
@@ -60,7 +60,7 @@ def spec_problems(sandbox: KubeObject) -> list[str]:
 
 def desired_pod(sandbox: KubeObject) -> KubeObject:
     meta, spec = sandbox["metadata"], sandbox["spec"]
-    labels = objects.pod_binding_labels(sandbox)
+    labels = lifecycle.pod_binding_labels(sandbox)
     template_name = objects.labels_of(sandbox).get(objects.TEMPLATE_LABEL)
     if template_name:
         labels[objects.TEMPLATE_LABEL] = template_name
@@ -156,7 +156,7 @@ def bound_warm_pods(request: SyncRequest) -> list[KubeObject]:
         p
         for p in pool_pods(request)
         if objects.labels_of(p).get(SANDBOX_UID_LABEL) == uid
-        and objects.serves_incarnation(p, sandbox)
+        and lifecycle.serves_incarnation(p, sandbox)
     ]
 
 
@@ -172,7 +172,7 @@ def offers_to_pool(sandbox: KubeObject, now: datetime, settings: HookSettings, *
         return None
     if objects.ready_reason(sandbox) == objects.POD_NOT_READY:
         return None
-    age = 0.0 if resuming else objects.serving_age(sandbox, now)
+    age = 0.0 if resuming else lifecycle.serving_age(sandbox, now)
     left = settings["warm_pod_grace_seconds"] - age
     return left if left > 0 else None
 
@@ -197,7 +197,7 @@ def sync(
     def ready(ok: bool, reason: str, message: str) -> None:
         status["conditions"] = objects.ready_conditions(sandbox, ok, reason, message, now=now)
 
-    if objects.sandbox_is_expired(sandbox, now):
+    if lifecycle.sandbox_is_expired(sandbox, now):
         # Past shutdownTime the pod and Service go; volumes stay for whoever needs the data.
         ready(
             False,
@@ -209,27 +209,27 @@ def sync(
     children.append(desired_service(sandbox))
     status["service"] = name
     status["serviceFQDN"] = f"{name}.{namespace}.svc.{settings['cluster_domain']}"
-    deadline = objects.sandbox_shutdown_at(sandbox)
+    deadline = lifecycle.sandbox_shutdown_at(sandbox)
     resync = [(deadline - now).total_seconds() if deadline else None]
 
     own = objects.by_name(objects.observed(request, POD)).get(name)  # a child: ours by uid
-    if own is not None and not objects.serves_incarnation(own, sandbox):
+    if own is not None and not lifecycle.serves_incarnation(own, sandbox):
         own = None  # made before a suspension: it is being deleted, never taken back
     candidates = ([own] if own is not None else []) + bound_warm_pods(request)
     reported = (sandbox.get("status") or {}).get("podName")
     pod: KubeObject | None = None
-    resuming = objects.is_being_woken(sandbox)
-    resumed = resuming or objects.has_resumed(sandbox)
-    suspended = objects.is_suspended(sandbox)
-    if not suspended and not resuming and (idle_at := objects.idle_deadline(sandbox)):
+    resuming = lifecycle.is_being_woken(sandbox)
+    resumed = resuming or lifecycle.has_resumed(sandbox)
+    suspended = lifecycle.is_suspended(sandbox)
+    if not suspended and not resuming and (idle_at := lifecycle.idle_deadline(sandbox)):
         suspended = now >= idle_at
         resync.append(None if suspended else (idle_at - now).total_seconds())
-    if objects.sandbox_replicas(sandbox) == 0:
+    if lifecycle.sandbox_replicas(sandbox) == 0:
         ready(False, objects.SCALED_TO_ZERO, "spec.replicas is 0: the pod is stopped")
     elif suspended:
         # Idle: the pod goes (a warm pod too: its pool deletes it), the rest stays; podName is
         # cleared, so a wake looks for a pod afresh.
-        before = objects.find_condition(sandbox, objects.SUSPENDED) or {}
+        before = lifecycle.find_condition(sandbox, objects.SUSPENDED) or {}
         since = before.get("lastTransitionTime") if before.get("status") == "True" else None
         ready(False, objects.SUSPENDED,
               f"suspended since {since or objects.format_time(now)} (idle for "
@@ -289,9 +289,9 @@ def sync(
         else:
             ready(True, objects.SANDBOX_READY, f"pod {pod_name} is ready")
 
-    if (timeout := objects.idle_timeout_seconds(sandbox)) is not None and "conditions" in status:
-        suspended_now = suspended and objects.sandbox_replicas(sandbox) > 0
-        status["conditions"].append(objects.suspended_condition(sandbox, suspended_now, now=now))
+    if (timeout := lifecycle.idle_timeout_seconds(sandbox)) is not None and "conditions" in status:
+        suspended_now = suspended and lifecycle.sandbox_replicas(sandbox) > 0
+        status["conditions"].append(lifecycle.suspended_condition(sandbox, suspended_now, now=now))
         status["idleTimeoutSeconds"] = timeout
     response: SyncResponse = {"status": status, "children": children}
     delay = objects.merge_resync(*resync)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from hooks import objects, schemas
+from hooks import lifecycle, objects, schemas
 from hooks.objects import (
     POD,
     POOL_LABEL,
@@ -73,16 +73,16 @@ def desired_pod(pool: KubeObject, template: KubeObject, name: str) -> KubeObject
 def bind(pod: KubeObject, sandbox: KubeObject) -> KubeObject:
     """The pod as we last asked for it, plus the binding labels (labels are mutable)."""
     desired = objects.clone(objects.as_desired(pod))
-    desired["metadata"].setdefault("labels", {}).update(objects.pod_binding_labels(sandbox))
+    desired["metadata"].setdefault("labels", {}).update(lifecycle.pod_binding_labels(sandbox))
     return desired
 
 
 def keeps_binding(pod: KubeObject, sandbox: KubeObject | None, now: datetime) -> bool:
     """A bound pod stays while the Sandbox of its uid exists, wants a pod (it is not
     suspended, nor woken since the pod was bound) and has not named another one."""
-    if sandbox is None or not objects.sandbox_wants_pod(sandbox, now):
+    if sandbox is None or not lifecycle.sandbox_wants_pod(sandbox, now):
         return False
-    if not objects.serves_incarnation(pod, sandbox):
+    if not lifecycle.serves_incarnation(pod, sandbox):
         return False
     serving = (sandbox.get("status") or {}).get("podName")
     return serving in (None, "", pod["metadata"]["name"])
@@ -103,12 +103,12 @@ def wants_binding(
         labels.get(POOL_LABEL) == pool["metadata"]["name"]
         and labels.get(TEMPLATE_LABEL, template_name(pool)) == template_name(pool)
         and bool(objects.uid_of(sandbox))
-        and objects.sandbox_wants_pod(sandbox, now)
+        and lifecycle.sandbox_wants_pod(sandbox, now)
         and not (sandbox.get("status") or {}).get("podName")
         # It offers itself (or has not answered yet: its first answer offers whenever the
         # pool has a free pod, and with none the pool has nothing to bind either).
         and objects.ready_reason(sandbox) in (None, objects.WAITING_FOR_WARM_POD)
-        and objects.serving_age(sandbox, now) < binding_window(settings)
+        and lifecycle.serving_age(sandbox, now) < binding_window(settings)
     )
 
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hooks import objects, sandbox
+from hooks import lifecycle, objects, sandbox
 from testbed.hookrequests import sandbox as make_sandbox
 from testbed.hookrequests import sync_request
 from tests.metacontroller_sim import Cluster
@@ -22,7 +22,7 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def condition(obj: dict, type_: str) -> dict | None:
-    return objects.find_condition(obj, type_)
+    return lifecycle.find_condition(obj, type_)
 
 
 def seeded(*, replicas: int = 1, idle: str | None = "60s") -> Cluster:
@@ -116,7 +116,7 @@ def test_an_idle_sandbox_suspends_keeps_service_and_name_and_wakes_on_a_fresh_wa
     (second,) = serving(cluster, "c")
     assert second["metadata"]["uid"] != first["metadata"]["uid"]
     assert second["metadata"]["name"].startswith("python-sandbox-warmpool-"), "taken warm"
-    assert objects.labels_of(second)[objects.INCARNATION_LABEL] == objects.incarnation(box)
+    assert objects.labels_of(second)[objects.INCARNATION_LABEL] == lifecycle.incarnation(box)
     assert box["status"]["podName"] == second["metadata"]["name"]
     assert box["metadata"]["annotations"][objects.POD_NAME_ANNOTATION] == \
         second["metadata"]["name"], "the claim names the new pod"
@@ -269,6 +269,6 @@ def test_a_bad_idle_timeout_is_an_invalid_spec(value):
 @pytest.mark.parametrize("value,seconds", [("2s", 2), ("90s", 90), ("15m", 900),
                                            ("1h30m", 5400), ("8760h", 8760 * 3600)])
 def test_good_idle_timeouts(value, seconds):
-    assert objects.idle_timeout_seconds({"spec": {"idleTimeout": value}}) == seconds
+    assert lifecycle.idle_timeout_seconds({"spec": {"idleTimeout": value}}) == seconds
     answer = sandbox.sync(sync_request(make_sandbox("s", idleTimeout=value)), now=START)
     assert condition(answer, objects.READY)["reason"] != objects.INVALID_SPEC

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from hooks import objects
+from hooks import lifecycle, objects
 from hooks.objects import POOL_LABEL, SANDBOX_LABEL, SANDBOX_UID_LABEL
 from testbed.hookrequests import SEED_POD_TEMPLATE
 from testbed.tenancy_rules import check, leftover_bound_pods
@@ -327,7 +327,7 @@ def test_property_warm_pods_serve_one_sandbox_uid_ever_and_are_never_pulled_from
         sandbox = cluster.by_uid(owner) if owner else None
         if (
             sandbox is not None
-            and objects.sandbox_wants_pod(sandbox, cluster.now)
+            and lifecycle.sandbox_wants_pod(sandbox, cluster.now)
             and objects.controller_of(sandbox) is not None
             and (sandbox.get("status") or {}).get("podName") == pod["metadata"]["name"]
         ):

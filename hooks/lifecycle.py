@@ -1,0 +1,160 @@
+"""Where a Sandbox is in its life: wanted, expired, suspended for idleness, being woken.
+
+Read by the Sandbox hook (whether it wants a pod, when it suspends, which pod may serve it
+after a wake) and the warm-pool hook (which waiting Sandboxes it may bind, and with which
+labels). Pure and deterministic like hooks/objects.py, on which it sits: no clock (callers pass
+`now`), no I/O, never mutates its inputs. docs/controller.md, "Idle sandboxes", tells the story.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from hooks import k8srules
+from hooks.objects import (
+    ACTIVE,
+    IDLE,
+    INCARNATION_LABEL,
+    LAST_ACTIVITY_ANNOTATION,
+    READY,
+    RESUMED,
+    SUSPENDED,
+    WAKE_ANNOTATION,
+    age_seconds,
+    binding_labels,
+    condition,
+    is_deleting,
+    labels_of,
+    parse_time,
+    short_hash,
+)
+from hooks.typedefs import KubeObject
+
+# ---- a Sandbox's wishes -----------------------------------------------------------------
+
+
+def sandbox_replicas(sandbox: KubeObject) -> int:
+    return int(sandbox.get("spec", {}).get("replicas", 1))
+
+
+def sandbox_shutdown_at(sandbox: KubeObject) -> datetime | None:
+    value = sandbox.get("spec", {}).get("shutdownTime")
+    return parse_time(value) if value else None
+
+
+def sandbox_is_expired(sandbox: KubeObject, now: datetime) -> bool:
+    deadline = sandbox_shutdown_at(sandbox)
+    return deadline is not None and now >= deadline
+
+
+
+def sandbox_wants_pod(sandbox: KubeObject, now: datetime) -> bool:
+    """Whether a pod should serve this sandbox now."""
+    return (
+        not is_deleting(sandbox)
+        and sandbox_replicas(sandbox) > 0
+        and not sandbox_is_expired(sandbox, now)
+        and not is_suspended(sandbox)
+    )
+
+
+
+# ---- idle sandboxes ---------------------------------------------------------------------
+
+
+def find_condition(obj: KubeObject, type_: str) -> KubeObject | None:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c.get("type") == type_), None)
+
+
+def annotation_time(obj: KubeObject, key: str) -> datetime | None:
+    """A time written in an annotation, or None (absent or unreadable: anyone who may patch
+    the Sandbox can write it, and a hook must not fail on it)."""
+    value = (obj.get("metadata", {}).get("annotations") or {}).get(key)
+    try:
+        return parse_time(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def idle_timeout_seconds(sandbox: KubeObject) -> int | None:
+    value = sandbox.get("spec", {}).get("idleTimeout")
+    return k8srules.duration_seconds(value) if value else None
+
+
+def is_suspended(sandbox: KubeObject) -> bool:
+    """The Sandbox reported itself suspended, and no wake for that suspension has come: the
+    router wakes it by writing the suspension's lastTransitionTime into WAKE_ANNOTATION."""
+    suspended = find_condition(sandbox, SUSPENDED)
+    if suspended is None or suspended.get("status") != "True" or not idle_timeout_seconds(sandbox):
+        return False  # removing the idle timeout wakes it too
+    wake = (sandbox.get("metadata", {}).get("annotations") or {}).get(WAKE_ANNOTATION)
+    return wake != suspended.get("lastTransitionTime")
+
+
+def is_being_woken(sandbox: KubeObject) -> bool:
+    """Reported suspended, and a wake for that suspension has come (its hook has not run)."""
+    suspended = find_condition(sandbox, SUSPENDED)
+    return bool(suspended and suspended.get("status") == "True") and not is_suspended(sandbox)
+
+
+def has_resumed(sandbox: KubeObject) -> bool:
+    """Reported Suspended=False with reason Resumed: it has been woken at least once."""
+    suspended = find_condition(sandbox, SUSPENDED) or {}
+    return suspended.get("status") == "False" and suspended.get("reason") == RESUMED
+
+
+def incarnation(sandbox: KubeObject) -> str:
+    """Which wake the Sandbox's pod must serve: "" before any wake, else a hash of the token."""
+    wake = (sandbox.get("metadata", {}).get("annotations") or {}).get(WAKE_ANNOTATION)
+    return short_hash(str(wake), length=10) if wake else ""
+
+
+def serves_incarnation(pod: KubeObject, sandbox: KubeObject) -> bool:
+    return labels_of(pod).get(INCARNATION_LABEL, "") == incarnation(sandbox)
+
+
+def pod_binding_labels(sandbox: KubeObject) -> dict[str, str]:
+    """binding_labels, plus the incarnation once the Sandbox has been woken."""
+    labels = binding_labels(sandbox)
+    if incarnation(sandbox):
+        labels[INCARNATION_LABEL] = incarnation(sandbox)
+    return labels
+
+
+def serving_age(sandbox: KubeObject, now: datetime) -> float:
+    """Seconds since the Sandbox last began to look for a pod: its creation, or its resume."""
+    since = (find_condition(sandbox, SUSPENDED) or {}).get("lastTransitionTime")
+    if has_resumed(sandbox) and since:
+        return (now - parse_time(since)).total_seconds()
+    return age_seconds(sandbox, now)
+
+
+def idle_deadline(sandbox: KubeObject) -> datetime | None:
+    """When a Ready sandbox with an idle timeout suspends: its timeout after the later of its
+    turning Ready and the router's last report of a request. None: it does not (no timeout,
+    or not Ready: a sandbox starting up is not idle)."""
+    timeout = idle_timeout_seconds(sandbox)
+    ready = find_condition(sandbox, READY)
+    if timeout is None or not ready or ready.get("status") != "True":
+        return None
+    moments = [parse_time(ready["lastTransitionTime"])]
+    if (active := annotation_time(sandbox, LAST_ACTIVITY_ANNOTATION)) is not None:
+        moments.append(active)
+    return max(moments) + timedelta(seconds=timeout)
+
+
+def suspended_condition(sandbox: KubeObject, suspended: bool, *, now: datetime) -> KubeObject:
+    """The Sandbox's Suspended condition (only for a Sandbox with an idle timeout)."""
+    timeout = sandbox["spec"].get("idleTimeout")
+    previous = find_condition(sandbox, SUSPENDED) or {}
+    if suspended:
+        reason = IDLE
+        message = (f"no request through the router for {timeout}: the pod is stopped, the "
+                   f"Service, name and volumes are kept; the next request wakes it")
+    elif previous.get("status") == "True" or previous.get("reason") == RESUMED:
+        reason, message = RESUMED, f"woken by a request; suspends after {timeout} idle"
+    else:
+        reason, message = ACTIVE, f"suspends after {timeout} without a request"
+    return condition(SUSPENDED, suspended, reason, message, previous=sandbox.get("status"),
+                     now=now, generation=sandbox["metadata"].get("generation"))
