@@ -60,12 +60,12 @@ EXISTING: dict[str, str] = {
     "tests/unit/test_hooks_sandbox.py::test_name_too_long_for_a_service_is_reported_not_acted_on":
         "hooks",
     "tests/unit/test_hooks_scenarios.py::test_many_claims_at_once_never_share_a_pod": "hooks",
-    "tests/unit/test_hooks_scenarios.py::test_property_warm_pods_serve_one_sandbox_ever_and_are_never_pulled_from_a_live_claim":
+    "tests/unit/test_hooks_scenarios.py::test_property_warm_pods_serve_one_sandbox_uid_ever_and_are_never_pulled_from_a_live_claim":
         "hooks",
     # generated pods
     "tests/unit/test_hooks_sandbox.py::test_pod_honours_template_labels_and_annotations_but_not_reserved_keys":
         "pods",
-    "tests/unit/test_hooks_sandbox.py::test_pod_gets_secure_defaults_unless_the_template_says_otherwise":
+    "tests/unit/test_hooks_sandbox.py::test_pod_gets_the_restricted_defaults_where_the_template_is_silent":
         "pods",
     "tests/unit/test_hooks_contract.py::test_template_network_policy_fences_ingress_and_private_egress":
         "pods",
