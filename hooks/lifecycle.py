@@ -117,8 +117,8 @@ def serves_incarnation(pod: KubeObject, sandbox: KubeObject) -> bool:
 def pod_binding_labels(sandbox: KubeObject) -> dict[str, str]:
     """binding_labels, plus the incarnation once the Sandbox has been woken."""
     labels = binding_labels(sandbox)
-    if incarnation(sandbox):
-        labels[INCARNATION_LABEL] = incarnation(sandbox)
+    if current := incarnation(sandbox):
+        labels[INCARNATION_LABEL] = current
     return labels
 
 
