@@ -10,9 +10,11 @@ with generous deadlines, so they hold on a loaded two-core machine.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from agentic_sandbox import SandboxClient
+from agentic_sandbox import AsyncSandboxClient, SandboxClient
 from tests.dataplane.conftest import TEMPLATE, containers
 from tests.dataplane.test_cli_local import cli, leftovers
 
@@ -62,7 +64,7 @@ def _together(calls: int, call: Callable[[int], str]) -> list[str]:
     return answers
 
 
-def paused(state_dir: Path, client: SandboxClient) -> bool:
+def paused(state_dir: Path, client: SandboxClient | AsyncSandboxClient) -> bool:
     return runsc_status(state_dir, client.sandbox_name) == "paused"
 
 
@@ -77,6 +79,18 @@ def test_an_idle_sandbox_is_paused_and_run_resumes_it_with_its_files(open_sandbo
     assert sandbox.backend.sandbox.activity.resumes == 1
     # A pause keeps processes (and memory): the background process runs on.
     assert server.info().running
+
+
+def test_the_async_client_resumes_a_paused_sandbox_once_for_concurrent_calls(state_dir):
+    async def main() -> tuple[list[str], int]:
+        async with AsyncSandboxClient(TEMPLATE, backend="local", state_dir=state_dir,
+                                      idle_timeout=IDLE) as sandbox:
+            await sandbox.write("f.txt", "async")
+            await asyncio.to_thread(wait_for, lambda: paused(state_dir, sandbox),
+                                    "the idle sandbox is paused")
+            answers = await asyncio.gather(*(sandbox.read("f.txt") for _ in range(6)))
+            return [a.decode() for a in answers], sandbox.backend.sandbox.activity.resumes
+    assert asyncio.run(main()) == (["async"] * 6, 1)
 
 
 def test_the_template_idle_timeout_applies_and_idle_timeout_overrides_it(tmp_path, state_dir):
@@ -179,3 +193,15 @@ def test_a_named_sandbox_resumes_once_for_concurrent_calls_through_its_holder(cl
     assert log.count("(resume ") == 1, log  # one `runsc resume` run, and it worked
     assert "resumed local sandbox" in log
     assert cli(cli_state, "delete", "box").returncode == 0
+
+
+def test_a_paused_named_sandbox_whose_holder_was_killed_is_cleaned_up(cli_state):
+    assert cli(cli_state, "create", "box", "--idle-timeout", f"{IDLE}s").returncode == 0
+    record = json.loads((cli_state / "named" / "box" / "holder.json").read_text())
+    wait_for(lambda: runsc_status(cli_state, record["sandbox"]) == "paused",
+             "the named sandbox is paused by its holder")
+    os.kill(record["pid"], signal.SIGKILL)
+    deleted = cli(cli_state, "delete", "box")  # the stale clean-up removes the paused one
+    assert deleted.returncode == 0, deleted.stderr
+    assert leftovers(cli_state) == []
+    assert _processes_naming(record["sandbox"]) == []
