@@ -228,8 +228,8 @@ class LocalSandbox:
                                          f"{done.stderr.strip()[-500:]}")
 
     def pause(self) -> None:
-        """`runsc pause`: every task in the sandbox stops (no CPU); memory, processes and
-        the workspace are kept. Called by the idle watcher through `activity`."""
+        """`runsc pause`: every task in the sandbox stops (its CPU use falls to ~0); memory,
+        processes and the workspace are kept. Called by the idle watcher (`activity`)."""
         self._runsc_call("pause", self.id)
 
     def resume(self) -> None:
