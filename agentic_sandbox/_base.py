@@ -18,6 +18,7 @@ from typing import Final, Generic, TypeVar
 from agentic_sandbox._backends.base import Backend, Endpoint
 from agentic_sandbox._backends.choice import choose_backend, make_backend
 from agentic_sandbox._options import KubernetesOptions, LocalOptions
+from sandbox_common.durations import idle_timeout_seconds
 
 __all__ = ["DEFAULT", "BaseClient", "ProcessHandle", "State", "Timeout"]
 
@@ -60,6 +61,7 @@ class BaseClient:
                  templates_dir: str | os.PathLike[str] | None = None,
                  warm_pool: int | None = None,
                  state_dir: str | os.PathLike[str] | None = None,
+                 idle_timeout: str | int | None = None,
                  attach: str | None = None) -> None:
         if not template_name or not isinstance(template_name, str):
             raise ValueError("template_name must be a non-empty string")
@@ -68,6 +70,7 @@ class BaseClient:
                              ("run_timeout", run_timeout)):
             if value is not None and not value > 0:
                 raise ValueError(f"{label} must be positive or None, not {value!r}")
+        idle_timeout_seconds(idle_timeout)  # a bad value fails here, whichever backend
         self.template_name = template_name
         self.namespace = namespace
         self.sandbox_ready_timeout = float(sandbox_ready_timeout)
@@ -78,12 +81,12 @@ class BaseClient:
                 choose_backend(backend, api_url=api_url), template_name, namespace,
                 ready_timeout=self.sandbox_ready_timeout, attach=attach,
                 local=LocalOptions(templates_dir=templates_dir, warm_pool=warm_pool,
-                                   state_dir=state_dir),
+                                   state_dir=state_dir, idle_timeout=idle_timeout),
                 kubernetes=KubernetesOptions(
                     api_url=api_url, connection=connection, router_token=router_token,
                     kubeconfig=kubeconfig, context=context, router_service=router_service,
                     router_namespace=router_namespace, router_port=router_port,
-                    server_port=server_port))
+                    server_port=server_port, idle_timeout=idle_timeout))
         elif isinstance(backend, Backend):
             self._backend = backend
         else:

@@ -183,6 +183,10 @@ class SandboxClient(BaseClient):
         Local only (LocalOptions): templates_dir (folders of SandboxTemplate YAML, else
             $AGENTIC_SANDBOX_TEMPLATES), warm_pool (spare sandboxes kept ready in this
             process), state_dir.
+        idle_timeout: pause the sandbox after this long without a request (a duration such
+            as "90s", or whole seconds, at least 2 s), overriding the template's
+            `idleTimeout`; the next request resumes it. Kubernetes: the claim's
+            `idleTimeout`; local: see docs/client.md, "Idle sandboxes".
         attach: the name of a sandbox that already exists and outlives this client (on
             Kubernetes a SandboxClaim, locally one made by `agentic-sandbox create NAME`):
             enter waits for it instead of making one, exit leaves it running.

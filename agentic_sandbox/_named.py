@@ -53,7 +53,8 @@ def create(name: str, *, template: str = DEFAULT_TEMPLATE, namespace: str = "def
         from agentic_sandbox._holder import control
         local = pick(LocalOptions, options)
         return control.spawn(name, template=template, namespace=namespace,
-                             state_dir=local.state_dir, ready_timeout=ready_timeout)
+                             state_dir=local.state_dir, ready_timeout=ready_timeout,
+                             idle_timeout=local.idle_timeout)
     kube = _kubernetes(name, template, namespace, ready_timeout, options, attach=False)
     try:
         endpoint = kube.open()

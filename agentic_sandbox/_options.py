@@ -27,6 +27,8 @@ class LocalOptions:
     templates_dir: str | os.PathLike[str] | None = None  # else $AGENTIC_SANDBOX_TEMPLATES
     warm_pool: int | None = None  # else $AGENTIC_SANDBOX_WARM_POOL, else the template's pool
     state_dir: str | os.PathLike[str] | None = None  # else $AGENTIC_SANDBOX_STATE_DIR
+    # A duration ("90s") or whole seconds; else the template's spec.idleTimeout
+    idle_timeout: str | int | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class KubernetesOptions:
     router_namespace: str | None = None  # None: the claim's namespace
     router_port: int = 8080
     server_port: int = 8888  # X-Sandbox-Port: the runtime's port in the pod
+    idle_timeout: str | int | None = None  # the claim's spec.idleTimeout (else the template's)
 
 
 def pick(kind: type[OptionsT], options: Mapping[str, Any]) -> OptionsT:

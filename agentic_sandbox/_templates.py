@@ -21,6 +21,7 @@ import yaml
 
 from agentic_sandbox._exceptions import TemplateNotFoundError
 from sandbox_common import contract
+from sandbox_common.durations import idle_timeout_seconds
 
 __all__ = ["TEMPLATES_ENV", "LocalTemplate", "load_template", "parse_cpu", "parse_memory",
            "template_dirs"]
@@ -55,6 +56,7 @@ class LocalTemplate:
     # -> size of the workspace's own filesystem (limits, else requests, ephemeral-storage)
     ephemeral_storage_bytes: int | None = None
     warm_pool: int = 0  # from a SandboxWarmPool naming this template
+    idle_timeout_s: int | None = None  # spec.idleTimeout: pause after this long without a request
     ignored: tuple[str, ...] = field(default=(), compare=False)  # fields present, not applied
 
 
@@ -144,6 +146,7 @@ def _from_document(name: str, path: Path, doc: dict[str, Any]) -> LocalTemplate:
             cpu_limit_millis=parse_cpu(limits["cpu"]) if "cpu" in limits else None,
             memory_limit_bytes=parse_memory(limits["memory"]) if "memory" in limits else None,
             ephemeral_storage_bytes=_storage(limits, requests),
+            idle_timeout_s=idle_timeout_seconds(spec.get("idleTimeout"), "spec.idleTimeout"),
             ignored=_ignored(pod_spec, container))
     except ValueError as exc:
         raise ValueError(f"{path}: SandboxTemplate {name!r}: {exc}") from exc

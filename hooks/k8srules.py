@@ -10,7 +10,8 @@ these rules apply with keywords of ours, and this module is their only definitio
   labels its values label values;
 - `"x-duration": {"minimum": "2s", "maximum": "8760h"}` on a string: a duration as
   Kubernetes writes one (`90s`, `15m`, `1h30m`: hours, minutes, seconds, in that order),
-  within the bounds (`duration_problem`; the CRD checks it with CEL's `duration()`).
+  within the bounds (`duration_problem`, from sandbox_common.durations; the CRD checks it
+  with CEL's `duration()`).
 
 hooks/schemas.py checks them in Python (`problems_*`); hack/render_crds.py turns them into
 `x-kubernetes-validations` CEL rules and OpenAPI `maxLength`/`pattern` (`cel_*`, `RULES`), so
@@ -23,6 +24,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from sandbox_common import durations
 
 
 @dataclass(frozen=True)
@@ -74,13 +77,8 @@ RULES = {
         "letter or digit",
     ),
 }
-# A duration: whole hours, minutes and seconds, in that order, at least one of them (a subset
-# of Go's time.ParseDuration, which CEL's duration() reads, so both sides agree).
-DURATION = Rule(
-    r"[0-9]+h([0-9]+m)?([0-9]+s)?|[0-9]+m([0-9]+s)?|[0-9]+s",
-    20,
-    "a duration such as 90s, 15m or 1h30m",
-)
+# A duration: sandbox_common.durations defines it (the client reads durations too).
+DURATION = Rule(durations.PATTERN, durations.MAX_LENGTH, durations.SAYS)
 QUALIFIED_NAME = (
     "a qualified name: an optional prefix (a DNS-1123 subdomain of at most 253 characters) "
     "and '/', then a name of " + RULES["name-part"].says
@@ -114,32 +112,8 @@ def map_problems(kind: str, mapping: Any) -> list[tuple[str, str]]:
     return found
 
 
-def duration_seconds(value: str) -> int:
-    """Seconds in a duration that follows DURATION (raises ValueError otherwise)."""
-    if DURATION.problem(value):
-        raise ValueError(f"{value!r} is not {DURATION.says}")
-    total, number = 0, ""
-    for char in value:
-        if char.isdigit():
-            number += char
-        else:
-            total += int(number) * {"h": 3600, "m": 60, "s": 1}[char]
-            number = ""
-    return total
-
-
-def duration_problem(value: Any, bounds: dict[str, str]) -> str | None:
-    """Why `value` is not a duration within `bounds` ({"minimum", "maximum"}), or None."""
-    problem = DURATION.problem(value)
-    if problem:
-        return problem
-    seconds = duration_seconds(value)
-    low, high = bounds.get("minimum"), bounds.get("maximum")
-    if low is not None and seconds < duration_seconds(low):
-        return f"{value!r} is shorter than {low}"
-    if high is not None and seconds > duration_seconds(high):
-        return f"{value!r} is longer than {high}"
-    return None
+duration_seconds = durations.duration_seconds
+duration_problem = durations.duration_problem
 
 
 # ---- CEL and OpenAPI for the CRDs (hack/render_crds.py) -------------------------------------

@@ -110,12 +110,17 @@ def check_template(api: Any, namespace: str, template: str) -> None:
          contract.TEMPLATES, template)
 
 
-def create(api: Any, namespace: str, name: str, template: str) -> dict[str, Any]:
-    """Create the claim; the object the API server returned."""
+def create(api: Any, namespace: str, name: str, template: str,
+           idle_timeout_s: int | None = None) -> dict[str, Any]:
+    """Create the claim (with `spec.idleTimeout` when given); the object the API server
+    returned."""
+    spec: dict[str, Any] = {"sandboxTemplateRef": {"name": template}}
+    if idle_timeout_s is not None:
+        spec["idleTimeout"] = f"{idle_timeout_s}s"
     body = {"apiVersion": contract.EXTENSIONS_API, "kind": contract.CLAIM_KIND,
             "metadata": {"name": name, "namespace": namespace,
                          "labels": {"app.kubernetes.io/managed-by": "agentic-sandbox"}},
-            "spec": {"sandboxTemplateRef": {"name": template}}}
+            "spec": spec}
     refusals: Refusals = {
         422: lambda exc: ClaimFailedError(
             f"the API server rejected the SandboxClaim: {exc.body}", reason="Invalid",

@@ -46,6 +46,7 @@ from agentic_sandbox._backends.router import (
 from agentic_sandbox._exceptions import BackendUnavailableError, ClaimFailedError, SandboxError
 from agentic_sandbox._options import KubernetesOptions
 from sandbox_common import contract
+from sandbox_common.durations import idle_timeout_seconds
 
 __all__ = ["TERMINAL_CLAIM_READY_REASONS", "KubernetesBackend"]
 
@@ -198,7 +199,8 @@ class KubernetesBackend:
         else:
             claims.check_template(api, self.namespace, self.template_name)
             name = self.claim_name or claims.claim_name()
-            found = claims.create(api, self.namespace, name, self.template_name)
+            found = claims.create(api, self.namespace, name, self.template_name,
+                                  idle_timeout_seconds(self.options.idle_timeout))
         # Only now is the claim ours to wait for (and, unless attached, to delete on close).
         self.claim, self.claim_uid = name, claims.uid_of(found)
         try:

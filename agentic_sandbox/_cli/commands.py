@@ -31,6 +31,7 @@ from agentic_sandbox._cli.words import (
 )
 from agentic_sandbox._client import SandboxClient
 from agentic_sandbox._exceptions import SandboxError
+from sandbox_common.durations import idle_timeout_seconds
 
 __all__ = ["COMMANDS", "Command"]
 
@@ -85,8 +86,9 @@ def cmd_exec(args: argparse.Namespace, extra: dict[str, Any]) -> int:
 
 
 def cmd_create(args: argparse.Namespace, extra: dict[str, Any]) -> int:
+    idle = {"idle_timeout": args.idle_timeout} if args.idle_timeout else {}
     _named.create(args.name, template=args.template, namespace=args.namespace,
-                  **_client_options(args, extra))
+                  **idle, **_client_options(args, extra))
     print(args.name)
     return 0
 
@@ -274,9 +276,21 @@ def _args_exec(parser: argparse.ArgumentParser) -> None:
     _command(parser)
 
 
+def _idle_timeout(value: str) -> str:
+    try:
+        idle_timeout_seconds(value, "--idle-timeout")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return value
+
+
 def _args_create(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="1-63 lowercase letters, digits and '-'")
     _template(parser)
+    parser.add_argument("--idle-timeout", type=_idle_timeout, metavar="DURATION",
+                        help="pause (local) or suspend (Kubernetes) the sandbox after this long "
+                             "without a request, e.g. 90s or 15m; the next request resumes it "
+                             "(default: the template's idleTimeout)")
 
 
 def _args_delete(parser: argparse.ArgumentParser) -> None:

@@ -75,7 +75,7 @@ def _error_from(answer: dict[str, Any], name: str, fallback: str) -> SandboxErro
 
 def spawn(name: str, *, template: str, namespace: str = "default",
           state_dir: str | os.PathLike[str] | None = None,
-          ready_timeout: float = 180.0) -> str:
+          ready_timeout: float = 180.0, idle_timeout: str | int | None = None) -> str:
     """Start a holder for `name` and wait until its sandbox is ready; returns the sandbox id."""
     directory = named_dir(state_dir, name)
     root = directory.parent
@@ -88,6 +88,8 @@ def spawn(name: str, *, template: str, namespace: str = "default",
     argv = [sys.executable, "-m", "agentic_sandbox._holder", name, "--template", template,
             "--namespace", namespace, "--state-dir", str(root.parent),
             "--ready-timeout", str(ready_timeout)]
+    if idle_timeout is not None:
+        argv += ["--idle-timeout", str(idle_timeout)]
     read_end, write_end = os.pipe()
     try:
         with open(log_path, "ab") as log_file:

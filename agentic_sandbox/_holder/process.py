@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir")
     parser.add_argument("--ready-timeout", type=float, default=180.0)
     parser.add_argument("--ready-fd", type=int)
+    parser.add_argument("--idle-timeout")
     args = parser.parse_args(argv)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _on_signal)
@@ -84,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         record = owner_record(template=args.template, namespace=args.namespace, sandbox=None)
         directory = reserve(state / NAMED, validate_name(args.name), record)
         # warm_pool=0: a spare sandbox in a holder would serve nobody.
+        idle = args.idle_timeout
         client = SandboxClient(args.template, args.namespace, backend="local", warm_pool=0,
-                               state_dir=state, sandbox_ready_timeout=args.ready_timeout)
+                               state_dir=state, sandbox_ready_timeout=args.ready_timeout,
+                               idle_timeout=int(idle) if idle and idle.isdigit() else idle)
         backend = client.backend
         endpoint = backend.open()
         server = HolderServer(directory, endpoint)

@@ -99,7 +99,8 @@ def test_options_go_before_the_double_dash_and_the_command_after_it_untouched():
 @pytest.mark.parametrize("argv", [
     [], ["bogus"], ["run", "-b", "mars", "--", "true"], ["exec"], ["cp", "only-one"],
     ["create"], ["rm"], ["run", "ls", "-l"], ["run", "echo", "--", "hi"],
-    ["cp", "a", "box:b", "--", "x"],
+    ["cp", "a", "box:b", "--", "x"], ["create", "box", "--idle-timeout", "1s"],
+    ["create", "box", "--idle-timeout", "soon"],
 ])
 def test_usage_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:
@@ -323,6 +324,9 @@ def test_create_and_delete_pass_name_template_and_options(monkeypatch, capsys):
                            "state_dir": "/s"}),
         ("delete", "a", {"namespace": "ns", "backend": "auto"}),
         ("delete", "b", {"namespace": "ns", "backend": "auto"})]
+    calls.clear()
+    assert _cli.main(["create", "box", "--idle-timeout", "90s"]) == 0
+    assert calls[0][2]["idle_timeout"] == "90s"
 
 
 def test_mcp_without_the_sdk_names_the_extra(monkeypatch, capsys):

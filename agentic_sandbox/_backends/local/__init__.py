@@ -34,6 +34,7 @@ Rooms:
     launch.py     how the runtime is launched inside (the argv of sandbox_runtime/launch.py)
     workspace.py  the workspace's own bounded file system
     owner.py      owner records (pid + start time) of sandboxes and holders
+    idle.py       the idle timeout: requests counted, runsc pause when idle, resume
     stale.py      removing the sandboxes whose owner is gone
     runsc.py      finding runsc, its state folder, its commands
 

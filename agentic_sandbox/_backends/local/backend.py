@@ -2,8 +2,9 @@
 
 Made by SandboxClient for backend="local" (or "auto" without a cluster). open() loads the
 template, asks the process's manager (agentic_sandbox._backends.local.manager) for a ready
-sandbox, from the warm pool when there is one, and returns an Endpoint whose transport is
-the sandbox's channel; close() hands the sandbox back to be destroyed. Nothing else here.
+sandbox, from the warm pool when there is one (paused once idle for the idle timeout: the
+option's, else the template's), and returns an Endpoint whose transport is the sandbox's
+channel; close() hands the sandbox back to be destroyed. Nothing else here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from agentic_sandbox._backends.local.manager import Manager, manager, warm_pool_
 from agentic_sandbox._backends.local.sandbox import LocalSandbox
 from agentic_sandbox._options import LocalOptions
 from agentic_sandbox._templates import load_template, template_dirs
+from sandbox_common.durations import idle_timeout_seconds
 
 __all__ = ["LocalBackend"]
 
@@ -46,7 +48,10 @@ class LocalBackend:
             log.debug("template %s: fields that do not apply locally: %s", template.name,
                       ", ".join(template.ignored))
         pool = warm_pool_size(self.options.warm_pool, template)
-        self.sandbox = self._manager.acquire(template, pool, self.ready_timeout)
+        idle = idle_timeout_seconds(self.options.idle_timeout)
+        self.sandbox = self._manager.acquire(
+            template, pool, self.ready_timeout,
+            idle_timeout=idle if idle is not None else template.idle_timeout_s)
         return Endpoint(base_url=CHANNEL_URL, transport=self.sandbox.transport,
                         async_transport=self.sandbox.async_transport,
                         sandbox_name=self.sandbox.id,

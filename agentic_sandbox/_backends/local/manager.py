@@ -4,7 +4,8 @@ LocalBackend (agentic_sandbox._backends.local.backend) asks manager(state_dir) f
 one Manager per state folder and process starts sandboxes, hands out a warm pool's spare when
 the template has one (the warm-pool binding: Manager.acquire), removes every sandbox of this
 process at interpreter exit, and cleans up after dead owners once, when it is made. A
-WarmPool keeps N spare, ready sandboxes of one template, refilled in the background.
+WarmPool keeps N spare, ready sandboxes of one template, refilled in the background. Its
+IdleWatcher (agentic_sandbox._backends.local.idle) pauses handed-out sandboxes left idle.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections import deque
 from pathlib import Path
 from typing import Final
 
+from agentic_sandbox._backends.local.idle import IdleWatcher
 from agentic_sandbox._backends.local.launch import compile_runtime
 from agentic_sandbox._backends.local.runsc import (
     PLATFORM_ENV,
@@ -120,6 +122,7 @@ class Manager:
         self.pools: dict[LocalTemplate, WarmPool] = {}
         self.lock = threading.Lock()
         self.closing = False
+        self.idle = IdleWatcher(state_dir.name)
         self.cgroups = True
         for sub in ("", "runsc", "sandboxes", "workspaces"):
             (state_dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -158,14 +161,17 @@ class Manager:
             raise
         return sandbox
 
-    def acquire(self, template: LocalTemplate, warm_pool: int,
-                ready_timeout: float) -> LocalSandbox:
-        """A ready sandbox: from the template's warm pool when it has one, else a cold start."""
+    def acquire(self, template: LocalTemplate, warm_pool: int, ready_timeout: float,
+                idle_timeout: float | None = None) -> LocalSandbox:
+        """A ready sandbox: from the template's warm pool when it has one, else a cold start.
+        With an idle timeout, it is paused after that long without a request (spares in a
+        pool never are: they wait for a client, not on one)."""
         pool = self.pool(template, warm_pool, ready_timeout) if warm_pool > 0 else None
         sandbox = pool.take() if pool is not None else None
-        if sandbox is not None:
-            return sandbox
-        return self.start_sandbox(template, ready_timeout)
+        if sandbox is None:
+            sandbox = self.start_sandbox(template, ready_timeout)
+        self.idle.watch(sandbox.activity, idle_timeout)
+        return sandbox
 
     def pool(self, template: LocalTemplate, size: int, ready_timeout: float) -> WarmPool:
         with self.lock:
@@ -181,6 +187,7 @@ class Manager:
     def release(self, sandbox: LocalSandbox) -> None:
         with self.lock:
             self.live.pop(sandbox.id, None)
+        self.idle.forget(sandbox.activity)
         sandbox.destroy()
 
     def shutdown(self) -> None:
@@ -188,6 +195,7 @@ class Manager:
         with self.lock:
             self.closing = True
             pools = list(self.pools.values())
+        self.idle.stop()
         for pool in pools:
             pool.drain()
             pool.thread.join(timeout=RUNSC_TIMEOUT_S)

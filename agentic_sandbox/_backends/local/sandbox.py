@@ -8,8 +8,10 @@ a socketpair as the first runtime's stdin and stdout. Requests reach the runtime
 is that socketpair, later ones (after a broken channel, or a second concurrent call) a fresh
 runtime from `runsc exec` on a new socketpair, in the same sandbox. wait_ready() checks the
 first channel on a transport of its own that leaves it open, and puts it back: whichever
-client comes (sync or async) gets the first runtime, not a `runsc exec`. destroy() removes
-everything. Nothing here runs a command outside gVisor.
+client comes (sync or async) gets the first runtime, not a `runsc exec`. Both transports
+count requests on `activity` (agentic_sandbox._backends.local.idle), which pauses an idle
+sandbox (pause(), resume()). destroy() removes everything, a paused sandbox too. Nothing here
+runs a command outside gVisor.
 """
 
 from __future__ import annotations
@@ -26,11 +28,8 @@ from pathlib import Path
 import httpx2
 
 from agentic_sandbox._backends.base import request_once
-from agentic_sandbox._backends.channel import (
-    CHANNEL_URL,
-    AsyncChannelTransport,
-    ChannelTransport,
-)
+from agentic_sandbox._backends.channel import CHANNEL_URL, ChannelTransport
+from agentic_sandbox._backends.local.idle import Activity, AsyncTrackedTransport, TrackedTransport
 from agentic_sandbox._backends.local.owner import owner_record
 from agentic_sandbox._backends.local.runsc import (
     ID_PREFIX,
@@ -75,8 +74,10 @@ class LocalSandbox:
         self._run: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._destroyed = False
-        self.transport = ChannelTransport(self._new_channel)
-        self.async_transport = AsyncChannelTransport(self._new_channel)
+        # Every request is counted (idle timeout) and resumes the sandbox if it is paused.
+        self.activity = Activity(self.id, self.pause, self.resume)
+        self.transport = TrackedTransport(self._new_channel, self.activity)
+        self.async_transport = AsyncTrackedTransport(self._new_channel, self.activity)
 
     def _runsc(self, *args: str) -> list[str]:
         return runsc_argv(self.runsc, self.state_dir, *args)
@@ -219,6 +220,22 @@ class LocalSandbox:
             if channel is not None:
                 channel.close()
 
+    def _runsc_call(self, *args: str) -> None:
+        done = subprocess.run(self._runsc(*args), stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=RUNSC_TIMEOUT_S, check=False)
+        if done.returncode != 0:
+            raise SandboxConnectionError(f"runsc {args[0]} {self.id}: "
+                                         f"{done.stderr.strip()[-500:]}")
+
+    def pause(self) -> None:
+        """`runsc pause`: every task in the sandbox stops (its CPU use falls to ~0); memory,
+        processes and the workspace are kept. Called by the idle watcher (`activity`)."""
+        self._runsc_call("pause", self.id)
+
+    def resume(self) -> None:
+        """`runsc resume`: the paused sandbox runs on from where it stopped."""
+        self._runsc_call("resume", self.id)
+
     def destroy(self) -> None:
         """runsc delete --force, close the channels, remove bundle and workspace. Idempotent."""
         with self._lock:
@@ -228,6 +245,7 @@ class LocalSandbox:
             if self._first_channel is not None:
                 self._first_channel.close()
                 self._first_channel = None
+        self.activity.close()  # a paused sandbox is resumed first, or the kill would wait
         self.transport.close()
         run = self._run
         if run is not None and run.poll() is None:
