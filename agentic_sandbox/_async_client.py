@@ -19,11 +19,11 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from types import TracebackType
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 import httpx2
 
-from agentic_sandbox._aio import in_thread
+from agentic_sandbox._aio import ended, in_thread, off_loop
 from agentic_sandbox._backends.base import Endpoint
 from agentic_sandbox._base import DEFAULT, BaseClient, ProcessHandle, State, Timeout
 from agentic_sandbox._exceptions import BackendUnavailableError, SandboxError
@@ -85,8 +85,20 @@ __all__ = ["AsyncCommandStream", "AsyncProcess", "AsyncSandboxClient"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R", covariant=True)
 
 _releasing: set[asyncio.Future[None]] = set()  # backends being closed after a failed open
+
+
+class _Sink(Protocol[R]):
+    """Where a download is written on this machine (agentic_sandbox._transfer's
+    FileDownload and DirectoryDownload): blocking calls, made off the event loop."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def finish(self) -> R: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
 
 
 class AsyncCommandStream(CommandOutput):
@@ -358,18 +370,21 @@ class AsyncSandboxClient(BaseClient):
 
     async def upload_file(self, local_path: str | os.PathLike[str], remote_path: str, *,
                           progress: Progress | None = None) -> None:
-        """Stream a local file into the workspace (SandboxClient.upload_file)."""
-        with open(local_path, "rb") as file:
+        """Stream a local file into the workspace (SandboxClient.upload_file; the file is
+        opened and read off the event loop)."""
+        file: IO[bytes] = await off_loop(open, local_path, "rb")
+        try:
             await self.write(remote_path,
                              file if progress is None else counting(file, progress))
+        finally:
+            await off_loop(file.close)
 
     async def download_file(self, remote_path: str, local_path: str | os.PathLike[str], *,
                             progress: Progress | None = None) -> int:
-        """Stream a workspace file to a local file (SandboxClient.download_file)."""
+        """Stream a workspace file to a local file (SandboxClient.download_file; written off
+        the event loop)."""
         call = download_call(remote_path, self.request_timeout)
-        with FileDownload(local_path, progress) as target:
-            await self._receive(call, target.feed)
-            return target.finish()
+        return await self._receive_into(call, lambda: FileDownload(local_path), progress)
 
     async def upload_dir(self, local_dir: str | os.PathLike[str], remote_dir: str, *,
                          progress: Progress | None = None) -> ArchiveSummary:
@@ -381,20 +396,57 @@ class AsyncSandboxClient(BaseClient):
                            progress: Progress | None = None) -> ArchiveSummary:
         """Download a workspace directory's tree (SandboxClient.download_dir)."""
         call = archive_out_call(remote_dir, self.request_timeout)
-        with DirectoryDownload(local_dir, call.what, progress) as target:
-            await self._receive(call, target.feed)
-            return target.finish()
+        return await self._receive_into(
+            call, lambda: DirectoryDownload(local_dir, call.what), progress)
 
-    async def _receive(self, call: Call[Any], feed: Callable[[bytes], None]) -> None:
-        """Send `call` and hand its answer's bytes to `feed` as they arrive."""
-        response = await self._send(call, stream=True)
+    async def _receive_into(self, call: Call[Any], make: Callable[[], _Sink[R]],
+                            progress: Progress | None) -> R:
+        """Send `call` and write its answer into the target `make()` opens, all of the disk
+        work (opening, each piece, the finish, the clean-up) in a worker thread so the event
+        loop never waits for the disk. A piece is written while the next one arrives, never
+        more: one piece in the thread and one held, as bounded as the sync client.
+        `progress` hears of each piece on the loop once it is written, as in the sync
+        client. Cancelled, it still lets the thread's work end and cleans up after it."""
+        loop = asyncio.get_running_loop()
+        opening = loop.run_in_executor(None, make)
+        writing: asyncio.Future[None] | None = None
+        size = 0
+
+        async def written() -> None:
+            assert writing is not None
+            await ended(writing)
+            writing.result()  # a piece refused (a hostile archive) fails the call
+            if progress is not None:
+                progress(size)
+
         try:
-            async for data in response.aiter_bytes():
-                feed(data)
-        except (httpx2.HTTPError, httpx2.StreamError) as exc:
-            raise transport_error(exc, call.what) from exc
+            await ended(opening)
+            target = opening.result()
+            response = await self._send(call, stream=True)
+            try:
+                async for data in response.aiter_bytes():
+                    if writing is not None:
+                        await written()
+                    writing = loop.run_in_executor(None, target.feed, data)
+                    size = len(data)
+                if writing is not None:
+                    await written()
+            except (httpx2.HTTPError, httpx2.StreamError) as exc:
+                raise transport_error(exc, call.what) from exc
+            finally:
+                await response.aclose()
+            return await off_loop(target.finish)
         finally:
-            await response.aclose()
+            try:
+                if writing is not None:
+                    # Left early: the piece in the thread ends before the target is closed.
+                    await ended(writing)
+                    writing.exception()  # retrieved: the error that matters is raised
+            finally:
+                # `opening` is done here (ended() saw to it); without a target there is
+                # nothing to close, and its error is the one raised.
+                if opening.exception() is None:
+                    await off_loop(opening.result().__exit__, None, None, None)
 
     async def stat(self, path: str) -> FileStat:
         """Type, size, permission bits and mtime of a workspace path (SandboxClient.stat)."""
