@@ -17,13 +17,13 @@ import builtins
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from types import TracebackType
-from typing import IO, Any, Protocol, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx2
 
-from agentic_sandbox._aio import ended, in_thread, off_loop
+from agentic_sandbox._aio import in_thread, off_loop
 from agentic_sandbox._backends.base import Endpoint
 from agentic_sandbox._base import DEFAULT, BaseClient, ProcessHandle, State, Timeout
 from agentic_sandbox._exceptions import BackendUnavailableError, SandboxError
@@ -77,6 +77,7 @@ from agentic_sandbox._transfer import (
     FileDownload,
     Progress,
     counting,
+    write_off_loop,
 )
 from sandbox_common import contract
 
@@ -85,20 +86,8 @@ __all__ = ["AsyncCommandStream", "AsyncProcess", "AsyncSandboxClient"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-R = TypeVar("R", covariant=True)
 
 _releasing: set[asyncio.Future[None]] = set()  # backends being closed after a failed open
-
-
-class _Sink(Protocol[R]):
-    """Where a download is written on this machine (agentic_sandbox._transfer's
-    FileDownload and DirectoryDownload): blocking calls, made off the event loop."""
-
-    def feed(self, data: bytes) -> None: ...
-
-    def finish(self) -> R: ...
-
-    def __exit__(self, *exc_info: object) -> None: ...
 
 
 class AsyncCommandStream(CommandOutput):
@@ -384,7 +373,8 @@ class AsyncSandboxClient(BaseClient):
         """Stream a workspace file to a local file (SandboxClient.download_file; written off
         the event loop)."""
         call = download_call(remote_path, self.request_timeout)
-        return await self._receive_into(call, lambda: FileDownload(local_path), progress)
+        return await write_off_loop(lambda: FileDownload(local_path),
+                                    lambda feed: self._receive(call, feed), progress)
 
     async def upload_dir(self, local_dir: str | os.PathLike[str], remote_dir: str, *,
                          progress: Progress | None = None) -> ArchiveSummary:
@@ -396,57 +386,20 @@ class AsyncSandboxClient(BaseClient):
                            progress: Progress | None = None) -> ArchiveSummary:
         """Download a workspace directory's tree (SandboxClient.download_dir)."""
         call = archive_out_call(remote_dir, self.request_timeout)
-        return await self._receive_into(
-            call, lambda: DirectoryDownload(local_dir, call.what), progress)
+        return await write_off_loop(lambda: DirectoryDownload(local_dir, call.what),
+                                    lambda feed: self._receive(call, feed), progress)
 
-    async def _receive_into(self, call: Call[Any], make: Callable[[], _Sink[R]],
-                            progress: Progress | None) -> R:
-        """Send `call` and write its answer into the target `make()` opens, all of the disk
-        work (opening, each piece, the finish, the clean-up) in a worker thread so the event
-        loop never waits for the disk. A piece is written while the next one arrives, never
-        more: one piece in the thread and one held, as bounded as the sync client.
-        `progress` hears of each piece on the loop once it is written, as in the sync
-        client. Cancelled, it still lets the thread's work end and cleans up after it."""
-        loop = asyncio.get_running_loop()
-        opening = loop.run_in_executor(None, make)
-        writing: asyncio.Future[None] | None = None
-        size = 0
-
-        async def written() -> None:
-            assert writing is not None
-            await ended(writing)
-            writing.result()  # a piece refused (a hostile archive) fails the call
-            if progress is not None:
-                progress(size)
-
+    async def _receive(self, call: Call[Any],
+                       feed: Callable[[bytes], Awaitable[None]]) -> None:
+        """Send `call` and hand its answer's bytes to `feed` as they arrive."""
+        response = await self._send(call, stream=True)
         try:
-            await ended(opening)
-            target = opening.result()
-            response = await self._send(call, stream=True)
-            try:
-                async for data in response.aiter_bytes():
-                    if writing is not None:
-                        await written()
-                    writing = loop.run_in_executor(None, target.feed, data)
-                    size = len(data)
-                if writing is not None:
-                    await written()
-            except (httpx2.HTTPError, httpx2.StreamError) as exc:
-                raise transport_error(exc, call.what) from exc
-            finally:
-                await response.aclose()
-            return await off_loop(target.finish)
+            async for data in response.aiter_bytes():
+                await feed(data)
+        except (httpx2.HTTPError, httpx2.StreamError) as exc:
+            raise transport_error(exc, call.what) from exc
         finally:
-            try:
-                if writing is not None:
-                    # Left early: the piece in the thread ends before the target is closed.
-                    await ended(writing)
-                    writing.exception()  # retrieved: the error that matters is raised
-            finally:
-                # `opening` is done here (ended() saw to it); without a target there is
-                # nothing to close, and its error is the one raised.
-                if opening.exception() is None:
-                    await off_loop(opening.result().__exit__, None, None, None)
+            await response.aclose()
 
     async def stat(self, path: str) -> FileStat:
         """Type, size, permission bits and mtime of a workspace path (SandboxClient.stat)."""
