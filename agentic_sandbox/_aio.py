@@ -1,8 +1,9 @@
-"""Awaiting blocking work from asyncio without the default executor's bound.
+"""Awaiting blocking work from asyncio: without the default executor's bound (`in_thread`),
+and to its very end even if the awaiting task is cancelled (`off_loop`, `ended`).
 
-Used by AsyncSandboxClient (a backend's open() and close(): runsc, the Kubernetes API) and
-by the async channel transport (a channel's factory may start a `runsc exec`). Nothing here
-knows about sandboxes.
+Used by AsyncSandboxClient (a backend's open() and close(): runsc, the Kubernetes API; the
+local files of downloads and uploads) and by the async channel transport (a channel's factory
+may start a `runsc exec`). Nothing here knows about sandboxes.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["in_thread"]
+__all__ = ["ended", "in_thread", "off_loop"]
 
 T = TypeVar("T")
 
@@ -49,3 +50,26 @@ async def in_thread(function: Callable[[], T]) -> T:
     threading.Thread(target=work, name="agentic-sandbox-io", daemon=True).start()
     return await future
 
+
+
+async def ended(future: asyncio.Future[Any]) -> None:
+    """Wait until `future` (work running in a thread) is done, even if the awaiting task is
+    cancelled meanwhile: a thread cannot be stopped, and whatever it writes to must not be
+    closed under it. The cancellation is passed on once the work ended; the work's own
+    outcome stays in `future`."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait((future,))
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+async def off_loop(function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)` in a worker thread (the loop's default executor, for short blocking
+    work such as a file write), awaited to its end (`ended`); its result or error."""
+    future = asyncio.get_running_loop().run_in_executor(None, function, *args)
+    await ended(future)
+    return future.result()

@@ -17,13 +17,13 @@ import builtins
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from types import TracebackType
 from typing import IO, Any, TypeVar
 
 import httpx2
 
-from agentic_sandbox._aio import in_thread
+from agentic_sandbox._aio import in_thread, off_loop
 from agentic_sandbox._backends.base import Endpoint
 from agentic_sandbox._base import DEFAULT, BaseClient, ProcessHandle, State, Timeout
 from agentic_sandbox._exceptions import BackendUnavailableError, SandboxError
@@ -77,6 +77,7 @@ from agentic_sandbox._transfer import (
     FileDownload,
     Progress,
     counting,
+    write_off_loop,
 )
 from sandbox_common import contract
 
@@ -358,18 +359,22 @@ class AsyncSandboxClient(BaseClient):
 
     async def upload_file(self, local_path: str | os.PathLike[str], remote_path: str, *,
                           progress: Progress | None = None) -> None:
-        """Stream a local file into the workspace (SandboxClient.upload_file)."""
-        with open(local_path, "rb") as file:
+        """Stream a local file into the workspace (SandboxClient.upload_file; the file is
+        opened and read off the event loop)."""
+        file: IO[bytes] = await off_loop(open, local_path, "rb")
+        try:
             await self.write(remote_path,
                              file if progress is None else counting(file, progress))
+        finally:
+            await off_loop(file.close)
 
     async def download_file(self, remote_path: str, local_path: str | os.PathLike[str], *,
                             progress: Progress | None = None) -> int:
-        """Stream a workspace file to a local file (SandboxClient.download_file)."""
+        """Stream a workspace file to a local file (SandboxClient.download_file; written off
+        the event loop)."""
         call = download_call(remote_path, self.request_timeout)
-        with FileDownload(local_path, progress) as target:
-            await self._receive(call, target.feed)
-            return target.finish()
+        return await write_off_loop(lambda: FileDownload(local_path),
+                                    lambda feed: self._receive(call, feed), progress)
 
     async def upload_dir(self, local_dir: str | os.PathLike[str], remote_dir: str, *,
                          progress: Progress | None = None) -> ArchiveSummary:
@@ -381,16 +386,16 @@ class AsyncSandboxClient(BaseClient):
                            progress: Progress | None = None) -> ArchiveSummary:
         """Download a workspace directory's tree (SandboxClient.download_dir)."""
         call = archive_out_call(remote_dir, self.request_timeout)
-        with DirectoryDownload(local_dir, call.what, progress) as target:
-            await self._receive(call, target.feed)
-            return target.finish()
+        return await write_off_loop(lambda: DirectoryDownload(local_dir, call.what),
+                                    lambda feed: self._receive(call, feed), progress)
 
-    async def _receive(self, call: Call[Any], feed: Callable[[bytes], None]) -> None:
+    async def _receive(self, call: Call[Any],
+                       feed: Callable[[bytes], Awaitable[None]]) -> None:
         """Send `call` and hand its answer's bytes to `feed` as they arrive."""
         response = await self._send(call, stream=True)
         try:
             async for data in response.aiter_bytes():
-                feed(data)
+                await feed(data)
         except (httpx2.HTTPError, httpx2.StreamError) as exc:
             raise transport_error(exc, call.what) from exc
         finally:

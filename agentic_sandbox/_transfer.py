@@ -7,7 +7,9 @@ Extractor, the very code the runtime extracts with: absolute names, `..`, symlin
 out of the target directory, hard links and devices are refused, nothing is written under a
 symlink, and a refused or broken stream leaves the target directory as it was. A file
 comes back through a hidden temporary file renamed into place. Nothing here holds more than
-one chunk of a transfer in memory.
+one chunk of a transfer in memory (`write_off_loop`, for the async client: two, one being
+written in a worker thread and the next one arriving), and nothing here touches the disk on
+an event loop's thread.
 """
 
 from __future__ import annotations
@@ -15,18 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, Protocol, TypeVar, cast
 
+from agentic_sandbox._aio import ended, off_loop
 from agentic_sandbox._exceptions import SandboxError
 from agentic_sandbox._models import ArchiveSummary
 from sandbox_common.tarstream import ArchiveError, Extractor, tree_stream
 
 __all__ = ["AsyncBody", "DirectoryDownload", "DirectoryUpload", "FileDownload", "Progress",
-           "counting"]
+           "counting", "write_off_loop"]
 
 Progress = Callable[[int], None]
+R = TypeVar("R", covariant=True)
 ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
@@ -141,6 +145,61 @@ class FileDownload:
             self._file = None
             with contextlib.suppress(FileNotFoundError):
                 self.partial.unlink()
+
+
+class Sink(Protocol[R]):
+    """Where a download is written (FileDownload, DirectoryDownload): blocking calls."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def finish(self) -> R: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+
+async def write_off_loop(
+        make: Callable[[], Sink[R]],
+        receive: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]],
+        progress: Progress | None = None) -> R:
+    """An async download: `receive(feed)` awaits `feed(piece)` for each piece of the answer;
+    all of the disk work (`make()` opening the target, each piece, the finish, the clean-up)
+    runs in a worker thread, so the event loop never waits for the disk. A piece is written
+    while the next one arrives, never more. `progress` hears of each piece on the loop once
+    it is written, as in the sync client. Cancelled, it lets the work under way in the
+    thread end, then cleans up after it (the target is never closed under a write)."""
+    loop = asyncio.get_running_loop()
+    opening = loop.run_in_executor(None, make)
+    writing: asyncio.Future[None] | None = None
+    size = 0
+
+    async def written() -> None:
+        if writing is not None:
+            await ended(writing)
+            writing.result()  # a piece refused (a hostile archive) fails the download
+            if progress is not None:
+                progress(size)
+
+    async def feed(data: bytes) -> None:
+        nonlocal writing, size
+        await written()
+        writing, size = loop.run_in_executor(None, target.feed, data), len(data)
+
+    try:
+        await ended(opening)
+        target = opening.result()
+        await receive(feed)
+        await written()
+        return await off_loop(target.finish)
+    finally:
+        try:
+            if writing is not None:  # left early: the piece in the thread ends first
+                await ended(writing)
+                writing.exception()  # retrieved: the error that matters is raised
+        finally:
+            # `opening` is done here (ended() saw to it); without a target there is
+            # nothing to close, and its error is the one raised.
+            if opening.exception() is None:
+                await off_loop(opening.result().__exit__, None, None, None)
 
 
 def counting(file: IO[bytes], progress: Progress) -> IO[bytes]:

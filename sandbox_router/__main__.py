@@ -32,8 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "processes, as in the test tier); never in a cluster")
     parser.add_argument("--name-confirmation", choices=("connection", "request"),
                         help="Kubernetes source, requests without X-Sandbox-UID: confirm the "
-                             "name's uid with the API server once per client connection "
-                             "(default) or on every request (docs/router.md)")
+                             "name's uid with the API server on every request (default), or "
+                             "once per client connection (cheaper; a connection re-used "
+                             "across a re-creation of the name can reach the old pod: "
+                             "docs/router.md)")
     parser.add_argument("--insecure-no-auth", action="store_true", default=None,
                         help="start without a bearer token: anyone reaching the port may use it")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")

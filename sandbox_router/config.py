@@ -39,11 +39,13 @@ class Config:
     allow_loopback_pods: bool = False
     cluster_domain: str = "cluster.local"
     # Kubernetes source, requests without X-Sandbox-UID: when the router confirms which
-    # Sandbox uid a name means with a direct read from the API server. "connection": the first
-    # time a client connection names a sandbox, and again whenever the cache disagrees with
-    # what that connection was told; "request": for every such request (for a front that
-    # pools connections across tenants). docs/router.md has the guarantee of each.
-    name_confirmation: str = "connection"
+    # Sandbox uid a name means with a direct read from the API server. "request" (default):
+    # for every such request, so none reaches a pod whose Sandbox no longer holds the name.
+    # "connection" (opt-in, cheaper): the first time a client connection names a sandbox, and
+    # again whenever the cache disagrees with what that connection was told; a connection
+    # re-used across a re-creation of the name can reach the old pod while the watch lags.
+    # docs/router.md has the guarantee of each.
+    name_confirmation: str = "request"
     # Kubernetes source: seconds a direct read of a Sandbox may take; how many run at once.
     api_timeout: float = 5.0
     api_concurrency: int = 8

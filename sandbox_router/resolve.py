@@ -6,10 +6,11 @@ Called by ``proxy`` for each request through ``Resolver.resolve``, which asks a 
 A watch cache lags: after a Sandbox is deleted and made again under the same name, the cache
 may still hold the old one, whose pod keeps serving while it terminates. So a record carries
 the Sandbox's uid, and the Resolver forwards only to the uid the request means: the one its
-``X-Sandbox-UID`` names, else the one a direct (consistent) read from the API server returned
-after the client's connection first named the sandbox (``identity``; docs/router.md states the
-guarantee). It refuses a Sandbox whose record says it is not Ready or is being deleted, except
-one that sleeps (idle): a request for it waits for the `waker` (``idle``) to wake it.
+``X-Sandbox-UID`` names, else the one a direct (consistent) read from the API server returned,
+begun after the request arrived (or, with the opt-in ``connection`` memory, after the client's
+connection first named the sandbox: ``identity``; docs/router.md states the guarantee of each).
+It refuses a Sandbox whose record says it is not Ready or is being deleted, except one that
+sleeps (idle): a request for it waits for the `waker` (``idle``) to wake it.
 
 What it must not do: connect to anything (``proxy`` does, only to a ``Target`` from here),
 take an address or host from a caller, or hand out an address the ``AddressPolicy`` refuses.
@@ -111,9 +112,9 @@ class Resolver:
 
     With a live source, a request is forwarded only to the Sandbox uid it means: the one its
     X-Sandbox-UID names, else the one a read begun after the request arrived returned (for
-    every request when no `connection` memory is given, else once per connection and name,
-    and again whenever the cache shows another uid). `on_read(reason, result)` is told of
-    every direct read (metrics).
+    every request when no `connection` memory is given, as by default; else once per
+    connection and name, and again whenever the cache shows another uid).
+    `on_read(reason, result)` is told of every direct read (metrics).
     """
 
     def __init__(self, source: Source, policy: AddressPolicy, *,

@@ -157,6 +157,9 @@ EXISTING: dict[str, str] = {
     "tests/unit/test_router_resolve.py::test_static_source_refuses_bad_files": "router",
     "tests/unit/test_router_resolve.py::test_static_loopback_needs_the_explicit_flag": "router",
     "tests/unit/test_router_resolve.py::test_cache_ignores_errors_and_malformed_events": "router",
+    # finding 20: a name-only connection re-used across a re-creation of the name
+    "tests/http/test_router_identity.py::test_a_name_only_connection_reused_across_a_recreation_reaches_the_new_pod":
+        "router",
     # local runsc backend
     "tests/dataplane/test_client_local_isolation.py::test_no_connection_to_host_loopback": "local",
     "tests/dataplane/test_client_local_isolation.py::test_no_route_to_any_outside_address":

@@ -5,6 +5,10 @@ router's cache shows the old Sandbox `sb` (uid OLD, pod at 127.0.0.2) after the 
 already has the new one (uid NEW, pod at 127.0.0.3). Both "pods" are echo servers on the same
 port, each saying who it is. Every request must reach NEW's pod or be refused (409, or 503
 with Retry-After), never OLD's; X-Sandbox-UID never reaches a pod.
+
+The module's router runs with the defaults (a name-only request is confirmed by a read of its
+own); `connection_url` is a second router on the same API server with the opt-in
+`--name-confirmation connection`, whose guarantee and documented gap are tested at the end.
 """
 
 from __future__ import annotations
@@ -121,7 +125,7 @@ def test_a_client_naming_a_deleted_uid_gets_409_and_nothing_is_forwarded(world):
     assert (len(world["old"].requests), len(world["new"].requests)) == (olds, news)
 
 
-def test_a_name_only_client_on_a_fresh_connection_reaches_the_new_pod(world):
+def test_by_default_every_name_only_request_is_confirmed_and_reaches_the_new_pod(world):
     replaced(world, "name-1")
     api, olds = world["api"], len(world["old"].requests)
     reads = len(api.gets)
@@ -129,10 +133,7 @@ def test_a_name_only_client_on_a_fresh_connection_reaches_the_new_pod(world):
         answers = [session.get(world["url"] + "/", headers=headers(world, "name-1"), timeout=5)
                    for _ in range(3)]
     assert [served_by(a) for a in answers] == [NEW_IP] * 3
-    assert len(api.gets) == reads + 1, "confirmed once for the connection"
-    with requests.Session() as other:
-        assert served_by(other.get(world["url"] + "/", headers=headers(world, "name-1"),
-                                   timeout=5)) == NEW_IP
+    assert len(api.gets) == reads + 3, "one read per name-only request"
     assert len(world["old"].requests) == olds
 
 
@@ -180,32 +181,64 @@ def test_a_malformed_uid_is_a_400(world, uid):
 def test_reads_are_counted_in_metrics(world):
     text = requests.get(world["url"] + "/metrics", timeout=5).text
     assert 'sandbox_router_sandbox_reads_total{reason="uid",result="found"}' in text
+    assert 'sandbox_router_sandbox_reads_total{reason="request",result="found"}' in text
+
+
+def test_a_name_only_connection_reused_across_a_recreation_reaches_the_new_pod(world):
+    """Security finding 20: one keep-alive connection, name only, kept across a deletion and
+    re-creation of the name while the router's watch still shows the old Sandbox (a gateway
+    pooling connections, or a client re-using its session). The default router reads the
+    name for the second request too, so it reaches the new tenant's pod."""
+    name = "shared-1"
+    known(world, name, place(world, name, OLD_IP)["metadata"]["uid"])
+    olds = len(world["old"].requests)
+    with requests.Session() as session:
+        first = session.get(world["url"] + "/", headers=headers(world, name), timeout=5)
+        assert served_by(first) == OLD_IP  # the name is OLD's, and the cache says so
+        world["api"].delete("default", name)
+        place(world, name, NEW_IP)  # the router's watch holds both events back
+        again = session.get(world["url"] + "/", headers=headers(world, name), timeout=5)
+        assert served_by(again) == NEW_IP
+    assert len(world["old"].requests) == olds + 1, "only the request sent while it was OLD's"
+
+
+@pytest.fixture(scope="module")
+def connection_url(world, tmp_path_factory):
+    """A second router on the same API server, with the opt-in `connection` mode."""
+    with router(world["api"], tmp_path_factory.mktemp("router-connection"),
+                "--name-confirmation", "connection") as url:
+        yield url
+
+
+def test_connection_mode_confirms_a_name_once_per_fresh_connection(world, connection_url):
+    replaced(world, "conn-1")
+    api, olds = world["api"], len(world["old"].requests)
+    reads = len(api.gets)
+    with requests.Session() as session:  # one keep-alive connection, as a walkthrough client
+        answers = [session.get(connection_url + "/", headers=headers(world, "conn-1"),
+                               timeout=5) for _ in range(3)]
+    assert [served_by(a) for a in answers] == [NEW_IP] * 3
+    assert len(api.gets) == reads + 1, "confirmed once for the connection"
+    with requests.Session() as other:
+        assert served_by(other.get(connection_url + "/", headers=headers(world, "conn-1"),
+                                   timeout=5)) == NEW_IP
+    assert len(api.gets) == reads + 2, "and once for the next connection"
+    assert len(world["old"].requests) == olds
+    text = requests.get(connection_url + "/metrics", timeout=5).text
     assert 'sandbox_router_sandbox_reads_total{reason="connection",result="found"}' in text
 
 
-def test_request_mode_confirms_every_request_without_a_uid(world, tmp_path):
-    replaced(world, "strict-1")
-    api = world["api"]
-    with router(api, tmp_path, "--name-confirmation", "request") as url, \
-            requests.Session() as session:
-        reads = len(api.gets)
-        answers = [session.get(url + "/", headers=headers(world, "strict-1"), timeout=5)
-                   for _ in range(3)]
-        assert [served_by(a) for a in answers] == [NEW_IP] * 3
-        assert len(api.gets) == reads + 3
-
-
 @pytest.mark.xfail(strict=True, reason=(
-    "known gap of name_confirmation=connection (docs/router.md): a name-only client that "
-    "re-uses one keep-alive connection after the name changed hands, while the router's "
-    "watch lags, reaches the old pod; X-Sandbox-UID or --name-confirmation request close it"))
-def test_a_name_only_connection_reused_across_a_recreation_reaches_the_new_pod(world):
-    name = "shared-1"
+    "documented gap of the opt-in name_confirmation=connection (docs/router.md): a name-only "
+    "client that re-uses one keep-alive connection after the name changed hands, while the "
+    "router's watch lags, reaches the old pod; the default (request) closes it"))
+def test_connection_mode_a_reused_connection_reaches_the_new_pod(world, connection_url):
+    name = "shared-2"
     known(world, name, place(world, name, OLD_IP)["metadata"]["uid"])
     with requests.Session() as session:
-        first = session.get(world["url"] + "/", headers=headers(world, name), timeout=5)
+        first = session.get(connection_url + "/", headers=headers(world, name), timeout=5)
         assert served_by(first) == OLD_IP  # this connection now means OLD by that name
         world["api"].delete("default", name)
         place(world, name, NEW_IP)
-        again = session.get(world["url"] + "/", headers=headers(world, name), timeout=5)
+        again = session.get(connection_url + "/", headers=headers(world, name), timeout=5)
         assert served_by(again) == NEW_IP

@@ -14,8 +14,8 @@ Retry-After); the previous tenant's marker must never change.
 Two kinds of client: ours (agentic_sandbox's Kubernetes backend, which sends X-Sandbox-UID),
 and a walkthrough-era one (plain requests with X-Sandbox-ID/-Namespace/-Port and the token,
 waiting for the Sandbox to be Ready as agentic_sandbox v0.1.0 does): on a fresh connection to
-the default router, and on one connection kept across all trials to a router with
-`--name-confirmation request`.
+a router with the opt-in `--name-confirmation connection`, and on one connection kept across
+all trials to the default router (a read per name-only request).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ CLAIMS = ("extensions.agents.x-k8s.io", "v1alpha1", "sandboxclaims")
 
 @dataclass
 class Routers:
-    """Two real routers over one held watch: the default (connection) mode, and request."""
+    """Two real routers over one held watch: the opt-in connection mode, and the default
+    (request)."""
 
     connection: str
     request: str
@@ -80,8 +81,8 @@ def routers(metacontroller_stack, namespace, tmp_path: Path) -> Iterator[Routers
                 "--source", "kubernetes", "--namespace", namespace, "--allow-loopback-pods",
                 "--token-file", str(tmp_path / "token"), *extra]
 
-    with serve(argv(ports[0]), ports[0], env=env), \
-            serve(argv(ports[1], "--name-confirmation", "request"), ports[1], env=env):
+    with serve(argv(ports[0], "--name-confirmation", "connection"), ports[0], env=env), \
+            serve(argv(ports[1]), ports[1], env=env):
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         for url in urls:
             deadline = time.monotonic() + 30
@@ -200,7 +201,7 @@ def test_walkthrough_era_clients_reach_only_the_new_tenants_pod(
             # The same client style on the connection it kept from the first tenant on.
             assert execute(kept, routers.request, plain, "cat tenant.txt", tenant,
                            seen) == tenant.uid
-            # What our client sends: the uid, on that kept connection, to the default router.
+            # What our client sends: the uid, on that kept connection, to the other router.
             with_uid = {**plain, "X-Sandbox-UID": tenant.uid}
             assert execute(kept, routers.connection, with_uid, "cat tenant.txt", tenant,
                            seen) == tenant.uid
@@ -213,7 +214,7 @@ def test_walkthrough_era_clients_reach_only_the_new_tenants_pod(
         routers.hold.unlink(missing_ok=True)
         kept.close()
     assert trials == len(DELAYS) * ROUNDS
-    # The stale cache was met: the default router had to read for each fresh connection.
+    # The stale cache was met: the connection router had to read for each fresh connection.
     assert routers.reads(routers.connection, "connection") - before >= trials
     print(f"\n{trials} re-creations; answers: {len(seen)} "
           f"({seen.count('200')} served by the new pod, {seen.count('503')} refused 503)")

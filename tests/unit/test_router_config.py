@@ -14,8 +14,9 @@ def test_defaults_are_secure():
     assert config.port == 8080
     assert config.default_port == 8888
     assert config.default_namespace == "default"
-    # A name-only request is confirmed with the API server (once per connection) by default.
-    assert config.name_confirmation == "connection"
+    # A name-only request is confirmed with the API server by a read of its own by default
+    # (security finding 20: not once per connection, which a re-used connection outlives).
+    assert config.name_confirmation == "request"
     assert config.test_watch_hold_file == ""
 
 
