@@ -41,6 +41,7 @@ from agentic_sandbox._protocol import (
     decode,
     health_call,
     replay_allowed,
+    retry_wait,
     status_error,
     timeout_of,
     transport_error,
@@ -244,19 +245,27 @@ class SandboxClient(BaseClient):
         http, endpoint = self._http, self._endpoint
         if self._state is not State.OPEN or http is None or endpoint is None:
             raise self._not_open()
-        attempt = 0
+        attempt, started = 0, time.monotonic()
         while True:
             request = http.build_request(call.method, call.path, json=call.json,
                                          files=call.files, content=call.content,
                                          headers=call.headers, timeout=timeout_of(call))
             try:
                 response = http.send(request, stream=stream)
-                break
             except httpx2.HTTPError as exc:
                 if not replay_allowed(call, exc, attempt):
                     raise transport_error(exc, call.what) from exc
                 log.debug("sending %s again after %r", call.what, exc)
                 attempt += 1
+                continue
+            wait = retry_wait(call, response.status_code, response.headers,
+                              elapsed=time.monotonic() - started,
+                              budget=self.sandbox_ready_timeout, now=time.time())
+            if wait is None:
+                break
+            response.close()
+            log.debug("sending %s again in %.1fs after a 503 (waking up?)", call.what, wait)
+            time.sleep(wait)
         if response.status_code >= 400:
             try:
                 body = response.content if not stream else _first_bytes(response)
