@@ -44,7 +44,6 @@ from agentic_sandbox._protocol import (
     decode,
     health_call,
     replay_allowed,
-    retry_wait,
     status_error,
     timeout_of,
     transport_error,
@@ -306,10 +305,7 @@ class AsyncSandboxClient(BaseClient):
                 log.debug("sending %s again after %r", call.what, exc)
                 attempt += 1
                 continue
-            wait = retry_wait(call, response.status_code, response.headers,
-                              elapsed=time.monotonic() - started,
-                              budget=self.sandbox_ready_timeout, now=time.time())
-            if wait is None:
+            if (wait := self._resend_wait(call, response, started)) is None:
                 break
             await response.aclose()
             log.debug("sending %s again in %.1fs after a 503 (waking up?)", call.what, wait)

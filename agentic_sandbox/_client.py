@@ -41,7 +41,6 @@ from agentic_sandbox._protocol import (
     decode,
     health_call,
     replay_allowed,
-    retry_wait,
     status_error,
     timeout_of,
     transport_error,
@@ -173,7 +172,8 @@ class SandboxClient(BaseClient):
         namespace: the Kubernetes namespace of the claim (locally: only recorded).
         backend: "local", "kubernetes", "auto" (the default: see choose_backend) or a
             Backend object.
-        sandbox_ready_timeout: seconds to wait for a ready sandbox on enter.
+        sandbox_ready_timeout: seconds to wait for a ready sandbox on enter, and at most for
+            one call to get past 503s with Retry-After (a suspended sandbox waking up).
         request_timeout: seconds a file call or health check may take (None: no limit).
         run_timeout: default command timeout for run() and stream() (the runtime kills the
             command's process tree when it passes); None leaves it to the runtime (60 s).
@@ -258,10 +258,7 @@ class SandboxClient(BaseClient):
                 log.debug("sending %s again after %r", call.what, exc)
                 attempt += 1
                 continue
-            wait = retry_wait(call, response.status_code, response.headers,
-                              elapsed=time.monotonic() - started,
-                              budget=self.sandbox_ready_timeout, now=time.time())
-            if wait is None:
+            if (wait := self._resend_wait(call, response, started)) is None:
                 break
             response.close()
             log.debug("sending %s again in %.1fs after a 503 (waking up?)", call.what, wait)
