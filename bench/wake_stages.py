@@ -174,7 +174,12 @@ def summary(samples: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return out
 
 
+NAMES = {"wake_written": "wake written", "resumed": "Resumed", "pod_created": "pod created",
+         "pod_bound": "pod bound", "pod_running": "pod Running", "pod_ready": "pod Ready",
+         "sandbox_ready": "Sandbox Ready", "answered": "answered"}
+
+
 def describe(stats: dict[str, dict[str, float]]) -> str:
-    """One line for the notes: each stage's median."""
-    return "; ".join(f"{STAGES[k].split(' (')[0]} {v['p50_ms']:.0f} ms"
-                     for k, v in stats.items())
+    """One line for the notes: the median time until each milestone, from the one before it
+    (a warm wake has no pod steps: its Sandbox Ready counts from Resumed)."""
+    return "; ".join(f"until {NAMES[k]} {v['p50_ms']:.0f} ms" for k, v in stats.items())
