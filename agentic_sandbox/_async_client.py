@@ -290,7 +290,7 @@ class AsyncSandboxClient(BaseClient):
         http, endpoint = self._http, self._endpoint
         if self._state is not State.OPEN or http is None or endpoint is None:
             raise self._not_open()
-        attempt = 0
+        attempt, started = 0, time.monotonic()
         while True:
             content = call.content
             if content is not None and not isinstance(content, bytes):
@@ -300,12 +300,17 @@ class AsyncSandboxClient(BaseClient):
                                          headers=call.headers, timeout=timeout_of(call))
             try:
                 response = await http.send(request, stream=stream)
-                break
             except httpx2.HTTPError as exc:
                 if not replay_allowed(call, exc, attempt):
                     raise transport_error(exc, call.what) from exc
                 log.debug("sending %s again after %r", call.what, exc)
                 attempt += 1
+                continue
+            if (wait := self._resend_wait(call, response, started)) is None:
+                break
+            await response.aclose()
+            log.debug("sending %s again in %.1fs after a 503 (waking up?)", call.what, wait)
+            await asyncio.sleep(wait)
         if response.status_code >= 400:
             try:
                 body = await _first_bytes(response)

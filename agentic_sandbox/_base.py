@@ -13,11 +13,15 @@ from __future__ import annotations
 import enum
 import os
 import threading
-from typing import Final, Generic, TypeVar
+import time
+from typing import Any, Final, Generic, TypeVar
+
+import httpx2
 
 from agentic_sandbox._backends.base import Backend, Endpoint
 from agentic_sandbox._backends.choice import choose_backend, make_backend
 from agentic_sandbox._options import KubernetesOptions, LocalOptions
+from agentic_sandbox._protocol import Call, retry_wait
 from sandbox_common.durations import idle_timeout_seconds
 
 __all__ = ["DEFAULT", "BaseClient", "ProcessHandle", "State", "Timeout"]
@@ -118,6 +122,14 @@ class BaseClient:
         if value is not None and not value > 0:
             raise ValueError(f"timeout must be positive or None, not {value!r}")
         return value  # type: ignore[return-value]
+
+    def _resend_wait(self, call: Call[Any], response: httpx2.Response,
+                     started: float) -> float | None:
+        """retry_wait() for a call first sent at `started` (time.monotonic()): seconds to
+        wait before sending it again after this answer, or None to keep the answer."""
+        return retry_wait(call, response.status_code, response.headers,
+                          elapsed=time.monotonic() - started,
+                          budget=self.sandbox_ready_timeout, now=time.time())
 
 
 ClientT = TypeVar("ClientT", bound=BaseClient)

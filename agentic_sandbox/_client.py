@@ -172,7 +172,8 @@ class SandboxClient(BaseClient):
         namespace: the Kubernetes namespace of the claim (locally: only recorded).
         backend: "local", "kubernetes", "auto" (the default: see choose_backend) or a
             Backend object.
-        sandbox_ready_timeout: seconds to wait for a ready sandbox on enter.
+        sandbox_ready_timeout: seconds to wait for a ready sandbox on enter, and at most for
+            one call to get past 503s with Retry-After (a suspended sandbox waking up).
         request_timeout: seconds a file call or health check may take (None: no limit).
         run_timeout: default command timeout for run() and stream() (the runtime kills the
             command's process tree when it passes); None leaves it to the runtime (60 s).
@@ -248,19 +249,24 @@ class SandboxClient(BaseClient):
         http, endpoint = self._http, self._endpoint
         if self._state is not State.OPEN or http is None or endpoint is None:
             raise self._not_open()
-        attempt = 0
+        attempt, started = 0, time.monotonic()
         while True:
             request = http.build_request(call.method, call.path, json=call.json,
                                          files=call.files, content=call.content,
                                          headers=call.headers, timeout=timeout_of(call))
             try:
                 response = http.send(request, stream=stream)
-                break
             except httpx2.HTTPError as exc:
                 if not replay_allowed(call, exc, attempt):
                     raise transport_error(exc, call.what) from exc
                 log.debug("sending %s again after %r", call.what, exc)
                 attempt += 1
+                continue
+            if (wait := self._resend_wait(call, response, started)) is None:
+                break
+            response.close()
+            log.debug("sending %s again in %.1fs after a 503 (waking up?)", call.what, wait)
+            time.sleep(wait)
         if response.status_code >= 400:
             try:
                 body = response.content if not stream else _first_bytes(response)

@@ -4,6 +4,7 @@ Used by SandboxClient (agentic_sandbox._client), which does the IO with httpx's 
 client, and AsyncSandboxClient (agentic_sandbox._async_client), which does it with httpx's
 AsyncClient (docs/client.md, "Async client"): everything that is not IO lives here, once. A
 Call says what to send and how to read the answer; `replay_allowed()` is THE replay rule;
+`retry_wait()` is THE rule for a 503 with Retry-After (a sandbox waking up behind the router);
 `status_error()` and `transport_error()` map failures into our error tree; `command_call()`
 is run() and stream(); CommandOutput turns a streamed answer's bytes into chunks and an exit
 status. The file calls are in agentic_sandbox._protocol_files, the background-process calls
@@ -17,6 +18,8 @@ import json
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any, Final, Generic, TypeVar
 from urllib.parse import quote
 
@@ -29,10 +32,11 @@ from agentic_sandbox._exceptions import (
     SandboxTimeoutError,
 )
 from agentic_sandbox._models import ExecutionResult, OutputChunk
+from sandbox_common.contract import NOT_FORWARDED_HEADER
 
 __all__ = ["CONNECT_TIMEOUT_S", "MAX_ERROR_BODY", "RUN_GRACE_S", "Call", "CommandOutput",
            "command_call", "decode", "exit_and_signal", "health_call", "replay_allowed",
-           "status_error", "timeout_of", "transport_error", "unexpected", "url_path"]
+           "retry_wait", "status_error", "timeout_of", "transport_error", "unexpected", "url_path"]
 
 T = TypeVar("T")
 
@@ -43,6 +47,9 @@ CONNECT_TIMEOUT_S: Final = 10.0
 RUN_GRACE_S: Final = 30.0
 MAX_ERROR_BODY: Final = 64 * 1024
 ATTEMPTS: Final = 2  # a call is sent at most twice (replay_allowed says when)
+# The wait between two sends after a 503 with Retry-After, whatever the header says.
+MIN_RETRY_WAIT_S: Final = 0.1
+MAX_RETRY_WAIT_S: Final = 5.0
 
 
 def url_path(path: str) -> str:
@@ -106,6 +113,50 @@ def replay_allowed(call: Call[Any], exc: httpx2.HTTPError, attempt: int) -> bool
         return False
     never_sent = isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout)
     return call.method in ("GET", "HEAD") or never_sent
+
+
+def retry_wait(call: Call[Any], status: int, headers: Mapping[str, str], *, elapsed: float,
+               budget: float, now: float) -> float | None:
+    """THE rule for a 503 with Retry-After: seconds to wait before sending `call` again, or
+    None to fail with the answer now. `headers` are the answer's (case-insensitive, as
+    httpx's), `elapsed` the seconds since `call` was first sent, `budget` the most it may
+    take in all (the client's sandbox_ready_timeout), `now` the wall clock (for a
+    Retry-After given as a date).
+
+    The router answers 503 with Retry-After while a suspended sandbox wakes past its own
+    bound (and when it cannot confirm a Sandbox yet). A GET or HEAD may be sent again after
+    any such 503. A POST only when the answer says the router forwarded nothing
+    (NOT_FORWARDED_HEADER, which the router strips from a sandbox's own answers): a 503 the
+    sandbox itself sent may come after a command ran. Each wait is what Retry-After says,
+    within MIN_RETRY_WAIT_S..MAX_RETRY_WAIT_S, and none ends past `budget`.
+    """
+    if status != 503:
+        return None
+    lowered = {key.lower(): value for key, value in headers.items()}
+    header = lowered.get("retry-after")
+    if header is None:
+        return None
+    if call.method not in ("GET", "HEAD") and \
+            lowered.get(NOT_FORWARDED_HEADER.lower()) != "true":
+        return None
+    delay = _retry_after_seconds(header.strip(), now)
+    if delay is None:
+        return None
+    wait = min(max(delay, MIN_RETRY_WAIT_S), MAX_RETRY_WAIT_S)
+    return wait if elapsed + wait <= budget else None
+
+
+def _retry_after_seconds(value: str, now: float) -> float | None:
+    """Retry-After's delay-seconds, or its HTTP-date as seconds from `now`; None if neither."""
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:  # "-0000": RFC 9110 dates are GMT anyway
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp() - now
 
 
 def transport_error(exc: Exception, what: str) -> SandboxError:

@@ -293,6 +293,11 @@ def sync(
         suspended_now = suspended and lifecycle.sandbox_replicas(sandbox) > 0
         status["conditions"].append(lifecycle.suspended_condition(sandbox, suspended_now, now=now))
         status["idleTimeoutSeconds"] = timeout
+        # Also counted from the Ready of this answer: the status write that turns it Ready
+        # re-syncs nothing (ignoreStatusChanges), so no later sync would see that Ready.
+        answered = {**sandbox, "status": status}
+        if not suspended_now and (idle_at := lifecycle.idle_deadline(answered)):
+            resync.append((idle_at - now).total_seconds())
     response: SyncResponse = {"status": status, "children": children}
     delay = objects.merge_resync(*resync)
     if delay is not None:

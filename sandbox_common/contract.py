@@ -75,6 +75,10 @@ SANDBOX_TIMEOUT_HEADER = "X-Sandbox-Timeout"
 SANDBOX_UID_HEADER = "X-Sandbox-UID"
 ROUTING_HEADERS = (SANDBOX_ID_HEADER, SANDBOX_NAMESPACE_HEADER, SANDBOX_PORT_HEADER,
                    SANDBOX_TIMEOUT_HEADER, SANDBOX_UID_HEADER)
+# router -> client, on every answer the router makes itself before it forwards anything (its
+# refusals: 400, 401, 404, 409, 413, 503): the request never reached the sandbox, so sending it
+# again cannot run a command twice. The router drops this header from a sandbox's own answers.
+NOT_FORWARDED_HEADER = "X-Sandbox-Not-Forwarded"
 
 # ---- conditions -------------------------------------------------------------------------
 

@@ -50,9 +50,11 @@ class Config:
     api_timeout: float = 5.0
     api_concurrency: int = 8
     # Idle sandboxes (docs/router.md): seconds a request for a suspended Sandbox waits for it
-    # to wake before a 503; at most this many seconds between two activity reports of one
-    # Sandbox (a quarter of its idle timeout when that is shorter).
-    wake_timeout: float = 30.0
+    # to wake before a 503 with Retry-After (several times a slow cold wake; well within the
+    # read timeouts of proxies and clients; our client sends again); at most this many
+    # seconds between two activity reports of one Sandbox (a quarter of its idle timeout when
+    # that is shorter).
+    wake_timeout: float = 10.0
     activity_interval: float = 10.0
     # Kubernetes source: record Sandbox lifecycle steps as Events (events.py).
     events: bool = True

@@ -24,6 +24,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from sandbox_common.contract import NOT_FORWARDED_HEADER
 from sandbox_router.auth import TokenCheck
 from sandbox_router.config import Config
 from sandbox_router.headers import (
@@ -51,8 +52,9 @@ HOP_BY_HOP = frozenset(h.lower() for h in (
 _DROP_REQUEST = HOP_BY_HOP | frozenset(h.lower() for h in (
     *ROUTING_HEADERS, "Authorization", "Host", "Content-Length", "Expect",
 ))
-# Set by our own response writer; the upstream's Content-Length is applied separately.
-_DROP_RESPONSE = HOP_BY_HOP | frozenset(("content-length",))
+# Set by our own response writer; the upstream's Content-Length is applied separately. The
+# not-forwarded mark is ours alone: a sandbox must not make a client resend a command.
+_DROP_RESPONSE = HOP_BY_HOP | frozenset(("content-length", NOT_FORWARDED_HEADER.lower()))
 _NO_BODY_STATUS = frozenset((204, 304))
 _CHUNK = 256 * 1024
 
@@ -105,8 +107,12 @@ class Forwarder:
                     "ms": round((time.perf_counter() - started) * 1e3, 3)})
 
     def _refuse(self, reason: str, status: int, message: str) -> web.Response:
+        """An answer of the router's own, before anything was forwarded: marked so, so that
+        a client may send the request again (a 503 with Retry-After: a sandbox waking up)."""
         self.metrics.refusals.labels(reason).inc()
-        return error(status, message)
+        response = error(status, message)
+        response.headers[NOT_FORWARDED_HEADER] = "true"
+        return response
 
     def _memory(self, request: web.Request) -> ConnectionMemory | None:
         """This client connection's memory of names, or None to confirm every request."""

@@ -5,17 +5,26 @@
 
 The workspace comes from --base-dir, else SANDBOX_RUNTIME_BASE_DIR, else SANDBOX_BASE_DIR,
 else /app. Other settings come from SANDBOX_RUNTIME_* (see config.py). Logs go to stderr only.
+
+On TCP the port listens before anything else is imported (gunicorn and the app take most of
+a start): a readiness probe that arrives meanwhile waits in the listen queue and is answered
+once the worker is up, instead of being refused and retried a probe period later (1 s at
+best on Kubernetes). docs/runtime.md, "Start-up".
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import socket
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sandbox_runtime import config as config_mod
+if TYPE_CHECKING:
+    from sandbox_runtime import config as config_mod
+
+BACKLOG = 2048  # gunicorn's default listen queue
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -33,6 +42,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    listener = None
+    if not args.stdio:
+        try:
+            listener = listen(args.host, args.port)
+        except OSError as exc:
+            print(f"sandbox-runtime: cannot listen on {args.host}:{args.port}: {exc.strerror}",
+                  file=sys.stderr)
+            return 1
+    from sandbox_runtime import config as config_mod
+
     overrides: dict[str, Any] = {}
     if args.base_dir:
         overrides["base_dir"] = args.base_dir
@@ -41,10 +60,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"sandbox-runtime: {exc}", file=sys.stderr)
         return 2
-    if args.stdio:
+    if listener is None:
         from sandbox_runtime import launch
         return launch.serve_stdio(overrides)
-    return serve_tcp(overrides, cfg, args.host, args.port)
+    return serve_tcp(overrides, cfg, listener)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The TCP listener, as gunicorn would make it (SO_REUSEADDR, its backlog), made first."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 M_ARENA_MAX = -8  # glibc mallopt() parameter number
@@ -65,7 +97,9 @@ def bound_malloc() -> None:
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, 2)
 
 
-def serve_tcp(overrides: dict[str, Any], cfg: config_mod.Config, host: str, port: int) -> int:
+def serve_tcp(overrides: dict[str, Any], cfg: config_mod.Config,
+              listener: socket.socket) -> int:
+    from gunicorn import sock as gunicorn_sock
     from gunicorn.app.base import BaseApplication
 
     bound_malloc()  # before the app and the workers exist: they inherit it through fork
@@ -81,6 +115,7 @@ def serve_tcp(overrides: dict[str, Any], cfg: config_mod.Config, host: str, port
     from sandbox_runtime.app import create_app
 
     ResilientArbiter = _resilient_arbiter()
+    host, port = listener.getsockname()[:2]
     options = gunicorn_conf.settings(port, host, cfg.max_concurrent_commands + 16,
                                      cfg.log_level, workers)
 
@@ -94,7 +129,13 @@ def serve_tcp(overrides: dict[str, Any], cfg: config_mod.Config, host: str, port
             return create_app(overrides)
 
         def run(self) -> None:
-            ResilientArbiter(self).run()
+            arbiter = ResilientArbiter(self)
+            # The listener made first: gunicorn takes it over as it would an inherited one.
+            kind = gunicorn_sock.TCP6Socket if listener.family == socket.AF_INET6 \
+                else gunicorn_sock.TCPSocket
+            arbiter.LISTENERS = [kind((host, port), self.cfg, arbiter.log,
+                                      fd=listener.detach())]
+            arbiter.run()
 
     Server().run()
     return 0

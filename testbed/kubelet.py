@@ -292,8 +292,7 @@ class Kubelet(threading.Thread):
                      "--base-dir", str(workspace)],
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True,
-                    env={**os.environ, "SANDBOX_RUNTIME_WORKERS": "1",
-                         "SANDBOX_RUNTIME_LOG_LEVEL": "WARNING"})
+                    env=runtime_env())
         self._patch_status(name, running_status(address, ready=False), uid)
         deadline = time.monotonic() + READY_TIMEOUT
         url = f"http://{address}:{port}/"
@@ -396,6 +395,14 @@ class Kubelet(threading.Thread):
             self._release_node()
         if self.owns_state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def runtime_env() -> dict[str, str]:
+    """The runtime's environment: one worker, quiet, and bytecode as in the image (its `pip
+    install` compiles every module; a checkout run with PYTHONDONTWRITEBYTECODE would compile
+    the runtime's own modules again at every pod start, which no pod on a node does)."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "SANDBOX_RUNTIME_WORKERS": "1", "SANDBOX_RUNTIME_LOG_LEVEL": "WARNING"}
 
 
 def container_port(pod: Any) -> int:

@@ -134,7 +134,10 @@ class Upstream:
             return response
         if path == "/__status":
             code = int(query["code"])
-            return web.json_response({"upstream": code}, status=code)
+            # What a sandbox could send to make a client resend a command: the router's mark.
+            forged = {"Retry-After": "1", contract.NOT_FORWARDED_HEADER: "true"} \
+                if "forge" in query else {}
+            return web.json_response({"upstream": code}, status=code, headers=forged)
         if path == "/__cookie":
             response = web.json_response({"set": True})
             response.headers.add("Set-Cookie", "a=1; Path=/")

@@ -11,6 +11,7 @@ import hashlib
 import pytest
 import requests
 
+from sandbox_common import contract
 from tests.http.router_fixtures import TOKEN
 
 
@@ -162,6 +163,22 @@ def test_response_status_headers_and_body_come_back(env):
     # Hop-by-hop response headers, and those the upstream's Connection names, stay behind.
     assert "X-Private" not in response.headers
     assert "Keep-Alive" not in response.headers
+
+
+def test_only_the_router_s_own_refusals_say_nothing_was_forwarded(env):
+    """The mark lets a client resend even a command (tests/unit/test_client_retry.py): the
+    router's refusals carry it; a sandbox's own answer never does, even when it sends it."""
+    mark = contract.NOT_FORWARDED_HEADER
+    unknown = requests.get(env.url + "/", headers=env.headers("nosuch"), timeout=10)
+    assert unknown.status_code == 404 and unknown.headers[mark] == "true"
+    unauthenticated = requests.get(env.url + "/", timeout=10, headers={
+        **env.headers(), "Authorization": "Bearer wrong"})
+    assert unauthenticated.status_code == 401 and unauthenticated.headers[mark] == "true"
+    forged = requests.get(env.url + "/__status?code=503&forge=1", headers=env.headers(),
+                          timeout=10)
+    assert forged.status_code == 503 and forged.json() == {"upstream": 503}
+    assert forged.headers["Retry-After"] == "1"
+    assert mark not in forged.headers
 
 
 @pytest.mark.parametrize("code", [201, 204, 301, 404, 409, 500, 503])

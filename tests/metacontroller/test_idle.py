@@ -1,7 +1,8 @@
 """Idle sandboxes on the real loop: a Sandbox with an idle timeout suspends (its pod goes, its
 Service, name and volume stay), and the next request through the real router wakes it and is
 answered, with the files of its volume intact; concurrent requests to a suspended Sandbox
-share one wake; the client's run() on a suspended claim just works.
+share one wake; the client's run() on a suspended claim just works, also when the router's
+wake bound passes first (a 503 with Retry-After, which the client sends again, once run).
 
 kube-apiserver, Metacontroller, our hooks under gunicorn, a real `sandbox-router` (Kubernetes
 source) and the kubelet stand-in with a real `sandbox-runtime` per pod (a volume's host
@@ -12,6 +13,7 @@ Ready=True is never reported beside Suspended=True.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import secrets
 from collections.abc import Iterator
@@ -30,19 +32,26 @@ from tests.metacontroller import objects
 IDLE = "3s"
 
 
-@pytest.fixture
-def router(metacontroller_stack: MetacontrollerStack, namespace: str,
-           tmp_path: Path) -> Iterator[dict[str, Any]]:
+@contextlib.contextmanager
+def running_router(stack: MetacontrollerStack, namespace: str, tmp_path: Path, *,
+                   wake_timeout: str) -> Iterator[dict[str, Any]]:
     port = free_port()
     token = secrets.token_urlsafe(24)
     (tmp_path / "token").write_text(token)
     argv = [script("sandbox-router"), "--host", "127.0.0.1", "--port", str(port),
             "--source", "kubernetes", "--namespace", namespace, "--allow-loopback-pods",
             "--token-file", str(tmp_path / "token")]
-    env = {"KUBECONFIG": str(metacontroller_stack.plane.kubeconfig),
-           "SANDBOX_ROUTER_ACCESS_LOG": "false", "SANDBOX_ROUTER_WAKE_TIMEOUT": "60"}
+    env = {"KUBECONFIG": str(stack.plane.kubeconfig),
+           "SANDBOX_ROUTER_ACCESS_LOG": "false", "SANDBOX_ROUTER_WAKE_TIMEOUT": wake_timeout}
     with serve(argv, port, env=env):
         yield {"url": f"http://127.0.0.1:{port}", "token": token}
+
+
+@pytest.fixture
+def router(metacontroller_stack: MetacontrollerStack, namespace: str,
+           tmp_path: Path) -> Iterator[dict[str, Any]]:
+    with running_router(metacontroller_stack, namespace, tmp_path, wake_timeout="60") as r:
+        yield r
 
 
 @pytest.fixture
@@ -78,8 +87,8 @@ def never_ready_while_suspended(recorder: Recorder) -> list[dict[str, Any]]:
     return states
 
 
-def wakes(router: dict[str, Any]) -> float:
-    prefix = 'sandbox_router_wakes_total{result="written"} '
+def wakes(router: dict[str, Any], result: str = "written") -> float:
+    prefix = f'sandbox_router_wakes_total{{result="{result}"}} '
     for line in requests.get(router["url"] + "/metrics", timeout=5).text.splitlines():
         if line.startswith(prefix):
             return float(line[len(prefix):])
@@ -181,4 +190,27 @@ def test_concurrent_requests_to_a_suspended_claim_share_one_wake_and_the_client_
         stack.wait_for("sandbox", claim, suspended, namespace=namespace, timeout=60)
         assert sandbox.run("echo again").stdout == "again\n"
         assert wakes(router) == 2
+    never_ready_while_suspended(recorder)
+
+
+def test_the_client_sends_a_command_again_after_the_router_s_wake_bound_and_it_runs_once(
+        metacontroller_stack, namespace, kubelet, recorder, tmp_path):
+    """The router gives up on each wait after 0.05 s (a 503 with Retry-After, marked as
+    forwarded nowhere): the client's run() still gets the command's answer, run once."""
+    stack = metacontroller_stack
+    template = objects.template()
+    template["spec"]["idleTimeout"] = IDLE
+    stack.apply(template, namespace)
+    with running_router(stack, namespace, tmp_path, wake_timeout="0.05") as router, \
+            SandboxClient(template_name=objects.TEMPLATE, namespace=namespace,
+                          backend="kubernetes", api_url=router["url"],
+                          router_token=router["token"], kubeconfig=stack.plane.kubeconfig,
+                          sandbox_ready_timeout=60) as sandbox:
+        assert sandbox.run("echo hello").stdout == "hello\n"
+        (claim,) = [c["metadata"]["name"] for c in stack.list("sandboxclaim", namespace)]
+        stack.wait_for("sandbox", claim, suspended, namespace=namespace, timeout=60)
+        result = sandbox.run("echo once >> ran && cat ran")
+        assert (result.exit_code, result.stdout) == (0, "once\n")
+        assert wakes(router, "timeout") >= 1, "the router answered 503 at least once"
+        assert wakes(router) == 1
     never_ready_while_suspended(recorder)

@@ -1,8 +1,8 @@
 """A fake Backend for the client's unit tests: requests answered in memory, no sockets.
 
 FakeTransport plays the transport (as httpx's MockTransport): a handler gets each request
-(as a Sent record) and returns (status, body) or raises an httpx exception; every request is
-recorded with its timeouts.
+(as a Sent record) and returns (status, body), or (status, body, headers), or raises an httpx
+exception; every request is recorded with its timeouts.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Sent:
     body: bytes
 
 
-Handler = Callable[[Sent], tuple[int, Any]]
+Handler = Callable[[Sent], tuple[Any, ...]]
 
 
 class FakeTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
@@ -44,12 +44,13 @@ class FakeTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
                     request.read())
         self.requests.append(sent)
         self.timeouts.append(request.extensions.get("timeout", {}))
-        status, body = self.handler(sent)
+        status, body, *more = self.handler(sent)
+        extra = more[0] if more else {}
         if isinstance(body, bytes):
             return httpx2.Response(status, content=body,
-                                   headers={"Content-Type": "application/octet-stream"})
+                                   headers={"Content-Type": "application/octet-stream", **extra})
         return httpx2.Response(status, content=json.dumps(body).encode(),
-                               headers={"Content-Type": "application/json"})
+                               headers={"Content-Type": "application/json", **extra})
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         await request.aread()

@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from hooks import lifecycle, objects, sandbox
+from testbed.hookrequests import owned, sync_request, with_pod_status
 from testbed.hookrequests import sandbox as make_sandbox
-from testbed.hookrequests import sync_request
 from tests.metacontroller_sim import Cluster
 from tests.unit.test_hooks_scenarios import claim, pool, ready_reason, template
 
@@ -158,6 +158,19 @@ def test_the_hook_asks_to_be_called_back_when_the_sandbox_would_turn_idle():
     answer = sandbox.sync({"controller": {}, "parent": box,
                            "children": {}, "related": {}}, now=cluster.now)
     assert answer["resyncAfterSeconds"] == pytest.approx(40)
+
+
+def test_the_answer_that_turns_it_ready_asks_to_be_called_back_at_its_idle_deadline():
+    """Metacontroller does not re-sync a Sandbox for its own status write (ignoreStatusChanges),
+    so the answer that turns it Ready must schedule the suspension itself: a Sandbox that
+    never gets a request must still suspend after its idle timeout."""
+    made = make_sandbox("s", idleTimeout="30s", created="2026-01-01T00:00:00Z")
+    first = sandbox.sync(sync_request(made), now=START)
+    (pod,) = [c for c in first["children"] if c["kind"] == "Pod"]
+    ready_pod = with_pod_status(owned(pod, made), ready=True)
+    answer = sandbox.sync(sync_request(made, [ready_pod]), now=START + timedelta(seconds=5))
+    assert ready_reason(answer) == ("True", objects.SANDBOX_READY)
+    assert answer["resyncAfterSeconds"] == pytest.approx(30)
 
 
 def test_activity_written_after_a_suspension_does_not_wake_it_only_the_token_does():
