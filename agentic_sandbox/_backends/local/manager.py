@@ -28,7 +28,6 @@ from agentic_sandbox._backends.local.runsc import (
     runsc_binary,
 )
 from agentic_sandbox._backends.local.sandbox import LocalSandbox
-from agentic_sandbox._backends.local.spec import cpu_limit_millis, set_cpu_quota
 from agentic_sandbox._backends.local.stale import clean_stale
 from agentic_sandbox._exceptions import BackendUnavailableError, SandboxConnectionError
 from agentic_sandbox._templates import LocalTemplate
@@ -140,11 +139,10 @@ class Manager:
             self.live[sandbox.id] = sandbox
         try:
             try:
+                sandbox.ready_timeout = ready_timeout
                 sandbox.start(cgroups=self.cgroups)
                 sandbox.wait_ready(ready_timeout, warm_up=warm_up)
-                if self.cgroups and not template.cpu_limit_millis and \
-                        not set_cpu_quota(sandbox.id, cpu_limit_millis(template)):
-                    log.warning("sandbox %s runs without a CPU bound", sandbox.id)
+                sandbox.bound_cpu()
             except BackendUnavailableError:
                 if not self.cgroups or "cgroup" not in sandbox.log_tail().lower():
                     raise
