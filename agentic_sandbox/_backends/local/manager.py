@@ -5,7 +5,8 @@ one Manager per state folder and process starts sandboxes, hands out a warm pool
 the template has one (the warm-pool binding: Manager.acquire), removes every sandbox of this
 process at interpreter exit, and cleans up after dead owners once, when it is made. A
 WarmPool keeps N spare, ready sandboxes of one template, refilled in the background. Its
-IdleWatcher (agentic_sandbox._backends.local.idle) pauses handed-out sandboxes left idle.
+IdleWatcher (agentic_sandbox._backends.local.idle) pauses handed-out sandboxes left idle,
+and stops those left idle for long.
 """
 
 from __future__ import annotations
