@@ -268,12 +268,9 @@ class LocalSandbox:
         stay. Called by the idle watcher (`activity`); never raises."""
         try:
             self.resume()  # a paused gVisor kernel would not act on the kill
-        except SandboxConnectionError as exc:
+        except (SandboxConnectionError, subprocess.TimeoutExpired, OSError) as exc:
             log.warning("could not resume sandbox %s before stopping it: %s", self.id, exc)
-        with self._lock:
-            if self._first_channel is not None:
-                self._first_channel.close()
-                self._first_channel = None
+        self._close_first_channel()
         self._end_container()
 
     def restart(self) -> None:
@@ -287,9 +284,16 @@ class LocalSandbox:
             self._launch()
             self.wait_ready(self.ready_timeout)
         except BaseException:
+            self._close_first_channel()
             self._end_container()
             raise
         self.bound_cpu()
+
+    def _close_first_channel(self) -> None:
+        with self._lock:
+            if self._first_channel is not None:
+                self._first_channel.close()
+                self._first_channel = None
 
     def destroy(self) -> None:
         """runsc delete --force, close the channels, remove bundle and workspace. Idempotent."""
@@ -297,9 +301,7 @@ class LocalSandbox:
             if self._destroyed:
                 return
             self._destroyed = True
-            if self._first_channel is not None:
-                self._first_channel.close()
-                self._first_channel = None
+        self._close_first_channel()
         self.activity.close()  # a paused sandbox is resumed first, or the kill would wait
         self.transport.close()
         self._end_container()
