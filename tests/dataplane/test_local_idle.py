@@ -224,6 +224,7 @@ def test_a_long_paused_sandbox_is_stopped_and_run_starts_it_again_with_its_files
     sandbox = open_sandbox(idle_timeout=IDLE)
     local = sandbox.backend.sandbox
     sandbox.write("kept.txt", "still here\n")
+    assert sandbox.run("echo gone > /tmp/t.txt").exit_code == 0
     sandbox.start("sleep 600")
     wait_for(lambda: paused(state_dir, sandbox), "the idle sandbox is paused")
     wait_for(lambda: stopped(sandbox), "the long-paused sandbox is stopped", STOP_WAIT)
@@ -239,6 +240,7 @@ def test_a_long_paused_sandbox_is_stopped_and_run_starts_it_again_with_its_files
     assert (local.activity.starts, local.activity.resumes) == (1, 0)
     # A fresh sandbox: background processes did not survive the stop.
     assert sandbox.run("pgrep -x sleep").exit_code == 1
+    assert sandbox.run("test -e /tmp/t.txt").exit_code == 1  # /tmp: memory inside gVisor
     sandbox.write("more.txt", "and more")  # the workspace is writable as before
     assert sandbox.read("more.txt") == b"and more"
 
