@@ -6,6 +6,12 @@ the chosen design: a SandboxClient with `idle_timeout=2` is left alone until the
 has paused it (`runsc pause`), then `run("true")`: the time is from the call to its whole
 (small) answer, which includes `runsc resume`. Floor: the same call on a running sandbox.
 
+Stage 2, a wake from stopped: sandboxes (idle_timeout=2) left alone until the watcher has
+stopped them (10 idle timeouts: the gVisor sandbox ended, workspace kept), then, one after the
+other, `run("cat f.txt")` of a file written before: the time includes the fresh `runsc run`
+on the kept bundle and the new runtime's start. Reference: the Kubernetes wake without a warm
+pool, <= 1 s (not a goal here).
+
 The options not chosen, on one sandbox each sample (raw runsc, the backend's own bundle and
 flags), also to the answer of one `cat` of a workspace file written before:
 - checkpoint/restore: `runsc checkpoint` (the first runtime's channel left open), `runsc
@@ -26,6 +32,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import httpx2
@@ -34,6 +41,7 @@ from agentic_sandbox import SandboxClient
 from agentic_sandbox._backends import local
 from agentic_sandbox._backends.base import request_once
 from agentic_sandbox._backends.channel import CHANNEL_URL, ChannelTransport
+from agentic_sandbox._backends.local.idle import STOP_FACTOR, STOPPED, Activity
 from agentic_sandbox._backends.local.runsc import runsc_argv
 from agentic_sandbox._backends.local.sandbox import LocalSandbox
 from agentic_sandbox._exceptions import BackendUnavailableError
@@ -43,6 +51,7 @@ from bench.harness import Context, Latencies, Result, Skipped, latency_result
 TEMPLATE = "python-runtime-template"
 IDLE_S = 2
 GOAL_MS = 150.0
+STOPPED_REFERENCE_MS = 1000.0  # issue 17's Kubernetes wake without a warm pool
 LIMIT = httpx2.Timeout(120.0)
 
 
@@ -106,6 +115,37 @@ def chosen(ctx: Context, state: Path) -> tuple[Latencies, Latencies, dict[str, f
             resources["cpu_ms_per_s_busy_background_paused"] = cpu_ms_per_s(
                 sandbox.sandbox_name, 2.0)
     return resumed, running, resources
+
+
+def in_state(activity: Activity, state: str) -> bool:
+    return activity.state == state
+
+
+def woken_from_stopped(ctx: Context, state: Path) -> Latencies:
+    """A wake of a stopped sandbox through the client, to the answer of a `cat` of a file
+    written before it was stopped; the sandboxes of a round are stopped together."""
+    woken = Latencies()
+    for _ in range(ctx.scale(2, 1)):
+        clients = [SandboxClient(TEMPLATE, backend="local", state_dir=state, warm_pool=0,
+                                 idle_timeout=IDLE_S) for _ in range(ctx.scale(4, 3))]
+        try:
+            for client in clients:
+                client.open()
+                client.write("f.txt", "kept")
+            times = []
+            for client in clients:
+                activity = client.backend.sandbox.activity  # type: ignore[attr-defined]
+                wait(partial(in_state, activity, STOPPED), 60.0 + STOP_FACTOR * IDLE_S)
+                start = time.perf_counter()
+                answer = client.run("cat f.txt").stdout
+                times.append(time.perf_counter() - start)
+                if answer != "kept" or activity.starts != 1:
+                    raise RuntimeError(f"wake from stopped: {answer!r}, {activity.starts} starts")
+            woken.add_round(times)
+        finally:
+            for client in clients:
+                client.close()
+    return woken
 
 
 def cgroup_ok(sandbox_id: str) -> bool:
@@ -194,6 +234,7 @@ def run(ctx: Context) -> list[Result]:
         state = Path(tmp)
         try:
             resumed, running, resources = chosen(ctx, state)
+            woken = woken_from_stopped(ctx, state)
             restored, fresh, image = options(ctx, state)
         finally:
             local.manager(state).shutdown()
@@ -211,6 +252,13 @@ def run(ctx: Context) -> list[Result]:
             notes=f"run('true') on a sandbox paused by its 2 s idle timeout, `runsc resume` "
                   f"included; idle sandbox CPU/memory: {json.dumps(figures)}; load "
                   f"{load:.1f} at the end"),
+        latency_result(
+            "idle_local", "local wake from stopped -> first answer", woken,
+            goal=f"reference: Kubernetes cold wake p50 <= {STOPPED_REFERENCE_MS:.0f} ms",
+            met=woken.median("p50") * 1e3 <= STOPPED_REFERENCE_MS,
+            notes="run('cat f.txt') on a sandbox stopped after 10 idle timeouts of 2 s "
+                  "(gVisor sandbox ended, workspace kept): a fresh `runsc run` on the kept "
+                  "bundle and workspace, the new runtime's start, the answer"),
         latency_result(
             "idle_local", "local resume -> first answer (checkpoint/restore, not chosen)",
             restored, goal=f"p50 <= {GOAL_MS:.0f} ms", met=restored.median("p50") * 1e3

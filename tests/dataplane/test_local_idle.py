@@ -2,7 +2,10 @@
 request the sandbox is paused (`runsc state` says so), the next call resumes it and is
 answered with the workspace intact, concurrent calls share one resume (in this process and
 through a named sandbox's holder, from other processes), an active sandbox is never paused,
-and a paused sandbox is removed with nothing left behind.
+and a paused sandbox is removed with nothing left behind. Stage 2: a sandbox left paused is
+stopped (no runsc container or process left, its workspace kept), the next call starts it
+again with its files (one start for concurrent calls, through a holder too), and a stopped
+sandbox is removed with nothing left behind.
 
 Waits are on observable state (runsc's own status, the sandbox's counters, the holder's log)
 with generous deadlines, so they hold on a loaded two-core machine.
@@ -24,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from agentic_sandbox import AsyncSandboxClient, SandboxClient
+from agentic_sandbox._backends.local.idle import STOP_FACTOR, STOPPED
 from tests.dataplane.conftest import TEMPLATE, containers
 from tests.dataplane.test_cli_local import cli, leftovers
 
@@ -205,3 +209,82 @@ def test_a_paused_named_sandbox_whose_holder_was_killed_is_cleaned_up(cli_state)
     assert deleted.returncode == 0, deleted.stderr
     assert leftovers(cli_state) == []
     assert _processes_naming(record["sandbox"]) == []
+
+
+# Stage 2: idle for STOP_FACTOR idle timeouts, the paused sandbox is stopped (workspace kept).
+STOP_WAIT = DEADLINE + STOP_FACTOR * IDLE
+
+
+def stopped(client: SandboxClient) -> bool:
+    return client.backend.sandbox.activity.state == STOPPED
+
+
+def test_a_long_paused_sandbox_is_stopped_and_run_starts_it_again_with_its_files(
+        open_sandbox, state_dir):
+    sandbox = open_sandbox(idle_timeout=IDLE)
+    local = sandbox.backend.sandbox
+    sandbox.write("kept.txt", "still here\n")
+    assert sandbox.run("echo gone > /tmp/t.txt").exit_code == 0
+    sandbox.start("sleep 600")
+    wait_for(lambda: paused(state_dir, sandbox), "the idle sandbox is paused")
+    wait_for(lambda: stopped(sandbox), "the long-paused sandbox is stopped", STOP_WAIT)
+    # Nothing of the gVisor sandbox is left (its memory went with it); its disk is kept.
+    assert runsc_status(state_dir, sandbox.sandbox_name) == ""
+    assert _processes_naming(sandbox.sandbox_name) == []
+    assert str(local.workspace) in Path("/proc/mounts").read_text()
+    if local.workspace_kind == "ext4 image":
+        assert (local.dir / "workspace.img").is_file()
+    result = sandbox.run("cat kept.txt")
+    assert (result.exit_code, result.stdout) == (0, "still here\n")
+    assert runsc_status(state_dir, sandbox.sandbox_name) == "running"
+    assert (local.activity.starts, local.activity.resumes) == (1, 0)
+    # A fresh sandbox: background processes did not survive the stop.
+    assert sandbox.run("pgrep -x sleep").exit_code == 1
+    assert sandbox.run("test -e /tmp/t.txt").exit_code == 1  # /tmp: memory inside gVisor
+    sandbox.write("more.txt", "and more")  # the workspace is writable as before
+    assert sandbox.read("more.txt") == b"and more"
+
+
+def test_concurrent_calls_to_a_stopped_sandbox_share_one_start(open_sandbox):
+    sandbox = open_sandbox(idle_timeout=IDLE)
+    sandbox.write("f.txt", "x")
+    wait_for(lambda: stopped(sandbox), "the idle sandbox is stopped", STOP_WAIT)
+    answers = _together(8, lambda i: sandbox.run("cat f.txt").stdout if i % 2
+                        else sandbox.read("f.txt").decode())
+    assert answers == ["x"] * 8
+    assert sandbox.backend.sandbox.activity.starts == 1
+
+
+def test_a_stopped_sandbox_is_deleted_with_nothing_left_behind(state_dir):
+    client = SandboxClient(TEMPLATE, backend="local", state_dir=state_dir, idle_timeout=IDLE)
+    with client:
+        sandbox_id = client.sandbox_name
+        local = client.backend.sandbox
+        client.write("f.txt", "x")
+        wait_for(lambda: stopped(client), "the idle sandbox is stopped", STOP_WAIT)
+        assert local.dir.is_dir() and local.workspace.is_dir()
+    assert sandbox_id not in containers(state_dir)
+    assert str(local.workspace) not in Path("/proc/mounts").read_text()
+    assert not local.workspace.exists() and not local.dir.exists()
+    assert _processes_naming(sandbox_id) == []
+    assert local.activity.starts == 0  # removed without being started again
+
+
+def test_a_stopped_named_sandbox_starts_once_for_concurrent_calls_through_its_holder(
+        cli_state):
+    created = cli(cli_state, "create", "box", "--idle-timeout", f"{IDLE}s")
+    assert created.returncode == 0, created.stderr
+    assert cli(cli_state, "exec", "box", "--", "sh -c 'echo kept > f.txt'").returncode == 0
+    record = json.loads((cli_state / "named" / "box" / "holder.json").read_text())
+    log_file = cli_state / "named" / "box.log"
+    wait_for(lambda: "stopped local sandbox" in log_file.read_text(),
+             "the named sandbox is stopped by its holder", STOP_WAIT)
+    assert runsc_status(cli_state, record["sandbox"]) == ""
+    with SandboxClient(TEMPLATE, backend="local", state_dir=cli_state, attach="box") as held:
+        assert _together(8, lambda i: held.run("cat f.txt").stdout) == ["kept\n"] * 8
+    log = log_file.read_text()
+    assert log.count("(start ") == 1, log  # one start of the stopped sandbox, and it worked
+    assert "started the stopped local sandbox" in log
+    assert runsc_status(cli_state, record["sandbox"]) == "running"
+    assert cli(cli_state, "delete", "box").returncode == 0
+    assert leftovers(cli_state) == []

@@ -1,6 +1,7 @@
-"""Idle local sandboxes, without runsc: when a pause is due, one resume for concurrent
-requests (on a fake clock and fake pause/resume), and the idle timeout's values: durations,
-the template's `spec.idleTimeout`, the client option, the claim's field."""
+"""Idle local sandboxes, without runsc: when a pause and then a stop are due, one resume or
+start for concurrent requests (on a fake clock and fake pause/resume/stop/start), and the idle
+timeout's values: durations, the template's `spec.idleTimeout`, the client option, the
+claim's field."""
 
 from __future__ import annotations
 
@@ -14,23 +15,35 @@ import pytest
 
 from agentic_sandbox import SandboxClient
 from agentic_sandbox._backends import claims
-from agentic_sandbox._backends.local.idle import Activity, pause_due, seconds_left
+from agentic_sandbox._backends.local.idle import (
+    PAUSED,
+    RUNNING,
+    STOP_FACTOR,
+    STOPPED,
+    Activity,
+    next_step,
+    seconds_left,
+)
 from agentic_sandbox._templates import load_template
 from sandbox_common.durations import IDLE_TIMEOUT_BOUNDS, idle_timeout_seconds
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(("now", "last", "in_flight", "timeout", "paused", "due", "left"), [
-    (10.0, 0.0, 0, 10.0, False, True, 0.0),  # exactly the timeout since the last request
-    (9.0, 0.0, 0, 10.0, False, False, 1.0),  # not yet
-    (99.0, 0.0, 1, 10.0, False, False, None),  # a request under way is not idle
-    (99.0, 0.0, 0, None, False, False, None),  # no idle timeout: never
-    (99.0, 0.0, 0, 10.0, True, False, None),  # paused already
+@pytest.mark.parametrize(("now", "last", "in_flight", "timeout", "state", "step", "left"), [
+    (10.0, 0.0, 0, 10.0, RUNNING, "pause", 0.0),  # exactly the timeout since the last request
+    (9.0, 0.0, 0, 10.0, RUNNING, None, 1.0),  # not yet
+    (99.0, 0.0, 1, 10.0, RUNNING, None, None),  # a request under way is not idle
+    (99.0, 0.0, 0, None, RUNNING, None, None),  # no idle timeout: never
+    (99.0, 0.0, 0, 10.0, PAUSED, None, 1.0),  # paused; stopped at STOP_FACTOR timeouts
+    (100.0, 0.0, 0, 10.0, PAUSED, "stop", 0.0),
+    (10**6, 0.0, 0, 10.0, STOPPED, None, None),  # stopped: nothing further
+    (10**6, 0.0, 0, None, PAUSED, None, None),
 ])
-def test_when_a_pause_is_due(now, last, in_flight, timeout, paused, due, left):
-    assert pause_due(now, last, in_flight, timeout, paused) is due
-    assert seconds_left(now, last, in_flight, timeout, paused) == left
+def test_when_a_pause_or_a_stop_is_due(now, last, in_flight, timeout, state, step, left):
+    assert STOP_FACTOR == 10  # the rows above are written for it
+    assert next_step(now, last, in_flight, timeout, state) == step
+    assert seconds_left(now, last, in_flight, timeout, state) == left
 
 
 class Clock:
@@ -42,11 +55,24 @@ class Clock:
 
 
 class FakeSandbox:
-    """Counts pause/resume calls; a resume takes a while, like `runsc resume`."""
+    """Counts pause/resume/stop/start calls; a resume or a start takes a while, like runsc."""
 
-    def __init__(self, fail_pause: bool = False, fail_resume: bool = False) -> None:
+    def __init__(self, fail_pause: bool = False, fail_resume: bool = False,
+                 fail_stop: bool = False, fail_start: bool = False) -> None:
         self.calls: list[str] = []
         self.fail_pause, self.fail_resume = fail_pause, fail_resume
+        self.fail_stop, self.fail_start = fail_stop, fail_start
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+        if self.fail_stop:
+            raise RuntimeError("no")
+
+    def start(self) -> None:
+        self.calls.append("start")
+        time.sleep(0.05)
+        if self.fail_start:
+            raise RuntimeError("no")
 
     def pause(self) -> None:
         self.calls.append("pause")
@@ -61,7 +87,7 @@ class FakeSandbox:
 
 
 def activity(fake: FakeSandbox, clock: Clock, timeout: float | None = 10.0) -> Activity:
-    act = Activity("sb", fake.pause, fake.resume, clock=clock)
+    act = Activity("sb", fake.pause, fake.resume, fake.stop, fake.start, clock=clock)
     act.watch(timeout)
     return act
 
@@ -72,12 +98,12 @@ def test_idle_time_counts_from_the_end_of_the_last_request():
     clock.now += 9
     act.begin()
     clock.now += 30  # a long request: not idle
-    assert act.pause_if_due() is None and fake.calls == []
+    assert act.step_if_due() is None and fake.calls == []
     act.end()
     clock.now += 9
-    assert act.pause_if_due() == pytest.approx(1.0)
+    assert act.step_if_due() == pytest.approx(1.0)
     clock.now += 1
-    assert act.pause_if_due() is None
+    assert act.step_if_due() == pytest.approx(90.0)  # paused; the stop is due in 90 s
     assert fake.calls == ["pause"] and act.paused and act.pauses == 1
 
 
@@ -85,7 +111,7 @@ def test_concurrent_requests_on_a_paused_sandbox_share_one_resume():
     fake, clock = FakeSandbox(), Clock()
     act = activity(fake, clock)
     clock.now += 10
-    act.pause_if_due()
+    act.step_if_due()
     barrier = threading.Barrier(10)
 
     def request() -> None:
@@ -106,7 +132,7 @@ def test_a_failed_resume_fails_the_request_as_never_sent_and_stays_paused():
     fake, clock = FakeSandbox(fail_resume=True), Clock()
     act = activity(fake, clock)
     clock.now += 10
-    act.pause_if_due()
+    act.step_if_due()
     with pytest.raises(httpx2.ConnectError, match="could not resume"):
         act.begin()
     assert act.paused and act.in_flight == 0
@@ -116,19 +142,114 @@ def test_a_failed_pause_is_tried_again_later_not_at_once():
     fake, clock = FakeSandbox(fail_pause=True), Clock()
     act = activity(fake, clock)
     clock.now += 10
-    assert act.pause_if_due() == 30.0
-    assert act.pause_if_due() == pytest.approx(30.0)  # not due again yet
+    assert act.step_if_due() == 30.0
+    assert act.step_if_due() == pytest.approx(30.0)  # not due again yet
     assert fake.calls == ["pause"] and not act.paused
+
+
+def test_a_sandbox_paused_for_long_is_stopped_and_the_next_request_starts_it_again():
+    fake, clock = FakeSandbox(), Clock()
+    act = activity(fake, clock)
+    clock.now += 10
+    act.step_if_due()
+    clock.now += 89.5
+    assert act.step_if_due() == pytest.approx(0.5) and act.state == PAUSED
+    clock.now += 0.5
+    assert act.step_if_due() is None  # stopped: nothing further until a request
+    assert (act.state, act.stops, fake.calls) == (STOPPED, 1, ["pause", "stop"])
+    clock.now += 10**6
+    assert act.step_if_due() is None
+    act.begin()
+    act.end()
+    assert (act.state, act.starts, act.resumes) == (RUNNING, 1, 0)
+    assert fake.calls == ["pause", "stop", "start"]
+    # Started again, it is idle from its last request: paused, then stopped, again.
+    clock.now += 10
+    act.step_if_due()
+    clock.now += 90
+    act.step_if_due()
+    assert fake.calls == ["pause", "stop", "start", "pause", "stop"]
+
+
+def test_a_request_to_a_paused_sandbox_puts_off_its_stop():
+    fake, clock = FakeSandbox(), Clock()
+    act = activity(fake, clock)
+    clock.now += 10
+    act.step_if_due()
+    clock.now += 80
+    act.begin()
+    act.end()
+    clock.now += 9
+    assert act.step_if_due() == pytest.approx(1.0)
+    assert fake.calls == ["pause", "resume"] and act.state == RUNNING
+
+
+def test_concurrent_requests_on_a_stopped_sandbox_share_one_start():
+    fake, clock = FakeSandbox(), Clock()
+    act = activity(fake, clock)
+    clock.now += 10
+    act.step_if_due()
+    clock.now += 90
+    act.step_if_due()
+    barrier = threading.Barrier(10)
+
+    def request() -> None:
+        barrier.wait()
+        act.begin()
+        act.end()
+
+    threads = [threading.Thread(target=request) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert fake.calls == ["pause", "stop", "start"]
+    assert (act.starts, act.state, act.in_flight) == (1, RUNNING, 0)
+
+
+def test_a_failed_start_fails_the_request_as_never_sent_and_stays_stopped():
+    fake, clock = FakeSandbox(fail_start=True), Clock()
+    act = activity(fake, clock)
+    clock.now += 10
+    act.step_if_due()
+    clock.now += 90
+    act.step_if_due()
+    with pytest.raises(httpx2.ConnectError, match="could not start the stopped sandbox sb"):
+        act.begin()
+    assert act.state == STOPPED and act.in_flight == 0
+
+
+def test_a_failed_stop_is_tried_again_later_and_the_sandbox_stays_paused():
+    fake, clock = FakeSandbox(fail_stop=True), Clock()
+    act = activity(fake, clock)
+    clock.now += 10
+    act.step_if_due()
+    clock.now += 90
+    assert act.step_if_due() == 30.0
+    assert act.step_if_due() == pytest.approx(30.0)  # not due again yet
+    assert fake.calls == ["pause", "stop"] and act.state == PAUSED
+
+
+def test_closing_a_stopped_sandbox_resumes_nothing():
+    fake, clock = FakeSandbox(), Clock()
+    act = activity(fake, clock)
+    clock.now += 10
+    act.step_if_due()
+    clock.now += 90
+    act.step_if_due()
+    act.close()
+    act.begin()  # after close, a request never starts it again (the sandbox is removed)
+    assert fake.calls == ["pause", "stop"]
 
 
 def test_closing_resumes_a_paused_sandbox_and_ends_pausing():
     fake, clock = FakeSandbox(), Clock()
     act = activity(fake, clock)
     clock.now += 10
-    act.pause_if_due()
+    act.step_if_due()
     act.close()
     clock.now += 100
-    assert act.pause_if_due() is None
+    assert act.step_if_due() is None
     assert fake.calls == ["pause", "resume"] and not act.paused
 
 
@@ -136,7 +257,7 @@ def test_without_a_timeout_nothing_is_paused():
     fake, clock = FakeSandbox(), Clock()
     act = activity(fake, clock, timeout=None)
     clock.now += 10**6
-    assert act.pause_if_due() is None and fake.calls == []
+    assert act.step_if_due() is None and fake.calls == []
 
 
 @pytest.mark.parametrize(("value", "seconds"), [

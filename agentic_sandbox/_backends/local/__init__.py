@@ -34,7 +34,8 @@ Rooms:
     launch.py     how the runtime is launched inside (the argv of sandbox_runtime/launch.py)
     workspace.py  the workspace's own bounded file system
     owner.py      owner records (pid + start time) of sandboxes and holders
-    idle.py       the idle timeout: requests counted, runsc pause when idle, resume
+    idle.py       the idle timeout: requests counted, runsc pause when idle, a stop
+                  (workspace kept) after 10 timeouts, resume or start on a request
     stale.py      removing the sandboxes whose owner is gone
     runsc.py      finding runsc, its state folder, its commands
 

@@ -3,8 +3,8 @@
 Made by SandboxClient for backend="local" (or "auto" without a cluster). open() loads the
 template, asks the process's manager (agentic_sandbox._backends.local.manager) for a ready
 sandbox, from the warm pool when there is one (paused once idle for the idle timeout: the
-option's, else the template's), and returns an Endpoint whose transport is the sandbox's
-channel; close() hands the sandbox back to be destroyed. Nothing else here.
+option's, else the template's; stopped after ten), and returns an Endpoint whose transport
+is the sandbox's channel; close() hands the sandbox back to be destroyed. Nothing else here.
 """
 
 from __future__ import annotations

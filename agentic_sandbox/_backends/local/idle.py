@@ -1,19 +1,24 @@
-"""Idle local sandboxes: paused after their idle timeout without a request, resumed by the next.
+"""Idle local sandboxes: paused after their idle timeout without a request, stopped (workspace
+kept) after STOP_FACTOR times that, and woken by the next request.
 
 Used by LocalSandbox (agentic_sandbox._backends.local.sandbox): its transports are
 TrackedTransport and AsyncTrackedTransport, which count every request from its start to the
-close of its answer on the sandbox's Activity, and resume the sandbox first when it is
-paused. Used by the manager: one IdleWatcher thread per manager pauses the watched sandboxes
-whose time has come. Every client of the sandbox goes through these transports, the named
-sandbox's holder too (it forwards on the same transport), so any request counts and any
-request wakes it.
+close of its answer on the sandbox's Activity, and wake the sandbox first when it is
+paused or stopped. Used by the manager: one IdleWatcher thread per manager pauses the
+watched sandboxes, and later stops them, when their time has come. Every client of the
+sandbox goes through these transports, the named sandbox's holder too (it forwards on the
+same transport), so any request counts and any request wakes it.
 
 Pausing is `runsc pause` (the sandbox's gVisor kernel stops every task: no CPU is used, memory
 and processes are kept) and resuming `runsc resume`; docs/client.md, "Idle sandboxes", has
-the figures behind that choice. A request that finds the sandbox paused resumes it before it
-is sent; requests that arrive during a resume wait for that one resume (one lock is held
-across it), and a pause happens only while no request is under way, under the same lock.
-Pure decision logic (pause_due, seconds_left) is separate from the locking and runsc calls.
+the figures behind that choice. A pause keeps the sandbox's memory, so a sandbox left idle for
+STOP_FACTOR times its idle timeout is stopped: its gVisor sandbox ends (memory and processes
+freed), its workspace, bundle and id are kept, as a suspended Kubernetes Sandbox keeps its
+PVC. A request that finds the sandbox paused resumes it before it is sent, one that finds it
+stopped starts it again on the kept workspace; requests that arrive meanwhile wait for that
+one resume or start (one lock is held across it), and a pause or stop happens only while no
+request is under way, under the same lock. Pure decision logic (next_step, seconds_left) is
+separate from the locking and runsc calls.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ from agentic_sandbox._backends.channel import (
     ChannelTransport,
 )
 
-__all__ = ["Activity", "AsyncTrackedTransport", "IdleWatcher", "TrackedTransport", "pause_due",
-           "seconds_left"]
+__all__ = ["PAUSED", "RUNNING", "STOPPED", "STOP_FACTOR", "Activity", "AsyncTrackedTransport",
+           "IdleWatcher", "TrackedTransport", "next_step", "seconds_left"]
 
 log = logging.getLogger(__name__)
 
@@ -43,42 +48,75 @@ WATCH_MAX_S: Final = 1.0
 WATCH_MIN_S: Final = 0.05
 # After a pause that failed, the next try waits this long (the failure is logged each time).
 RETRY_S: Final = 30.0
+# A sandbox idle for this many idle timeouts is stopped (it was paused after one). A pause
+# wakes in ~70 ms but holds the sandbox's memory; a fresh start frees it and wakes in ~1 s.
+# Ten timeouts keep the fast wake for an agent that comes back within a multiple of its own
+# idle timeout, and bound what an abandoned sandbox holds to that long.
+STOP_FACTOR: Final = 10
+
+# A sandbox's states (Activity.state).
+RUNNING: Final = "running"
+PAUSED: Final = "paused"  # `runsc pause`: no CPU, memory and processes held
+STOPPED: Final = "stopped"  # the gVisor sandbox ended; workspace, bundle and id kept
 
 
-def pause_due(now: float, last: float, in_flight: int, timeout: float | None,
-              paused: bool) -> bool:
-    """Whether a sandbox is to be paused now: it has an idle timeout, is not paused, no
-    request is under way, and the last one ended (or it was handed out) `timeout` ago."""
-    return timeout is not None and not paused and in_flight == 0 and now - last >= timeout
+def _step_at(last: float, timeout: float | None, state: str) -> tuple[str, float] | None:
+    """The next step for an idle sandbox in `state`, and the time it is due."""
+    if timeout is None:
+        return None
+    if state == RUNNING:
+        return "pause", last + timeout
+    if state == PAUSED:
+        return "stop", last + STOP_FACTOR * timeout
+    return None
+
+
+def next_step(now: float, last: float, in_flight: int, timeout: float | None,
+              state: str) -> str | None:
+    """What to do now with a sandbox: "pause" once no request is under way and the last one
+    ended (or it was handed out) `timeout` ago; "stop" once paused and that was STOP_FACTOR
+    times `timeout` ago; else None (no timeout, a request under way, not yet, stopped)."""
+    step = _step_at(last, timeout, state)
+    return step[0] if step is not None and in_flight == 0 and now >= step[1] else None
 
 
 def seconds_left(now: float, last: float, in_flight: int, timeout: float | None,
-                 paused: bool) -> float | None:
-    """Seconds until pause_due may turn true with no further request; None: not before a
-    request ends (one is under way), or never (no timeout, or already paused)."""
-    if timeout is None or paused or in_flight:
+                 state: str) -> float | None:
+    """Seconds until next_step may name a step with no further request; None: not before a
+    request ends (one is under way), or never (no timeout, or stopped)."""
+    step = _step_at(last, timeout, state)
+    if step is None or in_flight:
         return None
-    return max(0.0, last + timeout - now)
+    return max(0.0, step[1] - now)
 
 
 class Activity:
-    """One sandbox's requests under way, its last activity, and whether it is paused."""
+    """One sandbox's requests under way, its last activity, and its state (running, paused,
+    stopped)."""
 
     def __init__(self, name: str, pause: Callable[[], None], resume: Callable[[], None],
+                 stop: Callable[[], None], start: Callable[[], None],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
-        self._pause = pause
+        self._steps = {"pause": pause, "stop": stop}
         self._resume = resume
+        self._start = start
         self._clock = clock
         self.timeout: float | None = None  # set when the sandbox is handed out
         self.in_flight = 0
         self.last = clock()
-        self.paused = False
+        self.state = RUNNING
         self.closed = False
         self.pauses = 0
         self.resumes = 0  # `runsc resume` runs for requests (one per wake, however many wait)
+        self.stops = 0
+        self.starts = 0  # starts of a stopped sandbox for requests (one per wake)
         self._counts = threading.Lock()  # in_flight and last; held for microseconds
-        self._transition = threading.Lock()  # held across a pause or a resume
+        self._transition = threading.Lock()  # held across a pause, stop, resume or start
+
+    @property
+    def paused(self) -> bool:
+        return self.state == PAUSED
 
     def watch(self, timeout: float | None) -> None:
         """Start counting idle time from now, with this timeout (None: never pause)."""
@@ -87,25 +125,34 @@ class Activity:
             self.last = self._clock()
 
     def begin(self) -> None:
-        """A request starts: resume the sandbox first if it is paused (one resume for every
-        request that waits meanwhile). Raises httpx2.ConnectError if it cannot be resumed:
-        the request was never sent."""
+        """A request starts: resume the sandbox first if it is paused, start it again if it
+        is stopped (one resume or start for every request that waits meanwhile). Raises
+        httpx2.ConnectError if it cannot be woken: the request was never sent."""
         with self._transition:
-            if self.paused and not self.closed:
-                started = self._clock()
-                self.resumes += 1  # every `runsc resume` run, whether it works or not
-                try:
-                    self._resume()
-                except Exception as exc:
-                    log.warning("could not resume local sandbox %s (resume %d): %s", self.name,
-                                self.resumes, exc)
-                    raise httpx2.ConnectError(
-                        f"could not resume the paused sandbox {self.name}: {exc}") from exc
-                self.paused = False
-                log.info("resumed local sandbox %s in %.0f ms (resume %d)", self.name,
-                         (self._clock() - started) * 1e3, self.resumes)
+            if self.state != RUNNING and not self.closed:
+                self._wake()
             with self._counts:
                 self.in_flight += 1
+
+    def _wake(self) -> None:
+        started = self._clock()
+        if self.state == PAUSED:
+            self.resumes += 1  # every `runsc resume` run, whether it works or not
+            what, count, wake = "resume", self.resumes, self._resume
+        else:
+            self.starts += 1
+            what, count, wake = "start", self.starts, self._start
+        try:
+            wake()
+        except Exception as exc:
+            log.warning("could not %s local sandbox %s (%s %d): %s", what, self.name, what,
+                        count, exc)
+            raise httpx2.ConnectError(
+                f"could not {what} the {self.state} sandbox {self.name}: {exc}") from exc
+        self.state = RUNNING
+        log.info("%s local sandbox %s in %.0f ms (%s %d)",
+                 "resumed" if what == "resume" else "started the stopped", self.name,
+                 (self._clock() - started) * 1e3, what, count)
 
     def end(self) -> None:
         """A request's answer was closed: the idle time counts from now."""
@@ -113,47 +160,53 @@ class Activity:
             self.in_flight -= 1
             self.last = self._clock()
 
-    def pause_if_due(self) -> float | None:
-        """Pause the sandbox if its time has come; the seconds until it may be due next
-        (None: not until a request ends, or never)."""
+    def step_if_due(self) -> float | None:
+        """Pause or stop the sandbox if its time has come; the seconds until the next step
+        may be due (None: not until a request ends, or never)."""
         if not self._transition.acquire(blocking=False):
-            return WATCH_MIN_S  # a resume is under way: look again shortly
+            return WATCH_MIN_S  # a resume or start is under way: look again shortly
         try:
             with self._counts:
                 now = self._clock()
-                due = not self.closed and pause_due(now, self.last, self.in_flight,
-                                                    self.timeout, self.paused)
-                if not due:
+                step = None if self.closed else next_step(now, self.last, self.in_flight,
+                                                          self.timeout, self.state)
+                if step is None:
                     return None if self.closed else seconds_left(
-                        now, self.last, self.in_flight, self.timeout, self.paused)
+                        now, self.last, self.in_flight, self.timeout, self.state)
             # No request can start meanwhile: begin() waits for the transition lock.
             try:
-                self._pause()
+                self._steps[step]()
             except Exception as exc:
-                log.warning("could not pause the idle sandbox %s: %s", self.name, exc)
+                # Retried in RETRY_S: a stop that failed leaves the sandbox paused (still
+                # woken by a request), a pause that failed leaves it running.
+                log.warning("could not %s the idle sandbox %s: %s", step, self.name, exc)
                 with self._counts:
-                    self.last = self._clock() + RETRY_S - (self.timeout or 0)
+                    factor = 1 if step == "pause" else STOP_FACTOR
+                    self.last = self._clock() + RETRY_S - factor * (self.timeout or 0)
                 return RETRY_S
-            self.paused = True
-            self.pauses += 1
-            log.info("paused local sandbox %s after %.0f s without a request (pause %d)",
-                     self.name, now - self.last, self.pauses)
-            return None
+            if step == "pause":
+                self.state, self.pauses = PAUSED, self.pauses + 1
+            else:
+                self.state, self.stops = STOPPED, self.stops + 1
+            log.info("%s local sandbox %s after %.0f s without a request (%s %d)",
+                     "paused" if step == "pause" else "stopped", self.name, now - self.last,
+                     step, self.pauses if step == "pause" else self.stops)
+            return seconds_left(now, self.last, 0, self.timeout, self.state)
         finally:
             self._transition.release()
 
     def close(self) -> None:
-        """The sandbox is being removed: no more pauses; resume it if it is paused (a paused
-        gVisor kernel would not act on the kill). Never raises."""
+        """The sandbox is being removed: no more pauses or stops; resume it if it is paused
+        (a paused gVisor kernel would not act on the kill). Never raises."""
         with self._transition:
             self.closed = True
-            if self.paused:
+            if self.state == PAUSED:
                 try:
                     self._resume()
                 except Exception as exc:  # removal kills it anyway; say why it may be slow
                     log.warning("could not resume sandbox %s before removing it: %s",
                                 self.name, exc)
-                self.paused = False
+                self.state = RUNNING
 
 
 class _EndOnClose(httpx2.SyncByteStream):
@@ -232,7 +285,7 @@ class AsyncTrackedTransport(AsyncChannelTransport):
 
 
 class IdleWatcher:
-    """One thread per manager that pauses its watched sandboxes once they are due."""
+    """One thread per manager that pauses (then stops) its watched sandboxes once due."""
 
     def __init__(self, name: str) -> None:
         self._watched: dict[int, Activity] = {}
@@ -268,7 +321,7 @@ class IdleWatcher:
                 watched = list(self._watched.values())
             wait = WATCH_MAX_S
             for activity in watched:
-                left = activity.pause_if_due()
+                left = activity.step_if_due()
                 if left is not None:
                     wait = min(wait, left)
             self._wake.wait(max(WATCH_MIN_S, wait))

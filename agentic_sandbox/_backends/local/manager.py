@@ -5,7 +5,8 @@ one Manager per state folder and process starts sandboxes, hands out a warm pool
 the template has one (the warm-pool binding: Manager.acquire), removes every sandbox of this
 process at interpreter exit, and cleans up after dead owners once, when it is made. A
 WarmPool keeps N spare, ready sandboxes of one template, refilled in the background. Its
-IdleWatcher (agentic_sandbox._backends.local.idle) pauses handed-out sandboxes left idle.
+IdleWatcher (agentic_sandbox._backends.local.idle) pauses handed-out sandboxes left idle,
+and stops those left idle for long.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from agentic_sandbox._backends.local.runsc import (
     runsc_binary,
 )
 from agentic_sandbox._backends.local.sandbox import LocalSandbox
-from agentic_sandbox._backends.local.spec import cpu_limit_millis, set_cpu_quota
 from agentic_sandbox._backends.local.stale import clean_stale
 from agentic_sandbox._exceptions import BackendUnavailableError, SandboxConnectionError
 from agentic_sandbox._templates import LocalTemplate
@@ -140,11 +140,10 @@ class Manager:
             self.live[sandbox.id] = sandbox
         try:
             try:
+                sandbox.ready_timeout = ready_timeout
                 sandbox.start(cgroups=self.cgroups)
                 sandbox.wait_ready(ready_timeout, warm_up=warm_up)
-                if self.cgroups and not template.cpu_limit_millis and \
-                        not set_cpu_quota(sandbox.id, cpu_limit_millis(template)):
-                    log.warning("sandbox %s runs without a CPU bound", sandbox.id)
+                sandbox.bound_cpu()
             except BackendUnavailableError:
                 if not self.cgroups or "cgroup" not in sandbox.log_tail().lower():
                     raise

@@ -10,14 +10,16 @@ runtime from `runsc exec` on a new socketpair, in the same sandbox. wait_ready()
 first channel on a transport of its own that leaves it open, and puts it back: whichever
 client comes (sync or async) gets the first runtime, not a `runsc exec`. Both transports
 count requests on `activity` (agentic_sandbox._backends.local.idle), which pauses an idle
-sandbox (pause(), resume()). destroy() removes everything, a paused sandbox too. Nothing here
-runs a command outside gVisor.
+sandbox (pause(), resume()) and later stops it (stop(): the gVisor sandbox ends, workspace,
+bundle and id are kept; restart(): `runsc run` again on them). destroy() removes everything,
+a paused or stopped sandbox too. Nothing here runs a command outside gVisor.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -37,7 +39,12 @@ from agentic_sandbox._backends.local.runsc import (
     delete_container,
     runsc_argv,
 )
-from agentic_sandbox._backends.local.spec import exec_process, oci_spec
+from agentic_sandbox._backends.local.spec import (
+    cpu_limit_millis,
+    exec_process,
+    oci_spec,
+    set_cpu_quota,
+)
 from agentic_sandbox._backends.local.workspace import (
     WORKSPACE_IMAGE,
     mount_workspace,
@@ -53,6 +60,8 @@ from agentic_sandbox._exceptions import (
 from agentic_sandbox._templates import LocalTemplate
 
 __all__ = ["LocalSandbox"]
+
+log = logging.getLogger(__name__)
 
 
 class LocalSandbox:
@@ -74,8 +83,11 @@ class LocalSandbox:
         self._run: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._destroyed = False
-        # Every request is counted (idle timeout) and resumes the sandbox if it is paused.
-        self.activity = Activity(self.id, self.pause, self.resume)
+        self.cgroups = True  # as start() was told; a restart starts the same way
+        self.ready_timeout = 180.0  # for a restart: the manager sets its own
+        # Every request is counted (idle timeout) and wakes the sandbox if it is paused or
+        # stopped.
+        self.activity = Activity(self.id, self.pause, self.resume, self.stop, self.restart)
         self.transport = TrackedTransport(self._new_channel, self.activity)
         self.async_transport = AsyncTrackedTransport(self._new_channel, self.activity)
 
@@ -98,8 +110,14 @@ class LocalSandbox:
         spec = oci_spec(self.template, self.workspace, self.state_dir, self.id, cgroups=cgroups)
         (self.dir / "config.json").write_text(json.dumps(spec, indent=1))
         (self.dir / "process.json").write_text(json.dumps(exec_process(spec)))
+        self.cgroups = cgroups
+        self._launch()
+
+    def _launch(self) -> None:
+        """`runsc run` of the bundle, its first runtime on a new socketpair (start() and
+        restart())."""
         flags = [f"--platform={self.platform}", "--network=none"]
-        if not cgroups:
+        if not self.cgroups:
             flags.append("--ignore-cgroups")
         # The first runtime is the sandbox's first process, on one end of a socketpair
         # given to `runsc run` as stdin and stdout. Requests wait in the socket buffer
@@ -116,7 +134,8 @@ class LocalSandbox:
             raise BackendUnavailableError(f"cannot start runsc: {exc}") from exc
         finally:
             theirs.close()
-        self._first_channel = ours
+        with self._lock:
+            self._first_channel = ours
         # `runsc run` keeps its own copy of the channel's other end for the sandbox's life,
         # so a sandbox that ends (its first process crashed, runsc failed to start it) is
         # made visible here: when runsc run exits, our end is shut down, and whatever
@@ -236,17 +255,61 @@ class LocalSandbox:
         """`runsc resume`: the paused sandbox runs on from where it stopped."""
         self._runsc_call("resume", self.id)
 
+    def bound_cpu(self) -> None:
+        """Without a CPU limit in the template, bound the sandbox's CPU use anyway (once it
+        runs: its cgroup exists then)."""
+        if self.cgroups and not self.template.cpu_limit_millis and \
+                not set_cpu_quota(self.id, cpu_limit_millis(self.template)):
+            log.warning("sandbox %s runs without a CPU bound", self.id)
+
+    def stop(self) -> None:
+        """Stop a paused sandbox and keep what starts it again: its gVisor sandbox ends (its
+        processes and memory go), its workspace (still mounted), bundle, owner record and id
+        stay. Called by the idle watcher (`activity`); never raises."""
+        try:
+            self.resume()  # a paused gVisor kernel would not act on the kill
+        except (SandboxConnectionError, subprocess.TimeoutExpired, OSError) as exc:
+            log.warning("could not resume sandbox %s before stopping it: %s", self.id, exc)
+        self._close_first_channel()
+        self._end_container()
+
+    def restart(self) -> None:
+        """Start the stopped sandbox again on its kept bundle and workspace, and wait for its
+        runtime (the first request's wake). Raises as start() and wait_ready() do, after
+        ending what was started."""
+        with self._lock:
+            if self._destroyed:
+                raise SandboxConnectionError(f"sandbox {self.id} was removed")
+        try:
+            self._launch()
+            self.wait_ready(self.ready_timeout)
+        except BaseException:
+            self._close_first_channel()
+            self._end_container()
+            raise
+        self.bound_cpu()
+
+    def _close_first_channel(self) -> None:
+        with self._lock:
+            if self._first_channel is not None:
+                self._first_channel.close()
+                self._first_channel = None
+
     def destroy(self) -> None:
         """runsc delete --force, close the channels, remove bundle and workspace. Idempotent."""
         with self._lock:
             if self._destroyed:
                 return
             self._destroyed = True
-            if self._first_channel is not None:
-                self._first_channel.close()
-                self._first_channel = None
+        self._close_first_channel()
         self.activity.close()  # a paused sandbox is resumed first, or the kill would wait
         self.transport.close()
+        self._end_container()
+        release_workspace(self.workspace)
+        remove_files(self.dir)
+
+    def _end_container(self) -> None:
+        """Kill the container, reap `runsc run` and the `runsc exec`s, `runsc delete` it."""
         run = self._run
         if run is not None and run.poll() is None:
             # Kill the container and let our `runsc run` child reap it, then delete.
@@ -266,5 +329,4 @@ class LocalSandbox:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        release_workspace(self.workspace)
-        remove_files(self.dir)
+        self._execs = []
