@@ -136,28 +136,10 @@ def desired_pvc(claim_template: KubeObject, sandbox: KubeObject) -> KubeObject:
     }
 
 
-def pool_pods(request: SyncRequest) -> list[KubeObject]:
-    """Pods of the sandbox's own pool (related objects). Only a pod its pool controls counts: a
-    pod someone else made with the right labels must not receive the sandbox's traffic."""
-    pool = objects.labels_of(request["parent"]).get(POOL_LABEL)
-    return [
-        p
-        for p in objects.observed(request, POD, "related")
-        if pool and objects.controller_of(p) == (objects.POOL_KIND, pool)
-    ]
-
-
 def bound_warm_pods(request: SyncRequest) -> list[KubeObject]:
-    """Pool pods bound to this Sandbox's uid and its current incarnation (deleting ones
-    included: they tell a loss)."""
-    sandbox = request["parent"]
-    uid = objects.uid_of(sandbox)
-    return [
-        p
-        for p in pool_pods(request)
-        if objects.labels_of(p).get(SANDBOX_UID_LABEL) == uid
-        and lifecycle.serves_incarnation(p, sandbox)
-    ]
+    """Pool pods bound to this Sandbox's uid and its current incarnation (related objects)."""
+    pods = objects.observed(request, POD, "related")
+    return lifecycle.warm_pods_bound_to(request["parent"], pods)
 
 
 def offers_to_pool(sandbox: KubeObject, now: datetime, settings: HookSettings, *,
@@ -175,6 +157,25 @@ def offers_to_pool(sandbox: KubeObject, now: datetime, settings: HookSettings, *
     age = 0.0 if resuming else lifecycle.serving_age(sandbox, now)
     left = settings["warm_pod_grace_seconds"] - age
     return left if left > 0 else None
+
+
+def holds(sandbox: KubeObject, *, claimed: bool, annotated: str | None, resumed: bool) -> bool:
+    """Whether a claim's Sandbox that found a pod keeps the status it wrote while looking
+    (Ready=False WaitingForWarmPod or PodNotReady, no pod named, this generation): until its
+    claim writes the pod-name annotation, which the claim does on seeing the same pod
+    (lifecycle.next_pod). Then one status write names the pod and, when it is ready, says
+    Ready; without the hold it would say WaitingForAnnotation first, a write (and a re-sync
+    of its claim and pool) that tells nobody anything. Not after a wake, nor when the
+    annotation names another pod (it says WaitingForAnnotation then, for the claim to fix)."""
+    previous = lifecycle.find_condition(sandbox, objects.READY) or {}
+    return (
+        claimed
+        and annotated is None
+        and not resumed
+        and not (sandbox.get("status") or {}).get("podName")
+        and previous.get("reason") in lifecycle.LOOKING
+        and previous.get("observedGeneration") == sandbox["metadata"].get("generation")
+    )
 
 
 def sync(
@@ -267,23 +268,32 @@ def sync(
         children.append(desired_pod(sandbox))
         ready(False, objects.POD_NOT_READY, f"pod {name} is being created")
 
+    claim = objects.controller_of(sandbox)
+    claimed = claim is not None and claim[0] == objects.CLAIM_KIND
+    claim_name = claim[1] if claim is not None else ""
+    annotated = (meta.get("annotations") or {}).get(objects.POD_NAME_ANNOTATION)
+    if pod is not None and holds(sandbox, claimed=claimed, annotated=annotated, resumed=resumed):
+        # Found a pod, which its claim names next (it sees the pod too): the status it wrote
+        # while looking stands until then, so finding the pod costs no status write of its own.
+        response: SyncResponse = {"status": objects.clone(sandbox["status"]),
+                                  "children": children}
+        if (delay := objects.merge_resync(*resync)) is not None:
+            response["resyncAfterSeconds"] = delay
+        return response
     if pod is not None:
         pod_name = pod["metadata"]["name"]
         status.update(podName=pod_name, podIPs=objects.pod_ips(pod), replicas=1)
-        claim = objects.controller_of(sandbox)
-        annotated = (meta.get("annotations") or {}).get(objects.POD_NAME_ANNOTATION)
         if not objects.pod_is_ready(pod):
             phase = pod.get("status", {}).get("phase", "Pending")
             ready(False, objects.POD_NOT_READY, f"pod {pod_name} is {phase} and not ready")
-        elif (claim is not None and claim[0] == objects.CLAIM_KIND and annotated != pod_name
-              and not resumed):
+        elif claimed and annotated != pod_name and not resumed:
             # Clients of the walkthrough's era read the pod's name from this annotation at the
             # first Ready; only the claim may write it, so Ready waits for it. Not after a
             # resume: that first Ready is long past (the claim names the new pod soon after).
             ready(
                 False,
                 objects.WAITING_FOR_ANNOTATION,
-                f"pod {pod_name} is ready; waiting for claim {claim[1]} to name it in the "
+                f"pod {pod_name} is ready; waiting for claim {claim_name} to name it in the "
                 f"{objects.POD_NAME_ANNOTATION} annotation",
             )
         else:
@@ -293,7 +303,7 @@ def sync(
         suspended_now = suspended and lifecycle.sandbox_replicas(sandbox) > 0
         status["conditions"].append(lifecycle.suspended_condition(sandbox, suspended_now, now=now))
         status["idleTimeoutSeconds"] = timeout
-    response: SyncResponse = {"status": status, "children": children}
+    response = {"status": status, "children": children}
     delay = objects.merge_resync(*resync)
     if delay is not None:
         response["resyncAfterSeconds"] = delay

@@ -28,7 +28,17 @@ from datetime import datetime
 from typing import Any
 
 from hooks import objects, schemas
-from hooks.objects import CLAIM_LABEL, POOL, POOL_LABEL, SANDBOX, TEMPLATE, TEMPLATE_LABEL
+from hooks.lifecycle import LOOKING, next_pod
+from hooks.objects import (
+    CLAIM_LABEL,
+    POD,
+    POOL,
+    POOL_LABEL,
+    SANDBOX,
+    SANDBOX_LABEL,
+    TEMPLATE,
+    TEMPLATE_LABEL,
+)
 from hooks.typedefs import (
     DEFAULT_SETTINGS,
     CustomizeRequest,
@@ -191,9 +201,15 @@ def sync(
         # The Sandbox keeps the pod template it was made with; its shutdownTime follows the
         # claim's lifecycle, and the pod-name annotation follows its status.
         pod_name = (existing.get("status") or {}).get("podName")
-        sandbox = with_pod_annotation(objects.clone(objects.as_desired(existing)), pod_name)
-        sandbox = with_idle_timeout(with_shutdown_time(sandbox, claim), claim)
         cond = sandbox_ready(existing) or {}
+        # While the Sandbox is still looking, the pod it has found: it says nothing new until
+        # this annotation names that pod (hooks/sandbox.py, holds).
+        found = None
+        if not pod_name and cond.get("reason") in LOOKING:
+            found = next_pod(existing, objects.observed(request, POD, "related"))
+        sandbox = with_pod_annotation(objects.clone(objects.as_desired(existing)),
+                                      pod_name or (found or {}).get("metadata", {}).get("name"))
+        sandbox = with_idle_timeout(with_shutdown_time(sandbox, claim), claim)
         named = {"name": name, **({"podName": pod_name} if pod_name else {})}
         # A Sandbox whose pod is Ready waits only for the annotation this answer writes, and
         # Metacontroller writes children before status: the claim is Ready now.
@@ -287,4 +303,8 @@ def customize(request: CustomizeRequest) -> CustomizeResponse:
     ]
     if isinstance(pool, str) and pool:
         rules.append(objects.related(objects.EXTENSIONS_API, objects.POOLS, namespace, name=pool))
+    # Pods labelled with its Sandbox's name (its own pod, or a warm pod bound to it): the
+    # claim names the pod its Sandbox found before the Sandbox reports it.
+    rules.append(objects.related("v1", "pods", namespace,
+                                 labels={SANDBOX_LABEL: claim["metadata"]["name"]}))
     return {"relatedResources": rules}
