@@ -407,6 +407,48 @@ def test_a_claims_sandbox_is_ready_only_once_the_claim_named_its_pod():
     assert (ready(got)["status"], ready(got)["reason"]) == ("True", objects.SANDBOX_READY)
 
 
+def claims_pool_sandbox() -> dict:
+    claim_owner = {
+        "apiVersion": "extensions.agents.x-k8s.io/v1alpha1",
+        "kind": "SandboxClaim",
+        "metadata": {"name": "my-sandbox", "uid": "uid-claim", "namespace": "default"},
+    }
+    parent = owned(pool_sandbox(), claim_owner, created="2026-01-01T00:09:58Z")
+    parent["metadata"]["uid"] = UID
+    return parent
+
+
+def test_a_claims_sandbox_that_finds_its_pod_says_nothing_new_until_the_claim_names_it():
+    """Issue 15: one status write fewer per claim. Its first answer offers it to its pool;
+    when the pool has bound a pod, the status stays exactly that (no write) until the claim
+    names the pod in the annotation; then one write names the pod and says Ready."""
+    parent = claims_pool_sandbox()
+    looking = sandbox.sync(sync_request(parent), now=NOW)
+    assert ready(looking)["reason"] == objects.WAITING_FOR_WARM_POD
+    parent["status"] = json.loads(json.dumps(looking["status"]))
+    related = [warm_pod("p-1", bound_to="my-sandbox")]
+    found = sandbox.sync(sync_request(parent, related=related), now=NOW)
+    assert found["status"] == looking["status"], "the same status: Metacontroller writes none"
+    assert "podName" not in found["status"]
+    assert found["children"] == looking["children"]
+    parent["metadata"].setdefault("annotations", {})[objects.POD_NAME_ANNOTATION] = "p-1"
+    named = sandbox.sync(sync_request(parent, related=related), now=NOW)
+    assert (ready(named)["status"], named["status"]["podName"]) == ("True", "p-1")
+
+
+def test_a_sandbox_whose_annotation_names_another_pod_reports_its_own_choice():
+    """The hold is only for a pod not named yet: an annotation naming another pod (stale, or
+    written by someone else) gets WaitingForAnnotation with the Sandbox's own choice, which
+    its claim copies."""
+    parent = claims_pool_sandbox()
+    parent["status"] = sandbox.sync(sync_request(parent), now=NOW)["status"]
+    parent["metadata"].setdefault("annotations", {})[objects.POD_NAME_ANNOTATION] = "p-2"
+    got = sandbox.sync(sync_request(parent, related=[warm_pod("p-1", bound_to="my-sandbox")]),
+                       now=NOW)
+    assert (ready(got)["reason"], got["status"]["podName"]) == (
+        objects.WAITING_FOR_ANNOTATION, "p-1")
+
+
 def test_customize_relates_pods_bound_to_its_uid_and_objects_named_like_its_children():
     """Never all of its pool's pods: each of their changes would re-sync every Sandbox of the
     pool, and they change with every claim."""
