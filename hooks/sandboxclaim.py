@@ -202,11 +202,15 @@ def sync(
         # claim's lifecycle, and the pod-name annotation follows its status.
         pod_name = (existing.get("status") or {}).get("podName")
         cond = sandbox_ready(existing) or {}
-        # While the Sandbox is still looking, the pod it has found: it says nothing new until
-        # this annotation names that pod (hooks/sandbox.py, holds).
+        # While the Sandbox is still looking, the pod it has found, once that pod is Ready: the
+        # Sandbox says nothing new until this annotation names the pod (hooks/sandbox.py,
+        # holds), and then says Ready in one write. Not before the pod is Ready: a pod made for
+        # it changes twice at once (created, then Ready), and a second update of the Sandbox
+        # from a cache that has not seen the first is a conflict (a failed write and a retry).
         found = None
         if not pod_name and cond.get("reason") in LOOKING:
             found = next_pod(existing, objects.observed(request, POD, "related"))
+            found = found if found is not None and objects.pod_is_ready(found) else None
         sandbox = with_pod_annotation(objects.clone(objects.as_desired(existing)),
                                       pod_name or (found or {}).get("metadata", {}).get("name"))
         sandbox = with_idle_timeout(with_shutdown_time(sandbox, claim), claim)
