@@ -17,6 +17,11 @@ was reported yet, its own pod wins and the pool deletes the other. It watches on
 to its own uid, never all of its pool's: Metacontroller re-syncs every parent related to an
 object whenever it changes, and a pool's pods change with every claim.
 
+A claim's Sandbox that has found its pod keeps the status it wrote while looking until its
+claim names that pod in the `agents.x-k8s.io/pod-name` annotation (the claim sees the pod too),
+then names the pod and says Ready in one status write (`holds`): every status write is an API
+write and a re-sync of the claim and the pool.
+
 A Sandbox with `spec.idleTimeout` suspends when it has been Ready that long with no request
 through the router (the router reports requests in the `agents.x-k8s.io/last-activity`
 annotation): no pod, Service and volumes kept, Ready=False and Suspended=True (reason Idle).

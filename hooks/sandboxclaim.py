@@ -10,12 +10,14 @@ by a hash of the claim's uid, so claims spread over a template's pools) and labe
 with it; the pool binds a warm pod (or makes one for it), or the Sandbox starts its own after
 a short grace. The claim forwards the Sandbox's readiness (a reason the Sandbox cannot recover
 from, such as `PodLost`, becomes the claim's own) and names the serving pod: in its status,
-and in the Sandbox's `agents.x-k8s.io/pod-name` annotation as soon as the Sandbox reports the
-pod. A claim's Sandbox reports Ready only once that annotation names its pod, so a client that
-reads the annotation at the first Ready event always finds it. Its lifecycle.shutdownTime is
-the Sandbox's spec.shutdownTime, kept in step on every sync; past it, shutdownPolicy (read on
-every sync, so an edit is honoured) deletes the Sandbox or retains it, expired. Its
-idleTimeout (else its template's) is the Sandbox's spec.idleTimeout.
+and in the Sandbox's `agents.x-k8s.io/pod-name` annotation as soon as the pod its Sandbox found
+is Ready (it relates pods labelled with the Sandbox's name and picks as the Sandbox does,
+hooks/lifecycle.py next_pod) or the Sandbox reports a pod. A claim's Sandbox reports Ready only
+once that annotation names its pod, so a client that reads the annotation at the first Ready
+event always finds it; until then it says nothing new (hooks/sandbox.py, holds). Its
+lifecycle.shutdownTime is the Sandbox's spec.shutdownTime, kept in step on every sync; past
+it, shutdownPolicy (read on every sync, so an edit is honoured) deletes the Sandbox or retains
+it, expired. Its idleTimeout (else its template's) is the Sandbox's spec.idleTimeout.
 
 Every status that differs from the last is an API write (and an event for every client
 watching the claim), so until it is Ready a claim's status says the same thing whatever its
