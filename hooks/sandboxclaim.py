@@ -208,11 +208,18 @@ def sync(
         # Sandbox says nothing new until this annotation names the pod (hooks/sandbox.py,
         # holds), and then says Ready in one write. Not before the pod is Ready: a pod made for
         # it changes twice at once (created, then Ready), and a second update of the Sandbox
-        # from a cache that has not seen the first is a conflict (a failed write and a retry).
+        # from a cache that has not seen the first is a conflict (a failed write, and a retry
+        # seconds later under load). Its own pod only once it says it started it (PodNotReady):
+        # it writes that status just after creating the pod, and an update of the Sandbox made
+        # before that write lands is a conflict too.
         found = None
         if not pod_name and cond.get("reason") in LOOKING:
             found = next_pod(existing, objects.observed(request, POD, "related"))
-            found = found if found is not None and objects.pod_is_ready(found) else None
+            own = found is not None and objects.controller_of(found) == (objects.SANDBOX_KIND,
+                                                                         name)
+            if found is not None and (not objects.pod_is_ready(found) or (
+                    own and cond.get("reason") != objects.POD_NOT_READY)):
+                found = None
         sandbox = with_pod_annotation(objects.clone(objects.as_desired(existing)),
                                       pod_name or (found or {}).get("metadata", {}).get("name"))
         sandbox = with_idle_timeout(with_shutdown_time(sandbox, claim), claim)

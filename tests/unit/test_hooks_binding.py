@@ -184,6 +184,21 @@ def test_the_claim_names_the_found_pod_only_once_it_is_ready():
     assert "annotations" not in child["metadata"]
 
 
+def test_the_claim_names_its_sandboxs_own_pod_only_once_the_sandbox_said_it_started_it():
+    """A Sandbox that goes cold creates its pod, then writes PodNotReady: annotating the pod
+    before that write lands is an update from a stale copy, a conflict (seen in bursts: the
+    retry came 5-6 s later)."""
+    for reason, named in ((objects.WAITING_FOR_WARM_POD, False), (objects.POD_NOT_READY, True)):
+        claim, children = claim_with_sandbox(sandbox_says(reason))
+        (sandbox,) = children
+        own = bound_pod("my-claim", sandbox, controller=("Sandbox", "my-claim"))
+        got = sandboxclaim.sync(sync_request(claim, children, [TEMPLATE, POOL, own]), now=NOW)
+        (child,) = got["children"]
+        annotation = (child["metadata"].get("annotations") or {}).get(
+            objects.POD_NAME_ANNOTATION)
+        assert annotation == ("my-claim" if named else None), reason
+
+
 def test_the_claim_names_no_pod_another_owner_or_sandbox_uid_holds():
     claim, children = claim_with_sandbox(sandbox_says(objects.WAITING_FOR_WARM_POD))
     (sandbox,) = children
