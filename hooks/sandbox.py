@@ -171,13 +171,16 @@ def holds(sandbox: KubeObject, *, claimed: bool, annotated: str | None, resumed:
     (lifecycle.next_pod). Then one status write names the pod and, when it is ready, says
     Ready; without the hold it would say WaitingForAnnotation first, a write (and a re-sync
     of its claim and pool) that tells nobody anything. Not after a wake, nor when the
-    annotation names another pod (it says WaitingForAnnotation then, for the claim to fix)."""
+    annotation names another pod (it says WaitingForAnnotation then, for the claim to fix).
+    With no status yet (its first answer, or a parent read before that answer's write landed)
+    it says it is looking: the claim names the pod from there, as from any looking status."""
+    if not (claimed and annotated is None and not resumed):
+        return False
+    if not sandbox.get("status"):
+        return True  # it says it is looking (sync): the same as its first answer would
     previous = lifecycle.find_condition(sandbox, objects.READY) or {}
     return (
-        claimed
-        and annotated is None
-        and not resumed
-        and not (sandbox.get("status") or {}).get("podName")
+        not sandbox["status"].get("podName")
         and previous.get("reason") in lifecycle.LOOKING
         and previous.get("observedGeneration") == sandbox["metadata"].get("generation")
     )
@@ -280,11 +283,21 @@ def sync(
     if pod is not None and holds(sandbox, claimed=claimed, annotated=annotated, resumed=resumed):
         # Found a pod, which its claim names next (it sees the pod too): the status it wrote
         # while looking stands until then, so finding the pod costs no status write of its own.
-        response: SyncResponse = {"status": objects.clone(sandbox["status"]),
-                                  "children": children}
-        if (delay := objects.merge_resync(*resync)) is not None:
-            response["resyncAfterSeconds"] = delay
-        return response
+        if sandbox.get("status"):
+            response: SyncResponse = {"status": objects.clone(sandbox["status"]),
+                                      "children": children}
+            if (delay := objects.merge_resync(*resync)) is not None:
+                response["resyncAfterSeconds"] = delay
+            return response
+        # No status yet (its first answer, or a read from before that answer's write landed):
+        # the looking status that first answer gives.
+        if pod is own:
+            ready(False, objects.POD_NOT_READY, f"pod {name} is being created")
+        else:
+            ready(False, objects.WAITING_FOR_WARM_POD,
+                  f"waiting for warm pool {objects.labels_of(sandbox).get(POOL_LABEL)} to bind "
+                  f"a pod")
+        pod = None
     if pod is not None:
         pod_name = pod["metadata"]["name"]
         status.update(podName=pod_name, podIPs=objects.pod_ips(pod), replicas=1)
