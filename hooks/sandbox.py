@@ -203,8 +203,14 @@ def sync(
     selector = ",".join(f"{k}={v}" for k, v in objects.serving_selector(sandbox).items())
     status: dict[str, Any] = {"replicas": 0, "selector": selector, "podIPs": []}
 
+    # A first answer's Ready=False has held since the Sandbox was made: so timed, an answer
+    # from a parent read before that first write landed repeats it exactly (no second write).
+    created = meta.get("creationTimestamp")
+    unready_since = objects.parse_time(created) if created and not sandbox.get("status") else now
+
     def ready(ok: bool, reason: str, message: str) -> None:
-        status["conditions"] = objects.ready_conditions(sandbox, ok, reason, message, now=now)
+        status["conditions"] = objects.ready_conditions(
+            sandbox, ok, reason, message, now=now if ok else min(now, unready_since))
 
     if lifecycle.sandbox_is_expired(sandbox, now):
         # Past shutdownTime the pod and Service go; volumes stay for whoever needs the data.
@@ -319,7 +325,8 @@ def sync(
 
     if (timeout := lifecycle.idle_timeout_seconds(sandbox)) is not None and "conditions" in status:
         suspended_now = suspended and lifecycle.sandbox_replicas(sandbox) > 0
-        status["conditions"].append(lifecycle.suspended_condition(sandbox, suspended_now, now=now))
+        status["conditions"].append(lifecycle.suspended_condition(
+            sandbox, suspended_now, now=min(now, unready_since)))
         status["idleTimeoutSeconds"] = timeout
     response = {"status": status, "children": children}
     delay = objects.merge_resync(*resync)

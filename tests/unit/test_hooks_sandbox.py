@@ -440,6 +440,18 @@ def test_a_claims_sandbox_that_finds_its_pod_says_nothing_new_until_the_claim_na
     assert (ready(named)["status"], named["status"]["podName"]) == ("True", "p-1")
 
 
+def test_a_first_answer_repeated_from_a_stale_read_is_the_same_status():
+    """Metacontroller may sync a Sandbox from a copy read before its first status write
+    landed: that answer, seconds later and after its pool bound a pod, must be the status
+    already written (Ready=False since the Sandbox was made), or it is one more write."""
+    parent = claims_pool_sandbox()
+    first = sandbox.sync(sync_request(parent), now=NOW)
+    later = sandbox.sync(sync_request(parent, related=[warm_pod("p-1", bound_to="my-sandbox")]),
+                         now=NOW + timedelta(seconds=3))
+    assert later["status"] == first["status"]
+    assert ready(first)["lastTransitionTime"] == parent["metadata"]["creationTimestamp"]
+
+
 def test_a_sandbox_whose_annotation_names_another_pod_reports_its_own_choice():
     """The hold is only for a pod not named yet: an annotation naming another pod (stale, or
     written by someone else) gets WaitingForAnnotation with the Sandbox's own choice, which
