@@ -11,7 +11,10 @@ machine is shared: compare the ratios, not figures across runs.
 
 Scenarios (`--scenario`): `seq` (claims one after another, kept, on a pool of 2), `burst`
 (`--claims` at once against `--pools` pools of `--pool` warm pods), `steady` (`--rate` claims/s
-for `--seconds`, same pools). The kubelet stand-in is instant. Prints a table and writes JSON
+for `--seconds`, same pools), `resync` (`--existing` Sandboxes made at replicas 0, then from
+`--at` seconds after the loop started, when a periodic resync of 300 s falls, claims one after
+another for `--seconds`: per-claim figures include the background load of the existing ones).
+The kubelet stand-in is instant. Prints a table and writes JSON
 (`--out`, default /tmp/ab-claims.json). Measures only; asserts nothing about speed.
 """
 
@@ -23,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,19 @@ def run_round(binary: str, tree: Path, flags: tuple[str, ...], hook_workers: int
             names = [lab.name("burst") for _ in range(args.claims)]
             lab.burst(names)
             lab.milestones.wait(names, args.timeout)
+        elif args.scenario == "resync":
+            entered = time.monotonic()  # the controllers' resync timers started just before
+            lab.make_pools(1, 2)
+            made = [lab.name("existing") for _ in range(args.existing)]
+            lab.create_sandboxes(made, replicas=0)
+            lab.wait_sandboxes_settled(made, 600)
+            time.sleep(max(0.0, entered + args.at - time.monotonic()))
+            window, names = lab.meter.window(), []
+            while time.monotonic() < window.began + args.seconds:
+                name = lab.name("probe")
+                names.append(name)
+                lab.create_claim(name)
+                lab.milestones.wait([name], args.timeout)
         else:
             lab.make_pools(args.pools, args.pool)
             window = lab.meter.window()
@@ -100,13 +117,17 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a")
     parser.add_argument("b")
-    parser.add_argument("--scenario", choices=("seq", "burst", "steady"), default="seq")
+    parser.add_argument("--scenario", choices=("seq", "burst", "steady", "resync"),
+                        default="seq")
     parser.add_argument("--claims", type=int, default=30)
     parser.add_argument("--pool", type=int, default=50, help="warm pods per pool")
     parser.add_argument("--pools", type=int, default=1)
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--existing", type=int, default=1000, help="resync: Sandboxes made")
+    parser.add_argument("--at", type=float, default=290.0,
+                        help="resync: seconds after the loop started that the window opens")
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--hook-workers", type=int, default=2)
     parser.add_argument("--out", default="/tmp/ab-claims.json")

@@ -16,13 +16,20 @@ from hooks.objects import (
     IDLE,
     INCARNATION_LABEL,
     LAST_ACTIVITY_ANNOTATION,
+    POD_NOT_READY,
+    POOL_KIND,
+    POOL_LABEL,
     READY,
     RESUMED,
+    SANDBOX_KIND,
+    SANDBOX_UID_LABEL,
     SUSPENDED,
+    WAITING_FOR_WARM_POD,
     WAKE_ANNOTATION,
     age_seconds,
     binding_labels,
     condition,
+    controller_of,
     is_deleting,
     labels_of,
     parse_time,
@@ -120,6 +127,46 @@ def pod_binding_labels(sandbox: KubeObject) -> dict[str, str]:
     if current := incarnation(sandbox):
         labels[INCARNATION_LABEL] = current
     return labels
+
+
+def warm_pods_bound_to(sandbox: KubeObject, pods: list[KubeObject]) -> list[KubeObject]:
+    """Pods its own pool controls and bound to this Sandbox's uid and current incarnation
+    (deleting ones included: they tell a loss). Only a pod its pool controls counts: a pod
+    someone else made with the right labels must not receive the sandbox's traffic."""
+    pool = labels_of(sandbox).get(POOL_LABEL)
+    uid = str(sandbox.get("metadata", {}).get("uid") or "")
+    return [
+        p
+        for p in pods
+        if pool and controller_of(p) == (POOL_KIND, pool)
+        and labels_of(p).get(SANDBOX_UID_LABEL) == uid
+        and serves_incarnation(p, sandbox)
+    ]
+
+
+def next_pod(sandbox: KubeObject, pods: list[KubeObject]) -> KubeObject | None:
+    """The pod a Sandbox that has named none yet takes, among `pods` (any pods): its own (named
+    like it, controlled by it, labelled with its uid and incarnation) first, else the first live
+    warm pod bound to it, by name; the Sandbox hook chooses so (hooks/sandbox.py), and the claim
+    names that pod in the Sandbox's pod-name annotation before the Sandbox reports it."""
+    meta = sandbox.get("metadata", {})
+    own = [
+        p
+        for p in pods
+        if p["metadata"]["name"] == meta.get("name")
+        and controller_of(p) == (SANDBOX_KIND, meta.get("name"))
+        and labels_of(p).get(SANDBOX_UID_LABEL) == str(meta.get("uid") or "")
+        and serves_incarnation(p, sandbox)
+    ]
+    live = [p for p in own + sorted(warm_pods_bound_to(sandbox, pods),
+                                    key=lambda p: p["metadata"]["name"])
+            if not is_deleting(p)]
+    return live[0] if live else None
+
+
+# Ready reasons of a Sandbox still looking for its pod: while its claim has not named the pod
+# it found, it keeps saying so (hooks/sandbox.py, "holds").
+LOOKING = (WAITING_FOR_WARM_POD, POD_NOT_READY)
 
 
 def serving_age(sandbox: KubeObject, now: datetime) -> float:

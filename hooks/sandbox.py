@@ -17,6 +17,11 @@ was reported yet, its own pod wins and the pool deletes the other. It watches on
 to its own uid, never all of its pool's: Metacontroller re-syncs every parent related to an
 object whenever it changes, and a pool's pods change with every claim.
 
+A claim's Sandbox that has found its pod keeps the status it wrote while looking until its
+claim names that pod in the `agents.x-k8s.io/pod-name` annotation (the claim sees the pod too),
+then names the pod and says Ready in one status write (`holds`): every status write is an API
+write and a re-sync of the claim and the pool.
+
 A Sandbox with `spec.idleTimeout` suspends when it has been Ready that long with no request
 through the router (the router reports requests in the `agents.x-k8s.io/last-activity`
 annotation): no pod, Service and volumes kept, Ready=False and Suspended=True (reason Idle).
@@ -136,28 +141,10 @@ def desired_pvc(claim_template: KubeObject, sandbox: KubeObject) -> KubeObject:
     }
 
 
-def pool_pods(request: SyncRequest) -> list[KubeObject]:
-    """Pods of the sandbox's own pool (related objects). Only a pod its pool controls counts: a
-    pod someone else made with the right labels must not receive the sandbox's traffic."""
-    pool = objects.labels_of(request["parent"]).get(POOL_LABEL)
-    return [
-        p
-        for p in objects.observed(request, POD, "related")
-        if pool and objects.controller_of(p) == (objects.POOL_KIND, pool)
-    ]
-
-
 def bound_warm_pods(request: SyncRequest) -> list[KubeObject]:
-    """Pool pods bound to this Sandbox's uid and its current incarnation (deleting ones
-    included: they tell a loss)."""
-    sandbox = request["parent"]
-    uid = objects.uid_of(sandbox)
-    return [
-        p
-        for p in pool_pods(request)
-        if objects.labels_of(p).get(SANDBOX_UID_LABEL) == uid
-        and lifecycle.serves_incarnation(p, sandbox)
-    ]
+    """Pool pods bound to this Sandbox's uid and its current incarnation (related objects)."""
+    pods = objects.observed(request, POD, "related")
+    return lifecycle.warm_pods_bound_to(request["parent"], pods)
 
 
 def offers_to_pool(sandbox: KubeObject, now: datetime, settings: HookSettings, *,
@@ -177,6 +164,28 @@ def offers_to_pool(sandbox: KubeObject, now: datetime, settings: HookSettings, *
     return left if left > 0 else None
 
 
+def holds(sandbox: KubeObject, *, claimed: bool, annotated: str | None, resumed: bool) -> bool:
+    """Whether a claim's Sandbox that found a pod keeps the status it wrote while looking
+    (Ready=False WaitingForWarmPod or PodNotReady, no pod named, this generation): until its
+    claim writes the pod-name annotation, which the claim does on seeing the same pod
+    (lifecycle.next_pod). Then one status write names the pod and, when it is ready, says
+    Ready; without the hold it would say WaitingForAnnotation first, a write (and a re-sync
+    of its claim and pool) that tells nobody anything. Not after a wake, nor when the
+    annotation names another pod (it says WaitingForAnnotation then, for the claim to fix).
+    With no status yet (its first answer, or a parent read before that answer's write landed)
+    it says it is looking: the claim names the pod from there, as from any looking status."""
+    if not (claimed and annotated is None and not resumed):
+        return False
+    if not sandbox.get("status"):
+        return True  # it says it is looking (sync): the same as its first answer would
+    previous = lifecycle.find_condition(sandbox, objects.READY) or {}
+    return (
+        not sandbox["status"].get("podName")
+        and previous.get("reason") in lifecycle.LOOKING
+        and previous.get("observedGeneration") == sandbox["metadata"].get("generation")
+    )
+
+
 def sync(
     request: SyncRequest, *, now: datetime, settings: HookSettings = DEFAULT_SETTINGS
 ) -> SyncResponse:
@@ -194,8 +203,14 @@ def sync(
     selector = ",".join(f"{k}={v}" for k, v in objects.serving_selector(sandbox).items())
     status: dict[str, Any] = {"replicas": 0, "selector": selector, "podIPs": []}
 
+    # A first answer's Ready=False has held since the Sandbox was made: so timed, an answer
+    # from a parent read before that first write landed repeats it exactly (no second write).
+    created = meta.get("creationTimestamp")
+    unready_since = objects.parse_time(created) if created and not sandbox.get("status") else now
+
     def ready(ok: bool, reason: str, message: str) -> None:
-        status["conditions"] = objects.ready_conditions(sandbox, ok, reason, message, now=now)
+        status["conditions"] = objects.ready_conditions(
+            sandbox, ok, reason, message, now=now if ok else min(now, unready_since))
 
     if lifecycle.sandbox_is_expired(sandbox, now):
         # Past shutdownTime the pod and Service go; volumes stay for whoever needs the data.
@@ -267,23 +282,42 @@ def sync(
         children.append(desired_pod(sandbox))
         ready(False, objects.POD_NOT_READY, f"pod {name} is being created")
 
+    claim = objects.controller_of(sandbox)
+    claimed = claim is not None and claim[0] == objects.CLAIM_KIND
+    claim_name = claim[1] if claim is not None else ""
+    annotated = (meta.get("annotations") or {}).get(objects.POD_NAME_ANNOTATION)
+    if pod is not None and holds(sandbox, claimed=claimed, annotated=annotated, resumed=resumed):
+        # Found a pod, which its claim names next (it sees the pod too): the status it wrote
+        # while looking stands until then, so finding the pod costs no status write of its own.
+        if sandbox.get("status"):
+            response: SyncResponse = {"status": objects.clone(sandbox["status"]),
+                                      "children": children}
+            if (delay := objects.merge_resync(*resync)) is not None:
+                response["resyncAfterSeconds"] = delay
+            return response
+        # No status yet (its first answer, or a read from before that answer's write landed):
+        # the looking status that first answer gives.
+        if pod is own:
+            ready(False, objects.POD_NOT_READY, f"pod {name} is being created")
+        else:
+            ready(False, objects.WAITING_FOR_WARM_POD,
+                  f"waiting for warm pool {objects.labels_of(sandbox).get(POOL_LABEL)} to bind "
+                  f"a pod")
+        pod = None
     if pod is not None:
         pod_name = pod["metadata"]["name"]
         status.update(podName=pod_name, podIPs=objects.pod_ips(pod), replicas=1)
-        claim = objects.controller_of(sandbox)
-        annotated = (meta.get("annotations") or {}).get(objects.POD_NAME_ANNOTATION)
         if not objects.pod_is_ready(pod):
             phase = pod.get("status", {}).get("phase", "Pending")
             ready(False, objects.POD_NOT_READY, f"pod {pod_name} is {phase} and not ready")
-        elif (claim is not None and claim[0] == objects.CLAIM_KIND and annotated != pod_name
-              and not resumed):
+        elif claimed and annotated != pod_name and not resumed:
             # Clients of the walkthrough's era read the pod's name from this annotation at the
             # first Ready; only the claim may write it, so Ready waits for it. Not after a
             # resume: that first Ready is long past (the claim names the new pod soon after).
             ready(
                 False,
                 objects.WAITING_FOR_ANNOTATION,
-                f"pod {pod_name} is ready; waiting for claim {claim[1]} to name it in the "
+                f"pod {pod_name} is ready; waiting for claim {claim_name} to name it in the "
                 f"{objects.POD_NAME_ANNOTATION} annotation",
             )
         else:
@@ -291,14 +325,15 @@ def sync(
 
     if (timeout := lifecycle.idle_timeout_seconds(sandbox)) is not None and "conditions" in status:
         suspended_now = suspended and lifecycle.sandbox_replicas(sandbox) > 0
-        status["conditions"].append(lifecycle.suspended_condition(sandbox, suspended_now, now=now))
+        status["conditions"].append(lifecycle.suspended_condition(
+            sandbox, suspended_now, now=min(now, unready_since)))
         status["idleTimeoutSeconds"] = timeout
         # Also counted from the Ready of this answer: the status write that turns it Ready
         # re-syncs nothing (ignoreStatusChanges), so no later sync would see that Ready.
         answered = {**sandbox, "status": status}
         if not suspended_now and (idle_at := lifecycle.idle_deadline(answered)):
             resync.append((idle_at - now).total_seconds())
-    response: SyncResponse = {"status": status, "children": children}
+    response = {"status": status, "children": children}
     delay = objects.merge_resync(*resync)
     if delay is not None:
         response["resyncAfterSeconds"] = delay

@@ -10,12 +10,14 @@ by a hash of the claim's uid, so claims spread over a template's pools) and labe
 with it; the pool binds a warm pod (or makes one for it), or the Sandbox starts its own after
 a short grace. The claim forwards the Sandbox's readiness (a reason the Sandbox cannot recover
 from, such as `PodLost`, becomes the claim's own) and names the serving pod: in its status,
-and in the Sandbox's `agents.x-k8s.io/pod-name` annotation as soon as the Sandbox reports the
-pod. A claim's Sandbox reports Ready only once that annotation names its pod, so a client that
-reads the annotation at the first Ready event always finds it. Its lifecycle.shutdownTime is
-the Sandbox's spec.shutdownTime, kept in step on every sync; past it, shutdownPolicy (read on
-every sync, so an edit is honoured) deletes the Sandbox or retains it, expired. Its
-idleTimeout (else its template's) is the Sandbox's spec.idleTimeout.
+and in the Sandbox's `agents.x-k8s.io/pod-name` annotation as soon as the pod its Sandbox found
+is Ready (it relates pods labelled with the Sandbox's name and picks as the Sandbox does,
+hooks/lifecycle.py next_pod) or the Sandbox reports a pod. A claim's Sandbox reports Ready only
+once that annotation names its pod, so a client that reads the annotation at the first Ready
+event always finds it; until then it says nothing new (hooks/sandbox.py, holds). Its
+lifecycle.shutdownTime is the Sandbox's spec.shutdownTime, kept in step on every sync; past
+it, shutdownPolicy (read on every sync, so an edit is honoured) deletes the Sandbox or retains
+it, expired. Its idleTimeout (else its template's) is the Sandbox's spec.idleTimeout.
 
 Every status that differs from the last is an API write (and an event for every client
 watching the claim), so until it is Ready a claim's status says the same thing whatever its
@@ -28,7 +30,17 @@ from datetime import datetime
 from typing import Any
 
 from hooks import objects, schemas
-from hooks.objects import CLAIM_LABEL, POOL, POOL_LABEL, SANDBOX, TEMPLATE, TEMPLATE_LABEL
+from hooks.lifecycle import LOOKING, next_pod
+from hooks.objects import (
+    CLAIM_LABEL,
+    POD,
+    POOL,
+    POOL_LABEL,
+    SANDBOX,
+    SANDBOX_LABEL,
+    TEMPLATE,
+    TEMPLATE_LABEL,
+)
 from hooks.typedefs import (
     DEFAULT_SETTINGS,
     CustomizeRequest,
@@ -191,9 +203,26 @@ def sync(
         # The Sandbox keeps the pod template it was made with; its shutdownTime follows the
         # claim's lifecycle, and the pod-name annotation follows its status.
         pod_name = (existing.get("status") or {}).get("podName")
-        sandbox = with_pod_annotation(objects.clone(objects.as_desired(existing)), pod_name)
-        sandbox = with_idle_timeout(with_shutdown_time(sandbox, claim), claim)
         cond = sandbox_ready(existing) or {}
+        # While the Sandbox is still looking, the pod it has found, once that pod is Ready: the
+        # Sandbox says nothing new until this annotation names the pod (hooks/sandbox.py,
+        # holds), and then says Ready in one write. Not before the pod is Ready: a pod made for
+        # it changes twice at once (created, then Ready), and a second update of the Sandbox
+        # from a cache that has not seen the first is a conflict (a failed write, and a retry
+        # seconds later under load). Its own pod only once it says it started it (PodNotReady):
+        # it writes that status just after creating the pod, and an update of the Sandbox made
+        # before that write lands is a conflict too.
+        found = None
+        if not pod_name and cond.get("reason") in LOOKING:
+            found = next_pod(existing, objects.observed(request, POD, "related"))
+            own = found is not None and objects.controller_of(found) == (objects.SANDBOX_KIND,
+                                                                         name)
+            if found is not None and (not objects.pod_is_ready(found) or (
+                    own and cond.get("reason") != objects.POD_NOT_READY)):
+                found = None
+        sandbox = with_pod_annotation(objects.clone(objects.as_desired(existing)),
+                                      pod_name or (found or {}).get("metadata", {}).get("name"))
+        sandbox = with_idle_timeout(with_shutdown_time(sandbox, claim), claim)
         named = {"name": name, **({"podName": pod_name} if pod_name else {})}
         # A Sandbox whose pod is Ready waits only for the annotation this answer writes, and
         # Metacontroller writes children before status: the claim is Ready now.
@@ -287,4 +316,8 @@ def customize(request: CustomizeRequest) -> CustomizeResponse:
     ]
     if isinstance(pool, str) and pool:
         rules.append(objects.related(objects.EXTENSIONS_API, objects.POOLS, namespace, name=pool))
+    # Pods labelled with its Sandbox's name (its own pod, or a warm pod bound to it): the
+    # claim names the pod its Sandbox found before the Sandbox reports it.
+    rules.append(objects.related("v1", "pods", namespace,
+                                 labels={SANDBOX_LABEL: claim["metadata"]["name"]}))
     return {"relatedResources": rules}

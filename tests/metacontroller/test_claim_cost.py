@@ -24,6 +24,8 @@ import requests
 
 from testbed.kubelet import Kubelet, running_kubelet
 from testbed.metacontroller import MetacontrollerStack
+from testbed.tenancy import recorded
+from testbed.tenancy_rules import Event, ready_condition
 from tests.metacontroller.objects import POOL, claim, is_ready, pool, pool_ready, template
 
 EXISTING = 12
@@ -107,3 +109,44 @@ def test_a_claims_syncs_do_not_grow_with_the_claims_already_served(
     assert later <= first + SLACK + ONE_RESYNC_EACH, (
         f"one claim cost {first} Sandbox and claim syncs on an empty namespace and {later} "
         f"with {EXISTING + 1} claims served: existing parents are re-synced by its events")
+
+
+def status_writes(events: list[Event], kind: str, name: str) -> list[str]:
+    """The Ready reason of each status write to one object, in order (watch events whose status
+    differs from the event before; a watch delivers every change)."""
+    reasons, before = [], None
+    for event in events:
+        if event.kind != kind or event.obj["metadata"]["name"] != name:
+            continue
+        status = event.obj.get("status")
+        if status != before and status:
+            reasons.append(str(ready_condition(event.obj).get("reason")))
+        before = status
+    return reasons
+
+
+def test_a_warm_claim_costs_two_status_writes_of_its_sandbox_and_two_of_its_own(
+        metacontroller_stack, namespace, instant):
+    """Issue 15: a Sandbox says it is looking (the write Metacontroller makes at its first
+    sync), then Ready with its pod; the claim says not ready, then Ready. Before, the Sandbox
+    named its pod first (WaitingForAnnotation) for its claim to copy: a third write, and a
+    re-sync of its claim and pool, on nearly every claim."""
+    stack = metacontroller_stack
+    stack.apply(template(), namespace)
+    stack.apply(pool(2), namespace)
+    stack.wait_for("sandboxwarmpool", POOL, pool_ready(2), namespace=namespace, timeout=90)
+    names = [f"writes-{i}" for i in range(4)]
+    with recorded(stack.plane.api_client(), namespace) as recorder:
+        for name in names:
+            stack.apply(claim(name), namespace)
+            stack.wait_for("sandbox", name, is_ready, namespace=namespace, timeout=60)
+            stack.wait_for("sandboxclaim", name, is_ready, namespace=namespace, timeout=60)
+            stack.wait_for("sandboxwarmpool", POOL, pool_ready(2), namespace=namespace,
+                           timeout=60)
+        quiet(stack)
+        events = recorder.snapshot()
+    for name in names:
+        sandbox = status_writes(events, "Sandbox", name)
+        claimed = status_writes(events, "SandboxClaim", name)
+        assert len(sandbox) <= 2 and sandbox[-1] == "SandboxReady", (name, sandbox)
+        assert len(claimed) <= 2 and claimed[-1] == "SandboxReady", (name, claimed)

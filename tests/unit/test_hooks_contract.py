@@ -130,6 +130,12 @@ def test_customize_hooks_depend_on_the_parent_only():
             "namespace": "default",
             "names": ["claim"],
         },
+        {
+            "apiVersion": "v1",
+            "resource": "pods",
+            "namespace": "default",
+            "labelSelector": {"matchLabels": {"agents.x-k8s.io/sandbox": "claim"}},
+        },
     ]
     rules = sandboxwarmpool.customize({"controller": {}, "parent": POOL})["relatedResources"]
     assert [r["resource"] for r in rules] == ["sandboxes", "sandboxtemplates"]

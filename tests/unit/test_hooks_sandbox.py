@@ -400,11 +400,69 @@ def test_a_claims_sandbox_is_ready_only_once_the_claim_named_its_pod():
     parent["metadata"]["uid"] = UID
     related = [warm_pod("p-1", bound_to="my-sandbox")]
     got = sandbox.sync(sync_request(parent, related=related), now=NOW)
-    assert ready(got)["reason"] == objects.WAITING_FOR_ANNOTATION
-    assert got["status"]["podName"] == "p-1", "named in status first, for the claim to copy"
+    assert ready(got)["status"] == "False"
+    # Its first answer says it is looking, like one that found nothing yet: the claim sees
+    # the pod itself and names it (before issue 15: WaitingForAnnotation with podName, a write
+    # more on the usual path).
+    assert ready(got)["reason"] == objects.WAITING_FOR_WARM_POD
+    assert "podName" not in got["status"]
     parent["metadata"]["annotations"][objects.POD_NAME_ANNOTATION] = "p-1"
     got = sandbox.sync(sync_request(parent, related=related), now=NOW)
     assert (ready(got)["status"], ready(got)["reason"]) == ("True", objects.SANDBOX_READY)
+
+
+def claims_pool_sandbox() -> dict:
+    claim_owner = {
+        "apiVersion": "extensions.agents.x-k8s.io/v1alpha1",
+        "kind": "SandboxClaim",
+        "metadata": {"name": "my-sandbox", "uid": "uid-claim", "namespace": "default"},
+    }
+    parent = owned(pool_sandbox(), claim_owner, created="2026-01-01T00:09:58Z")
+    parent["metadata"]["uid"] = UID
+    return parent
+
+
+def test_a_claims_sandbox_that_finds_its_pod_says_nothing_new_until_the_claim_names_it():
+    """Issue 15: one status write fewer per claim. Its first answer offers it to its pool;
+    when the pool has bound a pod, the status stays exactly that (no write) until the claim
+    names the pod in the annotation; then one write names the pod and says Ready."""
+    parent = claims_pool_sandbox()
+    looking = sandbox.sync(sync_request(parent), now=NOW)
+    assert ready(looking)["reason"] == objects.WAITING_FOR_WARM_POD
+    parent["status"] = json.loads(json.dumps(looking["status"]))
+    related = [warm_pod("p-1", bound_to="my-sandbox")]
+    found = sandbox.sync(sync_request(parent, related=related), now=NOW)
+    assert found["status"] == looking["status"], "the same status: Metacontroller writes none"
+    assert "podName" not in found["status"]
+    assert found["children"] == looking["children"]
+    parent["metadata"].setdefault("annotations", {})[objects.POD_NAME_ANNOTATION] = "p-1"
+    named = sandbox.sync(sync_request(parent, related=related), now=NOW)
+    assert (ready(named)["status"], named["status"]["podName"]) == ("True", "p-1")
+
+
+def test_a_first_answer_repeated_from_a_stale_read_is_the_same_status():
+    """Metacontroller may sync a Sandbox from a copy read before its first status write
+    landed: that answer, seconds later and after its pool bound a pod, must be the status
+    already written (Ready=False since the Sandbox was made), or it is one more write."""
+    parent = claims_pool_sandbox()
+    first = sandbox.sync(sync_request(parent), now=NOW)
+    later = sandbox.sync(sync_request(parent, related=[warm_pod("p-1", bound_to="my-sandbox")]),
+                         now=NOW + timedelta(seconds=3))
+    assert later["status"] == first["status"]
+    assert ready(first)["lastTransitionTime"] == parent["metadata"]["creationTimestamp"]
+
+
+def test_a_sandbox_whose_annotation_names_another_pod_reports_its_own_choice():
+    """The hold is only for a pod not named yet: an annotation naming another pod (stale, or
+    written by someone else) gets WaitingForAnnotation with the Sandbox's own choice, which
+    its claim copies."""
+    parent = claims_pool_sandbox()
+    parent["status"] = sandbox.sync(sync_request(parent), now=NOW)["status"]
+    parent["metadata"].setdefault("annotations", {})[objects.POD_NAME_ANNOTATION] = "p-2"
+    got = sandbox.sync(sync_request(parent, related=[warm_pod("p-1", bound_to="my-sandbox")]),
+                       now=NOW)
+    assert (ready(got)["reason"], got["status"]["podName"]) == (
+        objects.WAITING_FOR_ANNOTATION, "p-1")
 
 
 def test_customize_relates_pods_bound_to_its_uid_and_objects_named_like_its_children():
