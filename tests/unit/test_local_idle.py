@@ -107,23 +107,28 @@ def test_idle_time_counts_from_the_end_of_the_last_request():
     assert fake.calls == ["pause"] and act.paused and act.pauses == 1
 
 
-def test_concurrent_requests_on_a_paused_sandbox_share_one_resume():
-    fake, clock = FakeSandbox(), Clock()
-    act = activity(fake, clock)
-    clock.now += 10
-    act.step_if_due()
-    barrier = threading.Barrier(10)
+def requests_at_once(act: Activity, count: int) -> None:
+    """`count` threads each make one request on `act`, released together."""
+    barrier = threading.Barrier(count)
 
     def request() -> None:
         barrier.wait()
         act.begin()
         act.end()
 
-    threads = [threading.Thread(target=request) for _ in range(10)]
+    threads = [threading.Thread(target=request) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(10)
+
+
+def test_concurrent_requests_on_a_paused_sandbox_share_one_resume():
+    fake, clock = FakeSandbox(), Clock()
+    act = activity(fake, clock)
+    clock.now += 10
+    act.step_if_due()
+    requests_at_once(act, 10)
     assert fake.calls == ["pause", "resume"]
     assert (act.resumes, act.paused, act.in_flight) == (1, False, 0)
 
@@ -191,18 +196,7 @@ def test_concurrent_requests_on_a_stopped_sandbox_share_one_start():
     act.step_if_due()
     clock.now += 90
     act.step_if_due()
-    barrier = threading.Barrier(10)
-
-    def request() -> None:
-        barrier.wait()
-        act.begin()
-        act.end()
-
-    threads = [threading.Thread(target=request) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
+    requests_at_once(act, 10)
     assert fake.calls == ["pause", "stop", "start"]
     assert (act.starts, act.state, act.in_flight) == (1, RUNNING, 0)
 
