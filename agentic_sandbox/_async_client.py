@@ -7,7 +7,10 @@ router on Kubernetes). What each call sends and how its answer is read, the repl
 the error mapping are agentic_sandbox._protocol's (and _protocol_files', _protocol_processes'),
 shared with SandboxClient; options, backend and state are agentic_sandbox._base.BaseClient's.
 A backend's open() and close() block (runsc, the Kubernetes API: creating and watching the
-claim) and run in a thread of their own. It must not know how a backend reaches its sandbox.
+claim) and run in a thread of their own (agentic_sandbox._aio); local files are read and
+written off the event loop too (agentic_sandbox._transfer). A 503 with Retry-After is sent
+again by _protocol.retry_wait()'s rule, as in SandboxClient. It must not know how a backend
+reaches its sandbox.
 """
 
 from __future__ import annotations
