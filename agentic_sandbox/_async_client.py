@@ -1,13 +1,13 @@
 """AsyncSandboxClient: SandboxClient's API for asyncio, on Kubernetes or on this machine.
 
-Used by agent code as `async with AsyncSandboxClient(template_name=...) as sandbox:`. This
-module is IO only, like agentic_sandbox._client: httpx's AsyncClient over the Endpoint's
-async transport (an AsyncChannelTransport on the local backend, AsyncHTTPTransport to the
-router on Kubernetes). What each call sends and how its answer is read, the replay rule and
-the error mapping are agentic_sandbox._protocol's (and _protocol_files', _protocol_processes'),
-shared with SandboxClient; options, backend and state are agentic_sandbox._base.BaseClient's.
-A backend's open() and close() block (runsc, the Kubernetes API: creating and watching the
-claim) and run in a thread of their own. It must not know how a backend reaches its sandbox.
+Used by agent code as `async with AsyncSandboxClient(template_name=...) as sandbox:`. IO
+only, like agentic_sandbox._client: httpx's AsyncClient over the Endpoint's async transport.
+What each call sends, how its answer is read, the replay and 503-resend rules and the error
+mapping are agentic_sandbox._protocol's (and _protocol_files', _protocol_processes'), shared
+with SandboxClient; options, backend and state are agentic_sandbox._base.BaseClient's. A
+backend's open() and close() block (runsc, the Kubernetes API) and run in a thread of their
+own (agentic_sandbox._aio); local files are read and written off the event loop
+(agentic_sandbox._transfer). It must not know how a backend reaches its sandbox.
 """
 
 from __future__ import annotations
@@ -358,14 +358,12 @@ class AsyncSandboxClient(BaseClient):
         return AsyncProcess(self, process_id)
 
     async def write(self, path: str, content: str | bytes | IO[bytes]) -> None:
-        """Write a file in the workspace, replacing it atomically (SandboxClient.write; a
-        binary file object is streamed from its start)."""
+        """Write a workspace file, atomically (SandboxClient.write; a file object streams)."""
         await self._call(upload_call(path, content, self.request_timeout))
 
     async def upload_file(self, local_path: str | os.PathLike[str], remote_path: str, *,
                           progress: Progress | None = None) -> None:
-        """Stream a local file into the workspace (SandboxClient.upload_file; the file is
-        opened and read off the event loop)."""
+        """Stream a local file into the workspace (SandboxClient.upload_file), read off the loop."""
         file: IO[bytes] = await off_loop(open, local_path, "rb")
         try:
             await self.write(remote_path,
@@ -375,8 +373,7 @@ class AsyncSandboxClient(BaseClient):
 
     async def download_file(self, remote_path: str, local_path: str | os.PathLike[str], *,
                             progress: Progress | None = None) -> int:
-        """Stream a workspace file to a local file (SandboxClient.download_file; written off
-        the event loop)."""
+        """Stream a workspace file to a local file (SandboxClient.download_file), off the loop."""
         call = download_call(remote_path, self.request_timeout)
         return await write_off_loop(lambda: FileDownload(local_path),
                                     lambda feed: self._receive(call, feed), progress)

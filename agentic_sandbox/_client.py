@@ -179,15 +179,17 @@ class SandboxClient(BaseClient):
             command's process tree when it passes); None leaves it to the runtime (60 s).
         Kubernetes only (KubernetesOptions): api_url (a gateway or a direct router URL),
             connection ("tunnel", "direct", "in-cluster"; default: direct when api_url is
-            given, else tunnel), router_token (else $AGENTIC_SANDBOX_ROUTER_TOKEN),
-            kubeconfig, context, router_service, router_namespace, router_port, server_port.
+            given, else in-cluster in a pod unless kubeconfig is given, else tunnel),
+            router_token (else $AGENTIC_SANDBOX_ROUTER_TOKEN), kubeconfig, context,
+            router_service, router_namespace, router_port, server_port.
         Local only (LocalOptions): templates_dir (folders of SandboxTemplate YAML, else
             $AGENTIC_SANDBOX_TEMPLATES), warm_pool (spare sandboxes kept ready in this
             process), state_dir.
-        idle_timeout: pause the sandbox after this long without a request (a duration such
-            as "90s", or whole seconds, at least 2 s), overriding the template's
-            `idleTimeout`; the next request resumes it. Kubernetes: the claim's
-            `idleTimeout`; local: see docs/client.md, "Idle sandboxes".
+        idle_timeout: put the sandbox to sleep after this long without a request (a
+            duration such as "90s", or whole seconds, 2 s to 8760 h), overriding the
+            template's `idleTimeout`; the next request wakes it. Kubernetes: the claim's
+            `idleTimeout` (suspended); local: paused, and stopped with its workspace kept
+            after 10 timeouts (docs/client.md, "Idle local sandboxes").
         attach: the name of a sandbox that already exists and outlives this client (on
             Kubernetes a SandboxClaim, locally one made by `agentic-sandbox create NAME`):
             enter waits for it instead of making one, exit leaves it running.

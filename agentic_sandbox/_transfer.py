@@ -1,6 +1,7 @@
 """The local side of file transfers: what upload_* reads and download_* writes on this machine.
 
-Used by SandboxClient (agentic_sandbox._client) and meant for the async client alike: no
+Used by SandboxClient (agentic_sandbox._client) and AsyncSandboxClient
+(agentic_sandbox._async_client: `AsyncBody` for uploads, `write_off_loop` for downloads): no
 network IO here, only this machine's files. A directory goes out as the tar stream of
 sandbox_common.tarstream (read file by file, 1 MiB at a time) and comes back through its
 Extractor, the very code the runtime extracts with: absolute names, `..`, symlinks leading

@@ -5,11 +5,15 @@
 
 The workspace comes from --base-dir, else SANDBOX_RUNTIME_BASE_DIR, else SANDBOX_BASE_DIR,
 else /app. Other settings come from SANDBOX_RUNTIME_* (see config.py). Logs go to stderr only.
+Run as the console script by a pod's container (image target `runtime`) and the kubelet
+stand-in (testbed/kubelet.py); a local sandbox's first process is sandbox_runtime/launch.py,
+which serves --stdio itself.
 
-On TCP the port listens before anything else is imported (gunicorn and the app take most of
-a start): a readiness probe that arrives meanwhile waits in the listen queue and is answered
-once the worker is up, instead of being refused and retried a probe period later (1 s at
-best on Kubernetes). docs/runtime.md, "Start-up".
+On TCP the port listens before gunicorn, the app or this package's config are imported (they
+take most of a start; nothing heavy may be imported above main()): a readiness probe that
+arrives meanwhile waits in the listen queue and is answered once the worker is up, instead of
+being refused and retried a probe period later (1 s at best on Kubernetes). docs/runtime.md,
+"Start-up".
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ process holds the channel (docs/client.md, "Why a socketpair"). When that first 
 ends, the runtime stays as the sandbox's init (it reaps orphans).
 
 If that channel breaks (an abandoned stream, a client-side timeout), the runtime sees
-end-of-file, kills what it was running and exits; the next request starts a fresh runtime in
+end-of-file, kills what it was running and exits once the background processes it started
+have ended; the next request starts a fresh runtime in
 the same sandbox with another `runsc exec` on a new socketpair, so the workspace and
 background processes survive.
 

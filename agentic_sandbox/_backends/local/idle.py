@@ -10,7 +10,7 @@ sandbox goes through these transports, the named sandbox's holder too (it forwar
 same transport), so any request counts and any request wakes it.
 
 Pausing is `runsc pause` (the sandbox's gVisor kernel stops every task: no CPU is used, memory
-and processes are kept) and resuming `runsc resume`; docs/client.md, "Idle sandboxes", has
+and processes are kept) and resuming `runsc resume`; docs/client.md, "Idle local sandboxes", has
 the figures behind that choice. A pause keeps the sandbox's memory, so a sandbox left idle for
 STOP_FACTOR times its idle timeout is stopped: its gVisor sandbox ends (memory and processes
 freed), its workspace, bundle and id are kept, as a suspended Kubernetes Sandbox keeps its
@@ -18,7 +18,9 @@ PVC. A request that finds the sandbox paused resumes it before it is sent, one t
 stopped starts it again on the kept workspace; requests that arrive meanwhile wait for that
 one resume or start (one lock is held across it), and a pause or stop happens only while no
 request is under way, under the same lock. Pure decision logic (next_step, seconds_left) is
-separate from the locking and runsc calls.
+separate from the locking and runsc calls. It must not choose a timeout (the backend passes
+the option's or the template's), remove a sandbox or its workspace (the manager does), or
+send a request of its own.
 """
 
 from __future__ import annotations
