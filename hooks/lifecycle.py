@@ -144,23 +144,26 @@ def warm_pods_bound_to(sandbox: KubeObject, pods: list[KubeObject]) -> list[Kube
     ]
 
 
-def next_pod(sandbox: KubeObject, pods: list[KubeObject]) -> KubeObject | None:
-    """The pod a Sandbox that has named none yet takes, among `pods` (any pods): its own (named
-    like it, controlled by it, labelled with its uid and incarnation) first, else the first live
-    warm pod bound to it, by name; the Sandbox hook chooses so (hooks/sandbox.py), and the claim
-    names that pod in the Sandbox's pod-name annotation before the Sandbox reports it."""
+def own_pod_among(sandbox: KubeObject, pods: list[KubeObject]) -> KubeObject | None:
+    """The Sandbox's own pod among `pods` (any pods, e.g. a claim's related ones): named like
+    it, controlled by it, labelled with its uid and incarnation."""
     meta = sandbox.get("metadata", {})
-    own = [
+    return next((
         p
         for p in pods
         if p["metadata"]["name"] == meta.get("name")
         and controller_of(p) == (SANDBOX_KIND, meta.get("name"))
         and labels_of(p).get(SANDBOX_UID_LABEL) == str(meta.get("uid") or "")
         and serves_incarnation(p, sandbox)
-    ]
-    live = [p for p in own + sorted(warm_pods_bound_to(sandbox, pods),
-                                    key=lambda p: p["metadata"]["name"])
-            if not is_deleting(p)]
+    ), None)
+
+
+def next_pod(own: KubeObject | None, warm: list[KubeObject]) -> KubeObject | None:
+    """The pod a Sandbox that has named none yet takes: its own pod while live, else the first
+    live warm pod bound to it, by name. The Sandbox hook takes it (hooks/sandbox.py), and its
+    claim names the same pod in the pod-name annotation before the Sandbox reports it."""
+    live = [p for p in ([own] if own is not None else [])
+            + sorted(warm, key=lambda p: p["metadata"]["name"]) if not is_deleting(p)]
     return live[0] if live else None
 
 

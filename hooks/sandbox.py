@@ -230,7 +230,8 @@ def sync(
     own = objects.by_name(objects.observed(request, POD)).get(name)  # a child: ours by uid
     if own is not None and not lifecycle.serves_incarnation(own, sandbox):
         own = None  # made before a suspension: it is being deleted, never taken back
-    candidates = ([own] if own is not None else []) + bound_warm_pods(request)
+    warm = bound_warm_pods(request)
+    candidates = ([own] if own is not None else []) + warm
     reported = (sandbox.get("status") or {}).get("podName")
     pod: KubeObject | None = None
     resuming = lifecycle.is_being_woken(sandbox)
@@ -265,11 +266,9 @@ def sync(
             )
         elif pod is own:
             children.append(desired_pod(sandbox))
-    elif own is not None and not objects.is_deleting(own):
-        children.append(desired_pod(sandbox))
-        pod = own
-    elif live := [p for p in candidates if not objects.is_deleting(p)]:
-        pod = live[0]
+    elif (pod := lifecycle.next_pod(own, warm)) is not None:
+        if pod is own:
+            children.append(desired_pod(sandbox))
     elif (left := offers_to_pool(sandbox, now, settings, resuming=resuming)) is not None:
         # Offer this sandbox to its pool for a while before starting cold.
         ready(

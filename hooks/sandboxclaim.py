@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from hooks import objects, schemas
-from hooks.lifecycle import LOOKING, next_pod
+from hooks.lifecycle import LOOKING, next_pod, own_pod_among, warm_pods_bound_to
 from hooks.objects import (
     CLAIM_LABEL,
     POD,
@@ -212,16 +212,15 @@ def sync(
         # seconds later under load). Its own pod only once it says it started it (PodNotReady):
         # it writes that status just after creating the pod, and an update of the Sandbox made
         # before that write lands is a conflict too.
-        found = None
+        annotated = pod_name
         if not pod_name and cond.get("reason") in LOOKING:
-            found = next_pod(existing, objects.observed(request, POD, "related"))
-            own = found is not None and objects.controller_of(found) == (objects.SANDBOX_KIND,
-                                                                         name)
-            if found is not None and (not objects.pod_is_ready(found) or (
-                    own and cond.get("reason") != objects.POD_NOT_READY)):
-                found = None
-        sandbox = with_pod_annotation(objects.clone(objects.as_desired(existing)),
-                                      pod_name or (found or {}).get("metadata", {}).get("name"))
+            pods = objects.observed(request, POD, "related")
+            own = own_pod_among(existing, pods)
+            found = next_pod(own, warm_pods_bound_to(existing, pods))
+            if found is not None and objects.pod_is_ready(found) and (
+                    found is not own or cond.get("reason") == objects.POD_NOT_READY):
+                annotated = found["metadata"]["name"]
+        sandbox = with_pod_annotation(objects.clone(objects.as_desired(existing)), annotated)
         sandbox = with_idle_timeout(with_shutdown_time(sandbox, claim), claim)
         named = {"name": name, **({"podName": pod_name} if pod_name else {})}
         # A Sandbox whose pod is Ready waits only for the annotation this answer writes, and
