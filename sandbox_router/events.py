@@ -60,18 +60,18 @@ def steps(obj: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             found.append(("StartedPod", f"served by its own pod {pod} (cold)", since))
         else:
             found.append(("BoundWarmPod", f"served by warm pod {pod}", since))
+    def step(reason: str, condition: Mapping[str, Any]) -> tuple[str, str, str]:
+        return (reason, str(condition.get("message") or reason.lower()),
+                str(condition.get("lastTransitionTime") or ""))
+
     if ready.get("status") == "True":
-        found.append(("Ready", str(ready.get("message") or "ready"),
-                      str(ready.get("lastTransitionTime") or "")))
+        found.append(step("Ready", ready))
     if ready.get("reason") == SANDBOX_EXPIRED:
-        found.append(("Expired", str(ready.get("message") or "expired"),
-                      str(ready.get("lastTransitionTime") or "")))
+        found.append(step("Expired", ready))
     if suspended.get("status") == "True":
-        found.append(("Suspended", str(suspended.get("message") or "suspended"),
-                      str(suspended.get("lastTransitionTime") or "")))
+        found.append(step("Suspended", suspended))
     elif suspended.get("reason") == RESUMED:
-        found.append(("Resumed", str(suspended.get("message") or "resumed"),
-                      str(suspended.get("lastTransitionTime") or "")))
+        found.append(step("Resumed", suspended))
     return found
 
 
