@@ -63,27 +63,23 @@ class FakeSandbox:
         self.fail_pause, self.fail_resume = fail_pause, fail_resume
         self.fail_stop, self.fail_start = fail_stop, fail_start
 
-    def stop(self) -> None:
-        self.calls.append("stop")
-        if self.fail_stop:
+    def _call(self, name: str, fails: bool, takes: float = 0.0) -> None:
+        self.calls.append(name)
+        time.sleep(takes)
+        if fails:
             raise RuntimeError("no")
+
+    def stop(self) -> None:
+        self._call("stop", self.fail_stop)
 
     def start(self) -> None:
-        self.calls.append("start")
-        time.sleep(0.05)
-        if self.fail_start:
-            raise RuntimeError("no")
+        self._call("start", self.fail_start, takes=0.05)
 
     def pause(self) -> None:
-        self.calls.append("pause")
-        if self.fail_pause:
-            raise RuntimeError("no")
+        self._call("pause", self.fail_pause)
 
     def resume(self) -> None:
-        self.calls.append("resume")
-        time.sleep(0.05)
-        if self.fail_resume:
-            raise RuntimeError("no")
+        self._call("resume", self.fail_resume, takes=0.05)
 
 
 def activity(fake: FakeSandbox, clock: Clock, timeout: float | None = 10.0) -> Activity:
