@@ -103,6 +103,14 @@ def test_idle_time_counts_from_the_end_of_the_last_request():
     assert fake.calls == ["pause"] and act.paused and act.pauses == 1
 
 
+def to_stopped(act: Activity, clock: Clock) -> None:
+    """Idle past the timeout (paused), then past STOP_FACTOR timeouts (stopped)."""
+    clock.now += 10
+    act.step_if_due()
+    clock.now += 90
+    act.step_if_due()
+
+
 def requests_at_once(act: Activity, count: int) -> None:
     """`count` threads each make one request on `act`, released together."""
     barrier = threading.Barrier(count)
@@ -165,10 +173,7 @@ def test_a_sandbox_paused_for_long_is_stopped_and_the_next_request_starts_it_aga
     assert (act.state, act.starts, act.resumes) == (RUNNING, 1, 0)
     assert fake.calls == ["pause", "stop", "start"]
     # Started again, it is idle from its last request: paused, then stopped, again.
-    clock.now += 10
-    act.step_if_due()
-    clock.now += 90
-    act.step_if_due()
+    to_stopped(act, clock)
     assert fake.calls == ["pause", "stop", "start", "pause", "stop"]
 
 
@@ -188,10 +193,7 @@ def test_a_request_to_a_paused_sandbox_puts_off_its_stop():
 def test_concurrent_requests_on_a_stopped_sandbox_share_one_start():
     fake, clock = FakeSandbox(), Clock()
     act = activity(fake, clock)
-    clock.now += 10
-    act.step_if_due()
-    clock.now += 90
-    act.step_if_due()
+    to_stopped(act, clock)
     requests_at_once(act, 10)
     assert fake.calls == ["pause", "stop", "start"]
     assert (act.starts, act.state, act.in_flight) == (1, RUNNING, 0)
@@ -200,10 +202,7 @@ def test_concurrent_requests_on_a_stopped_sandbox_share_one_start():
 def test_a_failed_start_fails_the_request_as_never_sent_and_stays_stopped():
     fake, clock = FakeSandbox(fail_start=True), Clock()
     act = activity(fake, clock)
-    clock.now += 10
-    act.step_if_due()
-    clock.now += 90
-    act.step_if_due()
+    to_stopped(act, clock)
     with pytest.raises(httpx2.ConnectError, match="could not start the stopped sandbox sb"):
         act.begin()
     assert act.state == STOPPED and act.in_flight == 0
@@ -223,10 +222,7 @@ def test_a_failed_stop_is_tried_again_later_and_the_sandbox_stays_paused():
 def test_closing_a_stopped_sandbox_resumes_nothing():
     fake, clock = FakeSandbox(), Clock()
     act = activity(fake, clock)
-    clock.now += 10
-    act.step_if_due()
-    clock.now += 90
-    act.step_if_due()
+    to_stopped(act, clock)
     act.close()
     act.begin()  # after close, a request never starts it again (the sandbox is removed)
     assert fake.calls == ["pause", "stop"]
