@@ -317,6 +317,11 @@ class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]
             data = None
         except OSError:
             data = b""
+        if data == b"" and conn.framing is not None:
+            # The client stopped sending inside its body (a half-close): the app answers
+            # the body it got (a 400) to whoever still reads, as before bodies were read here.
+            self._hand_over(conn, registered)
+            return
         if data == b"":
             self._drop(conn)  # the client left (unregistering what is not: suppressed)
             return

@@ -166,6 +166,18 @@ def test_a_body_sent_in_many_small_pieces_arrives_whole(server):
         assert answer.count(b"x" * 3000) == 2
 
 
+def test_a_client_half_closing_inside_its_body_gets_a_400(server):
+    name, port = server
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"POST {BODY_PATHS[name]} HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     "application/json\r\nContent-Length: 100\r\n\r\n{".encode())
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
+
+
 def chunked(data: bytes, size: int = 65536) -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(data[i:i + size]), data[i:i + size])
                     for i in range(0, len(data), size))
