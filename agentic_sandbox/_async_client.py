@@ -38,10 +38,10 @@ from agentic_sandbox._models import (
 )
 from agentic_sandbox._protocol import (
     MAX_ERROR_BODY,
+    Answer,
     Call,
     CommandOutput,
     command_call,
-    decode,
     health_call,
     replay_allowed,
     status_error,
@@ -116,7 +116,7 @@ class AsyncCommandStream(CommandOutput):
         if self._bytes is None:
             if self._closed:
                 raise RuntimeError("this stream was closed")
-            self._response = await self._client._send(self._call, stream=True)
+            self._response = await self._client._send(self._call)
             # One iterator: a second loop goes on where the first one left off.
             self._bytes = self._response.aiter_bytes()
         return self._bytes
@@ -285,7 +285,7 @@ class AsyncSandboxClient(BaseClient):
 
     # -- the one way to the runtime -------------------------------------------------------
 
-    async def _send(self, call: Call[Any], *, stream: bool = False) -> httpx2.Response:
+    async def _send(self, call: Call[Any]) -> httpx2.Response:
         """Send one call: as SandboxClient._send, awaited."""
         http, endpoint = self._http, self._endpoint
         if self._state is not State.OPEN or http is None or endpoint is None:
@@ -299,7 +299,7 @@ class AsyncSandboxClient(BaseClient):
                                          files=call.files, content=content,
                                          headers=call.headers, timeout=timeout_of(call))
             try:
-                response = await http.send(request, stream=stream)
+                response = await http.send(request, stream=True)
             except httpx2.HTTPError as exc:
                 if not replay_allowed(call, exc, attempt):
                     raise transport_error(exc, call.what) from exc
@@ -323,8 +323,9 @@ class AsyncSandboxClient(BaseClient):
         return response
 
     async def _call(self, call: Call[T]) -> T:
-        response = await self._send(call)
-        return decode(call, response.content)
+        answer = Answer(call)
+        await self._receive(call, answer.afeed)
+        return answer.result()  # type: ignore[no-any-return]
 
     # -- the API (SandboxClient's, awaited) -----------------------------------------------
 
@@ -391,10 +392,9 @@ class AsyncSandboxClient(BaseClient):
         return await write_off_loop(lambda: DirectoryDownload(local_dir, call.what),
                                     lambda feed: self._receive(call, feed), progress)
 
-    async def _receive(self, call: Call[Any],
-                       feed: Callable[[bytes], Awaitable[None]]) -> None:
+    async def _receive(self, call: Call[Any], feed: Callable[[bytes], Awaitable[None]]) -> None:
         """Send `call` and hand its answer's bytes to `feed` as they arrive."""
-        response = await self._send(call, stream=True)
+        response = await self._send(call)
         try:
             async for data in response.aiter_bytes():
                 await feed(data)

@@ -35,10 +35,10 @@ from agentic_sandbox._models import (
 )
 from agentic_sandbox._protocol import (
     MAX_ERROR_BODY,
+    Answer,
     Call,
     CommandOutput,
     command_call,
-    decode,
     health_call,
     replay_allowed,
     status_error,
@@ -246,8 +246,9 @@ class SandboxClient(BaseClient):
 
     # -- the one way to the runtime -------------------------------------------------------
 
-    def _send(self, call: Call[Any], *, stream: bool = False) -> httpx2.Response:
-        """Send one call: the endpoint's headers, its timeout, the replay rule, errors."""
+    def _send(self, call: Call[Any]) -> httpx2.Response:
+        """Send one call: the endpoint's headers, its timeout, the replay rule, errors. The
+        answer is streamed: its body is read (bounded) by the caller."""
         http, endpoint = self._http, self._endpoint
         if self._state is not State.OPEN or http is None or endpoint is None:
             raise self._not_open()
@@ -257,7 +258,7 @@ class SandboxClient(BaseClient):
                                          files=call.files, content=call.content,
                                          headers=call.headers, timeout=timeout_of(call))
             try:
-                response = http.send(request, stream=stream)
+                response = http.send(request, stream=True)
             except httpx2.HTTPError as exc:
                 if not replay_allowed(call, exc, attempt):
                     raise transport_error(exc, call.what) from exc
@@ -271,7 +272,7 @@ class SandboxClient(BaseClient):
             time.sleep(wait)
         if response.status_code >= 400:
             try:
-                body = response.content if not stream else _first_bytes(response)
+                body = _first_bytes(response)
             except httpx2.HTTPError:
                 body = b""
             finally:
@@ -281,7 +282,9 @@ class SandboxClient(BaseClient):
         return response
 
     def _call(self, call: Call[T]) -> T:
-        return decode(call, self._send(call).content)
+        answer = Answer(call)
+        self._receive(call, answer.feed)
+        return answer.result()  # type: ignore[no-any-return]
 
     # -- the API ------------------------------------------------------------------------
 
@@ -310,7 +313,7 @@ class SandboxClient(BaseClient):
                env: Mapping[str, str] | None = None, cwd: str | None = None) -> CommandStream:
         """Start a command and return its output as it comes (see CommandStream)."""
         call = command_call(command, self._run_timeout(timeout), env, cwd, stream=True)
-        return CommandStream(self._send(call, stream=True), command)
+        return CommandStream(self._send(call), command)
 
     def start(self, command: str, *, timeout: float | None = None,
               env: Mapping[str, str] | None = None, cwd: str | None = None) -> Process:
@@ -385,7 +388,7 @@ class SandboxClient(BaseClient):
 
     def _receive(self, call: Call[Any], feed: Any) -> None:
         """Send `call` and hand its answer's bytes to `feed` as they arrive."""
-        response = self._send(call, stream=True)
+        response = self._send(call)
         try:
             for data in response.iter_bytes():
                 feed(data)

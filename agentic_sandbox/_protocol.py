@@ -7,8 +7,9 @@ Call says what to send and how to read the answer; `replay_allowed()` is THE rep
 `retry_wait()` is THE rule for a 503 with Retry-After (a sandbox waking up behind the router);
 `status_error()` and `transport_error()` map failures into our error tree; `command_call()`
 is run() and stream(); CommandOutput turns a streamed answer's bytes into chunks and an exit
-status. The file calls are in agentic_sandbox._protocol_files, the background-process calls
-in agentic_sandbox._protocol_processes; both build on this module. Nothing here sends a byte
+status; Answer gathers an answer's body, bounded. The file calls are in
+agentic_sandbox._protocol_files, the background-process calls in
+agentic_sandbox._protocol_processes; both build on this module. Nothing here sends a byte
 or knows how a backend reaches its sandbox.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -34,7 +36,8 @@ from agentic_sandbox._exceptions import (
 from agentic_sandbox._models import ExecutionResult, OutputChunk
 from sandbox_common.contract import NOT_FORWARDED_HEADER
 
-__all__ = ["CONNECT_TIMEOUT_S", "MAX_ERROR_BODY", "RUN_GRACE_S", "Call", "CommandOutput",
+__all__ = ["CONNECT_TIMEOUT_S", "MAX_ANSWER", "MAX_ERROR_BODY", "RUN_GRACE_S", "Answer", "Call",
+           "CommandOutput",
            "command_call", "decode", "exit_and_signal", "health_call", "replay_allowed",
            "retry_wait", "status_error", "timeout_of", "transport_error", "unexpected", "url_path"]
 
@@ -46,6 +49,11 @@ CONNECT_TIMEOUT_S: Final = 10.0
 # the HTTP read deadline waits this much longer before calling the runtime unresponsive.
 RUN_GRACE_S: Final = 30.0
 MAX_ERROR_BODY: Final = 64 * 1024
+# The most the client holds of one JSON answer, stream line or streamed command's output.
+# A runtime's largest answer (run() at its default 1 MiB per stream, JSON-escaped: at most
+# 6 bytes a byte) is a fifth of it; a hostile or broken sandbox sending more (an endless
+# body) gets an error, not the host's memory.
+MAX_ANSWER: Final = 64 * 1024 * 1024
 ATTEMPTS: Final = 2  # a call is sent at most twice (replay_allowed says when)
 # The wait between two sends after a 503 with Retry-After, whatever the header says.
 MIN_RETRY_WAIT_S: Final = 0.1
@@ -190,6 +198,39 @@ def _error_message(body: bytes, reason: str) -> str:
     return body[:200].decode("utf-8", "replace").strip() or reason or "error"
 
 
+class Answer:
+    """A successful answer's body, gathered as it arrives (`feed`), bounded: a JSON answer
+    larger than MAX_ANSWER, or still arriving `call.timeout` seconds after its head came,
+    is an error (SandboxConnectionError, SandboxTimeoutError), so that an endless or
+    trickled body cannot fill the host's memory or hold a call past its timeout. A raw
+    answer (read(): the file the caller asked for, its size declared) is not bounded."""
+
+    def __init__(self, call: Call[Any]) -> None:
+        self.call = call
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.deadline = (None if call.raw or call.timeout is None
+                         else time.monotonic() + call.timeout)
+
+    def feed(self, data: bytes) -> None:
+        self.size += len(data)
+        if not self.call.raw and self.size > MAX_ANSWER:
+            raise SandboxConnectionError(
+                f"{self.call.what}: the answer is larger than {MAX_ANSWER} bytes")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise SandboxTimeoutError(
+                f"{self.call.what}: the answer was still arriving {self.call.timeout}s later")
+        self.parts.append(data)
+
+    async def afeed(self, data: bytes) -> None:
+        """feed(), as AsyncSandboxClient's answers take it."""
+        self.feed(data)
+
+    def result(self) -> Any:
+        """The call's result (decode)."""
+        return decode(self.call, b"".join(self.parts))
+
+
 def decode(call: Call[T], body: bytes) -> T:
     """A successful answer's body as the call's result."""
     if call.raw:
@@ -270,6 +311,7 @@ class CommandOutput:
     def __init__(self, command: str) -> None:
         self.command = command
         self._pending = b""
+        self._held = 0  # bytes received, all held (as pending or as output)
         self._stdout: list[str] = []
         self._stderr: list[str] = []
         self._final: dict[str, Any] | None = None
@@ -282,6 +324,10 @@ class CommandOutput:
         """The chunks completed by `data`; nothing after the exit status counts."""
         chunks: list[OutputChunk] = []
         self._pending += data
+        self._held += len(data)
+        if self._held > MAX_ANSWER:
+            raise SandboxConnectionError(
+                f"the output stream is larger than {MAX_ANSWER} bytes")
         while self._final is None and b"\n" in self._pending:
             line, self._pending = self._pending.split(b"\n", 1)
             if not line.strip():

@@ -124,6 +124,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         code = 500
         body: Any = None
         try:
+            try:
+                request.get_data(cache=True)
+            except HTTPException:
+                raise
+            except Exception:  # the server could not read it (broken chunked framing, cut)
+                code = 400
+                return jsonify(error="request body could not be read to its end"), 400
             body = request.get_json(force=True, silent=False)
             problem = envelope_problem(body, hook)
             if problem:

@@ -29,6 +29,12 @@ class BadRequest(HTTPError):
     code = 400
 
 
+class BodyUnreadable(BadRequest):
+    """The request's body could not be read to its end (broken chunked framing, or the
+    client stopped sending it): answered with `Connection: close`, since nothing after it
+    on the connection can be read as a request."""
+
+
 class Forbidden(HTTPError):
     code = 403
 

@@ -21,6 +21,7 @@ from typing import IO, Any
 
 from sandbox_runtime.errors import (
     BadRequest,
+    BodyUnreadable,
     HTTPError,
     MethodNotAllowed,
     NotFound,
@@ -67,14 +68,22 @@ class Request:
             raise BadRequest("Content-Length: not a number") from None
 
     def reader(self) -> Callable[[int], bytes]:
-        """read(n) of the body, which never reads past its end."""
+        """read(n) of the body, which never reads past its end. A body the server cannot
+        read (its framing broken or cut short: gunicorn raises its own errors) is
+        BodyUnreadable, a 400, not the 500 of an unexpected exception."""
         stream = self.environ["wsgi.input"]
-        if self.environ.get("wsgi.input_terminated"):
-            return stream.read  # type: ignore[no-any-return]
+        terminated = bool(self.environ.get("wsgi.input_terminated"))
         left = [self.content_length or 0]  # WSGI: no length, no terminated stream: no body
 
         def read(size: int) -> bytes:
-            data = stream.read(min(size, left[0])) if left[0] > 0 else b""
+            if not terminated and left[0] <= 0:
+                return b""
+            try:
+                data = stream.read(size if terminated else min(size, left[0]))
+            except HTTPError:
+                raise
+            except Exception:
+                raise BodyUnreadable("body: could not be read to its end") from None
             left[0] -= len(data)
             return data  # type: ignore[no-any-return]
 
@@ -143,6 +152,8 @@ def json_answer(value: object, status: int = 200, **kwargs: Any) -> Response:
 def error_answer(exc: HTTPError) -> Response:
     """The one mapping of an error to its answer."""
     headers = [("Allow", ", ".join(exc.allowed))] if isinstance(exc, MethodNotAllowed) else []
+    if isinstance(exc, BodyUnreadable):
+        headers.append(("Connection", "close"))
     return json_answer({"error": exc.description}, exc.code, headers=headers)
 
 

@@ -2,7 +2,8 @@
 
 Used by tests/http/test_serving.py (asserts a bound) and bench/bench_hooks.py,
 bench/bench_runtime.py (report the figures). An idle connection connected and sent
-nothing; a half-header one sent a request line and one header, then stalled (slowloris).
+nothing; a half-header one sent a request line and one header, then stalled (slowloris);
+a half-body one sent a whole head and part of its body (or none of it), then stalled.
 """
 
 from __future__ import annotations
@@ -13,6 +14,24 @@ import time
 from collections.abc import Callable, Iterator
 
 HALF_HEADER = b"POST /sync/sandbox HTTP/1.1\r\nHost: x\r\n"
+# Requests stalled inside their bodies, each framed its own way.
+HALF_BODIES = {
+    "length, no body": b"POST /sync/sandbox HTTP/1.1\r\nHost: x\r\n"
+                       b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+    "length, part of the body": b"POST /sync/sandbox HTTP/1.1\r\nHost: x\r\n"
+                                b"Content-Type: application/json\r\n"
+                                b"Content-Length: 1000\r\n\r\n{\"a\": ",
+    "chunked, one chunk": b"POST /sync/sandbox HTTP/1.1\r\nHost: x\r\n"
+                          b"Content-Type: application/json\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n",
+    "chunked, inside a chunk size": b"POST /sync/sandbox HTTP/1.1\r\nHost: x\r\n"
+                                    b"Transfer-Encoding: chunked\r\n\r\n1",
+    "expect 100-continue": b"POST /sync/sandbox HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n",
+    "after a complete pipelined request": b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                                          b"POST /sync/sandbox HTTP/1.1\r\nHost: x\r\n"
+                                          b"Content-Length: 1000\r\n\r\n",
+}
 
 
 @contextlib.contextmanager
@@ -27,6 +46,25 @@ def held_connections(port: int, idle: int = 64, half: int = 64,
                 sock.sendall(HALF_HEADER)
             held.append(sock)
         time.sleep(0.3)  # the server has seen every connection and every first byte
+        yield held
+    finally:
+        for sock in held:
+            sock.close()
+
+
+@contextlib.contextmanager
+def held_bodies(port: int, each: int, path: str = "/sync/sandbox",
+                host: str = "127.0.0.1") -> Iterator[list[socket.socket]]:
+    """`each` connections of every kind in HALF_BODIES, stalled inside their bodies (POSTs
+    to `path`: one whose app reads the body)."""
+    held: list[socket.socket] = []
+    try:
+        for _ in range(each):
+            for request in HALF_BODIES.values():
+                sock = socket.create_connection((host, port), timeout=10)
+                sock.sendall(request.replace(b"/sync/sandbox", path.encode()))
+                held.append(sock)
+        time.sleep(0.3)  # the server has seen every connection and every byte
         yield held
     finally:
         for sock in held:

@@ -45,6 +45,7 @@ SURFACES = {
     "runtime": "Runtime server in the pod (`sandbox_runtime/`)",
     "router": "Router (`sandbox_router/`)",
     "local": "Local `runsc` backend (`agentic_sandbox/`)",
+    "client": "Client SDK facing a hostile sandbox (`agentic_sandbox/`)",
 }
 
 # Adversarial tests written before this plugin: "path::function" -> surface. Each passing item

@@ -57,7 +57,9 @@ def test_a_keeper_whose_server_closed_before_its_hello_exits(tmp_path):
 def test_a_stopped_server_leaves_no_keeper(tmp_path):
     with runtime_server(tmp_path) as server:
         assert server.run("echo hi")["stdout"] == "hi\n"
-        workers = [p for p in processes_with("sandbox-runtime") if p != server.process.pid]
+        # This server's workers only: other runtimes on the machine (other tests, other
+        # sessions) keep their keepers while this one stops.
+        workers = [pid for pid, ppid, _, _ in processes() if ppid == server.process.pid]
         keepers = [k for w in workers for k in keepers_of(w)]
         assert keepers
     assert wait_gone(keepers) == []

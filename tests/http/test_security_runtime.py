@@ -354,6 +354,29 @@ def test_slow_header_clients_do_not_starve_the_runtime(hostile, runtime):
     assert wait_for(runtime.alive, timeout=30)
 
 
+@pytest.mark.xfail(strict=True, reason="open finding 24 (docs/security.md): a thread writes "
+                   "an answer to a client that does not read it with no bound, so 200 "
+                   "downloads never read hold every thread")
+def test_clients_that_never_read_their_download_do_not_starve_the_runtime(hostile, runtime):
+    (runtime.workspace / "big").write_bytes(b"")
+    os.truncate(runtime.workspace / "big", 64 * 1024 * 1024)  # far more than socket buffers
+    held = []
+    try:
+        for _ in range(200):  # five times the threads of this runtime (2 workers x 20)
+            sock = socket.create_connection(("127.0.0.1", port_of(runtime)), timeout=5)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"GET /download/big HTTP/1.1\r\nHost: x\r\n\r\n")
+            held.append(sock)
+        time.sleep(1)
+        with hostile("runtime", "200 clients never reading a 64 MiB download (slow read)"):
+            assert requests.get(f"{runtime.url}/healthz", timeout=5).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+        (runtime.workspace / "big").unlink()
+    assert wait_for(runtime.alive, timeout=30)
+
+
 # Odd but harmless: stored as an ordinary file inside the workspace, under the given name.
 STORED = {
     "part header of 100 kB": ("h.txt", head_with(
