@@ -4,7 +4,10 @@ A and B are arms: a git revision (its hooks/, schemas/ and manifests/ are export
 archive`; the hooks server runs them through PYTHONPATH and the revision's loopback overlay,
 CRDs included, is what gets applied) or `.` for the working tree, optionally followed by
 Metacontroller flags after a colon: `HEAD~1`, `.:--workers=32`; `hook-workers=N` among them
-sets the hooks server's workers for that arm (`.:hook-workers=4`). Rounds alternate A, B, A, B on
+sets the hooks server's workers for that arm (`.:hook-workers=4`), and `hook-env=NAME=VALUE` an
+environment variable of its hooks server (`.:hook-env=SANDBOX_HOOKS_WARM_POD_GRACE_SECONDS=10`);
+`pools=N` and `pool=M` give that arm its own pool layout (`.:pools=50,pool=10`: the same warm
+pods in more, smaller pools). Rounds alternate A, B, A, B on
 a fresh loop each (testbed/metacontroller.py through bench/claimlab.py), so both arms see
 the same machine; the report gives each arm's medians over its rounds and the B/A ratios. This
 machine is shared: compare the ratios, not figures across runs.
@@ -49,9 +52,10 @@ def export(revision: str, into: Path) -> Path:
     return into
 
 
-def run_round(binary: str, tree: Path, flags: tuple[str, ...], hook_workers: int | None,
-              args: argparse.Namespace) -> dict[str, Any]:
-    env = {} if tree == REPO else {"PYTHONPATH": str(tree)}
+def run_round(binary: str, tree: Path, arm: Arm, args: argparse.Namespace) -> dict[str, Any]:
+    _, flags, hook_workers, hook_env, layout = arm
+    pools, per_pool = layout.get("pools", args.pools), layout.get("pool", args.pool)
+    env = {**hook_env, **({} if tree == REPO else {"PYTHONPATH": str(tree)})}
     overlay = tree / "manifests" / "overlays" / "loopback"
     with Lab(binary, metacontroller_flags=flags, hooks_env=env, overlay=overlay,
              hooks_workers=hook_workers or args.hook_workers) as lab:
@@ -64,7 +68,7 @@ def run_round(binary: str, tree: Path, flags: tuple[str, ...], hook_workers: int
                 lab.create_claim(name)
                 lab.milestones.wait([name], 60)
         elif args.scenario == "burst":
-            lab.make_pools(args.pools, args.pool)
+            lab.make_pools(pools, per_pool)
             window = lab.meter.window()
             names = [lab.name("burst") for _ in range(args.claims)]
             lab.burst(names)
@@ -83,7 +87,7 @@ def run_round(binary: str, tree: Path, flags: tuple[str, ...], hook_workers: int
                 lab.create_claim(name)
                 lab.milestones.wait([name], args.timeout)
         else:
-            lab.make_pools(args.pools, args.pool)
+            lab.make_pools(pools, per_pool)
             window = lab.meter.window()
             names, _ = lab.steady("steady", args.rate, args.seconds)
             lab.milestones.wait(names, args.timeout)
@@ -94,6 +98,7 @@ def run_round(binary: str, tree: Path, flags: tuple[str, ...], hook_workers: int
     return {
         "p50_ms": latencies.get("p50"), "p99_ms": latencies.get("p99"),
         "last_ready_s": report["last_ready_s"], "failed": len(report["failed"]),
+        "last_sandbox_ready_s": report["last_sandbox_ready_s"],
         "warm_served": report["warm_served"], "violations": violations,
         "controller_writes_per_claim": cost["controller_writes_per_claim"],
         "conflicts": cost["conflicts_total"],
@@ -103,13 +108,25 @@ def run_round(binary: str, tree: Path, flags: tuple[str, ...], hook_workers: int
     }
 
 
-def parse_arm(text: str) -> tuple[str, tuple[str, ...], int | None]:
-    """`REV[:FLAG,...]`: Metacontroller flags, and `hook-workers=N` for the hooks server."""
+# An arm: revision, Metacontroller flags, hooks server workers (None: --hook-workers),
+# environment of the hooks server, and its own --pools/--pool (None: the run's).
+Arm = tuple[str, tuple[str, ...], int | None, dict[str, str], dict[str, int]]
+
+
+def parse_arm(text: str) -> Arm:
+    """`REV[:FLAG,...]`: Metacontroller flags, `hook-workers=N` and `hook-env=NAME=VALUE` for
+    the hooks server, `pools=N` and `pool=M` for the pool layout."""
     revision, _, listed = text.partition(":")
     flags = [f for f in listed.split(",") if f]
     workers = [f for f in flags if f.startswith("hook-workers=")]
     hook_workers = int(workers[-1].split("=", 1)[1]) if workers else None
-    return revision or ".", tuple(f for f in flags if f not in workers), hook_workers
+    envs = [f for f in flags if f.startswith("hook-env=")]
+    hook_env = dict(f.split("=", 1)[1].split("=", 1) for f in envs)
+    layout = {f.split("=", 1)[0]: int(f.split("=", 1)[1]) for f in flags
+              if f.startswith(("pools=", "pool="))}
+    ours = workers + envs + [f for f in flags if f.startswith(("pools=", "pool="))]
+    return (revision or ".", tuple(f for f in flags if f not in ours), hook_workers, hook_env,
+            layout)
 
 
 def main() -> int:
@@ -139,18 +156,20 @@ def main() -> int:
     arms = {"A": parse_arm(args.a), "B": parse_arm(args.b)}
     results: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory(prefix="ab-claims-") as tmp:
-        trees = {k: export(rev, Path(tmp) / k) for k, (rev, _, _) in arms.items()}
+        trees = {k: export(arm[0], Path(tmp) / k) for k, arm in arms.items()}
         for round_ in range(args.rounds):
             for arm in ("A", "B"):
-                got = run_round(binary, trees[arm], arms[arm][1], arms[arm][2], args)
+                got = run_round(binary, trees[arm], arms[arm], args)
                 results[arm].append(got)
                 print(f"round {round_ + 1} {arm}: p50 {got['p50_ms']:.0f} ms, p99 "
-                      f"{got['p99_ms']:.0f} ms, last {got['last_ready_s']:.2f} s, writes/claim "
+                      f"{got['p99_ms']:.0f} ms, last {got['last_ready_s']:.2f} s (Sandbox "
+                      f"{got['last_sandbox_ready_s']:.2f} s), writes/claim "
                       f"{got['controller_writes_per_claim']}, hooks/claim "
                       f"{got['hook_calls_per_claim']:.1f}, cpu ms/claim "
                       f"{got['cpu_ms_per_claim']:.0f}, warm {got['warm_served']}, failed "
                       f"{got['failed']}, violations {got['violations']}", flush=True)
-    keys = ("p50_ms", "p99_ms", "last_ready_s", "controller_writes_per_claim", "conflicts",
+    keys = ("p50_ms", "p99_ms", "last_ready_s", "last_sandbox_ready_s",
+            "controller_writes_per_claim", "conflicts",
             "hook_calls_per_claim", "cpu_ms_per_claim", "warm_served", "failed", "violations")
     print(f"\n{args.scenario}: A = {args.a}, B = {args.b}, medians of {args.rounds} rounds")
     print("| figure | A | B | B/A |\n|---|---|---|---|")

@@ -101,6 +101,7 @@ def milestone_extra(report: dict[str, Any], cost: dict[str, Any], violations: in
         "cost": cost, "violations": violations, "violation_summary": summary,
         "failed": report["failed"], "warm_served": report["warm_served"],
         "last_ready_s": report["last_ready_s"],
+        "last_sandbox_ready_s": report["last_sandbox_ready_s"],
     }
 
 

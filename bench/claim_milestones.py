@@ -148,13 +148,14 @@ class Milestones:
                     self._first(claim, "pod_ready", self.pod_ready[uid])
 
     def wait(self, names: list[str], timeout: float) -> list[str]:
-        """Wait until every named claim is Ready (or failed); return those that are not."""
+        """Wait until every named claim and its Sandbox are Ready (or the claim failed); return
+        the claims that are not Ready."""
         deadline = time.monotonic() + timeout
         while True:
             self.update()
             with self.lock:
-                left = [n for n in names if "claim_ready" not in self.claims[n].times
-                        and not self.claims[n].failed]
+                left = [n for n in names if not {"claim_ready", "sandbox_ready"}
+                        <= self.claims[n].times.keys() and not self.claims[n].failed]
             if not left or time.monotonic() > deadline:
                 return left
             time.sleep(0.01)
@@ -177,6 +178,10 @@ class Milestones:
         return {
             "latencies": [c.latency for c in ready],
             "last_ready_s": max((c.times["claim_ready"] for c in ready), default=start) - start,
+            # The Sandbox's own Ready (what a client that watches the Sandbox waits for) may
+            # come a sync after its claim's.
+            "last_sandbox_ready_s": max((c.times.get("sandbox_ready", c.times["claim_ready"])
+                                         for c in ready), default=start) - start,
             "failed": {c.name: c.failed or "not Ready" for c in claims if c.latency is None},
             "warm_served": warm,
             "stages": {"names": list(STAGES.values()), "rows": rows},

@@ -49,4 +49,4 @@ class HookSettings(TypedDict):
     warm_pod_grace_seconds: float  # how long a Sandbox waits for a warm pod before going cold
 
 
-DEFAULT_SETTINGS: HookSettings = {"cluster_domain": "cluster.local", "warm_pod_grace_seconds": 5.0}
+DEFAULT_SETTINGS: HookSettings = {"cluster_domain": "cluster.local", "warm_pod_grace_seconds": 15.0}

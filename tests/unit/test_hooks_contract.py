@@ -8,9 +8,12 @@ from datetime import UTC, datetime
 import pytest
 
 from hooks import objects, sandbox, sandboxclaim, sandboxtemplate, sandboxwarmpool
+from hooks.typedefs import DEFAULT_SETTINGS, HookSettings
 from testbed.hookrequests import SEED_POD_TEMPLATE, owned, resource, sync_request, with_pod_status
 
 NOW = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
+# The warm-pod grace the binding tests reason about (a binding window of 4 s).
+GRACE_5: HookSettings = {**DEFAULT_SETTINGS, "warm_pod_grace_seconds": 5.0}
 TEMPLATE = resource(
     "SandboxTemplate", "python-runtime-template", {"podTemplate": SEED_POD_TEMPLATE}
 )

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from hooks import objects, sandbox
+from hooks.typedefs import DEFAULT_SETTINGS
 from testbed.hookrequests import owned, sync_request, with_pod_status
 from testbed.hookrequests import sandbox as make_sandbox
 
@@ -316,7 +317,7 @@ def test_offers_itself_to_the_pool_for_the_grace_then_goes_cold():
         got = sandbox.sync(sync_request(young, related=related), now=NOW)
         assert set(kinds(got)) == {"Service/my-sandbox"}
         assert ready(got)["reason"] == objects.WAITING_FOR_WARM_POD
-        assert got["resyncAfterSeconds"] == 3.0
+        assert got["resyncAfterSeconds"] == DEFAULT_SETTINGS["warm_pod_grace_seconds"] - 2
     old = pool_sandbox(created="2026-01-01T00:09:00Z")
     cold = sandbox.sync(sync_request(old), now=NOW)
     assert "Pod/my-sandbox" in kinds(cold)
@@ -335,7 +336,7 @@ def test_once_it_started_its_own_pod_it_never_offers_itself_again():
 
 
 def test_own_pod_wins_over_a_late_warm_binding_when_nothing_was_reported():
-    parent = pool_sandbox(created="2026-01-01T00:09:54Z")  # past the grace: it goes cold
+    parent = pool_sandbox(created="2026-01-01T00:09:00Z")  # past the grace: it goes cold
     first = sandbox.sync(sync_request(parent), now=NOW)
     children = applied(parent, first, pod_ready=True)
     got = sandbox.sync(
