@@ -360,10 +360,28 @@ def probe(lab: Lab, count: int, level: int) -> dict[str, Any]:
     }
 
 
+def wait_quiet(lab: Lab, path_part: str, timeout: float, quiet_s: float = 3.0) -> float:
+    """Wait until the hooks have served no `path_part` request for `quiet_s` seconds (the
+    just-made Sandboxes' last syncs, e.g. each one's first poll for a missing child, done), so
+    that the probes see Sandboxes that exist, not Sandboxes still being made. Seconds waited."""
+    began = time.monotonic()
+    window = lab.meter.window()
+    seen, since = 0, time.monotonic()
+    while time.monotonic() - began < timeout:
+        count = len(lab.meter.hook_times(window, path_part))
+        if count != seen:
+            seen, since = count, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+        time.sleep(0.5)
+    return time.monotonic() - began
+
+
 def scale(ctx: BenchContext, binary: str) -> list[Result]:
     """Sequential claims (kept) with 0, 1,000 and 5,000 Sandboxes already in the namespace:
     made directly and scaled to zero (a Sandbox, its Service and its status each), so growing
-    the namespace costs a quarter of what as many claims would."""
+    the namespace costs a quarter of what as many claims would; the probes start once the
+    hooks have had no Sandbox sync for 3 s (the new Sandboxes' own syncs are over)."""
     levels = [int(n) for n in ctx.option("claims.scale", "0,1000,5000", "0,200,600").split(",")]
     probes = int(ctx.option("claims.probe", "20", "8"))
     points: list[dict[str, Any]] = []
@@ -375,6 +393,7 @@ def scale(ctx: BenchContext, binary: str) -> list[Result]:
                 made = [lab.name("existing") for _ in range(level - existing)]
                 lab.create_sandboxes(made, replicas=0)
                 lab.wait_sandboxes_settled(made, 600)
+                wait_quiet(lab, "/sync/sandbox", timeout=120)
                 existing = level
             points.append(probe(lab, probes, existing))
             existing += probes

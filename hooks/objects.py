@@ -391,6 +391,40 @@ def keep_children(
     return {"status": status, "children": all_children(request)}
 
 
+# How soon a parent whose child is missing is synced again: at its age, between these bounds.
+MISSING_CHILD_RESYNC_SECONDS = (1.0, 30.0)
+
+
+def resync_while_children_missing(
+    request: SyncRequest, response: SyncResponse, now: datetime
+) -> SyncResponse:
+    """The response, asking to be synced again soon while a child it asks for is not among
+    the parent's observed children yet.
+
+    Metacontroller creates a missing child and swallows AlreadyExists: while an object of that
+    name lingers under another owner (the pod of an earlier Sandbox of the same name,
+    terminating), nothing else would sync this parent again when it goes. We poll for it
+    rather than relate objects by name: Metacontroller answers a rule by name by listing every
+    object of that kind in the namespace on each sync, and matches every parent's rules on
+    every event of that kind (O(namespace) per claim; issue 15). The interval is the parent's
+    age within MISSING_CHILD_RESYNC_SECONDS, so a child that stays missing is asked about a
+    few times a minute at most, not once a second."""
+    groups: ObjectMap = request.get("children") or {}  # type: ignore[assignment]
+    observed_names = {
+        key: {o["metadata"]["name"] for o in group.values()} for key, group in groups.items()
+    }
+    missing = [
+        c for c in response.get("children") or []
+        if c["metadata"]["name"] not in observed_names.get(f"{c['kind']}.{c['apiVersion']}", ())
+    ]
+    if not missing:
+        return response
+    low, high = MISSING_CHILD_RESYNC_SECONDS
+    delay = min(high, max(low, age_seconds(request["parent"], now)))
+    merged = merge_resync(response.get("resyncAfterSeconds"), delay)
+    return {**response, "resyncAfterSeconds": merged} if merged is not None else response
+
+
 def merge_resync(*delays: float | None) -> float | None:
     """The soonest of several optional resync delays (seconds), at least one second."""
     pending = [d for d in delays if d is not None]

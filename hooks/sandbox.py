@@ -189,6 +189,12 @@ def holds(sandbox: KubeObject, *, claimed: bool, annotated: str | None, resumed:
 def sync(
     request: SyncRequest, *, now: datetime, settings: HookSettings = DEFAULT_SETTINGS
 ) -> SyncResponse:
+    return objects.resync_while_children_missing(
+        request, decide(request, now=now, settings=settings), now)
+
+
+def decide(request: SyncRequest, *, now: datetime, settings: HookSettings) -> SyncResponse:
+    """The desired children and status (sync adds the resync while a child is missing)."""
     sandbox = request["parent"]
     meta = sandbox["metadata"]
     problems = spec_problems(sandbox)
@@ -340,24 +346,19 @@ def sync(
 
 
 def customize(request: CustomizeRequest) -> CustomizeResponse:
-    """Pods bound to this sandbox's uid (its pool binding one re-syncs it), and the Pod, Service
-    and PVCs named like its children: while an earlier Sandbox's objects of those names linger,
-    Metacontroller cannot create ours, and their deletion must re-sync us."""
+    """Pods bound to this sandbox's uid, for a Sandbox that offers itself to a pool (its pool
+    binding one re-syncs it); nothing else.
+
+    Nothing by name: Metacontroller answers a rule by name by listing every object of that
+    kind in the namespace on each sync, and on every event of a kind it matches the rules of
+    every parent that relates that kind (issue 15: at 3,000 Sandboxes, 40 % of its CPU). An
+    earlier Sandbox's pod or Service of our name, still lingering, is polled for instead
+    (objects.resync_while_children_missing)."""
     sandbox = request["parent"]
     namespace = sandbox["metadata"].get("namespace", "default")
-    name = sandbox["metadata"]["name"]
-    rules = [
-        objects.related("v1", "pods", namespace, name=name),
-        objects.related("v1", "services", namespace, name=name),
-    ]
-    claims = [
-        pvc_name(t, sandbox)
-        for t in (sandbox.get("spec") or {}).get("volumeClaimTemplates") or []
-        if isinstance(t, dict) and isinstance((t.get("metadata") or {}).get("name"), str)
-    ]
-    if claims:
-        rules.append(objects.related("v1", "persistentvolumeclaims", namespace, name=claims))
     uid = objects.uid_of(sandbox)
     if uid and POOL_LABEL in objects.labels_of(sandbox):
-        rules.append(objects.related("v1", "pods", namespace, labels={SANDBOX_UID_LABEL: uid}))
+        rules = [objects.related("v1", "pods", namespace, labels={SANDBOX_UID_LABEL: uid})]
+    else:
+        rules = []
     return {"relatedResources": rules}

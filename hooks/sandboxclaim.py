@@ -141,6 +141,11 @@ def sandbox_ready(sandbox: KubeObject | None) -> KubeObject | None:
 def sync(
     request: SyncRequest, *, now: datetime, settings: HookSettings = DEFAULT_SETTINGS
 ) -> SyncResponse:
+    return objects.resync_while_children_missing(request, decide(request, now=now), now)
+
+
+def decide(request: SyncRequest, *, now: datetime) -> SyncResponse:
+    """The Sandbox and status (sync adds the resync while the Sandbox is missing)."""
     claim = request["parent"]
     name = claim["metadata"]["name"]
 
@@ -295,24 +300,22 @@ def sync(
 
 def customize(request: CustomizeRequest) -> CustomizeResponse:
     """The claim's template (by name when named, else all in the namespace), the pool it names
-    if any (a claim without a template reference learns it from its pool), and the Sandbox
-    named like the claim: while an earlier claim's Sandbox of that name lingers, Metacontroller
-    cannot create ours, and its deletion must re-sync this claim.
+    if any (a claim without a template reference learns it from its pool), and the pods
+    labelled with its Sandbox's name.
 
-    No other pools: a pool's status changes with every binding, and Metacontroller re-syncs
-    every parent related to an object on each of its changes; the template lists its pools
-    instead (hooks/sandboxtemplate.py)."""
+    Not its Sandbox: that is its child (Metacontroller finds children by owner, without
+    looking at the rest of the namespace). Not by name either: Metacontroller answers a rule
+    by name by listing every object of that kind in the namespace on each sync, and matches
+    every claim's rules on every event of that kind; an earlier claim's Sandbox of our name,
+    still lingering, is polled for instead (objects.resync_while_children_missing). No other
+    pools: a pool's status changes with every binding; the template lists its pools instead
+    (hooks/sandboxtemplate.py)."""
     claim = request["parent"]
     namespace = claim["metadata"].get("namespace", "default")
     spec = claim.get("spec") or {}
     template = (spec.get("sandboxTemplateRef") or {}).get("name")
     pool = (spec.get("warmPoolRef") or {}).get("name")
-    rules = [
-        objects.related(objects.EXTENSIONS_API, objects.TEMPLATES, namespace, name=template),
-        objects.related(
-            objects.SANDBOX_API, objects.SANDBOXES, namespace, name=claim["metadata"]["name"]
-        ),
-    ]
+    rules = [objects.related(objects.EXTENSIONS_API, objects.TEMPLATES, namespace, name=template)]
     if isinstance(pool, str) and pool:
         rules.append(objects.related(objects.EXTENSIONS_API, objects.POOLS, namespace, name=pool))
     # Pods labelled with its Sandbox's name (its own pod, or a warm pod bound to it): the

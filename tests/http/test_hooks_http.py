@@ -34,15 +34,22 @@ def test_sync_sandbox_over_tcp(hooks_url: str):
 
 
 def test_customize_sandbox_over_tcp(hooks_url: str):
+    """A Sandbox with no pool relates nothing (issue 15: no rules by name); one that offers
+    itself to a pool relates the pods bound to its uid."""
     answer = requests.post(
         f"{hooks_url}/customize/sandbox",
         json={"controller": {}, "parent": sandbox("web")},
         timeout=5,
     )
     assert answer.status_code == 200
+    assert answer.json() == {"relatedResources": []}
+    pooled = sandbox("web", labels={"agents.x-k8s.io/warm-pool": "pool"})
+    answer = requests.post(f"{hooks_url}/customize/sandbox",
+                           json={"controller": {}, "parent": pooled}, timeout=5)
     assert answer.json() == {"relatedResources": [
-        {"apiVersion": "v1", "resource": kind, "namespace": "default", "names": ["web"]}
-        for kind in ("pods", "services")]}
+        {"apiVersion": "v1", "resource": "pods", "namespace": "default",
+         "labelSelector": {"matchLabels": {
+             "agents.x-k8s.io/sandbox-uid": pooled["metadata"]["uid"]}}}]}
 
 
 @pytest.mark.parametrize(

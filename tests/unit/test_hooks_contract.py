@@ -128,12 +128,6 @@ def test_customize_hooks_depend_on_the_parent_only():
             "names": ["python-runtime-template"],
         },
         {
-            "apiVersion": "agents.x-k8s.io/v1alpha1",
-            "resource": "sandboxes",
-            "namespace": "default",
-            "names": ["claim"],
-        },
-        {
             "apiVersion": "v1",
             "resource": "pods",
             "namespace": "default",
@@ -146,6 +140,23 @@ def test_customize_hooks_depend_on_the_parent_only():
     assert rules == [{"apiVersion": "extensions.agents.x-k8s.io/v1alpha1",
                       "resource": "sandboxwarmpools", "namespace": "default",
                       "labelSelector": {"matchLabels": {}}}]
+
+
+def test_a_claim_relates_nothing_by_name_but_its_template_and_pool():
+    """Its Sandbox is its child (found by owner); a rule by name makes Metacontroller list the
+    whole namespace on every sync and match every claim on every event of that kind. An
+    earlier claim's Sandbox of its name, still lingering, is polled for instead: the claim
+    asks to be synced again while its Sandbox is missing, and not once it is there."""
+    rules = sandboxclaim.customize({"controller": {}, "parent": CLAIM})["relatedResources"]
+    assert "sandboxes" not in [r["resource"] for r in rules]
+    created = objects.parse_time(CLAIM["metadata"]["creationTimestamp"])
+    first = sandboxclaim.sync(sync_request(CLAIM, related=[TEMPLATE]), now=created)
+    assert first["resyncAfterSeconds"] == 1.0
+    lingering = sandboxclaim.sync(sync_request(CLAIM, related=[TEMPLATE]), now=NOW)
+    assert lingering["resyncAfterSeconds"] == 30.0
+    (made,) = first["children"]
+    there = sandboxclaim.sync(sync_request(CLAIM, [owned(made, CLAIM)], [TEMPLATE]), now=NOW)
+    assert "resyncAfterSeconds" not in there
 
 
 def test_a_claim_watches_no_pool_but_the_one_it_names():

@@ -155,8 +155,9 @@ def test_the_hook_asks_to_be_called_back_when_the_sandbox_would_turn_idle():
     cluster.settle()
     cluster.advance(20)
     box = cluster.get("Sandbox", "c")
-    answer = sandbox.sync({"controller": {}, "parent": box,
-                           "children": {}, "related": {}}, now=cluster.now)
+    children = [o for kind in ("Pod", "Service") for o in cluster.list(kind)
+                if cluster.owner_uid(o) == box["metadata"]["uid"]]
+    answer = sandbox.sync(sync_request(box, children), now=cluster.now)
     assert answer["resyncAfterSeconds"] == pytest.approx(40)
 
 
@@ -168,7 +169,9 @@ def test_the_answer_that_turns_it_ready_asks_to_be_called_back_at_its_idle_deadl
     first = sandbox.sync(sync_request(made), now=START)
     (pod,) = [c for c in first["children"] if c["kind"] == "Pod"]
     ready_pod = with_pod_status(owned(pod, made), ready=True)
-    answer = sandbox.sync(sync_request(made, [ready_pod]), now=START + timedelta(seconds=5))
+    service = [owned(c, made) for c in first["children"] if c["kind"] == "Service"]
+    answer = sandbox.sync(sync_request(made, [ready_pod, *service]),
+                          now=START + timedelta(seconds=5))
     assert ready_reason(answer) == ("True", objects.SANDBOX_READY)
     assert answer["resyncAfterSeconds"] == pytest.approx(30)
 

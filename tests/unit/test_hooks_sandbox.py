@@ -167,7 +167,8 @@ def test_replicas_zero_keeps_service_and_pvcs_and_drops_the_pod():
 
 def test_future_shutdown_time_asks_for_a_resync_then():
     parent = make_sandbox(shutdownTime="2026-01-01T01:00:00Z")
-    got = sandbox.sync(sync_request(parent), now=NOW)
+    first = sandbox.sync(sync_request(parent), now=NOW)
+    got = sandbox.sync(sync_request(parent, applied(parent, first)), now=NOW)
     assert got["resyncAfterSeconds"] == 50 * 60
     assert "Pod/my-sandbox" in kinds(got)
 
@@ -175,7 +176,8 @@ def test_future_shutdown_time_asks_for_a_resync_then():
 def test_past_shutdown_time_drops_pod_and_service_but_keeps_pvcs():
     vct = {"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"]}}
     parent = make_sandbox(volumeClaimTemplates=[vct], shutdownTime="2026-01-01T00:05:00Z")
-    got = sandbox.sync(sync_request(parent), now=NOW)
+    first = sandbox.sync(sync_request(parent), now=NOW)
+    got = sandbox.sync(sync_request(parent, applied(parent, first)), now=NOW)
     assert set(kinds(got)) == {"PersistentVolumeClaim/data-my-sandbox"}
     assert ready(got)["status"] == "False"
     assert ready(got)["reason"] == objects.SANDBOX_EXPIRED
@@ -313,8 +315,9 @@ def test_offers_itself_to_the_pool_for_the_grace_then_goes_cold():
     """It needs no sight of its pool's free pods (the pool makes one for it when none is free),
     so it offers itself for the grace whatever the pool holds, then starts its own."""
     young = pool_sandbox(created="2026-01-01T00:09:58Z")
+    service = applied(young, sandbox.sync(sync_request(young), now=NOW))
     for related in ([], [warm_pod("pool-x", bound_to="other"), warm_pod("pool-y")]):
-        got = sandbox.sync(sync_request(young, related=related), now=NOW)
+        got = sandbox.sync(sync_request(young, service, related), now=NOW)
         assert set(kinds(got)) == {"Service/my-sandbox"}
         assert ready(got)["reason"] == objects.WAITING_FOR_WARM_POD
         assert got["resyncAfterSeconds"] == DEFAULT_SETTINGS["warm_pod_grace_seconds"] - 2
@@ -466,31 +469,16 @@ def test_a_sandbox_whose_annotation_names_another_pod_reports_its_own_choice():
         objects.WAITING_FOR_ANNOTATION, "p-1")
 
 
-def test_customize_relates_pods_bound_to_its_uid_and_objects_named_like_its_children():
-    """Never all of its pool's pods: each of their changes would re-sync every Sandbox of the
-    pool, and they change with every claim."""
-    named = [
-        {"apiVersion": "v1", "resource": "pods", "namespace": "default", "names": ["my-sandbox"]},
-        {
-            "apiVersion": "v1",
-            "resource": "services",
-            "namespace": "default",
-            "names": ["my-sandbox"],
-        },
-    ]
+def test_customize_relates_only_pods_bound_to_its_uid_and_nothing_by_name():
+    """Never all of its pool's pods (each of their changes would re-sync every Sandbox of the
+    pool), and nothing by name: Metacontroller lists the whole namespace for a rule by name on
+    every sync and matches every Sandbox's rules on every event of that kind (issue 15)."""
     assert sandbox.customize({"controller": {}, "parent": make_sandbox()}) == {
-        "relatedResources": named
+        "relatedResources": []
     }
     vct = {"metadata": {"name": "data"}, "spec": {}}
     parent = make_sandbox(labels={objects.POOL_LABEL: "pool"}, volumeClaimTemplates=[vct])
     assert sandbox.customize({"controller": {}, "parent": parent})["relatedResources"] == [
-        *named,
-        {
-            "apiVersion": "v1",
-            "resource": "persistentvolumeclaims",
-            "namespace": "default",
-            "names": ["data-my-sandbox"],
-        },
         {
             "apiVersion": "v1",
             "resource": "pods",
@@ -498,6 +486,25 @@ def test_customize_relates_pods_bound_to_its_uid_and_objects_named_like_its_chil
             "labelSelector": {"matchLabels": {objects.SANDBOX_UID_LABEL: UID}},
         },
     ]
+
+
+def test_a_child_not_observed_yet_is_asked_about_again_at_the_sandboxs_age():
+    """An earlier Sandbox's pod of our name, still terminating, makes Metacontroller's create
+    fail quietly, and no related rule re-syncs us when it goes: the answer asks to be synced
+    again while a child it wants is missing (its age, 1 to 30 s), and not once all are there."""
+    vct = {"metadata": {"name": "data"}, "spec": {}}
+    parent = make_sandbox(volumeClaimTemplates=[vct])
+    created = objects.parse_time(parent["metadata"]["creationTimestamp"])
+    first = sandbox.sync(sync_request(parent), now=created)
+    assert first["resyncAfterSeconds"] == 1.0
+    later = sandbox.sync(sync_request(parent), now=created + timedelta(seconds=7))
+    assert later["resyncAfterSeconds"] == 7.0
+    assert sandbox.sync(sync_request(parent), now=NOW)["resyncAfterSeconds"] == 30.0
+    children = applied(parent, first, pod_ready=True)
+    without_pod = [c for c in children if c["kind"] != "Pod"]
+    assert sandbox.sync(sync_request(parent, without_pod), now=NOW)["resyncAfterSeconds"] == 30.0
+    settled = sandbox.sync(sync_request(parent, children), now=NOW)
+    assert "resyncAfterSeconds" not in settled
 
 
 def test_pod_states_only_what_the_api_server_keeps():
