@@ -26,6 +26,12 @@ past its pace in a thread reads as ended there (the app answers 400, the connect
 closes). Before its first byte a connection waits at most `keepalive` seconds (a new one,
 or a kept-alive one between requests), then it is closed.
 
+Answers have a pace too: a thread writes every answer (gunicorn's sendall, and sendfile for
+downloads) through PacedSocket, without blocking; the time it waits for the client to take
+more may not pass SEND_GRACE_S plus one second per SEND_MIN_RATE bytes taken, else the
+connection is reset and the thread freed. Before, a client that read nothing (or a byte now
+and then) held a thread for as long as it liked.
+
 It also answers gunicorn's own errors (bad request line 400, URI too long 414, header
 fields too large 431, unsupported transfer coding 501, an app crash before its answer
 500...) with the servers' documented JSON body `{"error": "..."}` instead of HTML, keeping
