@@ -26,6 +26,12 @@ past its pace in a thread reads as ended there (the app answers 400, the connect
 closes). Before its first byte a connection waits at most `keepalive` seconds (a new one,
 or a kept-alive one between requests), then it is closed.
 
+Answers have a pace too: a thread writes every answer (gunicorn's sendall, and sendfile for
+downloads) through PacedSocket, without blocking; the time it waits for the client to take
+more may not pass SEND_GRACE_S plus one second per SEND_MIN_RATE bytes taken, else the
+connection is reset and the thread freed. Before, a client that read nothing (or a byte now
+and then) held a thread for as long as it liked.
+
 It also answers gunicorn's own errors (bad request line 400, URI too long 414, header
 fields too large 431, unsupported transfer coding 501, an app crash before its answer
 500...) with the servers' documented JSON body `{"error": "..."}` instead of HTML, keeping
@@ -40,9 +46,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import select
 import selectors
-import socket
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -51,8 +55,8 @@ from typing import Any
 from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-GRACE_S = 15.0  # a request's first byte to its pace's start; the longest stall allowed
-MIN_RATE = 32 * 1024  # bytes/s a request must average once past GRACE_S
+from sandbox_common.paced import GRACE_S, PacedSocket, pace
+
 LOOP_BODY_MAX = 1024 * 1024  # body bytes a waiting request may buffer in the main loop
 LOOP_BUDGET = 64 * 1024 * 1024  # all waiting requests of one worker together
 READ_SIZE = 65536
@@ -160,44 +164,6 @@ class ChunkScan:
             if data[end - 2:end] != b"\r\n":
                 return self.BAD
             self.pos = end
-
-
-class PacedSocket:
-    """The socket a thread reads a request's body from (gunicorn's parser holds it): each
-    recv waits at most until the request's pace runs out (module docstring), then the
-    socket is shut for reading and the body reads as ended. Sending is the socket's own."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.started = time.monotonic()
-        self.received = 0
-
-    def restart(self, started: float, received: int) -> None:
-        """A new request on the connection: its first byte's time, bytes already read."""
-        self.started, self.received = started, received
-
-    def give_up_at(self) -> float:
-        return pace(self.started, self.received)
-
-    def recv(self, size: int) -> bytes:
-        wait = self.give_up_at() - time.monotonic()
-        ready = select.poll()
-        ready.register(self.sock, select.POLLIN)
-        if wait <= 0 or not ready.poll(wait * 1000):
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RD)
-            return b""
-        data = self.sock.recv(size)
-        self.received += len(data)
-        return data
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.sock, name)
-
-
-def pace(started: float, received: int) -> float:
-    """When a request that began at `started` and sent `received` bytes is given up."""
-    return started + GRACE_S + received / MIN_RATE
 
 
 class _Capture:
@@ -406,11 +372,19 @@ class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]
                 self._drop(conn)
 
     def handle_request(self, req: Any, conn: TConn) -> Any:
-        """gunicorn's, without a second "100 Continue" when the main loop sent one."""
+        """gunicorn's, without a second "100 Continue" when the main loop sent one, and
+        with the answer written through the request's PacedSocket (its send pace)."""
         if getattr(conn, "continued", False):
             req._expected_100_continue = False
             conn.continued = False
-        return super().handle_request(req, conn)
+        paced = conn.parser.unreader.sock if conn.parser is not None else None
+        if not isinstance(paced, PacedSocket):
+            return super().handle_request(req, conn)
+        raw, conn.sock = conn.sock, paced
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            conn.sock = raw
 
     # -- gunicorn's own error answers, as JSON -----------------------------------------------
 

@@ -1,8 +1,9 @@
 """Several gunicorn workers behave as one server: one command bound, one set of metrics.
 
 The server runs one worker per CPU; these tests force two (SANDBOX_RUNTIME_WORKERS=2) and
-find keep-alive connections that landed on each worker (a command's $PPID is its worker),
-so each property is checked across processes, not by luck of connection placement.
+find keep-alive connections that landed on each worker (a command's parent is one of its
+worker's keepers, whose parent is the worker), so each property is checked across
+processes, not by luck of connection placement.
 """
 
 from __future__ import annotations
@@ -28,12 +29,17 @@ def two_workers(tmp_path_factory):
         yield server
 
 
+# The worker serving a command: its keeper's parent. $PPID alone is the keeper, and a worker
+# may run several keepers: grouping by it could put one worker's connections in two groups.
+WORKER_PID = "sed -n 's/^PPid:[[:space:]]*//p' /proc/$PPID/status"
+
+
 def sessions_by_worker(server, wanted: int = 2) -> dict[int, list[requests.Session]]:
     """Keep-alive sessions grouped by the worker that serves them, `wanted` per worker."""
     found: dict[int, list[requests.Session]] = {}
     for _ in range(60):
         session = requests.Session()
-        out = session.post(f"{server.url}/execute", json={"command": "echo $PPID"},
+        out = session.post(f"{server.url}/execute", json={"command": WORKER_PID},
                            timeout=30).json()
         found.setdefault(int(out["stdout"]), []).append(session)
         if len(found) >= 2 and all(len(v) >= wanted for v in list(found.values())[:2]):
@@ -106,6 +112,21 @@ def test_metrics_count_commands_of_every_worker(two_workers):
         f"{two_workers.url}/metrics", timeout=30).text
 
 
+def worker_cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()
+
+
+def exited(pid: int) -> bool:
+    """Whether `pid` has ended (a zombie not yet reaped by the master has: its locks are
+    released before it becomes one)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
 def test_a_killed_worker_frees_its_slots(two_workers):
     groups = sessions_by_worker(two_workers, wanted=MAX_COMMANDS)
     victim, sessions = next(iter(groups.items()))
@@ -115,10 +136,13 @@ def test_a_killed_worker_frees_its_slots(two_workers):
         other = next(s for pid, group in groups.items() if pid != victim for s in group)
         busy = other.post(f"{two_workers.url}/execute", json={"command": "true"}, timeout=30)
         assert busy.status_code == 429
+        assert "sandbox-runtime" in worker_cmdline(victim)  # a worker, not a keeper
+        assert victim != two_workers.process.pid
         os.kill(victim, signal.SIGKILL)  # its record locks go with it
-        deadline = time.monotonic() + 5
-        while os.path.exists(f"/proc/{victim}") and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        while not exited(victim) and time.monotonic() < deadline:
             time.sleep(0.02)  # the kernel releases the locks as the process ends
+        assert exited(victim)
         response = other.post(f"{two_workers.url}/execute", json={"command": "echo free"},
                               timeout=30)
         assert response.status_code == 200, response.text

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sandbox_common import serving
+from sandbox_common import paced as pacing
 from sandbox_common.serving import ChunkScan, Framing, PacedSocket, framing, head_end
 
 HEAD = b"POST /x HTTP/1.1\r\nHost: h\r\n"
@@ -96,13 +96,13 @@ def test_a_chunk_size_line_too_long_to_judge_is_left_to_gunicorn():
 
 
 def test_pace_grows_with_what_arrived():
-    assert serving.pace(100.0, 0) == 100.0 + serving.GRACE_S
-    assert serving.pace(100.0, serving.MIN_RATE * 10) == 100.0 + serving.GRACE_S + 10
+    assert pacing.pace(100.0, 0) == 100.0 + pacing.GRACE_S
+    assert pacing.pace(100.0, pacing.MIN_RATE * 10) == 100.0 + pacing.GRACE_S + 10
 
 
 def test_a_paced_socket_reads_while_on_pace_and_ends_the_body_after(monkeypatch):
-    monkeypatch.setattr(serving, "GRACE_S", 0.3)
-    monkeypatch.setattr(serving, "MIN_RATE", 100)  # each byte buys 10 ms
+    monkeypatch.setattr(pacing, "GRACE_S", 0.3)
+    monkeypatch.setattr(pacing, "MIN_RATE", 100)  # each byte buys 10 ms
     ours, theirs = socket.socketpair()
     with ours, theirs:
         paced = PacedSocket(ours)
@@ -115,3 +115,25 @@ def test_a_paced_socket_reads_while_on_pace_and_ends_the_body_after(monkeypatch)
         assert 0.3 <= waited < 5, waited
         assert ours.recv(100) == b""  # shut for reading: no late byte is read as body
         assert paced.fileno() == ours.fileno()  # the rest is the socket's own
+
+
+def test_a_paced_socket_writes_to_a_reader_and_gives_up_on_one_that_stops(monkeypatch, tmp_path):
+    monkeypatch.setattr(pacing, "SEND_GRACE_S", 0.3)
+    source = tmp_path / "file"
+    source.write_bytes(b"f" * 100_000)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        paced = PacedSocket(ours)
+        paced.sendall(b"head")
+        with source.open("rb") as f:
+            assert paced.sendfile(f, 10, 50) == 50
+            assert f.tell() == 60  # socket.sendfile's contract: the position after it
+        assert ours.gettimeout() is None  # blocking again, as the thread had it
+        received = b""
+        while len(received) < 54:
+            received += theirs.recv(100)
+        assert received == b"head" + b"f" * 50
+        began = time.monotonic()
+        with pytest.raises(OSError):  # the peer reads nothing more: cut at its pace
+            paced.sendall(b"x" * (64 << 20))
+        assert time.monotonic() - began < 30
