@@ -348,3 +348,20 @@ def test_a_sandbox_set_back_to_waiting_after_starting_its_own_pod_is_not_stuck()
         sandbox["metadata"] = {**sandbox["metadata"], "annotations": annotations}
     assert objects.ready_reason(sandbox) == objects.SANDBOX_READY
     assert sandbox["status"]["podName"] == own["metadata"]["name"], "its own pod, the first"
+
+
+def test_an_answer_from_before_the_sandboxs_podnotready_write_repeats_it():
+    """The write-back itself: the answer that starts its own pod says PodNotReady; an answer
+    from a parent read before that write landed (still WaitingForWarmPod, the pod already
+    among its children) says the same, so Metacontroller has nothing to write back."""
+    _, (sandbox,) = claim_with_sandbox(sandbox_says(objects.WAITING_FOR_WARM_POD))
+    sandbox["metadata"]["labels"][POOL_LABEL] = "pool"
+    sandbox["metadata"]["generation"] = 1
+    sandbox["status"]["conditions"][0]["observedGeneration"] = 1
+    cold = sandbox_hook.sync(sync_request(sandbox), now=NOW, settings=GRACE_5)
+    (pod,) = [c for c in cold["children"] if c["kind"] == "Pod"]
+    assert objects.ready_reason({"status": cold["status"]}) == objects.POD_NOT_READY
+    for ready in (False, True):
+        own = with_pod_status(owned(pod, sandbox), ready=ready)
+        stale = sandbox_hook.sync(sync_request(sandbox, [own]), now=NOW, settings=GRACE_5)
+        assert stale["status"] == cold["status"], f"pod ready: {ready}"
