@@ -172,6 +172,15 @@ def next_pod(own: KubeObject | None, warm: list[KubeObject]) -> KubeObject | Non
 LOOKING = (WAITING_FOR_WARM_POD, POD_NOT_READY)
 
 
+def claim_names_found(reason: str | None, own: bool) -> bool:
+    """Whether a claim names the pod its Sandbox found (next_pod) while the Sandbox reports
+    `reason` and names no pod: a warm pod under any looking reason; the Sandbox's own pod only
+    once it said it started it (PodNotReady: the claim's update of the Sandbox before that
+    write lands would be a conflict). The Sandbox holds its looking status only where this
+    holds (hooks/sandbox.py, holds): elsewhere neither hook would write again."""
+    return reason == POD_NOT_READY if own else reason in LOOKING
+
+
 def serving_age(sandbox: KubeObject, now: datetime) -> float:
     """Seconds since the Sandbox last began to look for a pod: its creation, or its resume."""
     since = (find_condition(sandbox, SUSPENDED) or {}).get("lastTransitionTime")

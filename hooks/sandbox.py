@@ -173,7 +173,9 @@ def holds(sandbox: KubeObject, *, claimed: bool, annotated: str | None, resumed:
     of its claim and pool) that tells nobody anything. Not after a wake, nor when the
     annotation names another pod (it says WaitingForAnnotation then, for the claim to fix).
     With no status yet (its first answer, or a parent read before that answer's write landed)
-    it says it is looking: the claim names the pod from there, as from any looking status."""
+    it says it is looking: the claim names the pod from there, as from any looking status.
+    So does it when the looking status is one under which its claim would not name the pod
+    found (sync; lifecycle.claim_names_found)."""
     if not (claimed and annotated is None and not resumed):
         return False
     if not sandbox.get("status"):
@@ -294,14 +296,18 @@ def decide(request: SyncRequest, *, now: datetime, settings: HookSettings) -> Sy
     if pod is not None and holds(sandbox, claimed=claimed, annotated=annotated, resumed=resumed):
         # Found a pod, which its claim names next (it sees the pod too): the status it wrote
         # while looking stands until then, so finding the pod costs no status write of its own.
-        if sandbox.get("status"):
+        if sandbox.get("status") and lifecycle.claim_names_found(
+                objects.ready_reason(sandbox), own=pod is own):
             response: SyncResponse = {"status": objects.clone(sandbox["status"]),
                                       "children": children}
             if (delay := objects.merge_resync(*resync)) is not None:
                 response["resyncAfterSeconds"] = delay
             return response
-        # No status yet (its first answer, or a read from before that answer's write landed):
-        # the looking status that first answer gives.
+        # No status yet (its first answer, or a read from before that answer's write landed),
+        # or one its claim would not name this pod under: WaitingForWarmPod with its own pod
+        # found, written back over PodNotReady by an answer from a parent read before that
+        # write landed (seen in cold bursts; held, neither hook would write again). The
+        # looking status that goes with the pod found.
         if pod is own:
             ready(False, objects.POD_NOT_READY, f"pod {name} is being created")
         else:

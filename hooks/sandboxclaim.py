@@ -30,7 +30,13 @@ from datetime import datetime
 from typing import Any
 
 from hooks import objects, schemas
-from hooks.lifecycle import LOOKING, next_pod, own_pod_among, warm_pods_bound_to
+from hooks.lifecycle import (
+    LOOKING,
+    claim_names_found,
+    next_pod,
+    own_pod_among,
+    warm_pods_bound_to,
+)
 from hooks.objects import (
     CLAIM_LABEL,
     POD,
@@ -222,8 +228,8 @@ def decide(request: SyncRequest, *, now: datetime) -> SyncResponse:
             pods = objects.observed(request, POD, "related")
             own = own_pod_among(existing, pods)
             found = next_pod(own, warm_pods_bound_to(existing, pods))
-            if found is not None and objects.pod_is_ready(found) and (
-                    found is not own or cond.get("reason") == objects.POD_NOT_READY):
+            if found is not None and objects.pod_is_ready(found) and claim_names_found(
+                    cond.get("reason"), own=found is own):
                 annotated = found["metadata"]["name"]
         sandbox = with_pod_annotation(objects.clone(objects.as_desired(existing)), annotated)
         sandbox = with_idle_timeout(with_shutdown_time(sandbox, claim), claim)

@@ -10,6 +10,7 @@ The kubelet stand-in runs a real sandbox-runtime per pod (conftest `kubelet`).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -19,12 +20,14 @@ import pytest
 
 from hooks.objects import (
     EXPIRED,
+    POD_NAME_ANNOTATION,
     POOL_KIND,
     POOL_NOT_FOUND,
     SANDBOX_EXPIRED,
     SANDBOX_READY,
     SANDBOX_UID_LABEL,
     TEMPLATE_NOT_FOUND,
+    WAITING_FOR_WARM_POD,
 )
 from testbed.metacontroller import MetacontrollerStack
 from tests.metacontroller.objects import (
@@ -237,3 +240,40 @@ def test_a_claim_never_says_its_pod_is_gone_while_the_pod_runs(warm):
                  if ("stopped" in m or "deleted" in m)]
     assert said_gone, watcher.samples[-5:]
     assert all(not pods for _, pods in said_gone), [s for s in said_gone if s[1]][:3]
+
+
+LAST_APPLIED = "metacontroller.k8s.io/last-applied-configuration"
+
+
+def test_a_claims_sandbox_whose_podnotready_was_written_back_to_waiting_still_turns_ready(
+        metacontroller_stack, namespace, kubelet):
+    """Seen in cold bursts: a Sandbox that started its own pod and wrote PodNotReady had it
+    written back to WaitingForWarmPod by an answer from a parent read before that write. It
+    held that status for its claim to name the pod, and the claim names a Sandbox's own pod
+    only under PodNotReady: never Ready. Here the same state is set while Metacontroller is
+    down (its own pod Ready, no annotation, WaitingForWarmPod); its restart syncs both."""
+    stack = metacontroller_stack
+    stack.apply(template(), namespace)
+    stack.apply(claim("stale"), namespace)
+    sandbox = stack.wait_for("sandbox", "stale", is_ready, namespace=namespace, timeout=90)
+    assert sandbox["status"]["podName"] == "stale"
+    stack.kill("metacontroller")
+    try:
+        # Never written: gone from the Sandbox and from what its claim last applied.
+        applied = json.loads(sandbox["metadata"]["annotations"][LAST_APPLIED])
+        applied["metadata"].pop("annotations")
+        stack.kubectl("annotate", "sandbox", "stale", "-n", namespace, "--overwrite",
+                      f"{POD_NAME_ANNOTATION}-",
+                      f"{LAST_APPLIED}={json.dumps(applied, sort_keys=True)}")
+        condition = {**ready_condition(sandbox), "status": "False",
+                     "reason": WAITING_FOR_WARM_POD, "message": "waiting for a warm pod"}
+        stack.kubectl("patch", "sandbox", "stale", "-n", namespace, "--subresource=status",
+                      "--type=merge", "-p", json.dumps({"status": {
+                          "podName": None, "podIPs": [], "replicas": 0,
+                          "conditions": [condition]}}))
+        assert reason(stack.get("sandbox", "stale", namespace)) == WAITING_FOR_WARM_POD
+    finally:
+        stack.ensure_running()
+    sandbox = stack.wait_for("sandbox", "stale", is_ready, namespace=namespace, timeout=60)
+    assert sandbox["status"]["podName"] == "stale"
+    assert sandbox["metadata"]["annotations"][POD_NAME_ANNOTATION] == "stale"

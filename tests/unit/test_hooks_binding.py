@@ -313,3 +313,55 @@ def test_an_answer_that_binds_refills_only_once_half_the_pool_is_gone():
     assert len(refilled["children"]) == 7, "three bound, one free, three made to refill"
     idle = sandboxwarmpool.sync(sync_request(pool4, pods[1:], [TEMPLATE]), now=NOW)
     assert len(idle["children"]) == 4, "nothing to bind: the refill comes at once"
+
+
+def test_a_sandbox_set_back_to_waiting_after_starting_its_own_pod_is_not_stuck():
+    """Seen in the cold burst at a 5 s grace (3 claims of 50 never Ready): the Sandbox started
+    its own pod and wrote PodNotReady, then an answer from a parent read before that write
+    (the own pod already in its children) held the stale WaitingForWarmPod status, and
+    Metacontroller wrote it back over PodNotReady. Its pool had also bound a pod made for it.
+    The Sandbox then held that status for the claim to name its own pod, which the claim
+    names only under PodNotReady: neither ever wrote again. Built from the dumped objects;
+    the two hooks answer each other, each answer applied, until the Sandbox is Ready."""
+    claim, (sandbox,) = claim_with_sandbox({})
+    sandbox["metadata"]["labels"][POOL_LABEL] = "pool"
+    sandbox["metadata"]["generation"] = 1
+    sandbox["status"] = {
+        "conditions": [{"type": "Ready", "status": "False",
+                        "reason": objects.WAITING_FOR_WARM_POD, "message": "m",
+                        "observedGeneration": 1,
+                        "lastTransitionTime": "2026-01-01T00:09:50Z"}],
+        "observedGeneration": 1, "podIPs": [], "replicas": 0,
+    }
+    own = with_pod_status(owned(sandbox_hook.desired_pod(sandbox), sandbox), ready=True)
+    warm = bound_pod("pool-abcd-21", sandbox)
+    for _ in range(4):
+        answer = sandbox_hook.sync(sync_request(sandbox, [own], [warm]), now=NOW,
+                                   settings=GRACE_5)
+        sandbox = {**sandbox, "status": answer["status"]}
+        if objects.ready_reason(sandbox) == objects.SANDBOX_READY:
+            break
+        got = sandboxclaim.sync(sync_request(claim, [sandbox], [TEMPLATE, POOL, own, warm]),
+                                now=NOW)
+        (child,) = got["children"]
+        annotations = child["metadata"].get("annotations") or {}
+        sandbox["metadata"] = {**sandbox["metadata"], "annotations": annotations}
+    assert objects.ready_reason(sandbox) == objects.SANDBOX_READY
+    assert sandbox["status"]["podName"] == own["metadata"]["name"], "its own pod, the first"
+
+
+def test_an_answer_from_before_the_sandboxs_podnotready_write_repeats_it():
+    """The write-back itself: the answer that starts its own pod says PodNotReady; an answer
+    from a parent read before that write landed (still WaitingForWarmPod, the pod already
+    among its children) says the same, so Metacontroller has nothing to write back."""
+    _, (sandbox,) = claim_with_sandbox(sandbox_says(objects.WAITING_FOR_WARM_POD))
+    sandbox["metadata"]["labels"][POOL_LABEL] = "pool"
+    sandbox["metadata"]["generation"] = 1
+    sandbox["status"]["conditions"][0]["observedGeneration"] = 1
+    cold = sandbox_hook.sync(sync_request(sandbox), now=NOW, settings=GRACE_5)
+    (pod,) = [c for c in cold["children"] if c["kind"] == "Pod"]
+    assert objects.ready_reason({"status": cold["status"]}) == objects.POD_NOT_READY
+    for ready in (False, True):
+        own = with_pod_status(owned(pod, sandbox), ready=ready)
+        stale = sandbox_hook.sync(sync_request(sandbox, [own]), now=NOW, settings=GRACE_5)
+        assert stale["status"] == cold["status"], f"pod ready: {ready}"
