@@ -413,11 +413,10 @@ def resync_while_children_missing(
     observed_names = {
         key: {o["metadata"]["name"] for o in group.values()} for key, group in groups.items()
     }
-    missing = [
-        c for c in response.get("children") or []
-        if c["metadata"]["name"] not in observed_names.get(f"{c['kind']}.{c['apiVersion']}", ())
-    ]
-    if not missing:
+    if all(
+        c["metadata"]["name"] in observed_names.get(f"{c['kind']}.{c['apiVersion']}", ())
+        for c in response.get("children") or []
+    ):
         return response
     low, high = MISSING_CHILD_RESYNC_SECONDS
     delay = min(high, max(low, age_seconds(request["parent"], now)))
