@@ -439,3 +439,53 @@ def test_at_the_bound_a_busy_connection_is_kept_and_the_new_one_gets_a_503(hosti
         assert b"X-Sandbox-Not-Forwarded: true" in refused
         assert b'"error"' in refused
         assert echo(port).status_code == 200
+
+
+# ---- callers that stall: a body that stops, an answer nobody reads (finding 26) ------------
+
+@pytest.mark.parametrize(("declared", "sent"), [(1000, 10), (10_000_000, 100_000)],
+                         ids=["buffered body", "streamed body"])
+def test_a_body_that_stops_arriving_gets_a_408_within_the_timeout(hostile, tmp_path,
+                                                                   declared, sent):
+    """Before: the router waited for the rest of the body for as long as the caller kept the
+    connection (a connection the bound above must never close: it is serving a request)."""
+    settings = {"SANDBOX_ROUTER_DEFAULT_TIMEOUT": "2"}
+    with Upstream() as upstream, own_router(upstream, tmp_path, settings=settings) as port, \
+            hostile("router", f"a {declared}-byte body that stops after {sent} bytes"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(f"POST /upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}"
+                         f"\r\nX-Sandbox-ID: echo\r\nContent-Length: {declared}\r\n\r\n"
+                         .encode() + b"b" * sent)
+            sock.settimeout(15)
+            answer = b""
+            with contextlib.suppress(OSError):
+                while b"\r\n\r\n" not in answer and (got := sock.recv(65536)):
+                    answer += got
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert echo(port).status_code == 200
+
+
+def test_a_caller_that_reads_nothing_is_cut_after_the_timeout(hostile, tmp_path):
+    """A 64 MiB answer the caller does not read. Before: the router waited to write for as
+    long as the caller kept the connection, holding it and the sandbox's connection (and
+    the streaming resumed whenever the caller read again, however late). Now a write that
+    waits the request's timeout ends the connection: what the caller reads later stops
+    short, within buffers."""
+    size = 64 * 1024 * 1024
+    settings = {"SANDBOX_ROUTER_DEFAULT_TIMEOUT": "2"}
+    with Upstream() as upstream, own_router(upstream, tmp_path, settings=settings) as port, \
+            hostile("router", "a caller that never reads a 64 MiB answer"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.sendall(f"GET /__big?size={size} HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                         f"Bearer {TOKEN}\r\nX-Sandbox-ID: echo\r\n\r\n".encode())
+            time.sleep(8)  # the router's 2 s bound passes while nothing is read
+            received, sock_open = 0, True
+            sock.settimeout(10)
+            with contextlib.suppress(OSError):
+                while got := sock.recv(1 << 20):
+                    received += len(got)
+                sock_open = False
+        assert received < size / 2, f"{received} bytes: the router kept streaming"
+        assert not sock_open or received < size
+        assert echo(port).status_code == 200
