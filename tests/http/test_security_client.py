@@ -172,3 +172,46 @@ def test_an_oversized_stream_line_is_refused(hostile, client, sandbox_server):
     with hostile("client", f"stream() sent a 2 MiB output line ({client.kind})"), \
             pytest.raises(SandboxConnectionError, match="larger than"):
         client.stream_all("true")
+
+
+# A sandbox answering with the right status and JSON of the wrong shape (finding 27). Before,
+# some surfaced as bare ValueError/TypeError/KeyError/OverflowError, and some were coerced
+# into plausible lies (timed_out "no" read as True, exit code 1.5 as 1, "exists": "yes").
+RUN = {"stdout": "", "stderr": "", "exit_code": 0, "timed_out": False}
+WRONG_SHAPES = {
+    "exit code a string": ("run", RUN | {"exit_code": "x"}),
+    "exit code a float": ("run", RUN | {"exit_code": 1.5}),
+    "exit code a list": ("run", RUN | {"exit_code": [1]}),
+    "exit code a bool": ("run", RUN | {"exit_code": True}),
+    "exit code infinite": ("run", b'{"stdout": "", "exit_code": 1e400}'),
+    "exit code NaN": ("run", b'{"stdout": "", "exit_code": NaN}'),
+    "stdout a number": ("run", RUN | {"stdout": 5}),
+    "timed_out a string": ("run", RUN | {"timed_out": "no"}),
+    "signal a number": ("run", RUN | {"exit_code": -9, "signal": 9}),
+    "list entry without size": ("list", [{"name": "a", "type": "file"}]),
+    "list entry not an object": ("list", [["a", "file", 1]]),
+    "exists a string": ("exists", {"exists": "yes"}),
+    "exists missing": ("exists", {"found": True}),
+    "stat size a string": ("stat", {"path": "f", "type": "file", "size": "1", "mode": 420,
+                                    "mtime": 0}),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_SHAPES))
+def test_a_wrongly_shaped_answer_is_the_sdk_s_error(hostile, client, sandbox_server, case):
+    call, answer = WRONG_SHAPES[case]
+    body = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+    sandbox_server.answer = with_length(body)
+    with hostile("client", f"{call}() answered {case} ({client.kind})"), \
+            pytest.raises(SandboxConnectionError, match="unexpected answer"):
+        getattr(client, call)("true" if call == "run" else "f")
+
+
+def test_a_wrongly_shaped_stream_event_is_the_sdk_s_error(hostile, client, sandbox_server):
+    lines = [json.dumps({"stream": "stdout", "data": 5}).encode() + b"\n",
+             json.dumps({"exit_code": "0"}).encode() + b"\n"]
+    for line in lines:
+        sandbox_server.answer = chunked(iter([line]))
+        with hostile("client", f"stream() sent {line[:40]!r} ({client.kind})"), \
+                pytest.raises(SandboxConnectionError, match="malformed stream line"):
+            client.stream_all("true")
