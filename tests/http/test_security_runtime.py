@@ -488,3 +488,57 @@ def test_exists_follows_symlinks_inside_and_says_false_for_a_loop(runtime):
     assert answers == {"link-in.txt": True, "loop-a": False, "dangling": False,
                        "real-target.txt/x": False}
     assert runtime.get("/exists/").json()["exists"] is True
+
+
+def test_trees_nested_too_deep_for_copy_or_remove_get_a_400_and_no_change(hostile, runtime):
+    """A command nests a directory 1,200 levels deep (finding 28). Before: `copy` and
+    `remove -r` ran out of Python's recursion limit (a 500), and the failed copy left a
+    980-level half-copy at its destination."""
+    made = runtime.run("python3 -c \"import os\nfor _ in range(1200): os.mkdir('deep'); "
+                       "os.chdir('deep')\nopen('leaf', 'w').write('x')\" && "
+                       "mv deep deep-tree", timeout=30)
+    assert made["exit_code"] == 0, made
+    try:
+        with hostile("runtime", "copy and remove -r of a tree 1,200 levels deep"):
+            copied = runtime.post("/copy", json={"source": "deep-tree", "destination": "copy"})
+            assert copied.status_code == 400, copied.text
+            assert "levels deep" in copied.json()["error"]
+            assert not (runtime.workspace / "copy").exists()
+            removed = runtime.post("/remove", json={"path": "deep-tree", "recursive": True})
+            assert removed.status_code == 400, removed.text
+            assert (runtime.workspace / "deep-tree" / "deep").is_dir()
+            # A tree within the bound copies whole.
+            runtime.run("mkdir -p shallow/" + "/".join(["s"] * 200) + " && touch shallow/f")
+            assert runtime.post("/copy", json={"source": "shallow",
+                                               "destination": "shallow2"}).status_code == 200
+            assert (runtime.workspace / "shallow2" / "f").exists()
+            assert runtime.get("/healthz").status_code == 200
+    finally:
+        # rm(1) walks any depth; pytest's own clean-up of tmp_path would not.
+        subprocess.run(["rm", "-rf", *(str(runtime.workspace / name) for name in
+                                       ("deep-tree", "copy", "shallow", "shallow2"))],
+                       check=True)
+
+
+def test_a_deep_archive_sent_twice_is_refused_both_times(hostile, runtime):
+    """Finding 28, on POST /archive: before, the first 1,200-level archive was taken in and
+    the second, merged into it, answered 500 (RecursionError)."""
+    import io
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("d/" * 1200 + "f")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    try:
+        with hostile("runtime", "an archive 1,200 levels deep, sent twice"):
+            for _ in range(2):
+                answer = runtime.post("/archive/deep-in", data=out.getvalue(),
+                                      headers={"Content-Type": "application/x-tar"})
+                assert answer.status_code == 400, answer.text
+                assert "directories deep" in answer.json()["error"]
+            assert not (runtime.workspace / "deep-in" / "d").exists()
+            assert runtime.get("/healthz").status_code == 200
+    finally:
+        subprocess.run(["rm", "-rf", str(runtime.workspace / "deep-in")], check=True)
