@@ -542,3 +542,26 @@ def test_a_deep_archive_sent_twice_is_refused_both_times(hostile, runtime):
             assert runtime.get("/healthz").status_code == 200
     finally:
         subprocess.run(["rm", "-rf", str(runtime.workspace / "deep-in")], check=True)
+
+
+SURROGATE_BODIES = {
+    "/mkdir": '{"path": "a\\ud800"}',
+    "/remove": '{"path": "\\udfff"}',
+    "/move": '{"source": "x", "destination": "b\\ud800"}',
+    "/copy": '{"source": "\\ud800", "destination": "c"}',
+    "/execute": '{"command": "echo \\ud800"}',
+    "/processes": '{"command": "true", "env": {"A": "\\ud800"}}',
+}
+
+
+@pytest.mark.parametrize("route", sorted(SURROGATE_BODIES))
+def test_an_unpaired_surrogate_escape_is_a_400(hostile, runtime, route):
+    """JSON may spell a string no system call can take (finding 29): before, a 500 on every
+    route that hands a string to the system."""
+    with hostile("runtime", f"an unpaired \\ud800 escape in a {route} body"):
+        answer = runtime.post(route, data=SURROGATE_BODIES[route],
+                              headers={"Content-Type": "application/json"})
+        assert answer.status_code == 400, answer.text
+        assert "surrogate" in answer.json()["error"]
+        # A surrogate pair is one character, and fine.
+        assert runtime.run("echo \ud83d\ude00")["stdout"] == "\U0001f600\n"
