@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import urllib3
 
 from tests.http.runtime_fixtures import runtime_server
 
@@ -565,3 +566,25 @@ def test_an_unpaired_surrogate_escape_is_a_400(hostile, runtime, route):
         assert "surrogate" in answer.json()["error"]
         # A surrogate pair is one character, and fine.
         assert runtime.run("echo \ud83d\ude00")["stdout"] == "\U0001f600\n"
+
+
+def test_a_download_of_a_file_that_shrinks_ends_its_connection(hostile, runtime):
+    """Finding 30: the file is truncated while it is sent. Before, sendfile stopped at the
+    new end and the connection stayed open, so the client waited for the missing bytes
+    until its own read timeout (20 s here). Now the connection ends at once: the client
+    learns the answer is incomplete."""
+    size = 50_000_000
+    (runtime.workspace / "shrinks").write_bytes(b"x" * size)
+    with hostile("runtime", "a download whose file is truncated mid-send"):
+        answer = requests.get(runtime.url + "/download/shrinks", stream=True, timeout=20)
+        assert answer.status_code == 200 and answer.headers["Content-Length"] == str(size)
+        got = len(answer.raw.read(1_000_000))
+        os.truncate(runtime.workspace / "shrinks", 0)
+        started = time.monotonic()
+        with contextlib.suppress(urllib3.exceptions.HTTPError, OSError):
+            while chunk := answer.raw.read(65536):
+                got += len(chunk)
+        assert time.monotonic() - started < 10, "the client waited for bytes never sent"
+        assert got < size
+        assert runtime.get("/healthz").status_code == 200
+    (runtime.workspace / "shrinks").unlink()
