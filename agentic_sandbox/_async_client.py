@@ -45,6 +45,7 @@ from agentic_sandbox._protocol import (
     health_call,
     replay_allowed,
     status_error,
+    succeeded,
     timeout_of,
     transport_error,
 )
@@ -311,7 +312,7 @@ class AsyncSandboxClient(BaseClient):
             await response.aclose()
             log.debug("sending %s again in %.1fs after a 503 (waking up?)", call.what, wait)
             await asyncio.sleep(wait)
-        if response.status_code >= 400:
+        if not succeeded(response.status_code):
             try:
                 body = await _first_bytes(response)
             except httpx2.HTTPError:

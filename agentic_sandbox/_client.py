@@ -42,6 +42,7 @@ from agentic_sandbox._protocol import (
     health_call,
     replay_allowed,
     status_error,
+    succeeded,
     timeout_of,
     transport_error,
 )
@@ -270,7 +271,7 @@ class SandboxClient(BaseClient):
             response.close()
             log.debug("sending %s again in %.1fs after a 503 (waking up?)", call.what, wait)
             time.sleep(wait)
-        if response.status_code >= 400:
+        if not succeeded(response.status_code):
             try:
                 body = _first_bytes(response)
             except httpx2.HTTPError:

@@ -215,3 +215,26 @@ def test_a_wrongly_shaped_stream_event_is_the_sdk_s_error(hostile, client, sandb
         with hostile("client", f"stream() sent {line[:40]!r} ({client.kind})"), \
                 pytest.raises(SandboxConnectionError, match="malformed stream line"):
             client.stream_all("true")
+
+
+@pytest.mark.parametrize("status", ["307 Temporary Redirect", "302 Found"])
+def test_a_redirect_is_an_error_and_is_never_followed(hostile, client, sandbox_server,
+                                                      status):
+    """A sandbox, or a gateway in front of the router, answering a redirect to another host
+    (finding 31). Redirects were never followed (the other host saw nothing), but a 3xx
+    counted as success: read() returned the redirect's body (an empty file, or a login
+    page) as the file's content. Now any status outside 2xx is the SDK's error."""
+    with socket.create_server(("127.0.0.1", 0)) as elsewhere:
+        elsewhere.settimeout(0.2)
+        location = f"http://127.0.0.1:{elsewhere.getsockname()[1]}/steal"
+        page = b"<html>log in</html>"
+        sandbox_server.answer = lambda conn: conn.sendall(
+            f"HTTP/1.1 {status}\r\nLocation: {location}\r\nContent-Type: text/html\r\n"
+            f"Content-Length: {len(page)}\r\nConnection: close\r\n\r\n".encode() + page)
+        with hostile("client", f"read() and run() answered {status} ({client.kind})"):
+            for call in (lambda: client.read("f"), lambda: client.run("true")):
+                with pytest.raises(SandboxRequestError) as caught:
+                    call()
+                assert caught.value.status_code == int(status.split()[0])
+            with pytest.raises(TimeoutError):
+                elsewhere.accept()  # nobody came: the token never travelled
