@@ -45,7 +45,6 @@ from agentic_sandbox._protocol import (
     health_call,
     replay_allowed,
     status_error,
-    succeeded,
     timeout_of,
     transport_error,
 )
@@ -312,7 +311,7 @@ class AsyncSandboxClient(BaseClient):
             await response.aclose()
             log.debug("sending %s again in %.1fs after a 503 (waking up?)", call.what, wait)
             await asyncio.sleep(wait)
-        if not succeeded(response.status_code):
+        if not 200 <= response.status_code < 300:  # a 3xx too: see status_error
             try:
                 body = await _first_bytes(response)
             except httpx2.HTTPError:

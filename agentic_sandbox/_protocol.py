@@ -39,7 +39,7 @@ from sandbox_common.contract import NOT_FORWARDED_HEADER
 __all__ = ["CONNECT_TIMEOUT_S", "MAX_ANSWER", "MAX_ERROR_BODY", "RUN_GRACE_S", "Answer", "Call",
            "CommandOutput",
            "command_call", "decode", "exit_and_signal", "health_call", "replay_allowed",
-           "retry_wait", "status_error", "succeeded", "timeout_of", "transport_error", "typed",
+           "retry_wait", "status_error", "timeout_of", "transport_error", "typed",
            "unexpected", "url_path"]
 
 T = TypeVar("T")
@@ -177,17 +177,11 @@ def transport_error(exc: Exception, what: str) -> SandboxError:
     return SandboxConnectionError(f"{what}: {exc or type(exc).__name__}")
 
 
-def succeeded(status: int) -> bool:
-    """Whether an answer's status is a success (2xx). Anything else is an error, 3xx too:
-    redirects are never followed (the bearer token must not travel to another host), and a
-    redirect's body (a gateway's login page) is no file's content."""
-    return 200 <= status < 300
-
-
 def status_error(call: Call[Any], status: int, reason: str, body: bytes,
                  routed: bool) -> SandboxError:
-    """The error for an answer whose status is not a success (`routed`: through the
-    router)."""
+    """The error for an answer whose status is not 2xx (`routed`: through the router). A 3xx
+    is one too: redirects are never followed (the bearer token must not travel to another
+    host), and a redirect's body (a gateway's login page) is no file's content."""
     message = f"{call.what}: {status} {_error_message(body, reason)}"
     if status in (502, 503) and routed:
         # The router could not reach the sandbox (or is not ready to).
