@@ -311,7 +311,7 @@ class AsyncSandboxClient(BaseClient):
             await response.aclose()
             log.debug("sending %s again in %.1fs after a 503 (waking up?)", call.what, wait)
             await asyncio.sleep(wait)
-        if response.status_code >= 400:
+        if not 200 <= response.status_code < 300:  # a 3xx too: see status_error
             try:
                 body = await _first_bytes(response)
             except httpx2.HTTPError:

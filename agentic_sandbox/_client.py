@@ -270,7 +270,7 @@ class SandboxClient(BaseClient):
             response.close()
             log.debug("sending %s again in %.1fs after a 503 (waking up?)", call.what, wait)
             time.sleep(wait)
-        if response.status_code >= 400:
+        if not 200 <= response.status_code < 300:  # a 3xx too: see status_error
             try:
                 body = _first_bytes(response)
             except httpx2.HTTPError:

@@ -39,7 +39,8 @@ from sandbox_common.contract import NOT_FORWARDED_HEADER
 __all__ = ["CONNECT_TIMEOUT_S", "MAX_ANSWER", "MAX_ERROR_BODY", "RUN_GRACE_S", "Answer", "Call",
            "CommandOutput",
            "command_call", "decode", "exit_and_signal", "health_call", "replay_allowed",
-           "retry_wait", "status_error", "timeout_of", "transport_error", "unexpected", "url_path"]
+           "retry_wait", "status_error", "timeout_of", "transport_error", "typed",
+           "unexpected", "url_path"]
 
 T = TypeVar("T")
 
@@ -178,7 +179,9 @@ def transport_error(exc: Exception, what: str) -> SandboxError:
 
 def status_error(call: Call[Any], status: int, reason: str, body: bytes,
                  routed: bool) -> SandboxError:
-    """The error for an answer with status >= 400 (`routed`: through the router)."""
+    """The error for an answer whose status is not 2xx (`routed`: through the router). A 3xx
+    is one too: redirects are never followed (the bearer token must not travel to another
+    host), and a redirect's body (a gateway's login page) is no file's content."""
     message = f"{call.what}: {status} {_error_message(body, reason)}"
     if status in (502, 503) and routed:
         # The router could not reach the sandbox (or is not ready to).
@@ -239,7 +242,11 @@ def decode(call: Call[T], body: bytes) -> T:
         answer = json.loads(body)
     except ValueError as exc:
         raise SandboxConnectionError(f"{call.what}: the answer is not JSON") from exc
-    return call.parse(answer)
+    try:
+        return call.parse(answer)
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        # A field missing or of the wrong type: the SDK's error, never a bare Python one.
+        raise SandboxConnectionError(f"{call.what}: unexpected answer ({exc})") from exc
 
 
 # -- commands and health (the file calls: _protocol_files; processes: _protocol_processes) ----
@@ -250,20 +257,41 @@ def unexpected(what: str) -> SandboxConnectionError:
     return SandboxConnectionError(f"{what}: unexpected answer")
 
 
+_ABSENT: Any = object()
+
+
+def typed(answer: Mapping[str, Any], key: str, kind: type | tuple[type, ...],
+          default: Any = _ABSENT) -> Any:
+    """answer[key] if it is of `kind` (a bool is no int, an int is no bool); `default` when
+    it is absent or null, if one is given. Anything else raises TypeError, which decode()
+    turns into the SDK's "unexpected answer": a hostile or foreign runtime's field is never
+    coerced into a plausible value ("no" read as timed_out=True, 1.5 as exit code 1)."""
+    if not isinstance(answer, Mapping):
+        raise TypeError(f"expected an object with {key!r}, got {type(answer).__name__}")
+    value = answer.get(key)
+    if value is None and default is not _ABSENT:
+        return default
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise TypeError(f"{key!r} is {type(value).__name__}, not "
+                        f"{' or '.join(k.__name__ for k in kinds)}")
+    return value
+
+
 def exit_and_signal(answer: Mapping[str, Any]) -> tuple[int, str | None]:
     """The exit code and signal name of an answer. A runtime older than the `signal` field
     reports a signal N as exit code -N: that becomes 128 + N and the signal's name too."""
-    if answer.get("exit_code") is None:
+    code = typed(answer, "exit_code", int, None)
+    if code is None:
         return -1, None
-    code = int(answer["exit_code"])
-    name = answer.get("signal")
+    name = typed(answer, "signal", str, None)
     if code < 0 and name is None:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"SIG{-code}"
         code = 128 - code
-    return code, str(name) if name is not None else None
+    return code, name
 
 
 def execution_result(answer: Any) -> ExecutionResult:
@@ -271,11 +299,11 @@ def execution_result(answer: Any) -> ExecutionResult:
         raise unexpected("POST /execute")
     exit_code, signal_name = exit_and_signal(answer)
     return ExecutionResult(
-        stdout=str(answer.get("stdout", "")), stderr=str(answer.get("stderr", "")),
+        stdout=typed(answer, "stdout", str, ""), stderr=typed(answer, "stderr", str, ""),
         exit_code=exit_code, signal=signal_name,
-        timed_out=bool(answer.get("timed_out", False)),
-        stdout_truncated=bool(answer.get("stdout_truncated", False)),
-        stderr_truncated=bool(answer.get("stderr_truncated", False)))
+        timed_out=typed(answer, "timed_out", bool, False),
+        stdout_truncated=typed(answer, "stdout_truncated", bool, False),
+        stderr_truncated=typed(answer, "stderr_truncated", bool, False))
 
 
 def command_call(command: str, limit: float | None, env: Mapping[str, str] | None,
@@ -339,8 +367,16 @@ class CommandOutput:
                     from exc
             if not isinstance(event, dict):
                 raise SandboxConnectionError("the runtime sent a malformed stream line")
+            try:
+                if "stream" in event:
+                    chunk = OutputChunk(stream=typed(event, "stream", str),
+                                        data=typed(event, "data", str))
+                else:
+                    execution_result(event)  # the exit status: its fields must be sound
+            except (TypeError, ValueError) as exc:
+                raise SandboxConnectionError(
+                    f"the runtime sent a malformed stream line ({exc})") from exc
             if "stream" in event:
-                chunk = OutputChunk(stream=str(event["stream"]), data=str(event["data"]))
                 (self._stdout if chunk.stream == "stdout" else self._stderr).append(chunk.data)
                 chunks.append(chunk)
             else:
@@ -368,7 +404,7 @@ class CommandOutput:
 
     @property
     def timed_out(self) -> bool:
-        return bool(self._final and self._final.get("timed_out"))
+        return self._final is not None and typed(self._final, "timed_out", bool, False)
 
     @property
     def result(self) -> ExecutionResult | None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 from agentic_sandbox._models import ArchiveSummary, FileEntry, FileStat
-from agentic_sandbox._protocol import Call, unexpected, url_path
+from agentic_sandbox._protocol import Call, typed, unexpected, url_path
 
 __all__ = ["archive_in_call", "archive_out_call", "copy_call", "download_call", "exists_call",
            "list_call", "mkdir_call", "move_call", "remove_call", "stat_call", "upload_call"]
@@ -50,8 +50,8 @@ def download_call(path: str, timeout: float | None) -> Call[bytes]:
 def _entries(answer: Any) -> list[FileEntry]:
     if not isinstance(answer, list):
         raise unexpected("GET /list")
-    return [FileEntry(name=str(e["name"]), type=str(e["type"]), size=int(e["size"]))
-            for e in answer]
+    return [FileEntry(name=typed(e, "name", str), type=typed(e, "type", str),
+                      size=typed(e, "size", int)) for e in answer]
 
 
 def list_call(path: str, timeout: float | None) -> Call[list[FileEntry]]:
@@ -60,15 +60,15 @@ def list_call(path: str, timeout: float | None) -> Call[list[FileEntry]]:
 
 def exists_call(path: str, timeout: float | None) -> Call[bool]:
     return Call("GET", "/exists/" + url_path(path), timeout,
-                lambda answer: bool(isinstance(answer, dict) and answer.get("exists")))
+                lambda answer: typed(answer, "exists", bool))
 
 
 def _stat(answer: Any) -> FileStat:
     if not isinstance(answer, dict):
         raise unexpected("GET /stat")
-    return FileStat(path=str(answer["path"]), type=str(answer["type"]),
-                    size=int(answer["size"]), mode=int(answer["mode"]),
-                    mtime=float(answer["mtime"]))
+    return FileStat(path=typed(answer, "path", str), type=typed(answer, "type", str),
+                    size=typed(answer, "size", int), mode=typed(answer, "mode", int),
+                    mtime=float(typed(answer, "mtime", (int, float))))
 
 
 def stat_call(path: str, timeout: float | None) -> Call[FileStat]:
@@ -97,11 +97,11 @@ def move_call(source: str, destination: str, timeout: float | None) -> Call[None
 def archive_summary(answer: Any) -> ArchiveSummary:
     if not isinstance(answer, dict):
         raise unexpected("an archive or copy")
-    return ArchiveSummary(files=int(answer.get("files", 0)),
-                          directories=int(answer.get("directories", 0)),
-                          symlinks=int(answer.get("symlinks", 0)),
-                          bytes=int(answer.get("bytes", 0)),
-                          skipped=int(answer.get("skipped", 0)))
+    return ArchiveSummary(files=typed(answer, "files", int, 0),
+                          directories=typed(answer, "directories", int, 0),
+                          symlinks=typed(answer, "symlinks", int, 0),
+                          bytes=typed(answer, "bytes", int, 0),
+                          skipped=typed(answer, "skipped", int, 0))
 
 
 def copy_call(source: str, destination: str, timeout: float | None) -> Call[ArchiveSummary]:

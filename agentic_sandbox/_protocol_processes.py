@@ -17,6 +17,7 @@ from agentic_sandbox._protocol import (
     Call,
     command_call,
     exit_and_signal,
+    typed,
     unexpected,
     url_path,
 )
@@ -31,20 +32,23 @@ MAX_WAIT_SLICE_S: Final = 30.0
 def process_info(answer: Any) -> ProcessInfo:
     if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
         raise unexpected("/processes")
-    running = bool(answer.get("running"))
+    running = typed(answer, "running", bool, False)
     exit_code, signal_name = (None, None) if running else exit_and_signal(answer)
     return ProcessInfo(
-        id=answer["id"], command=str(answer.get("command", "")), running=running,
-        exit_code=exit_code, signal=signal_name, timed_out=bool(answer.get("timed_out")),
-        started_at=answer.get("started_at"), ended_at=answer.get("ended_at"))
+        id=answer["id"], command=typed(answer, "command", str, ""), running=running,
+        exit_code=exit_code, signal=signal_name,
+        timed_out=typed(answer, "timed_out", bool, False),
+        started_at=typed(answer, "started_at", (int, float), None),
+        ended_at=typed(answer, "ended_at", (int, float), None))
 
 
 def _process_output(answer: Any) -> ProcessOutput:
     info = process_info(answer)
-    return ProcessOutput(stdout=str(answer.get("stdout", "")),
-                         stderr=str(answer.get("stderr", "")),
-                         stdout_truncated=bool(answer.get("stdout_truncated")),
-                         stderr_truncated=bool(answer.get("stderr_truncated")), info=info)
+    return ProcessOutput(stdout=typed(answer, "stdout", str, ""),
+                         stderr=typed(answer, "stderr", str, ""),
+                         stdout_truncated=typed(answer, "stdout_truncated", bool, False),
+                         stderr_truncated=typed(answer, "stderr_truncated", bool, False),
+                         info=info)
 
 
 def _process_path(process_id: str, action: str = "") -> str:

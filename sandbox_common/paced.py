@@ -82,7 +82,8 @@ class PacedSocket:
 
     def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
         """socket.sendfile's contract (file position left after what was sent), with the
-        send pace: os.sendfile on the socket made non-blocking for the call."""
+        send pace: os.sendfile on the socket made non-blocking for the call. A file that
+        ends before `count` fails the write (EPIPE), which ends the connection."""
         source = file.fileno()
         if count is None:
             count = max(0, os.fstat(source).st_size - offset)
@@ -98,7 +99,10 @@ class PacedSocket:
                     self._wait_writable()
                     continue
                 if sent == 0:
-                    break  # the file ended before `count`
+                    # The file shrank after its length was declared: the answer can never
+                    # be whole, so the connection must end (kept alive, its client would
+                    # wait for the missing bytes until a timeout).
+                    raise OSError(errno.EPIPE, "the file ended before its declared length")
                 total += sent
                 self.sent += sent
         finally:

@@ -1,21 +1,26 @@
 """``sandbox-router``: serve the router app on --host/--port until SIGTERM.
 
 The console script named in pyproject.toml and the Dockerfile's ``router`` target. Flags win
-over SANDBOX_ROUTER_* environment values; everything else lives in ``config``.
+over SANDBOX_ROUTER_* environment values; everything else lives in ``config``. ``serve``
+installs the connection bounds (``connections.ConnectionGuard``, the idle timeout) on the
+server, which ``web.run_app`` gives no access to.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import resource
+import signal
 import sys
 
 from aiohttp import web
 
 from sandbox_router import logs
-from sandbox_router.app import CONFIG_KEY, create_app
+from sandbox_router.app import CONFIG_KEY, GUARD_KEY, create_app
+from sandbox_router.connections import descriptor_budget
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,12 +49,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _raise_fd_limit() -> None:
-    # Each held client connection may pair with an upstream one: allow the hard limit.
+def _raise_fd_limit() -> int:
+    """Raise the descriptor limit to the hard one (each held client connection may pair with
+    an upstream one); return the limit in force."""
     with contextlib.suppress(ValueError, OSError):
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if hard == resource.RLIM_INFINITY or soft < hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+async def serve(app: web.Application, nofile: int) -> None:
+    """Serve `app` until SIGTERM or SIGINT, with its connection guard installed."""
+    config, guard = app[CONFIG_KEY], app[GUARD_KEY]
+    guard.limit, backlog = descriptor_budget(config.max_client_connections, nofile)
+    if guard.limit < config.max_client_connections:
+        logging.getLogger("sandbox_router").warning(
+            "max_client_connections lowered to fit the descriptor limit",
+            extra={"max_client_connections": guard.limit, "nofile": nofile})
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.client_idle_timeout)
+    await runner.setup()
+    assert runner.server is not None
+    guard.install(runner.server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await web.TCPSite(runner, config.host, config.port, backlog=backlog).start()
+        logging.getLogger("sandbox_router").info(
+            "listening", extra={"host": config.host, "port": config.port,
+                                "max_client_connections": guard.limit})
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,11 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = app[CONFIG_KEY]
     logging.getLogger().setLevel(config.log_level.upper())
-    _raise_fd_limit()
-    logging.getLogger("sandbox_router").info(
-        "listening", extra={"host": config.host, "port": config.port})
-    web.run_app(app, host=config.host, port=config.port, access_log=None, print=None,
-                backlog=1024, handle_signals=True)
+    asyncio.run(serve(app, _raise_fd_limit()))
     return 0
 
 

@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sandbox_router.addresses import AddressPolicy
 from sandbox_router.auth import TokenCheck
 from sandbox_router.config import Config, load_config
+from sandbox_router.connections import ConnectionGuard
 from sandbox_router.headers import SANDBOX_ID
 from sandbox_router.idle import Idle
 from sandbox_router.metrics import create_metrics
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_KEY = web.AppKey("config", Config)
 FORWARDER_KEY = web.AppKey("forwarder", Forwarder)
+GUARD_KEY = web.AppKey("guard", ConnectionGuard)
 # Never auto-added to a forwarded request: the sandbox sees the caller's headers, not ours.
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
@@ -92,6 +94,12 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     forwarder = Forwarder(config=settings, resolver=resolver, metrics=metrics,
                           tokens=tokens if tokens.configured else None,
                           session_factory=session_factory, idle=idle)
+    # Installed on the server by __main__.serve, which may lower the limit to what the
+    # process's descriptors allow.
+    guard = ConnectionGuard(settings.max_client_connections,
+                            on_close=lambda reason: metrics.connections_closed.labels(reason).inc())
+    metrics.connections.set_function(lambda: len(guard))
+
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "synced": chosen.ready,
                                   "sandboxes": len(chosen)})
@@ -113,15 +121,17 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     # one gets our JSON answer instead of aiohttp's own 404.
     @web.middleware
     async def dispatch(request: web.Request, handler: Any) -> web.StreamResponse:
-        if SANDBOX_ID not in request.headers and request.method in ("GET", "HEAD"):
-            view = own.get(request.raw_path)
-            if view is not None:
-                return await view(request)
-        return await forwarder.handle(request)
+        with guard.serving(request.protocol):
+            if SANDBOX_ID not in request.headers and request.method in ("GET", "HEAD"):
+                view = own.get(request.raw_path)
+                if view is not None:
+                    return await view(request)
+            return await forwarder.handle(request)
 
     app = web.Application(middlewares=[dispatch])
     app[CONFIG_KEY] = settings
     app[FORWARDER_KEY] = forwarder
+    app[GUARD_KEY] = guard
 
     async def on_startup(app: web.Application) -> None:
         chosen.start()

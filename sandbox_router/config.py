@@ -74,6 +74,12 @@ class Config:
     buffer_body_bytes: int = 64 * 1024
     max_connections: int = 4096
     keepalive_timeout: float = 30.0
+    # Client connections (connections.py): at most this many open (lowered at start to what
+    # the descriptor limit allows); one that has not sent a whole request head within this
+    # many seconds of opening or of its previous answer is closed (aiohttp's own default
+    # is 75 s). Slow-header and idle clients get no more.
+    max_client_connections: int = 4096
+    client_idle_timeout: float = 15.0
     access_log: bool = True
     log_level: str = "INFO"
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -104,12 +110,14 @@ def check(config: Config) -> None:
     if config.api_concurrency < 1:
         raise ValueError("api_concurrency must be at least 1")
     for name in ("connect_timeout", "default_timeout", "max_timeout", "keepalive_timeout",
-                 "token_reload_seconds", "api_timeout", "wake_timeout", "activity_interval"):
+                 "token_reload_seconds", "api_timeout", "wake_timeout", "activity_interval",
+                 "client_idle_timeout"):
         if not getattr(config, name) > 0:
             raise ValueError(f"{name} must be positive")
     if config.default_timeout > config.max_timeout:
         raise ValueError("default_timeout must not exceed max_timeout")
     if not 0 < config.port < 65536 or not 0 < config.default_port < 65536:
         raise ValueError("ports must be within 1..65535")
-    if config.max_body_bytes < 0 or config.buffer_body_bytes < 0 or config.max_connections < 1:
+    if config.max_body_bytes < 0 or config.buffer_body_bytes < 0 or config.max_connections < 1 \
+            or config.max_client_connections < 1:
         raise ValueError("size limits must be non-negative")

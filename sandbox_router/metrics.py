@@ -30,6 +30,8 @@ class Metrics:
     reads: Counter
     wakes: Counter
     activity: Counter
+    connections: Gauge
+    connections_closed: Counter
 
 
 def create_metrics() -> Metrics:
@@ -73,4 +75,11 @@ def create_metrics() -> Metrics:
             "sandbox_router_activity_reports",
             "Activity annotations written on Sandboxes with an idle timeout, by result (ok, "
             "error).", ["result"], registry=registry),
+        connections=Gauge("sandbox_router_client_connections",
+                          "Client connections open now.", registry=registry),
+        connections_closed=Counter(
+            "sandbox_router_client_connections_closed",
+            "Client connections the router closed at its connection bound, by reason "
+            "(evicted_idle: the longest-idle one made room; refused: every other one was "
+            "serving a request, so the new one got a 503).", ["reason"], registry=registry),
     )

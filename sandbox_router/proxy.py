@@ -12,6 +12,7 @@ credentials or hop-by-hop headers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
@@ -57,6 +58,8 @@ _DROP_REQUEST = HOP_BY_HOP | frozenset(h.lower() for h in (
 _DROP_RESPONSE = HOP_BY_HOP | frozenset(("content-length", NOT_FORWARDED_HEADER.lower()))
 _NO_BODY_STATUS = frozenset((204, 304))
 _CHUNK = 256 * 1024
+# Set on a request whose caller stopped sending its streamed body.
+BODY_STALLED = "sandbox_router.body_stalled"
 
 
 def error(status: int, message: str) -> web.Response:
@@ -182,17 +185,35 @@ class Forwarder:
             headers.setdefault("X-Forwarded-Host", request.host)
         return headers
 
-    async def _body(self, request: web.Request) -> bytes | AsyncIterator[bytes] | None:
+    async def _body(self, request: web.Request,
+                    timeout: float) -> bytes | AsyncIterator[bytes] | None:
         if not request.body_exists:
             return None
         length = request.content_length
         if length is not None and length <= self.config.buffer_body_bytes:
-            return await request.read()
-        return self._stream_body(request)
+            try:
+                async with asyncio.timeout(timeout):
+                    return await request.read()
+            except TimeoutError:
+                raise BodyStalled() from None
+        return self._stream_body(request, timeout)
 
-    async def _stream_body(self, request: web.Request) -> AsyncIterator[bytes]:
+    async def _stream_body(self, request: web.Request, timeout: float) -> AsyncIterator[bytes]:
+        """The caller's body as it arrives; a caller that sends nothing for `timeout`
+        seconds is given up on, as a sandbox that answers nothing would be."""
         limit, seen = self.config.max_body_bytes, 0
-        async for chunk in request.content.iter_chunked(_CHUNK):
+        chunks = request.content.iter_chunked(_CHUNK).__aiter__()
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                # aiohttp reports an error of the body it sends as its own connection
+                # error: the request keeps the reason.
+                request[BODY_STALLED] = True
+                raise BodyStalled() from None
             seen += len(chunk)
             if seen > limit:
                 raise BodyTooLarge()
@@ -204,7 +225,10 @@ class Forwarder:
         headers = self._upstream_headers(request)
         if request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
-        body = await self._body(request)
+        try:
+            body = await self._body(request, timeout)
+        except BodyStalled:
+            return self._stalled(request, timeout)
         client_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=min(self.config.connect_timeout, timeout), sock_read=timeout)
         upstream: aiohttp.ClientResponse | None = None
@@ -224,20 +248,32 @@ class Forwarder:
                 continue
             except BodyTooLarge:
                 return self._upstream_failed(413, "request body too large", count=False)
+            except BodyStalled:
+                return self._stalled(request, timeout)
             except aiohttp.ConnectionTimeoutError:
                 return self._upstream_failed(504, "connecting to the sandbox timed out")
             except TimeoutError:
                 return self._upstream_failed(504, f"sandbox did not answer within {timeout:g}s")
             except (aiohttp.ClientError, OSError) as exc:
+                if request.get(BODY_STALLED):
+                    return self._stalled(request, timeout)
                 log.info("upstream failed", extra={"error": _brief(exc)})
                 return self._upstream_failed(502, "sandbox closed the connection")
         if upstream is None:
             log.info("upstream unreachable", extra={"error": _brief(last_error)})
             return self._upstream_failed(502, "sandbox unreachable")
         try:
-            return await self._relay(request, upstream, started)
+            return await self._relay(request, upstream, started, timeout)
         finally:
             upstream.release()
+
+    def _stalled(self, request: web.Request, timeout: float) -> web.Response:
+        """The caller stopped sending its body: a 408, and the connection ends (the rest of
+        the body would be read as the next request)."""
+        self.metrics.refusals.labels("body_stalled").inc()
+        response = error(408, f"request body stalled: nothing arrived for {timeout:g}s")
+        response.force_close()
+        return response
 
     def _upstream_failed(self, status: int, message: str, *, count: bool = True) -> web.Response:
         if count:
@@ -245,7 +281,10 @@ class Forwarder:
         return error(status, message)
 
     async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse,
-                     started: float) -> web.StreamResponse:
+                     started: float, timeout: float) -> web.StreamResponse:
+        """Stream the sandbox's answer to the caller. Each write may wait `timeout` seconds
+        for the caller to take bytes: one that reads nothing for that long is cut, as a
+        sandbox that sends nothing would be, so it holds neither connection for good."""
         named = {token.strip().lower() for value in upstream.headers.getall("Connection", [])
                  for token in value.split(",")}
         headers: CIMultiDict[str] = CIMultiDict()
@@ -268,14 +307,19 @@ class Forwarder:
                 data = await upstream.content.readexactly(length) if length else b""
                 await response.prepare(request)
                 self.metrics.latency.labels(method).observe(time.perf_counter() - started)
-                await response.write_eof(data)
+                async with _stall_bound(timeout):
+                    await response.write_eof(data)
                 return response
             await response.prepare(request)
             self.metrics.latency.labels(method).observe(time.perf_counter() - started)
             if not bodiless:
                 async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-            await response.write_eof()
+                    async with _stall_bound(timeout):
+                        await response.write(chunk)
+            async with _stall_bound(timeout):
+                await response.write_eof()
+        except CallerStalled as exc:
+            return self._abort(request, response, exc)
         except (aiohttp.ClientError, asyncio.IncompleteReadError, TimeoutError, OSError) as exc:
             if not response.prepared:
                 if isinstance(exc, TimeoutError):
@@ -303,3 +347,22 @@ def _brief(exc: BaseException | None) -> str:
 
 class BodyTooLarge(Exception):
     """The caller's streamed body passed max_body_bytes."""
+
+
+class BodyStalled(Exception):
+    """The caller sent no byte of its body for the request's timeout."""
+
+
+class CallerStalled(Exception):
+    """The caller took no byte of the answer for the request's timeout."""
+
+
+@contextlib.asynccontextmanager
+async def _stall_bound(timeout: float) -> AsyncIterator[None]:
+    """A write to the caller that waits longer than `timeout` raises CallerStalled (not
+    TimeoutError, which would read as the sandbox's fault)."""
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError:
+        raise CallerStalled() from None

@@ -24,6 +24,7 @@ from typing import Any
 
 from sandbox_common.tarstream import (
     DIR_FLAGS,
+    MAX_TREE_DEPTH,
     ArchiveError,
     Extractor,
     open_subdir,
@@ -39,6 +40,9 @@ from sandbox_runtime.errors import (
 )
 
 COPY_CHUNK = 1024 * 1024
+# `copy` walks at most MAX_TREE_DEPTH levels (a deeper tree is a 400 and no change; before,
+# a RecursionError, a 500 and a half-made copy); `remove` (shutil.rmtree) answers 400 past
+# Python's recursion limit (about 980 levels).
 TYPES = ((stat.S_ISDIR, "directory"), (stat.S_ISREG, "file"), (stat.S_ISLNK, "symlink"))
 
 
@@ -159,7 +163,11 @@ def remove(base: str, user_path: str, *, recursive: bool) -> dict[str, Any]:
             if not stat.S_ISDIR(st.st_mode):
                 os.unlink(name, dir_fd=fd)
             elif recursive:
-                shutil.rmtree(name, dir_fd=fd)
+                try:
+                    shutil.rmtree(name, dir_fd=fd)
+                except RecursionError:
+                    raise BadRequest(f"path: {user_path!r} is nested too deeply to remove in "
+                                     "one call; remove a part of it first") from None
             else:
                 raise BadRequest(f"path: {user_path!r} is a directory (remove it recursively)")
         except OSError as exc:
@@ -207,7 +215,13 @@ def copy(base: str, source: str, destination: str) -> dict[str, Any]:
                     raise BadRequest(f"destination: {destination!r} already exists")
                 counts = {"files": 0, "directories": 0, "symlinks": 0, "bytes": 0}
                 with _opened_dir(src_fd, src_name, source) as tree:
-                    _copy_tree(tree, dst_fd, dst_name, counts, destination)
+                    try:
+                        _copy_tree(tree, dst_fd, dst_name, counts, destination, 0)
+                    except BaseException:
+                        # A failed tree copy leaves nothing: the destination was not there.
+                        with contextlib.suppress(OSError):
+                            shutil.rmtree(dst_name, dir_fd=dst_fd)
+                        raise
             elif stat.S_ISREG(st.st_mode):
                 size = _copy_file_at(src_fd, src_name, dst_fd, dst_name, source, destination)
                 counts = {"files": 1, "directories": 0, "symlinks": 0, "bytes": size}
@@ -290,7 +304,9 @@ def _is_dir_at(fd: int, name: str) -> bool:
 
 
 def _copy_tree(src: int, dst_parent: int, dst_name: str, counts: dict[str, int],
-               destination: str) -> None:
+               destination: str, depth: int) -> None:
+    if depth > MAX_TREE_DEPTH:
+        raise BadRequest(f"source: the tree is more than {MAX_TREE_DEPTH} levels deep")
     os.mkdir(dst_name, 0o700, dir_fd=dst_parent)
     counts["directories"] += 1
     with _opened_dir(dst_parent, dst_name, destination) as dst:
@@ -301,7 +317,7 @@ def _copy_tree(src: int, dst_parent: int, dst_name: str, counts: dict[str, int],
                 continue
             if stat.S_ISDIR(st.st_mode):
                 with _opened_dir(src, name, destination) as child:
-                    _copy_tree(child, dst, name, counts, destination)
+                    _copy_tree(child, dst, name, counts, destination, depth + 1)
             elif stat.S_ISLNK(st.st_mode):
                 os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
                 counts["symlinks"] += 1

@@ -41,6 +41,16 @@ INTERNAL_ERROR = b'{"error": "internal error"}'
 StartResponse = Callable[..., Any]
 
 
+def _no_lone_surrogates(body: dict[str, Any]) -> None:
+    """A \\uD800-style escape with no partner decodes to a string no path, command or
+    environment can hold (encoding it for the system fails deep inside a route: a 500).
+    Refused here, whatever field it is in."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("body: a string holds an unpaired UTF-16 surrogate escape") from None
+
+
 class Request:
     """What a handler may read of a request: method, path (decoded), headers it needs, body."""
 
@@ -104,12 +114,15 @@ class Request:
             size += len(part)
             if size > limit:
                 raise RequestEntityTooLarge(f"body: larger than {limit} bytes")
+        raw = b"".join(parts)
         try:
-            body = json.loads(b"".join(parts))
+            body = json.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):  # too deep is bad input too
             raise BadRequest("body: expected a JSON object") from None
         if not isinstance(body, dict):
             raise BadRequest("body: expected a JSON object")
+        if b"\\u" in raw:
+            _no_lone_surrogates(body)
         return body
 
     @property

@@ -15,7 +15,8 @@ What an extraction refuses (ArchiveError, nothing outside the root is ever touch
 absolute names, `..` components, symlinks whose target is absolute or leads out of the
 root, hard links, devices, FIFOs and other special files, an entry under a symlink (every
 step is opened with O_NOFOLLOW), more than `max_entries` entries or `max_bytes` bytes of
-files (`too_large`: the runtime answers 413). Entries land in a hidden staging directory
+files (`too_large`: the runtime answers 413), an entry more than MAX_TREE_DEPTH directories
+deep. Entries land in a hidden staging directory
 inside the root first and are moved into place only once the whole stream was read and
 checked, so a refused or broken stream leaves the root as it was.
 
@@ -23,9 +24,9 @@ Callers import from here (sandbox_common.tarstream), not from the modules inside
 in this package may import the servers or the client: both import it.
 """
 
-from sandbox_common.tarstream.base import DIR_FLAGS, ArchiveError, open_subdir
+from sandbox_common.tarstream.base import DIR_FLAGS, MAX_TREE_DEPTH, ArchiveError, open_subdir
 from sandbox_common.tarstream.extractor import MAX_EXTRA_HEADER, Extractor, Summary, safe_parts
 from sandbox_common.tarstream.writer import tree_stream
 
-__all__ = ["DIR_FLAGS", "MAX_EXTRA_HEADER", "ArchiveError", "Extractor", "Summary",
-           "open_subdir", "safe_parts", "tree_stream"]
+__all__ = ["DIR_FLAGS", "MAX_EXTRA_HEADER", "MAX_TREE_DEPTH", "ArchiveError", "Extractor",
+           "Summary", "open_subdir", "safe_parts", "tree_stream"]

@@ -16,7 +16,13 @@ BLOCK = 512
 CHUNK = 1024 * 1024
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-__all__ = ["BLOCK", "CHUNK", "DIR_FLAGS", "ArchiveError", "open_subdir", "padded"]
+# Deepest tree the file API copies or takes in (levels of directories below its root). Each
+# level of a walk holds descriptors and a Python frame: trees thousands of levels deep ran
+# them out (RecursionError: a 500 on the runtime, a bare exception on the client).
+MAX_TREE_DEPTH = 256
+
+__all__ = ["BLOCK", "CHUNK", "DIR_FLAGS", "MAX_TREE_DEPTH", "ArchiveError", "open_subdir",
+           "padded"]
 
 
 def open_subdir(dir_fd: int, name: str) -> int:

@@ -19,7 +19,13 @@ import stat
 import tarfile
 from dataclasses import dataclass
 
-from sandbox_common.tarstream.base import BLOCK, ArchiveError, open_subdir, padded
+from sandbox_common.tarstream.base import (
+    BLOCK,
+    MAX_TREE_DEPTH,
+    ArchiveError,
+    open_subdir,
+    padded,
+)
 from sandbox_common.tarstream.staging import move_into_place
 
 __all__ = ["MAX_EXTRA_HEADER", "STAGING_PREFIX", "Extractor", "Summary", "safe_parts"]
@@ -52,6 +58,9 @@ def safe_parts(name: str, what: str = "entry") -> list[str]:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise ArchiveError(f"{what} {name[:200]!r}: '..' components are refused")
+    if len(parts) > MAX_TREE_DEPTH + 1:
+        raise ArchiveError(f"{what} {name[:200]!r}: more than {MAX_TREE_DEPTH} directories "
+                           "deep")
     return parts
 
 

@@ -172,3 +172,69 @@ def test_an_oversized_stream_line_is_refused(hostile, client, sandbox_server):
     with hostile("client", f"stream() sent a 2 MiB output line ({client.kind})"), \
             pytest.raises(SandboxConnectionError, match="larger than"):
         client.stream_all("true")
+
+
+# A sandbox answering with the right status and JSON of the wrong shape (finding 27). Before,
+# some surfaced as bare ValueError/TypeError/KeyError/OverflowError, and some were coerced
+# into plausible lies (timed_out "no" read as True, exit code 1.5 as 1, "exists": "yes").
+RUN = {"stdout": "", "stderr": "", "exit_code": 0, "timed_out": False}
+WRONG_SHAPES = {
+    "exit code a string": ("run", RUN | {"exit_code": "x"}),
+    "exit code a float": ("run", RUN | {"exit_code": 1.5}),
+    "exit code a list": ("run", RUN | {"exit_code": [1]}),
+    "exit code a bool": ("run", RUN | {"exit_code": True}),
+    "exit code infinite": ("run", b'{"stdout": "", "exit_code": 1e400}'),
+    "exit code NaN": ("run", b'{"stdout": "", "exit_code": NaN}'),
+    "stdout a number": ("run", RUN | {"stdout": 5}),
+    "timed_out a string": ("run", RUN | {"timed_out": "no"}),
+    "signal a number": ("run", RUN | {"exit_code": -9, "signal": 9}),
+    "list entry without size": ("list", [{"name": "a", "type": "file"}]),
+    "list entry not an object": ("list", [["a", "file", 1]]),
+    "exists a string": ("exists", {"exists": "yes"}),
+    "exists missing": ("exists", {"found": True}),
+    "stat size a string": ("stat", {"path": "f", "type": "file", "size": "1", "mode": 420,
+                                    "mtime": 0}),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_SHAPES))
+def test_a_wrongly_shaped_answer_is_the_sdk_s_error(hostile, client, sandbox_server, case):
+    call, answer = WRONG_SHAPES[case]
+    body = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+    sandbox_server.answer = with_length(body)
+    with hostile("client", f"{call}() answered {case} ({client.kind})"), \
+            pytest.raises(SandboxConnectionError, match="unexpected answer"):
+        getattr(client, call)("true" if call == "run" else "f")
+
+
+def test_a_wrongly_shaped_stream_event_is_the_sdk_s_error(hostile, client, sandbox_server):
+    lines = [json.dumps({"stream": "stdout", "data": 5}).encode() + b"\n",
+             json.dumps({"exit_code": "0"}).encode() + b"\n"]
+    for line in lines:
+        sandbox_server.answer = chunked(iter([line]))
+        with hostile("client", f"stream() sent {line[:40]!r} ({client.kind})"), \
+                pytest.raises(SandboxConnectionError, match="malformed stream line"):
+            client.stream_all("true")
+
+
+@pytest.mark.parametrize("status", ["307 Temporary Redirect", "302 Found"])
+def test_a_redirect_is_an_error_and_is_never_followed(hostile, client, sandbox_server,
+                                                      status):
+    """A sandbox, or a gateway in front of the router, answering a redirect to another host
+    (finding 31). Redirects were never followed (the other host saw nothing), but a 3xx
+    counted as success: read() returned the redirect's body (an empty file, or a login
+    page) as the file's content. Now any status outside 2xx is the SDK's error."""
+    with socket.create_server(("127.0.0.1", 0)) as elsewhere:
+        elsewhere.settimeout(0.2)
+        location = f"http://127.0.0.1:{elsewhere.getsockname()[1]}/steal"
+        page = b"<html>log in</html>"
+        sandbox_server.answer = lambda conn: conn.sendall(
+            f"HTTP/1.1 {status}\r\nLocation: {location}\r\nContent-Type: text/html\r\n"
+            f"Content-Length: {len(page)}\r\nConnection: close\r\n\r\n".encode() + page)
+        with hostile("client", f"read() and run() answered {status} ({client.kind})"):
+            for call in (lambda: client.read("f"), lambda: client.run("true")):
+                with pytest.raises(SandboxRequestError) as caught:
+                    call()
+                assert caught.value.status_code == int(status.split()[0])
+            with pytest.raises(TimeoutError):
+                elsewhere.accept()  # nobody came: the token never travelled

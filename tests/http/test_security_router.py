@@ -16,13 +16,21 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
+import sys
 import threading
+import time
 
 import pytest
 import requests
 
-from testbed.support import free_port
-from tests.http.router_fixtures import TOKEN, raw_request, router_argv, write_static
+from testbed.support import free_port, serve
+from tests.http.router_fixtures import (
+    TOKEN,
+    Upstream,
+    raw_request,
+    router_argv,
+    write_static,
+)
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +301,191 @@ def test_malformed_sandbox_answers_are_contained(hostile, hostile_env, path):
                 response.status_code == 502
         assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
         assert evil(url, upstream, "/next").content == b"real"
+
+
+# ---- many, idle and slow client connections (finding 25) -----------------------------------
+
+def limited(argv: list[str], nofile: int) -> list[str]:
+    """`argv` run with at most `nofile` open descriptors (soft and hard), as in a container
+    with a low limit: the router cannot raise it."""
+    set_limit = ("import os, resource, sys; "
+                 f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); "
+                 "os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", set_limit, *argv]
+
+
+@contextlib.contextmanager
+def own_router(upstream: Upstream, tmp_path, *, nofile: int | None = None,
+               settings: dict[str, str] | None = None):
+    """A router of its own in front of `upstream` (as sandbox `echo`); yields its port."""
+    static = write_static(tmp_path / "s.yaml", {"echo": {"addresses": ["127.0.0.1"],
+                                                         "ports": [upstream.port]}},
+                          allow_loopback=True)
+    port = free_port()
+    argv = router_argv(port, "--static-file", str(static))
+    env = {"SANDBOX_ROUTER_TOKEN": TOKEN, "SANDBOX_ROUTER_ACCESS_LOG": "false",
+           "SANDBOX_ROUTER_DEFAULT_PORT": str(upstream.port), **(settings or {})}
+    with serve(limited(argv, nofile) if nofile else argv, port, env=env):
+        yield port
+
+
+def echo(port: int, path: str = "/real", timeout: float = 10) -> requests.Response:
+    return requests.get(f"http://127.0.0.1:{port}{path}", timeout=timeout, headers={
+        "Authorization": f"Bearer {TOKEN}", "X-Sandbox-ID": "echo"})
+
+
+def hold(port: int, count: int) -> list[socket.socket]:
+    """`count` connections to the router: every other one idle, the rest half a head."""
+    held = []
+    for index in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if index % 2:
+            sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Sandbox-ID: ec")
+        held.append(sock)
+    return held
+
+
+def closed_by_peer(sock: socket.socket, wait: float) -> bool:
+    """Whether the router closes `sock` within `wait` seconds (what it still sends, such as
+    the rest of an answer, is read and dropped)."""
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+    return False
+
+
+def test_held_connections_cannot_stall_real_clients(hostile, tmp_path):
+    """1,500 idle and half-header connections against a router whose descriptor limit is
+    1,024. Before: accept() failed with EMFILE, so a real request waited in the backlog
+    until the held connections timed out (75 s; the probe's 20 s request timed out) while
+    asyncio logged every failed accept (84 MB in 25 s). Now the longest-idle connection makes
+    room for each new one: the real request is answered at once."""
+    with Upstream() as upstream, own_router(upstream, tmp_path, nofile=1024) as port, \
+            hostile("router", "1500 idle and half-header connections, 1024 descriptors"):
+        held = hold(port, 1500)
+        try:
+            answer = echo(port)
+            assert answer.status_code == 200 and answer.json()["raw_path"] == "/real"
+            assert requests.get(f"http://127.0.0.1:{port}/healthz",
+                                timeout=10).status_code == 200
+            # The oldest held connections were closed to make room, not the new ones.
+            assert closed_by_peer(held[0], 5) and closed_by_peer(held[1], 5)
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_idle_and_slow_header_connections_are_closed_within_the_idle_timeout(hostile,
+                                                                              tmp_path):
+    """A connection that sends nothing, one that trickles a head a byte at a time, and a
+    keep-alive connection after its answer are each closed client_idle_timeout after they
+    opened (or answered). Before: aiohttp kept each for 75 s."""
+    settings = {"SANDBOX_ROUTER_CLIENT_IDLE_TIMEOUT": "2"}
+    with Upstream() as upstream, own_router(upstream, tmp_path, settings=settings) as port, \
+            hostile("router", "idle, trickled-head and idle keep-alive connections"):
+        idle = socket.create_connection(("127.0.0.1", port), timeout=5)
+        kept = socket.create_connection(("127.0.0.1", port), timeout=5)
+        kept.sendall(f"GET /k HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     "X-Sandbox-ID: echo\r\n\r\n".encode())
+        assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+        trickle = socket.create_connection(("127.0.0.1", port), timeout=5)
+        opened = time.monotonic()
+        head, cut = b"GET /t HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 100, None
+        for byte in head:
+            try:
+                trickle.sendall(bytes([byte]))
+            except OSError:
+                cut = time.monotonic() - opened
+                break
+            if closed_by_peer(trickle, 0.25):
+                cut = time.monotonic() - opened
+                break
+        assert cut is not None and cut < 10, "a trickled head kept its connection"
+        assert closed_by_peer(idle, 1) and closed_by_peer(kept, 1)
+        assert echo(port).status_code == 200
+        for sock in (idle, kept, trickle):
+            sock.close()
+
+
+def test_at_the_bound_a_busy_connection_is_kept_and_the_new_one_gets_a_503(hostile,
+                                                                          tmp_path):
+    """With every connection serving a request, a new one is refused with the router's
+    JSON 503 (marked not forwarded) and the requests in flight finish. Before: no bound."""
+    settings = {"SANDBOX_ROUTER_MAX_CLIENT_CONNECTIONS": "4"}
+    with Upstream() as upstream, own_router(upstream, tmp_path, settings=settings) as port, \
+            hostile("router", "a connection past the bound while all are busy"):
+        results: list[int] = []
+        busy = [threading.Thread(target=lambda: results.append(
+            echo(port, "/__sleep?s=3", timeout=20).status_code)) for _ in range(4)]
+        for thread in busy:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(upstream.requests) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(upstream.requests) == 4  # all four are being served
+        refused = raw_request(port, f"GET /x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                                    f"{TOKEN}\r\nX-Sandbox-ID: echo\r\n\r\n".encode())
+        for thread in busy:
+            thread.join(20)
+        assert results == [200] * 4
+        assert refused.startswith(b"HTTP/1.1 503"), refused[:200]
+        assert b"X-Sandbox-Not-Forwarded: true" in refused
+        assert b'"error"' in refused
+        assert echo(port).status_code == 200
+
+
+# ---- callers that stall: a body that stops, an answer nobody reads (finding 26) ------------
+
+@pytest.mark.parametrize(("declared", "sent"), [(1000, 10), (10_000_000, 100_000)],
+                         ids=["buffered body", "streamed body"])
+def test_a_body_that_stops_arriving_gets_a_408_within_the_timeout(hostile, tmp_path,
+                                                                   declared, sent):
+    """Before: the router waited for the rest of the body for as long as the caller kept the
+    connection (a connection the bound above must never close: it is serving a request)."""
+    settings = {"SANDBOX_ROUTER_DEFAULT_TIMEOUT": "2"}
+    with Upstream() as upstream, own_router(upstream, tmp_path, settings=settings) as port, \
+            hostile("router", f"a {declared}-byte body that stops after {sent} bytes"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(f"POST /upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}"
+                         f"\r\nX-Sandbox-ID: echo\r\nContent-Length: {declared}\r\n\r\n"
+                         .encode() + b"b" * sent)
+            sock.settimeout(15)
+            answer = b""
+            with contextlib.suppress(OSError):
+                while b"\r\n\r\n" not in answer and (got := sock.recv(65536)):
+                    answer += got
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert echo(port).status_code == 200
+
+
+def test_a_caller_that_reads_nothing_is_cut_after_the_timeout(hostile, tmp_path):
+    """A 64 MiB answer the caller does not read. Before: the router waited to write for as
+    long as the caller kept the connection, holding it and the sandbox's connection (and
+    the streaming resumed whenever the caller read again, however late). Now a write that
+    waits the request's timeout ends the connection: what the caller reads later stops
+    short, within buffers."""
+    size = 64 * 1024 * 1024
+    settings = {"SANDBOX_ROUTER_DEFAULT_TIMEOUT": "2"}
+    with Upstream() as upstream, own_router(upstream, tmp_path, settings=settings) as port, \
+            hostile("router", "a caller that never reads a 64 MiB answer"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.sendall(f"GET /__big?size={size} HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                         f"Bearer {TOKEN}\r\nX-Sandbox-ID: echo\r\n\r\n".encode())
+            time.sleep(8)  # the router's 2 s bound passes while nothing is read
+            received, sock_open = 0, True
+            sock.settimeout(10)
+            with contextlib.suppress(OSError):
+                while got := sock.recv(1 << 20):
+                    received += len(got)
+                sock_open = False
+        assert received < size / 2, f"{received} bytes: the router kept streaming"
+        assert not sock_open or received < size
+        assert echo(port).status_code == 200

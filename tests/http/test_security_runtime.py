@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import urllib3
 
 from tests.http.runtime_fixtures import runtime_server
 
@@ -488,3 +489,102 @@ def test_exists_follows_symlinks_inside_and_says_false_for_a_loop(runtime):
     assert answers == {"link-in.txt": True, "loop-a": False, "dangling": False,
                        "real-target.txt/x": False}
     assert runtime.get("/exists/").json()["exists"] is True
+
+
+def test_trees_nested_too_deep_for_copy_or_remove_get_a_400_and_no_change(hostile, runtime):
+    """A command nests a directory 1,200 levels deep (finding 28). Before: `copy` and
+    `remove -r` ran out of Python's recursion limit (a 500), and the failed copy left a
+    980-level half-copy at its destination."""
+    made = runtime.run("python3 -c \"import os\nfor _ in range(1200): os.mkdir('deep'); "
+                       "os.chdir('deep')\nopen('leaf', 'w').write('x')\" && "
+                       "mv deep deep-tree", timeout=30)
+    assert made["exit_code"] == 0, made
+    try:
+        with hostile("runtime", "copy and remove -r of a tree 1,200 levels deep"):
+            copied = runtime.post("/copy", json={"source": "deep-tree", "destination": "copy"})
+            assert copied.status_code == 400, copied.text
+            assert "levels deep" in copied.json()["error"]
+            assert not (runtime.workspace / "copy").exists()
+            removed = runtime.post("/remove", json={"path": "deep-tree", "recursive": True})
+            assert removed.status_code == 400, removed.text
+            assert (runtime.workspace / "deep-tree" / "deep").is_dir()
+            # A tree within the bound copies whole.
+            runtime.run("mkdir -p shallow/" + "/".join(["s"] * 200) + " && touch shallow/f")
+            assert runtime.post("/copy", json={"source": "shallow",
+                                               "destination": "shallow2"}).status_code == 200
+            assert (runtime.workspace / "shallow2" / "f").exists()
+            assert runtime.get("/healthz").status_code == 200
+    finally:
+        # rm(1) walks any depth; pytest's own clean-up of tmp_path would not.
+        subprocess.run(["rm", "-rf", *(str(runtime.workspace / name) for name in
+                                       ("deep-tree", "copy", "shallow", "shallow2"))],
+                       check=True)
+
+
+def test_a_deep_archive_sent_twice_is_refused_both_times(hostile, runtime):
+    """Finding 28, on POST /archive: before, the first 1,200-level archive was taken in and
+    the second, merged into it, answered 500 (RecursionError)."""
+    import io
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("d/" * 1200 + "f")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    try:
+        with hostile("runtime", "an archive 1,200 levels deep, sent twice"):
+            for _ in range(2):
+                answer = runtime.post("/archive/deep-in", data=out.getvalue(),
+                                      headers={"Content-Type": "application/x-tar"})
+                assert answer.status_code == 400, answer.text
+                assert "directories deep" in answer.json()["error"]
+            assert not (runtime.workspace / "deep-in" / "d").exists()
+            assert runtime.get("/healthz").status_code == 200
+    finally:
+        subprocess.run(["rm", "-rf", str(runtime.workspace / "deep-in")], check=True)
+
+
+SURROGATE_BODIES = {
+    "/mkdir": '{"path": "a\\ud800"}',
+    "/remove": '{"path": "\\udfff"}',
+    "/move": '{"source": "x", "destination": "b\\ud800"}',
+    "/copy": '{"source": "\\ud800", "destination": "c"}',
+    "/execute": '{"command": "echo \\ud800"}',
+    "/processes": '{"command": "true", "env": {"A": "\\ud800"}}',
+}
+
+
+@pytest.mark.parametrize("route", sorted(SURROGATE_BODIES))
+def test_an_unpaired_surrogate_escape_is_a_400(hostile, runtime, route):
+    """JSON may spell a string no system call can take (finding 29): before, a 500 on every
+    route that hands a string to the system."""
+    with hostile("runtime", f"an unpaired \\ud800 escape in a {route} body"):
+        answer = runtime.post(route, data=SURROGATE_BODIES[route],
+                              headers={"Content-Type": "application/json"})
+        assert answer.status_code == 400, answer.text
+        assert "surrogate" in answer.json()["error"]
+        # A surrogate pair is one character, and fine.
+        assert runtime.run("echo \ud83d\ude00")["stdout"] == "\U0001f600\n"
+
+
+def test_a_download_of_a_file_that_shrinks_ends_its_connection(hostile, runtime):
+    """Finding 30: the file is truncated while it is sent. Before, sendfile stopped at the
+    new end and the connection stayed open, so the client waited for the missing bytes
+    until its own read timeout (20 s here). Now the connection ends at once: the client
+    learns the answer is incomplete."""
+    size = 50_000_000
+    (runtime.workspace / "shrinks").write_bytes(b"x" * size)
+    with hostile("runtime", "a download whose file is truncated mid-send"):
+        answer = requests.get(runtime.url + "/download/shrinks", stream=True, timeout=20)
+        assert answer.status_code == 200 and answer.headers["Content-Length"] == str(size)
+        got = len(answer.raw.read(1_000_000))
+        os.truncate(runtime.workspace / "shrinks", 0)
+        started = time.monotonic()
+        with contextlib.suppress(urllib3.exceptions.HTTPError, OSError):
+            while chunk := answer.raw.read(65536):
+                got += len(chunk)
+        assert time.monotonic() - started < 10, "the client waited for bytes never sent"
+        assert got < size
+        assert runtime.get("/healthz").status_code == 200
+    (runtime.workspace / "shrinks").unlink()

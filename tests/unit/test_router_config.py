@@ -18,6 +18,10 @@ def test_defaults_are_secure():
     # (security finding 20: not once per connection, which a re-used connection outlives).
     assert config.name_confirmation == "request"
     assert config.test_watch_hold_file == ""
+    # Client connections are bounded, and one that sends no whole head is closed well
+    # before aiohttp's own 75 s (security finding 25).
+    assert config.max_client_connections == 4096
+    assert config.client_idle_timeout <= 15
 
 
 def test_environment_then_overrides():
@@ -36,6 +40,7 @@ def test_environment_then_overrides():
     {"default_timeout": 100, "max_timeout": 10}, {"port": 0}, {"default_port": 70000},
     {"insecure_no_auth": "maybe"}, {"max_connections": 0}, {"name_confirmation": "never"},
     {"name_confirmation": ""}, {"api_timeout": 0}, {"api_concurrency": 0},
+    {"max_client_connections": 0}, {"client_idle_timeout": 0},
 ])
 def test_nonsense_fails_at_start(overrides):
     with pytest.raises(ValueError):
