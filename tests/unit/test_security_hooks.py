@@ -337,3 +337,55 @@ def test_a_pod_not_owned_by_the_pool_cannot_pose_as_the_bound_warm_pod(hostile):
         assert got["status"].get("podName") != "attacker"
         assert "10.9.9.9" not in got["status"]["podIPs"]
 
+
+
+def _vct_sandbox() -> dict:
+    vct = {"metadata": {"name": "workspace"},
+           "spec": {"accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}}}}
+    return resource("Sandbox", "victim", {"podTemplate": SEED_POD_TEMPLATE,
+                                          "volumeClaimTemplates": [vct]})
+
+
+def test_a_pvc_the_sandbox_does_not_own_is_never_mounted(hostile):
+    """Finding 41: a PVC named `<vct>-<sandbox>` made by someone else (or left by an earlier
+    Sandbox of that name) was mounted: Metacontroller swallows the AlreadyExists."""
+    parent = _vct_sandbox()
+    first = sandbox.sync(sync_request(parent), now=NOW)
+    ours = next(c for c in first["children"] if c["kind"] == "PersistentVolumeClaim")
+    squatted = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {
+        "name": "workspace-victim", "namespace": "default", "uid": "uid-squat",
+        "labels": {"controller-uid": "uid-sandbox-victim"}}, "spec": {}}
+    with hostile("hooks", "PVC of the sandbox's claim name, not its own: no pod mounts it"):
+        for children in ([], [squatted]):  # not a child at all; adopted without our uid
+            got = sandbox.sync(sync_request(parent, children), now=NOW)
+            assert not [c for c in got["children"] if c["kind"] == "Pod"]
+            cond = got["status"]["conditions"][0]
+            assert cond["status"] == "False" and "workspace-victim" in cond["message"]
+            assert got["resyncAfterSeconds"] >= 1, "it polls for its own PVC"
+    with hostile("hooks", "its own PVC observed: the pod comes, and an existing pod stays"):
+        own_pvc = owned(ours, parent)
+        got = sandbox.sync(sync_request(parent, [own_pvc]), now=NOW)
+        pod = next(c for c in got["children"] if c["kind"] == "Pod")
+        running = with_pod_status(owned(pod, parent), ready=True)
+        # Its PVC gone (deleted by hand): the pod it has is kept, never answered away.
+        again = sandbox.sync(sync_request(parent, [running]), now=NOW)
+        assert [c["metadata"]["name"] for c in again["children"] if c["kind"] == "Pod"] == [
+            "victim"]
+
+
+def test_an_adopted_pod_without_the_sandboxs_uid_label_is_not_its_own(hostile):
+    """Finding 40: a pod named like the Sandbox carrying its controller-uid is adopted by
+    Metacontroller as its child; without our uid label (admission-guarded) it serves nothing."""
+    parent = resource("Sandbox", "victim", {"podTemplate": SEED_POD_TEMPLATE})
+    adopted = with_pod_status({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "victim", "namespace": "default", "uid": "uid-adopted",
+        "labels": {"controller-uid": "uid-sandbox-victim"},
+        "ownerReferences": [{"apiVersion": parent["apiVersion"], "kind": "Sandbox",
+                             "name": "victim", "uid": "uid-sandbox-victim",
+                             "controller": True}]}, "spec": {}}, ready=True, ip="10.9.9.9")
+    with hostile("hooks", "adopted pod named like the sandbox, without its uid label"):
+        got = sandbox.sync(sync_request(parent, [adopted]), now=NOW)
+        assert got["status"].get("podName") != "victim"
+        assert "10.9.9.9" not in got["status"]["podIPs"]
+        assert got["status"]["conditions"][0]["status"] == "False"
