@@ -389,3 +389,19 @@ def test_an_adopted_pod_without_the_sandboxs_uid_label_is_not_its_own(hostile):
         assert got["status"].get("podName") != "victim"
         assert "10.9.9.9" not in got["status"]["podIPs"]
         assert got["status"]["conditions"][0]["status"] == "False"
+
+
+@pytest.mark.parametrize("value", ["2026-01-01t00:20:00z", "2026-01-01T00:20:00z",
+                                   "2026-01-01t00:20:00.5+00:00"])
+def test_lower_case_rfc3339_times_are_read_not_crashed_on(hostile, value):
+    """Finding 42: the API server admits these `date-time`s; both hooks answered 500."""
+    parent = resource("Sandbox", "s", {"podTemplate": SEED_POD_TEMPLATE, "shutdownTime": value})
+    claim = resource("SandboxClaim", "c", {"sandboxTemplateRef": {"name": "tpl"},
+                                           "lifecycle": {"shutdownTime": value}})
+    with hostile("hooks", f"shutdownTime {value} (lower-case RFC 3339)"):
+        later = datetime(2026, 1, 1, 0, 30, tzinfo=UTC)
+        expired = sandbox.sync(sync_request(parent), now=later)["status"]["conditions"][0]
+        assert expired["reason"] == objects.SANDBOX_EXPIRED
+        for moment, want in ((NOW, objects.SANDBOX_NOT_READY), (later, objects.EXPIRED)):
+            answer = sandboxclaim.sync(sync_request(claim, related=[template_obj()]), now=moment)
+            assert answer["status"]["conditions"][0]["reason"] == want
