@@ -141,6 +141,14 @@ def desired_pvc(claim_template: KubeObject, sandbox: KubeObject) -> KubeObject:
     }
 
 
+def service_is_own(request: SyncRequest, sandbox: KubeObject) -> bool:
+    """Whether its Service is among its children, labelled with its uid."""
+    service = objects.by_name(objects.observed(request, objects.SERVICE)).get(
+        sandbox["metadata"]["name"])
+    return service is not None and (
+        objects.labels_of(service).get(SANDBOX_UID_LABEL) == objects.uid_of(sandbox))
+
+
 def claims_not_owned(request: SyncRequest, sandbox: KubeObject) -> list[str]:
     """Names of the PVCs its pod would mount that are not yet among its children labelled
     with its uid. Metacontroller swallows AlreadyExists: a PVC of that name made by someone
@@ -244,8 +252,12 @@ def decide(request: SyncRequest, *, now: datetime, settings: HookSettings) -> Sy
         return {"status": status, "children": children}
 
     children.append(desired_service(sandbox))
-    status["service"] = name
-    status["serviceFQDN"] = f"{name}.{namespace}.svc.{settings['cluster_domain']}"
+    if service_is_own(request, sandbox):
+        # Only once it is ours: a Service of this name made by someone else (or left by an
+        # earlier Sandbox of this name) is not replaced (Metacontroller swallows the
+        # AlreadyExists), and its DNS name would lead to whatever it selects.
+        status["service"] = name
+        status["serviceFQDN"] = f"{name}.{namespace}.svc.{settings['cluster_domain']}"
     deadline = lifecycle.sandbox_shutdown_at(sandbox)
     resync = [(deadline - now).total_seconds() if deadline else None]
 

@@ -59,11 +59,11 @@ def reserved_keys_policy(metacontroller_stack: MetacontrollerStack) -> Iterator[
 
 @pytest.fixture
 def tenant(metacontroller_stack: MetacontrollerStack, namespace: str) -> str:
-    """A user who may create pods and PVCs and read our objects in the namespace."""
+    """A user who may create pods, PVCs and Services and read our objects in the namespace."""
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": {"name": "tenant"},
             "rules": [
-                {"apiGroups": [""], "resources": ["pods", "persistentvolumeclaims"],
+                {"apiGroups": [""], "resources": ["pods", "persistentvolumeclaims", "services"],
                  "verbs": ["create", "get", "list", "delete", "patch", "update"]},
                 {"apiGroups": ["agents.x-k8s.io", "extensions.agents.x-k8s.io"],
                  "resources": ["*"], "verbs": ["get", "list"]}]}
@@ -193,3 +193,31 @@ def test_a_pvc_a_sandbox_does_not_own_is_never_mounted(metacontroller_stack, nam
     pvc = stack.get("persistentvolumeclaim", "workspace-victim", namespace)
     assert any(ref.get("uid") == parent["metadata"]["uid"]
                for ref in pvc["metadata"]["ownerReferences"])  # type: ignore[index]
+
+
+def test_a_service_a_sandbox_does_not_own_is_never_advertised(metacontroller_stack, namespace,
+                                                               kubelet, tenant):
+    """Before the fix: the Sandbox was Ready with `status.serviceFQDN` naming the tenant's
+    Service (Metacontroller swallows the AlreadyExists), whose DNS name leads to the
+    tenant's pods; the router dials that name when no pod IP is published."""
+    stack = metacontroller_stack
+    squat = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "victim"},
+             "spec": {"clusterIP": "None", "selector": {"team": "b"},
+                      "ports": [{"port": 8888}]}}
+    made = as_tenant(stack, namespace, "create", "-f", "-", obj=squat)
+    assert made.returncode == 0, made.stderr
+    stack.apply(sandbox("victim", volume=False), namespace)
+    stack.wait_for("sandbox", "victim", is_ready, namespace=namespace, timeout=60)
+    time.sleep(3)  # a few more syncs
+    status = stack.get("sandbox", "victim", namespace)["status"]  # type: ignore[index]
+    assert "serviceFQDN" not in status and "service" not in status, status
+
+    assert as_tenant(stack, namespace, "delete", "service", "victim",
+                     "--wait=false").returncode == 0
+    # The Sandbox polls for its missing Service, makes it, and only then names it.
+    named = stack.wait_for("sandbox", "victim",
+                           lambda s: bool((s.get("status") or {}).get("serviceFQDN")),
+                           namespace=namespace, timeout=60)
+    service = stack.get("service", "victim", namespace)
+    assert service is not None
+    assert service["spec"]["selector"] == {SANDBOX_UID_LABEL: named["metadata"]["uid"]}

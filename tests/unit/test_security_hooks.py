@@ -405,3 +405,22 @@ def test_lower_case_rfc3339_times_are_read_not_crashed_on(hostile, value):
         for moment, want in ((NOW, objects.SANDBOX_NOT_READY), (later, objects.EXPIRED)):
             answer = sandboxclaim.sync(sync_request(claim, related=[template_obj()]), now=moment)
             assert answer["status"]["conditions"][0]["reason"] == want
+
+
+def test_a_service_the_sandbox_does_not_own_is_not_advertised(hostile):
+    """Finding 43: status.serviceFQDN named a Service of the Sandbox's name that someone else
+    made (or an earlier Sandbox of the name left), whose DNS name leads to their pods."""
+    parent = resource("Sandbox", "victim", {"podTemplate": SEED_POD_TEMPLATE})
+    first = sandbox.sync(sync_request(parent), now=NOW)
+    pod = owned(next(c for c in first["children"] if c["kind"] == "Pod"), parent)
+    ours = owned(next(c for c in first["children"] if c["kind"] == "Service"), parent)
+    adopted = copy.deepcopy(ours)
+    adopted["metadata"]["labels"] = {"controller-uid": "uid-sandbox-victim"}
+    with hostile("hooks", "Service of the sandbox's name, not its own: not in its status"):
+        for children in ([pod], [pod, adopted]):
+            got = sandbox.sync(sync_request(parent, children), now=NOW)
+            assert "serviceFQDN" not in got["status"] and "service" not in got["status"]
+            assert "Service/victim" in {f"{c['kind']}/{c['metadata']['name']}"
+                                        for c in got["children"]}, "still asked for"
+        got = sandbox.sync(sync_request(parent, [pod, ours]), now=NOW)
+        assert got["status"]["serviceFQDN"] == "victim.default.svc.cluster.local"
