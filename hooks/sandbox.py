@@ -252,12 +252,6 @@ def decide(request: SyncRequest, *, now: datetime, settings: HookSettings) -> Sy
         return {"status": status, "children": children}
 
     children.append(desired_service(sandbox))
-    if service_is_own(request, sandbox):
-        # Only once it is ours: a Service of this name made by someone else (or left by an
-        # earlier Sandbox of this name) is not replaced (Metacontroller swallows the
-        # AlreadyExists), and its DNS name would lead to whatever it selects.
-        status["service"] = name
-        status["serviceFQDN"] = f"{name}.{namespace}.svc.{settings['cluster_domain']}"
     deadline = lifecycle.sandbox_shutdown_at(sandbox)
     resync = [(deadline - now).total_seconds() if deadline else None]
 
@@ -366,6 +360,14 @@ def decide(request: SyncRequest, *, now: datetime, settings: HookSettings) -> Sy
             )
         else:
             ready(True, objects.SANDBOX_READY, f"pod {pod_name} is ready")
+
+    if status.get("podName") and service_is_own(request, sandbox):
+        # Only once it is ours: a Service of this name made by someone else (or left by an
+        # earlier Sandbox of this name) is not replaced (Metacontroller swallows the
+        # AlreadyExists), and its DNS name would lead to whatever it selects. Named with the
+        # pod: no status write of its own (a looking Sandbox serves nothing by it).
+        status["service"] = name
+        status["serviceFQDN"] = f"{name}.{namespace}.svc.{settings['cluster_domain']}"
 
     if (timeout := lifecycle.idle_timeout_seconds(sandbox)) is not None and "conditions" in status:
         suspended_now = suspended and lifecycle.sandbox_replicas(sandbox) > 0

@@ -30,12 +30,11 @@ def test_sync_sandbox_over_tcp(hooks_url: str):
         "Pod/web",
         "Service/web",
     ]
-    # Its Service's name is reported once that Service is observed as its own.
+    # Its Service's name is reported with its pod's, once that Service is observed as its own.
     assert "serviceFQDN" not in body["status"]
     parent = sandbox("web")
-    service = next(c for c in body["children"] if c["kind"] == "Service")
-    again = requests.post(f"{hooks_url}/sync/sandbox",
-                          json=sync_request(parent, [owned(service, parent)]), timeout=5)
+    again = requests.post(f"{hooks_url}/sync/sandbox", json=sync_request(
+        parent, [owned(c, parent) for c in body["children"]]), timeout=5)
     assert again.json()["status"]["serviceFQDN"] == "web.default.svc.cluster.local"
 
 
