@@ -129,8 +129,9 @@ def pod_ips(pod: KubeObject) -> list[str]:
 
 
 def parse_time(value: str) -> datetime:
-    """RFC 3339 timestamp -> aware datetime (raises ValueError)."""
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    """RFC 3339 timestamp -> aware datetime (raises ValueError). RFC 3339 lets `T` and `Z` be
+    lower case, and the API server admits such a `date-time`: so must we."""
+    parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
     if parsed.tzinfo is None:
         raise ValueError(f"{value!r} has no time zone")
     return parsed

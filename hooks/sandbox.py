@@ -141,6 +141,28 @@ def desired_pvc(claim_template: KubeObject, sandbox: KubeObject) -> KubeObject:
     }
 
 
+def service_is_own(request: SyncRequest, sandbox: KubeObject) -> bool:
+    """Whether its Service is among its children, labelled with its uid."""
+    service = objects.by_name(objects.observed(request, objects.SERVICE)).get(
+        sandbox["metadata"]["name"])
+    return service is not None and (
+        objects.labels_of(service).get(SANDBOX_UID_LABEL) == objects.uid_of(sandbox))
+
+
+def claims_not_owned(request: SyncRequest, sandbox: KubeObject) -> list[str]:
+    """Names of the PVCs its pod would mount that are not yet among its children labelled
+    with its uid. Metacontroller swallows AlreadyExists: a PVC of that name made by someone
+    else, or left by an earlier Sandbox of this name, would otherwise be mounted."""
+    uid = objects.uid_of(sandbox)
+    owned = {
+        c["metadata"]["name"]
+        for c in objects.observed(request, objects.PVC)
+        if objects.labels_of(c).get(SANDBOX_UID_LABEL) == uid and not objects.is_deleting(c)
+    }
+    wanted = [pvc_name(t, sandbox) for t in sandbox["spec"].get("volumeClaimTemplates", [])]
+    return sorted(n for n in wanted if n not in owned)
+
+
 def bound_warm_pods(request: SyncRequest) -> list[KubeObject]:
     """Pool pods bound to this Sandbox's uid and its current incarnation (related objects)."""
     pods = objects.observed(request, POD, "related")
@@ -230,14 +252,13 @@ def decide(request: SyncRequest, *, now: datetime, settings: HookSettings) -> Sy
         return {"status": status, "children": children}
 
     children.append(desired_service(sandbox))
-    status["service"] = name
-    status["serviceFQDN"] = f"{name}.{namespace}.svc.{settings['cluster_domain']}"
     deadline = lifecycle.sandbox_shutdown_at(sandbox)
     resync = [(deadline - now).total_seconds() if deadline else None]
 
-    own = objects.by_name(objects.observed(request, POD)).get(name)  # a child: ours by uid
-    if own is not None and not lifecycle.serves_incarnation(own, sandbox):
-        own = None  # made before a suspension: it is being deleted, never taken back
+    # A child named like it and labelled with its uid and incarnation: not one made before a
+    # suspension (being deleted, never taken back), nor a pod Metacontroller adopted for
+    # carrying our controller-uid label (labels under our group are admission-guarded).
+    own = lifecycle.own_pod_among(sandbox, objects.observed(request, POD))
     warm = bound_warm_pods(request)
     candidates = ([own] if own is not None else []) + warm
     reported = (sandbox.get("status") or {}).get("podName")
@@ -285,6 +306,12 @@ def decide(request: SyncRequest, *, now: datetime, settings: HookSettings) -> Sy
             f"waiting for warm pool {objects.labels_of(sandbox)[POOL_LABEL]} to bind a pod",
         )
         resync.append(left)
+    elif waiting := claims_not_owned(request, sandbox):
+        # The pod mounts its claims by name: never one this Sandbox does not own.
+        ready(False, objects.POD_NOT_READY,
+              f"waiting for PersistentVolumeClaim {', '.join(waiting)} to be this sandbox's own "
+              f"before its pod starts: one of that name owned by another (an earlier Sandbox "
+              f"of this name, or anyone) is never mounted")
     else:
         children.append(desired_pod(sandbox))
         ready(False, objects.POD_NOT_READY, f"pod {name} is being created")
@@ -333,6 +360,14 @@ def decide(request: SyncRequest, *, now: datetime, settings: HookSettings) -> Sy
             )
         else:
             ready(True, objects.SANDBOX_READY, f"pod {pod_name} is ready")
+
+    if status.get("podName") and service_is_own(request, sandbox):
+        # Only once it is ours: a Service of this name made by someone else (or left by an
+        # earlier Sandbox of this name) is not replaced (Metacontroller swallows the
+        # AlreadyExists), and its DNS name would lead to whatever it selects. Named with the
+        # pod: no status write of its own (a looking Sandbox serves nothing by it).
+        status["service"] = name
+        status["serviceFQDN"] = f"{name}.{namespace}.svc.{settings['cluster_domain']}"
 
     if (timeout := lifecycle.idle_timeout_seconds(sandbox)) is not None and "conditions" in status:
         suspended_now = suspended and lifecycle.sandbox_replicas(sandbox) > 0

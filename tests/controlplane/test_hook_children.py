@@ -60,7 +60,8 @@ def claim(name: str, **spec: Any) -> dict[str, Any]:
 
 
 # (case id, parent, related objects (created for real too), finalizing, child kinds expected
-# in the first answer: a floor that keeps the test from passing on an empty answer)
+# over the two answers: a floor that keeps the test from passing on an empty answer; a
+# Sandbox's pod comes in the second, once its PVCs are observed: docs/security.md, finding 33)
 TABLE: list[tuple[str, dict[str, Any], list[dict[str, Any]], bool, set[str]]] = [
     ("sandbox-new", sandbox("sbx"), [], False, {"Pod", "Service", "PersistentVolumeClaim"}),
     ("sandbox-scaled-to-zero", sandbox("idle", replicas=0), [], False,
@@ -200,14 +201,13 @@ def test_hook_children_and_status_are_accepted(control_plane, crds, namespace, p
 
     children: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
+    seen: set[str] = set()
     for round_ in (1, 2):
         request = {"controller": controller, "parent": live_parent, "children": children,
                    "related": related_map, "finalizing": finalizing}
         answer = function(copy.deepcopy(request), now=datetime.now(UTC))
         desired = answer.get("children") or []
-        if round_ == 1:
-            kinds = {c["kind"] for c in desired}
-            assert floor <= kinds, f"expected at least {floor} in the first answer, got {kinds}"
+        seen |= {c["kind"] for c in desired}
         children = {}
         for child in desired:
             written = as_metacontroller_writes(child, live_parent, controller)
@@ -231,6 +231,7 @@ def test_hook_children_and_status_are_accepted(control_plane, crds, namespace, p
             problems.append(f"round {round_}: status not stored as written; {differs} differ: "
                             f"wrote {json.dumps({k: status.get(k) for k in differs})}, stored "
                             f"{json.dumps({k: stored.get(k) for k in differs})}")
+    assert floor <= seen, f"expected at least {floor} in the two answers, got {seen}"
     assert problems == []
 
 

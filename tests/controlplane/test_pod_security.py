@@ -21,7 +21,7 @@ import pytest
 
 from hooks import sandbox, sandboxwarmpool
 from testbed import kube
-from testbed.hookrequests import SEED_POD_TEMPLATE, resource, sync_request
+from testbed.hookrequests import SEED_POD_TEMPLATE, owned, resource, sync_request
 from testbed.support import REPO
 from tests.controlplane.conftest import fresh_namespace
 
@@ -46,8 +46,11 @@ def generated_pods(kind: str, spec: dict[str, Any]) -> dict[str, dict[str, Any]]
     """The pods the hooks make: a Sandbox's own pod (from the Sandbox, or from a Sandbox with
     the template's pod template, as a claim makes it), and for a template a warm pool's pod."""
     sandbox_spec = spec if kind == "Sandbox" else {"podTemplate": spec["podTemplate"]}
+    cold = resource("Sandbox", "cold", sandbox_spec)
+    first = sandbox.sync(sync_request(cold), now=NOW)
+    # Its pod comes once its PVCs are observed as its own (docs/security.md, finding 33).
     answers = {"sandbox pod": sandbox.sync(
-        sync_request(resource("Sandbox", "cold", sandbox_spec)), now=NOW)}
+        sync_request(cold, [owned(c, cold) for c in first["children"]]), now=NOW)}
     if kind == "SandboxTemplate":
         template = resource("SandboxTemplate", "tpl", spec)
         pool = resource("SandboxWarmPool", "pool",

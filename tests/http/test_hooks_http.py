@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from sandbox_common import contract
-from testbed.hookrequests import EXAMPLES, sandbox, sync_request
+from testbed.hookrequests import EXAMPLES, owned, sandbox, sync_request
 from testbed.support import script
 
 
@@ -30,7 +30,12 @@ def test_sync_sandbox_over_tcp(hooks_url: str):
         "Pod/web",
         "Service/web",
     ]
-    assert body["status"]["serviceFQDN"] == "web.default.svc.cluster.local"
+    # Its Service's name is reported with its pod's, once that Service is observed as its own.
+    assert "serviceFQDN" not in body["status"]
+    parent = sandbox("web")
+    again = requests.post(f"{hooks_url}/sync/sandbox", json=sync_request(
+        parent, [owned(c, parent) for c in body["children"]]), timeout=5)
+    assert again.json()["status"]["serviceFQDN"] == "web.default.svc.cluster.local"
 
 
 def test_customize_sandbox_over_tcp(hooks_url: str):
@@ -91,11 +96,13 @@ def test_oversized_body_is_413(hooks_url: str):
 
 
 def test_a_hook_that_crashes_answers_500_never_200(hooks_url: str):
-    request = sync_request(sandbox("web"))
-    # A pod whose status.conditions is not a list: the hook cannot read it and must not guess.
-    request["children"]["Pod.v1"] = {
-        "web": {"metadata": {"name": "web"}, "status": {"conditions": "broken"}}
-    }
+    parent = sandbox("web")
+    pod = next(c for c in requests.post(f"{hooks_url}/sync/sandbox",
+                                        json=sync_request(parent), timeout=5).json()["children"]
+               if c["kind"] == "Pod")
+    # Its own pod, whose status.conditions is not a list: the hook cannot read it and must
+    # not guess.
+    request = sync_request(parent, [{**owned(pod, parent), "status": {"conditions": "broken"}}])
     answer = requests.post(f"{hooks_url}/sync/sandbox", json=request, timeout=5)
     assert answer.status_code == 500
     assert answer.json() == {"error": "sync hook for sandbox failed; see the hooks' log"}

@@ -141,7 +141,10 @@ def test_volume_claim_templates_become_pvcs_mounted_as_volumes():
     }
     parent = make_sandbox(volumeClaimTemplates=[vct])
     parent["spec"]["podTemplate"]["spec"]["volumes"] = [{"name": "workspace", "emptyDir": {}}]
-    got = kinds(sandbox.sync(sync_request(parent), now=NOW))
+    first = sandbox.sync(sync_request(parent), now=NOW)
+    assert set(kinds(first)) == {"PersistentVolumeClaim/workspace-my-sandbox",
+                                 "Service/my-sandbox"}, "the pod waits for its own PVC"
+    got = kinds(sandbox.sync(sync_request(parent, applied(parent, first)), now=NOW))
     pvc = got["PersistentVolumeClaim/workspace-my-sandbox"]
     assert pvc["spec"] == vct["spec"]
     assert pvc["metadata"]["labels"] == {
@@ -500,7 +503,9 @@ def test_a_child_not_observed_yet_is_asked_about_again_at_the_sandboxs_age():
     later = sandbox.sync(sync_request(parent), now=created + timedelta(seconds=7))
     assert later["resyncAfterSeconds"] == 7.0
     assert sandbox.sync(sync_request(parent), now=NOW)["resyncAfterSeconds"] == 30.0
-    children = applied(parent, first, pod_ready=True)
+    # The pod comes once its PVC is observed (it never mounts a PVC it does not own).
+    second = sandbox.sync(sync_request(parent, applied(parent, first)), now=NOW)
+    children = applied(parent, second, pod_ready=True)
     without_pod = [c for c in children if c["kind"] != "Pod"]
     assert sandbox.sync(sync_request(parent, without_pod), now=NOW)["resyncAfterSeconds"] == 30.0
     settled = sandbox.sync(sync_request(parent, children), now=NOW)

@@ -337,3 +337,90 @@ def test_a_pod_not_owned_by_the_pool_cannot_pose_as_the_bound_warm_pod(hostile):
         assert got["status"].get("podName") != "attacker"
         assert "10.9.9.9" not in got["status"]["podIPs"]
 
+
+
+def _vct_sandbox() -> dict:
+    vct = {"metadata": {"name": "workspace"},
+           "spec": {"accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}}}}
+    return resource("Sandbox", "victim", {"podTemplate": SEED_POD_TEMPLATE,
+                                          "volumeClaimTemplates": [vct]})
+
+
+def test_a_pvc_the_sandbox_does_not_own_is_never_mounted(hostile):
+    """Finding 33: a PVC named `<vct>-<sandbox>` made by someone else (or left by an earlier
+    Sandbox of that name) was mounted: Metacontroller swallows the AlreadyExists."""
+    parent = _vct_sandbox()
+    first = sandbox.sync(sync_request(parent), now=NOW)
+    ours = next(c for c in first["children"] if c["kind"] == "PersistentVolumeClaim")
+    squatted = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {
+        "name": "workspace-victim", "namespace": "default", "uid": "uid-squat",
+        "labels": {"controller-uid": "uid-sandbox-victim"}}, "spec": {}}
+    with hostile("hooks", "PVC of the sandbox's claim name, not its own: no pod mounts it"):
+        for children in ([], [squatted]):  # not a child at all; adopted without our uid
+            got = sandbox.sync(sync_request(parent, children), now=NOW)
+            assert not [c for c in got["children"] if c["kind"] == "Pod"]
+            cond = got["status"]["conditions"][0]
+            assert cond["status"] == "False" and "workspace-victim" in cond["message"]
+            assert got["resyncAfterSeconds"] >= 1, "it polls for its own PVC"
+    with hostile("hooks", "its own PVC observed: the pod comes, and an existing pod stays"):
+        own_pvc = owned(ours, parent)
+        got = sandbox.sync(sync_request(parent, [own_pvc]), now=NOW)
+        pod = next(c for c in got["children"] if c["kind"] == "Pod")
+        running = with_pod_status(owned(pod, parent), ready=True)
+        # Its PVC gone (deleted by hand): the pod it has is kept, never answered away.
+        again = sandbox.sync(sync_request(parent, [running]), now=NOW)
+        assert [c["metadata"]["name"] for c in again["children"] if c["kind"] == "Pod"] == [
+            "victim"]
+
+
+def test_an_adopted_pod_without_the_sandboxs_uid_label_is_not_its_own(hostile):
+    """Finding 32: a pod named like the Sandbox carrying its controller-uid is adopted by
+    Metacontroller as its child; without our uid label (admission-guarded) it serves nothing."""
+    parent = resource("Sandbox", "victim", {"podTemplate": SEED_POD_TEMPLATE})
+    adopted = with_pod_status({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "victim", "namespace": "default", "uid": "uid-adopted",
+        "labels": {"controller-uid": "uid-sandbox-victim"},
+        "ownerReferences": [{"apiVersion": parent["apiVersion"], "kind": "Sandbox",
+                             "name": "victim", "uid": "uid-sandbox-victim",
+                             "controller": True}]}, "spec": {}}, ready=True, ip="10.9.9.9")
+    with hostile("hooks", "adopted pod named like the sandbox, without its uid label"):
+        got = sandbox.sync(sync_request(parent, [adopted]), now=NOW)
+        assert got["status"].get("podName") != "victim"
+        assert "10.9.9.9" not in got["status"]["podIPs"]
+        assert got["status"]["conditions"][0]["status"] == "False"
+
+
+@pytest.mark.parametrize("value", ["2026-01-01t00:20:00z", "2026-01-01T00:20:00z",
+                                   "2026-01-01t00:20:00.5+00:00"])
+def test_lower_case_rfc3339_times_are_read_not_crashed_on(hostile, value):
+    """Finding 34: the API server admits these `date-time`s; both hooks answered 500."""
+    parent = resource("Sandbox", "s", {"podTemplate": SEED_POD_TEMPLATE, "shutdownTime": value})
+    claim = resource("SandboxClaim", "c", {"sandboxTemplateRef": {"name": "tpl"},
+                                           "lifecycle": {"shutdownTime": value}})
+    with hostile("hooks", f"shutdownTime {value} (lower-case RFC 3339)"):
+        later = datetime(2026, 1, 1, 0, 30, tzinfo=UTC)
+        expired = sandbox.sync(sync_request(parent), now=later)["status"]["conditions"][0]
+        assert expired["reason"] == objects.SANDBOX_EXPIRED
+        for moment, want in ((NOW, objects.SANDBOX_NOT_READY), (later, objects.EXPIRED)):
+            answer = sandboxclaim.sync(sync_request(claim, related=[template_obj()]), now=moment)
+            assert answer["status"]["conditions"][0]["reason"] == want
+
+
+def test_a_service_the_sandbox_does_not_own_is_not_advertised(hostile):
+    """Finding 35: status.serviceFQDN named a Service of the Sandbox's name that someone else
+    made (or an earlier Sandbox of the name left), whose DNS name leads to their pods."""
+    parent = resource("Sandbox", "victim", {"podTemplate": SEED_POD_TEMPLATE})
+    first = sandbox.sync(sync_request(parent), now=NOW)
+    pod = owned(next(c for c in first["children"] if c["kind"] == "Pod"), parent)
+    ours = owned(next(c for c in first["children"] if c["kind"] == "Service"), parent)
+    adopted = copy.deepcopy(ours)
+    adopted["metadata"]["labels"] = {"controller-uid": "uid-sandbox-victim"}
+    with hostile("hooks", "Service of the sandbox's name, not its own: not in its status"):
+        for children in ([pod], [pod, adopted]):
+            got = sandbox.sync(sync_request(parent, children), now=NOW)
+            assert "serviceFQDN" not in got["status"] and "service" not in got["status"]
+            assert "Service/victim" in {f"{c['kind']}/{c['metadata']['name']}"
+                                        for c in got["children"]}, "still asked for"
+        got = sandbox.sync(sync_request(parent, [pod, ours]), now=NOW)
+        assert got["status"]["serviceFQDN"] == "victim.default.svc.cluster.local"
