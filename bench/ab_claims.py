@@ -5,7 +5,9 @@ archive`; the hooks server runs them through PYTHONPATH and the revision's loopb
 CRDs included, is what gets applied) or `.` for the working tree, optionally followed by
 Metacontroller flags after a colon: `HEAD~1`, `.:--workers=32`; `hook-workers=N` among them
 sets the hooks server's workers for that arm (`.:hook-workers=4`), and `hook-env=NAME=VALUE` an
-environment variable of its hooks server (`.:hook-env=SANDBOX_HOOKS_WARM_POD_GRACE_SECONDS=10`);
+environment variable of its hooks server (`.:hook-env=SANDBOX_HOOKS_WARM_POD_GRACE_SECONDS=10`)
+and `mc-env=NAME=VALUE` one of Metacontroller's, over testbed's METACONTROLLER_ENV
+(`.:mc-env=GOGC=100`);
 `pools=N` and `pool=M` give that arm its own pool layout (`.:pools=50,pool=10`: the same warm
 pods in more, smaller pools). Rounds alternate A, B, A, B on
 a fresh loop each (testbed/metacontroller.py through bench/claimlab.py), so both arms see
@@ -33,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import loop_probes
 from bench.claimlab import Lab
 from bench.harness import percentiles
 from testbed.metacontroller import metacontroller_binary
@@ -53,12 +56,12 @@ def export(revision: str, into: Path) -> Path:
 
 
 def run_round(binary: str, tree: Path, arm: Arm, args: argparse.Namespace) -> dict[str, Any]:
-    _, flags, hook_workers, hook_env, layout = arm
+    _, flags, hook_workers, hook_env, layout, mc_env = arm
     pools, per_pool = layout.get("pools", args.pools), layout.get("pool", args.pool)
     env = {**hook_env, **({} if tree == REPO else {"PYTHONPATH": str(tree)})}
     overlay = tree / "manifests" / "overlays" / "loopback"
     with Lab(binary, metacontroller_flags=flags, hooks_env=env, overlay=overlay,
-             hooks_workers=hook_workers or args.hook_workers) as lab:
+             hooks_workers=hook_workers or args.hook_workers, metacontroller_env=mc_env) as lab:
         if args.scenario == "seq":
             lab.make_pools(1, 2)
             window, names = lab.meter.window(), []
@@ -94,6 +97,7 @@ def run_round(binary: str, tree: Path, arm: Arm, args: argparse.Namespace) -> di
         report = lab.milestones.report(names)
         cost = lab.meter.cost(window, len(names))
         violations, _ = lab.violations()
+        peak = loop_probes.rss(lab.stack, "VmHWM")
     latencies = percentiles([s * 1e3 for s in report["latencies"]])
     return {
         "p50_ms": latencies.get("p50"), "p99_ms": latencies.get("p99"),
@@ -104,29 +108,37 @@ def run_round(binary: str, tree: Path, arm: Arm, args: argparse.Namespace) -> di
         "conflicts": cost["conflicts_total"],
         "hook_calls_per_claim": sum(cost["hook_calls_per_claim"].values()),
         "cpu_ms_per_claim": sum(cost["cpu_ms_per_claim"].values()),
+        "metacontroller_cpu_ms_per_claim": cost["cpu_ms_per_claim"].get("metacontroller", 0.0),
+        "metacontroller_peak_rss_mib": peak.get("metacontroller", 0.0),
         "stages_ms": report["stage_means_ms"], "cost": cost,
     }
 
 
 # An arm: revision, Metacontroller flags, hooks server workers (None: --hook-workers),
-# environment of the hooks server, and its own --pools/--pool (None: the run's).
-Arm = tuple[str, tuple[str, ...], int | None, dict[str, str], dict[str, int]]
+# environment of the hooks server, its own --pools/--pool (None: the run's), and
+# Metacontroller's environment.
+Arm = tuple[str, tuple[str, ...], int | None, dict[str, str], dict[str, int], dict[str, str]]
 
 
 def parse_arm(text: str) -> Arm:
-    """`REV[:FLAG,...]`: Metacontroller flags, `hook-workers=N` and `hook-env=NAME=VALUE` for
-    the hooks server, `pools=N` and `pool=M` for the pool layout."""
+    """`REV[:FLAG,...]`: Metacontroller flags and `mc-env=NAME=VALUE` for its environment,
+    `hook-workers=N` and `hook-env=NAME=VALUE` for the hooks server, `pools=N` and `pool=M`
+    for the pool layout."""
     revision, _, listed = text.partition(":")
     flags = [f for f in listed.split(",") if f]
     workers = [f for f in flags if f.startswith("hook-workers=")]
     hook_workers = int(workers[-1].split("=", 1)[1]) if workers else None
-    envs = [f for f in flags if f.startswith("hook-env=")]
-    hook_env = dict(f.split("=", 1)[1].split("=", 1) for f in envs)
     layout = {f.split("=", 1)[0]: int(f.split("=", 1)[1]) for f in flags
               if f.startswith(("pools=", "pool="))}
-    ours = workers + envs + [f for f in flags if f.startswith(("pools=", "pool="))]
-    return (revision or ".", tuple(f for f in flags if f not in ours), hook_workers, hook_env,
-            layout)
+    ours = [f for f in flags if f.startswith(("hook-workers=", "hook-env=", "mc-env=", "pools=",
+                                              "pool="))]
+    return (revision or ".", tuple(f for f in flags if f not in ours), hook_workers,
+            environment(flags, "hook-env="), layout, environment(flags, "mc-env="))
+
+
+def environment(flags: list[str], prefix: str) -> dict[str, str]:
+    """`NAME=VALUE` of every flag `<prefix>NAME=VALUE`."""
+    return dict(f.removeprefix(prefix).split("=", 1) for f in flags if f.startswith(prefix))
 
 
 def main() -> int:
@@ -166,11 +178,14 @@ def main() -> int:
                       f"{got['last_sandbox_ready_s']:.2f} s), writes/claim "
                       f"{got['controller_writes_per_claim']}, hooks/claim "
                       f"{got['hook_calls_per_claim']:.1f}, cpu ms/claim "
-                      f"{got['cpu_ms_per_claim']:.0f}, warm {got['warm_served']}, failed "
-                      f"{got['failed']}, violations {got['violations']}", flush=True)
+                      f"{got['cpu_ms_per_claim']:.0f} (Metacontroller "
+                      f"{got['metacontroller_cpu_ms_per_claim']:.0f}), peak RSS "
+                      f"{got['metacontroller_peak_rss_mib']:.0f} MiB, warm {got['warm_served']}, "
+                      f"failed {got['failed']}, violations {got['violations']}", flush=True)
     keys = ("p50_ms", "p99_ms", "last_ready_s", "last_sandbox_ready_s",
             "controller_writes_per_claim", "conflicts",
-            "hook_calls_per_claim", "cpu_ms_per_claim", "warm_served", "failed", "violations")
+            "hook_calls_per_claim", "cpu_ms_per_claim", "metacontroller_cpu_ms_per_claim",
+            "metacontroller_peak_rss_mib", "warm_served", "failed", "violations")
     print(f"\n{args.scenario}: A = {args.a}, B = {args.b}, medians of {args.rounds} rounds")
     print("| figure | A | B | B/A |\n|---|---|---|---|")
     summary = {}

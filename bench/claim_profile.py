@@ -37,6 +37,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=30, help="length of the CPU profile")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--out", default="/tmp/metacontroller-burst.pprof")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="Metacontroller's environment, over testbed's (e.g. GOGC=100)")
     args = parser.parse_args()
     binary, why_not = metacontroller_binary()
     if binary is None:
@@ -44,7 +46,9 @@ def main() -> int:
         return 2
     port = free_port()
     url = f"http://127.0.0.1:{port}/debug/pprof/profile?seconds={args.seconds}"
-    with Lab(binary, metacontroller_flags=(f"--pprof-address=127.0.0.1:{port}",)) as lab:
+    env = dict(item.split("=", 1) for item in args.env)
+    with Lab(binary, metacontroller_flags=(f"--pprof-address=127.0.0.1:{port}",),
+             metacontroller_env=env) as lab:
         lab.make_pools(args.pools, args.pool)
         window = lab.meter.window()
         names = [lab.name("burst") for _ in range(args.claims)]

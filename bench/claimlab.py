@@ -79,8 +79,10 @@ class Lab:
 
     def __init__(self, binary: str, *, metacontroller_flags: tuple[str, ...] = (),
                  hooks_workers: int = 2, hooks_env: dict[str, str] | None = None,
-                 overlay: Path | None = None) -> None:
+                 overlay: Path | None = None,
+                 metacontroller_env: dict[str, str] | None = None) -> None:
         self.binary = binary
+        self.metacontroller_env = metacontroller_env or {}
         self.flags = METACONTROLLER_FLAGS + tuple(metacontroller_flags)
         self.hooks_workers = hooks_workers
         self.hooks_env = hooks_env or {}
@@ -109,7 +111,8 @@ class Lab:
         extra: dict[str, Any] = {"overlay": self.overlay} if self.overlay else {}
         self.stack = self.exits.enter_context(running_stack(
             tmp, self.binary, audit=True, metacontroller_flags=self.flags,
-            hooks_workers=self.hooks_workers, hooks_env=self.hooks_env, **extra))
+            hooks_workers=self.hooks_workers, hooks_env=self.hooks_env,
+            metacontroller_env=self.metacontroller_env, **extra))
         self.stack.kubectl("create", "namespace", NS)
         self.stack.kubectl("wait", "--for=create", "--timeout=30s", "serviceaccount/default",
                            "-n", NS)

@@ -152,13 +152,14 @@ def latency_result(component: str, name: str, lat: Latencies, **kwargs: Any) -> 
     )
 
 
-def rss_mib(pid: int) -> float:
-    """Resident set size of a process (and not its children), in MiB."""
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident set size of a process (and not its children), in MiB; `field="VmHWM"` gives
+    its peak so far."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 def tree_pids(pid: int) -> list[int]:

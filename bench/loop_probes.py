@@ -17,8 +17,9 @@ from bench.harness import rss_mib, tree_pids
 from testbed.metacontroller import MetacontrollerStack
 
 
-def rss(stack: MetacontrollerStack) -> dict[str, float]:
-    """Resident MiB of the hooks server (master and workers) and of Metacontroller."""
+def rss(stack: MetacontrollerStack, field: str = "VmRSS") -> dict[str, float]:
+    """Resident MiB of the hooks server (master and workers) and of Metacontroller (with
+    `field="VmHWM"`: the sum of each process's peak)."""
     out = {}
     for name in ("hooks", "metacontroller"):
         process = stack.processes.get(name)
@@ -26,7 +27,7 @@ def rss(stack: MetacontrollerStack) -> dict[str, float]:
             total = 0.0
             for pid in tree_pids(process.pid):
                 with contextlib.suppress(OSError, RuntimeError):
-                    total += rss_mib(pid)
+                    total += rss_mib(pid, field)
             out[name] = round(total, 1)
     return out
 

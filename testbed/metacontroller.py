@@ -43,6 +43,8 @@ METACONTROLLER_FLAGS = (
     "--discovery-interval=5s",
     "--zap-log-level=4",
 )
+# Metacontroller's Go runtime settings, as manifests/metacontroller/flags-patch.yaml ships them.
+METACONTROLLER_ENV: dict[str, str] = {}
 
 
 def metacontroller_binary() -> tuple[str | None, str]:
@@ -77,6 +79,7 @@ class MetacontrollerStack:
     metacontroller_flags: tuple[str, ...] = METACONTROLLER_FLAGS
     hooks_workers: int = 2
     hooks_env: dict[str, str] = field(default_factory=dict)
+    metacontroller_env: dict[str, str] = field(default_factory=lambda: dict(METACONTROLLER_ENV))
     metrics_url: str = ""  # Metacontroller's /metrics, once started
 
     @property
@@ -193,7 +196,7 @@ class MetacontrollerStack:
                 "--pprof-address=0",
                 *self.metacontroller_flags,
             ],
-            {"KUBECONFIG": str(self.plane.kubeconfig)},
+            {**self.metacontroller_env, "KUBECONFIG": str(self.plane.kubeconfig)},
         )
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         deadline = time.monotonic() + timeout
@@ -262,11 +265,13 @@ def running_stack(
     hooks_workers: int = 2,
     hooks_env: dict[str, str] | None = None,
     overlay: Path = LOOPBACK_OVERLAY,
+    metacontroller_env: dict[str, str] | None = None,
 ) -> Iterator[MetacontrollerStack]:
     """Start the loop in workdir with the Metacontroller at `binary`; stop it afterwards.
 
     The benchmark varies the rest: an API server audit log of writes (kube.start), other
-    Metacontroller flags (later flags win over earlier ones), more hook workers, the hooks'
+    Metacontroller flags (later flags win over earlier ones) and environment (over
+    METACONTROLLER_ENV), more hook workers, the hooks'
     environment (bench/ab_claims.py runs another revision's hooks through PYTHONPATH) and the
     registrations (another revision's loopback overlay)."""
     plane = kube.start(workdir / "control-plane", crds=[*kube.crd_files(), METACONTROLLER_CRDS],
@@ -275,6 +280,7 @@ def running_stack(
         plane=plane, hooks_url=f"http://127.0.0.1:{free_port()}", workdir=workdir,
         binary=binary, metacontroller_flags=metacontroller_flags, hooks_workers=hooks_workers,
         hooks_env=dict(hooks_env or {}),
+        metacontroller_env={**METACONTROLLER_ENV, **(metacontroller_env or {})},
     )
     try:
         stack.start_hooks()
