@@ -46,8 +46,11 @@ def cli(state: Path, *argv: str, input: bytes | None = None,
 
 
 def start(state: Path, *argv: str) -> subprocess.Popen[str]:
+    # As a terminal starts it: SIGINT at its default. A test run started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and Python then leaves it ignored.
     return subprocess.Popen([CLI, *argv], env=environment(state), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def leftovers(state: Path) -> list[str]:

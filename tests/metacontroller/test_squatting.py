@@ -54,6 +54,17 @@ def reserved_keys_policy(metacontroller_stack: MetacontrollerStack) -> Iterator[
     assert SHIPPED_CONTROLLER in rendered
     stack.kubectl("apply", "--server-side", "--field-manager=tests", "-f", "-",
                   input=rendered.replace(SHIPPED_CONTROLLER, user))
+    # The API server compiles a new policy and loads its binding asynchronously: until both
+    # are in force it admits everything. Wait until a pod with a reserved label is refused.
+    probe = json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "policy-probe", "labels": {SANDBOX_LABEL: "probe"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+    deadline = time.monotonic() + 60
+    while stack.kubectl("--as=policy-probe", "--as-group=system:masters", "-n", "default",
+                        "create", "--dry-run=server", "-f", "-",
+                        check=False, input=probe).returncode == 0:
+        assert time.monotonic() < deadline, "the reserved-keys policy was not in force in 60 s"
+        time.sleep(0.5)
     yield
 
 
