@@ -22,12 +22,12 @@ from hooks.objects import (
     READY,
     RESUMED,
     SANDBOX_KIND,
-    SANDBOX_UID_LABEL,
     SUSPENDED,
     WAITING_FOR_WARM_POD,
     WAKE_ANNOTATION,
     age_seconds,
     binding_labels,
+    carries_uid_of,
     condition,
     controller_of,
     is_deleting,
@@ -134,12 +134,11 @@ def warm_pods_bound_to(sandbox: KubeObject, pods: list[KubeObject]) -> list[Kube
     (deleting ones included: they tell a loss). Only a pod its pool controls counts: a pod
     someone else made with the right labels must not receive the sandbox's traffic."""
     pool = labels_of(sandbox).get(POOL_LABEL)
-    uid = str(sandbox.get("metadata", {}).get("uid") or "")
     return [
         p
         for p in pods
         if pool and controller_of(p) == (POOL_KIND, pool)
-        and labels_of(p).get(SANDBOX_UID_LABEL) == uid
+        and carries_uid_of(p, sandbox)
         and serves_incarnation(p, sandbox)
     ]
 
@@ -153,7 +152,7 @@ def own_pod_among(sandbox: KubeObject, pods: list[KubeObject]) -> KubeObject | N
         for p in pods
         if p["metadata"]["name"] == meta.get("name")
         and controller_of(p) == (SANDBOX_KIND, meta.get("name"))
-        and labels_of(p).get(SANDBOX_UID_LABEL) == str(meta.get("uid") or "")
+        and carries_uid_of(p, sandbox)
         and serves_incarnation(p, sandbox)
     ), None)
 

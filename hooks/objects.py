@@ -153,6 +153,12 @@ def uid_of(obj: KubeObject) -> str:
     return str(obj.get("metadata", {}).get("uid") or "")
 
 
+def carries_uid_of(obj: KubeObject, sandbox: KubeObject) -> bool:
+    """Whether `obj` is labelled with the Sandbox's uid: a name can be taken by anyone first,
+    the uid label only by the controller (manifests/admission)."""
+    return labels_of(obj).get(SANDBOX_UID_LABEL) == uid_of(sandbox)
+
+
 def binding_labels(sandbox: KubeObject) -> dict[str, str]:
     """The labels of a pod serving `sandbox` (its own pod, or a warm pod bound to it)."""
     return {SANDBOX_LABEL: sandbox["metadata"]["name"], SANDBOX_UID_LABEL: uid_of(sandbox)}

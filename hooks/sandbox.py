@@ -145,19 +145,17 @@ def service_is_own(request: SyncRequest, sandbox: KubeObject) -> bool:
     """Whether its Service is among its children, labelled with its uid."""
     service = objects.by_name(objects.observed(request, objects.SERVICE)).get(
         sandbox["metadata"]["name"])
-    return service is not None and (
-        objects.labels_of(service).get(SANDBOX_UID_LABEL) == objects.uid_of(sandbox))
+    return service is not None and objects.carries_uid_of(service, sandbox)
 
 
 def claims_not_owned(request: SyncRequest, sandbox: KubeObject) -> list[str]:
     """Names of the PVCs its pod would mount that are not yet among its children labelled
     with its uid. Metacontroller swallows AlreadyExists: a PVC of that name made by someone
     else, or left by an earlier Sandbox of this name, would otherwise be mounted."""
-    uid = objects.uid_of(sandbox)
     owned = {
         c["metadata"]["name"]
         for c in objects.observed(request, objects.PVC)
-        if objects.labels_of(c).get(SANDBOX_UID_LABEL) == uid and not objects.is_deleting(c)
+        if objects.carries_uid_of(c, sandbox) and not objects.is_deleting(c)
     }
     wanted = [pvc_name(t, sandbox) for t in sandbox["spec"].get("volumeClaimTemplates", [])]
     return sorted(n for n in wanted if n not in owned)
