@@ -191,11 +191,8 @@ class Forwarder:
             return None
         length = request.content_length
         if length is not None and length <= self.config.buffer_body_bytes:
-            try:
-                async with asyncio.timeout(timeout):
-                    return await request.read()
-            except TimeoutError:
-                raise BodyStalled() from None
+            async with _stall_bound(timeout, BodyStalled):
+                return await request.read()
         return self._stream_body(request, timeout)
 
     async def _stream_body(self, request: web.Request, timeout: float) -> AsyncIterator[bytes]:
@@ -205,15 +202,15 @@ class Forwarder:
         chunks = request.content.iter_chunked(_CHUNK).__aiter__()
         while True:
             try:
-                async with asyncio.timeout(timeout):
+                async with _stall_bound(timeout, BodyStalled):
                     chunk = await chunks.__anext__()
             except StopAsyncIteration:
                 return
-            except TimeoutError:
+            except BodyStalled:
                 # aiohttp reports an error of the body it sends as its own connection
                 # error: the request keeps the reason.
                 request[BODY_STALLED] = True
-                raise BodyStalled() from None
+                raise
             seen += len(chunk)
             if seen > limit:
                 raise BodyTooLarge()
@@ -307,16 +304,16 @@ class Forwarder:
                 data = await upstream.content.readexactly(length) if length else b""
                 await response.prepare(request)
                 self.metrics.latency.labels(method).observe(time.perf_counter() - started)
-                async with _stall_bound(timeout):
+                async with _stall_bound(timeout, CallerStalled):
                     await response.write_eof(data)
                 return response
             await response.prepare(request)
             self.metrics.latency.labels(method).observe(time.perf_counter() - started)
             if not bodiless:
                 async for chunk in upstream.content.iter_any():
-                    async with _stall_bound(timeout):
+                    async with _stall_bound(timeout, CallerStalled):
                         await response.write(chunk)
-            async with _stall_bound(timeout):
+            async with _stall_bound(timeout, CallerStalled):
                 await response.write_eof()
         except CallerStalled as exc:
             return self._abort(request, response, exc)
@@ -358,11 +355,11 @@ class CallerStalled(Exception):
 
 
 @contextlib.asynccontextmanager
-async def _stall_bound(timeout: float) -> AsyncIterator[None]:
-    """A write to the caller that waits longer than `timeout` raises CallerStalled (not
-    TimeoutError, which would read as the sandbox's fault)."""
+async def _stall_bound(timeout: float, stalled: type[Exception]) -> AsyncIterator[None]:
+    """A wait on the caller (for its body, or for it to take the answer) longer than
+    `timeout` raises `stalled`, not TimeoutError, which would read as the sandbox's fault."""
     try:
         async with asyncio.timeout(timeout):
             yield
     except TimeoutError:
-        raise CallerStalled() from None
+        raise stalled() from None
