@@ -331,6 +331,19 @@ def health_call(timeout: float | None) -> Call[bool]:
 # -- a streamed command ------------------------------------------------------------------------
 
 
+def _output_chunk(event: dict[str, Any]) -> OutputChunk | None:
+    """A stream line as its output chunk; None for the exit status, whose fields must be
+    sound too. A field missing or of the wrong type is the SDK's error."""
+    try:
+        if "stream" not in event:
+            execution_result(event)
+            return None
+        return OutputChunk(stream=typed(event, "stream", str), data=typed(event, "data", str))
+    except (TypeError, ValueError) as exc:
+        raise SandboxConnectionError(f"the runtime sent a malformed stream line ({exc})") \
+            from exc
+
+
 class CommandOutput:
     """What a streamed command has sent so far: `feed()` takes the answer's bytes as they
     come (newline-delimited JSON events) and returns the output chunks they complete; the
@@ -367,20 +380,12 @@ class CommandOutput:
                     from exc
             if not isinstance(event, dict):
                 raise SandboxConnectionError("the runtime sent a malformed stream line")
-            try:
-                if "stream" in event:
-                    chunk = OutputChunk(stream=typed(event, "stream", str),
-                                        data=typed(event, "data", str))
-                else:
-                    execution_result(event)  # the exit status: its fields must be sound
-            except (TypeError, ValueError) as exc:
-                raise SandboxConnectionError(
-                    f"the runtime sent a malformed stream line ({exc})") from exc
-            if "stream" in event:
+            chunk = _output_chunk(event)
+            if chunk is None:
+                self._final = event
+            else:
                 (self._stdout if chunk.stream == "stdout" else self._stderr).append(chunk.data)
                 chunks.append(chunk)
-            else:
-                self._final = event
         return chunks
 
     def end(self) -> None:
