@@ -174,6 +174,22 @@ def test_the_tenant_may_still_make_plain_pods_and_label_sandbox_pods(
     assert steal.returncode != 0, "a reserved label was added to a plain pod"
 
 
+def test_the_tenant_cannot_take_a_sandbox_pods_binding_labels_off(
+        metacontroller_stack, namespace, kubelet, tenant, reserved_keys_policy):
+    """A bound warm pod is told from a free one by its binding labels: taken off, its pool
+    would hand it, with the tenant's files, to another Sandbox. Before: the removal was
+    admitted (the policy refused only keys added or changed)."""
+    stack = metacontroller_stack
+    stack.apply(sandbox("bound", volume=False), namespace)
+    stack.wait_for("sandbox", "bound", is_ready, namespace=namespace, timeout=60)
+    for key in (SANDBOX_UID_LABEL, SANDBOX_LABEL):
+        removed = as_tenant(stack, namespace, "label", "pod", "bound", f"{key}-")
+        assert removed.returncode != 0, f"the tenant took {key} off a sandbox's pod"
+        assert "removed by the Agent Sandbox controller only" in removed.stderr
+    pod = stack.get("pod", "bound", namespace)
+    assert pod is not None and SANDBOX_UID_LABEL in pod["metadata"]["labels"]
+
+
 def test_a_pvc_a_sandbox_does_not_own_is_never_mounted(metacontroller_stack, namespace,
                                                        kubelet, tenant):
     """Before the fix: the victim's pod mounted the tenant's PVC and the Sandbox was Ready."""
