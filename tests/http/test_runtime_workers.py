@@ -118,11 +118,13 @@ def worker_cmdline(pid: int) -> str:
 
 
 def exited(pid: int) -> bool:
-    """Whether `pid` has ended (a zombie not yet reaped by the master has: its locks are
-    released before it becomes one)."""
+    """Whether `pid` has ended with all its threads. A worker's threads share its descriptor
+    table, which (and with it the record locks) goes only when the last thread has exited:
+    its main thread shows as a zombie while others may still be on their way out."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state in ("Z", "X") and os.listdir(f"/proc/{pid}/task") == [str(pid)]
     except FileNotFoundError:
         return True
 
