@@ -115,6 +115,8 @@ def main() -> int:
         if args.keep_logs:
             for log in ("metacontroller.log", "hooks.log"):
                 shutil.copy(lab.stack.workdir / log, Path(args.keep_logs) / log)
+            if lab.stack.plane.audit_log is not None:
+                shutil.copy(lab.stack.plane.audit_log, Path(args.keep_logs) / "audit.log")
     last = max(claims.values(), key=lambda c: c.times.get("claim_ready", float("inf")))
     timeline: dict[str, list[float]] = {}
     for moment, path in tail.lines:
