@@ -36,9 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import loop_probes
-from bench.claimlab import Lab
+from bench.claimlab import Lab, binary_or_say_why
 from bench.harness import percentiles
-from testbed.metacontroller import metacontroller_binary
 from testbed.support import REPO
 
 EXPORTED = ("hooks", "schemas", "manifests")
@@ -161,9 +160,8 @@ def main() -> int:
     parser.add_argument("--hook-workers", type=int, default=2)
     parser.add_argument("--out", default="/tmp/ab-claims.json")
     args = parser.parse_args()
-    binary, why_not = metacontroller_binary()
+    binary = binary_or_say_why()
     if binary is None:
-        print(why_not, file=sys.stderr)
         return 2
     arms = {"A": parse_arm(args.a), "B": parse_arm(args.b)}
     results: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}

@@ -18,8 +18,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
-from bench.claimlab import Lab
-from testbed.metacontroller import metacontroller_binary
+from bench.claimlab import Lab, binary_or_say_why
 
 
 def free_port() -> int:
@@ -40,9 +39,8 @@ def main() -> int:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="Metacontroller's environment, over testbed's (e.g. GOGC=100)")
     args = parser.parse_args()
-    binary, why_not = metacontroller_binary()
+    binary = binary_or_say_why()
     if binary is None:
-        print(why_not, file=sys.stderr)
         return 2
     port = free_port()
     url = f"http://127.0.0.1:{port}/debug/pprof/profile?seconds={args.seconds}"

@@ -22,6 +22,7 @@ It must not: assert anything about speed (it measures), or leave a process runni
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 import threading
 import time
@@ -48,7 +49,12 @@ from sandbox_common.contract import (
 from sandbox_common.contract import GROUP as SANDBOX_GROUP
 from testbed.hookrequests import SEED_POD_TEMPLATE
 from testbed.kubelet import Kubelet
-from testbed.metacontroller import METACONTROLLER_FLAGS, MetacontrollerStack, running_stack
+from testbed.metacontroller import (
+    METACONTROLLER_FLAGS,
+    MetacontrollerStack,
+    metacontroller_binary,
+    running_stack,
+)
 from testbed.tenancy import Recorder
 from testbed.tenancy_rules import check, is_ready, ready_condition
 
@@ -62,6 +68,15 @@ def claim_body(name: str, pool: str | None = None) -> dict[str, Any]:
         spec["warmPoolRef"] = {"name": pool}
     return {"apiVersion": EXTENSIONS_API, "kind": CLAIM_KIND,
             "metadata": {"name": name}, "spec": spec}
+
+
+def binary_or_say_why() -> str | None:
+    """The Metacontroller binary a `Lab` runs, or None after saying on stderr why there is
+    none (the command-line tools' first step)."""
+    binary, why_not = metacontroller_binary()
+    if binary is None:
+        print(why_not, file=sys.stderr)
+    return binary
 
 
 def sandbox_body(name: str, replicas: int = 1) -> dict[str, Any]:
