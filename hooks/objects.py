@@ -242,8 +242,7 @@ DEFAULT_UID = 1000
 
 
 def runtime_class_of(pod_spec: KubeObject, default: str) -> str:
-    """The RuntimeClass a pod of this spec runs under: the template's, else `default` (the
-    operator's, settings `runtime_class_name`); "" is none, the node's default runtime."""
+    """The pod's RuntimeClass: the template's, else `default` ("" for none: runc)."""
     return str(pod_spec.get("runtimeClassName") or default)
 
 
@@ -255,8 +254,7 @@ def secure_pod_spec(spec: KubeObject, runtime_class: str) -> None:
     escalation and all capabilities dropped. An explicit value is never changed: a template's
     author may loosen any of these (manifests/admission refuses another RuntimeClass and the
     host's namespaces, privileged containers and host paths; the namespace's Pod Security
-    admission decides the rest)."""
-    # The API server refuses runtimeClassName "": the key goes when there is no class.
+    admission decides the rest). The API server refuses runtimeClassName "": never sent."""
     if chosen := runtime_class_of(spec, runtime_class):
         spec["runtimeClassName"] = chosen
     else:

@@ -213,6 +213,29 @@ def test_a_default_runtime_class_no_pod_could_name_stops_the_hooks_at_start(monk
         hooks_app.create_app()
 
 
+def fencing_policies(cluster: Cluster, pod: dict) -> list[str]:
+    """Names of the NetworkPolicies of the cluster whose podSelector selects `pod`."""
+    labels = pod["metadata"].get("labels") or {}
+    return [p["metadata"]["name"] for p in cluster.list("NetworkPolicy")
+            if all(labels.get(k) == v
+                   for k, v in p["spec"]["podSelector"].get("matchLabels", {}).items())]
+
+
+@pytest.mark.xfail(strict=True, reason="docs/security.md finding 39 (open): only pods of a "
+                   "template are fenced; a Sandbox made directly gets no NetworkPolicy")
+def test_a_sandbox_made_directly_is_fenced_by_a_network_policy(hostile):
+    """Its code could reach the metadata endpoint and other pods (another tenant's unfenced
+    sandbox runtime on :8888, past the router's token); probe on the real loop in finding 39."""
+    cluster = Cluster(now=NOW)
+    cluster.create(template_obj())
+    cluster.create(kube("Sandbox", "direct", {"podTemplate": hostile_pod_template()},
+                        api=objects.SANDBOX_API))
+    cluster.settle()
+    pod = cluster.get("Pod", "direct")
+    with hostile("pods", "a Sandbox made directly is fenced by a NetworkPolicy"):
+        assert fencing_policies(cluster, pod), "no NetworkPolicy selects the pod"
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_template_cannot_forge_the_keys_we_own(hostile, path):
     for pod in pods_of_path(path):
