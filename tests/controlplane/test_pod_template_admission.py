@@ -64,6 +64,10 @@ REFUSED = {
                                "container helper: securityContext.privileged"),
     "a privileged init container": (privileged("initContainers"),
                                     "container helper: securityContext.privileged"),
+    "a hostPort": (pod_template(containers=[{
+        **SEED_POD_TEMPLATE["spec"]["containers"][0],
+        "ports": [{"containerPort": 8888, "hostPort": 8888}]}]),
+        "container python-runtime: ports[].hostPort"),
     "a hostPath volume": (pod_template(volumes=[{"name": "node", "hostPath": {"path": "/"}}]),
                           "spec.podTemplate.spec.volumes: node: hostPath"),
 }
