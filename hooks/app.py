@@ -25,7 +25,7 @@ from prometheus_client import (
 )
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from hooks import sandbox, sandboxclaim, sandboxtemplate, sandboxwarmpool
+from hooks import k8srules, sandbox, sandboxclaim, sandboxtemplate, sandboxwarmpool
 from hooks.typedefs import DEFAULT_SETTINGS, HookSettings
 
 log = logging.getLogger("hooks")
@@ -87,9 +87,15 @@ def envelope_problem(body: Any, hook: str) -> str | None:
 
 
 def settings_from(config: Mapping[str, Any]) -> HookSettings:
+    runtime_class = config["RUNTIME_CLASS_NAME"]
+    runtime_class = "" if runtime_class is None else str(runtime_class)
+    if runtime_class and (problem := k8srules.RULES["dns1123-subdomain"].problem(runtime_class)):
+        # Every pod made with it would be refused by the API server: fail at start instead.
+        raise ValueError(f"SANDBOX_HOOKS_RUNTIME_CLASS_NAME: {problem}")
     return {
         "cluster_domain": str(config["CLUSTER_DOMAIN"]),
         "warm_pod_grace_seconds": float(config["WARM_POD_GRACE_SECONDS"]),
+        "runtime_class_name": runtime_class,
     }
 
 
@@ -108,6 +114,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(
         CLUSTER_DOMAIN=DEFAULT_SETTINGS["cluster_domain"],
         WARM_POD_GRACE_SECONDS=DEFAULT_SETTINGS["warm_pod_grace_seconds"],
+        RUNTIME_CLASS_NAME=DEFAULT_SETTINGS["runtime_class_name"],
         MAX_CONTENT_LENGTH=32 * 1024 * 1024,  # a pool of 1,000 pods is a few MiB
     )
     app.config.from_prefixed_env("SANDBOX_HOOKS")

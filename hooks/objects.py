@@ -241,12 +241,24 @@ PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
 DEFAULT_UID = 1000
 
 
-def secure_pod_spec(spec: KubeObject) -> None:
-    """Fill in, where the template is silent, what the "restricted" Pod Security Standard asks:
-    no service-account token, non-root user (uid/gid/fsGroup DEFAULT_UID), seccomp
-    RuntimeDefault, and in every container no privilege escalation and all capabilities
-    dropped. An explicit value is never changed: a template's author may loosen any of these
-    (and the namespace's Pod Security admission decides whether that is allowed)."""
+def runtime_class_of(pod_spec: KubeObject, default: str) -> str:
+    """The pod's RuntimeClass: the template's, else `default` ("" for none: runc)."""
+    return str(pod_spec.get("runtimeClassName") or default)
+
+
+def secure_pod_spec(spec: KubeObject, runtime_class: str) -> None:
+    """Fill in, where the template is silent, the RuntimeClass `runtime_class` (gVisor as
+    shipped; "" or absent in the template alike, and none when it is "" too) and what the
+    "restricted" Pod Security Standard asks: no service-account token, non-root user
+    (uid/gid/fsGroup DEFAULT_UID), seccomp RuntimeDefault, and in every container no privilege
+    escalation and all capabilities dropped. An explicit value is never changed: a template's
+    author may loosen any of these (manifests/admission refuses another RuntimeClass and the
+    host's namespaces, privileged containers and host paths; the namespace's Pod Security
+    admission decides the rest). The API server refuses runtimeClassName "": never sent."""
+    if chosen := runtime_class_of(spec, runtime_class):
+        spec["runtimeClassName"] = chosen
+    else:
+        spec.pop("runtimeClassName", None)
     spec.setdefault("automountServiceAccountToken", False)
     containers = [c for g in ("initContainers", "containers") for c in spec.get(g) or []]
     for container in containers:
@@ -275,14 +287,15 @@ def pod_from_template(
     name: str,
     namespace: str,
     labels: dict[str, str],
+    runtime_class: str,
     annotations: dict[str, str] | None = None,
 ) -> KubeObject:
     """A Pod from a template's podTemplate, with our labels and the secure defaults
-    (secure_pod_spec) where the template is silent."""
+    (secure_pod_spec, `runtime_class` where it names none) where the template is silent."""
     template = clone(pod_template)
     meta = template.get("metadata") or {}
     spec = template.get("spec") or {}
-    secure_pod_spec(spec)
+    secure_pod_spec(spec, runtime_class)
     for group in ("initContainers", "containers"):
         for container in spec.get(group) or []:
             # The API server drops zero probe counters (omitempty); one we send anyway reads,

@@ -63,7 +63,7 @@ def spec_problems(sandbox: KubeObject) -> list[str]:
     return problems
 
 
-def desired_pod(sandbox: KubeObject) -> KubeObject:
+def desired_pod(sandbox: KubeObject, settings: HookSettings = DEFAULT_SETTINGS) -> KubeObject:
     meta, spec = sandbox["metadata"], sandbox["spec"]
     labels = lifecycle.pod_binding_labels(sandbox)
     template_name = objects.labels_of(sandbox).get(objects.TEMPLATE_LABEL)
@@ -74,6 +74,7 @@ def desired_pod(sandbox: KubeObject) -> KubeObject:
         name=meta["name"],
         namespace=meta.get("namespace", "default"),
         labels=labels,
+        runtime_class=settings["runtime_class_name"],
     )
     claims = {
         t["metadata"]["name"]: pvc_name(t, sandbox) for t in spec.get("volumeClaimTemplates", [])
@@ -292,10 +293,10 @@ def decide(request: SyncRequest, *, now: datetime, settings: HookSettings) -> Sy
                 f"back to 1 for a fresh one, or make a new claim",
             )
         elif pod is own:
-            children.append(desired_pod(sandbox))
+            children.append(desired_pod(sandbox, settings))
     elif (pod := lifecycle.next_pod(own, warm)) is not None:
         if pod is own:
-            children.append(desired_pod(sandbox))
+            children.append(desired_pod(sandbox, settings))
     elif (left := offers_to_pool(sandbox, now, settings, resuming=resuming)) is not None:
         # Offer this sandbox to its pool for a while before starting cold.
         ready(
@@ -311,7 +312,7 @@ def decide(request: SyncRequest, *, now: datetime, settings: HookSettings) -> Sy
               f"before its pod starts: one of that name owned by another (an earlier Sandbox "
               f"of this name, or anyone) is never mounted")
     else:
-        children.append(desired_pod(sandbox))
+        children.append(desired_pod(sandbox, settings))
         ready(False, objects.POD_NOT_READY, f"pod {name} is being created")
 
     claim = objects.controller_of(sandbox)

@@ -59,13 +59,16 @@ def template_hash(template: KubeObject) -> str:
     return objects.spec_hash(template["spec"]["podTemplate"])
 
 
-def desired_pod(pool: KubeObject, template: KubeObject, name: str) -> KubeObject:
+def desired_pod(
+    pool: KubeObject, template: KubeObject, name: str, settings: HookSettings
+) -> KubeObject:
     meta = pool["metadata"]
     return objects.pod_from_template(
         template["spec"]["podTemplate"],
         name=name,
         namespace=meta.get("namespace", "default"),
         labels={POOL_LABEL: meta["name"], TEMPLATE_LABEL: template["metadata"]["name"]},
+        runtime_class=settings["runtime_class_name"],
         annotations={objects.TEMPLATE_HASH_ANNOTATION: template_hash(template)},
     )
 
@@ -193,12 +196,16 @@ def sync(
         }
 
     # Free pods of the current template, Ready first, up to spec.replicas; older ones go.
-    # Pods that finished (Failed, Succeeded) can never warm up again: replace them too.
+    # Pods that finished (Failed, Succeeded) can never warm up again: replace them too. So do
+    # pods of another RuntimeClass than ours now (made before gVisor was the default, say).
     current = template_hash(template)
+    runtime_class = objects.runtime_class_of(
+        template["spec"]["podTemplate"].get("spec") or {}, settings["runtime_class_name"])
     free = [
         p
         for p in free
         if p["metadata"].get("annotations", {}).get(objects.TEMPLATE_HASH_ANNOTATION) == current
+        and (p.get("spec") or {}).get("runtimeClassName", "") == runtime_class
         and not objects.pod_has_finished(p)
     ]
     free.sort(key=lambda p: (not objects.pod_is_ready(p), p["metadata"]["name"]))
@@ -216,7 +223,7 @@ def sync(
         free.remove(pod)
     names = free_names(pool, in_use)
     for sandbox in waiting[len(bindings):]:
-        children.append(bind(desired_pod(pool, template, next(names)), sandbox))
+        children.append(bind(desired_pod(pool, template, next(names), settings), sandbox))
     bound += len(waiting)
 
     wanted = int(pool["spec"].get("replicas", 1))
@@ -230,7 +237,7 @@ def sync(
     if waiting and 2 * len(kept) >= wanted:
         refill = 0
     for _ in range(refill):
-        children.append(desired_pod(pool, template, next(names)))
+        children.append(desired_pod(pool, template, next(names), settings))
     return {
         "children": children,
         "status": status_of(pool, kept, bound, now=now),

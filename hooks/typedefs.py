@@ -47,6 +47,13 @@ class HookSettings(TypedDict):
 
     cluster_domain: str  # for Sandbox status.serviceFQDN
     warm_pod_grace_seconds: float  # how long a Sandbox waits for a warm pod before going cold
+    # The RuntimeClass of every pod whose template names none (or ""): "" means none at all,
+    # the node's default runtime (runc: no gVisor), an operator's deliberate opt-out.
+    runtime_class_name: str
 
 
-DEFAULT_SETTINGS: HookSettings = {"cluster_domain": "cluster.local", "warm_pod_grace_seconds": 15.0}
+DEFAULT_SETTINGS: HookSettings = {
+    "cluster_domain": "cluster.local",
+    "warm_pod_grace_seconds": 15.0,
+    "runtime_class_name": "gvisor",
+}

@@ -25,7 +25,9 @@ from tests.metacontroller.objects import (
     free_warm,
     is_ready,
     live,
+    pool,
     pool_ready,
+    sandbox,
     template,
     warm_pool,
 )
@@ -171,3 +173,30 @@ def test_pool_deletion_waits_for_the_pods_that_serve_claims(walkthrough, kubelet
     stack.wait_gone("sandboxwarmpool", POOL, namespace=namespace, timeout=60)
     stack.wait_gone("pod", serving, namespace=namespace, timeout=60)
     assert stack.list("pods", namespace) == []
+
+
+def test_a_template_silent_on_the_runtime_class_makes_gvisor_pods_that_stay_as_made(
+        metacontroller_stack, namespace, kubelet):
+    """Warm and cold pods of a template that names no RuntimeClass run under gVisor
+    (docs/security.md, finding 37), and a sync after they were made updates none of them:
+    the class we send reads back as sent, so Metacontroller's 3-way merge has nothing to do."""
+    stack = metacontroller_stack
+    silent = template()
+    silent["spec"]["podTemplate"]["spec"].pop("runtimeClassName")
+    stack.apply(silent, namespace)
+    stack.apply(pool(1), namespace)
+    stack.wait_for("sandboxwarmpool", POOL, pool_ready(1), namespace=namespace, timeout=90)
+    cold = sandbox("cold", volume=False)
+    cold["spec"]["podTemplate"]["spec"].pop("runtimeClassName")
+    stack.apply(cold, namespace)
+    stack.wait_for("sandbox", "cold", is_ready, namespace=namespace, timeout=90)
+    pods = {p["metadata"]["name"]: p for p in stack.list("pods", namespace) if live(p)}
+    assert len(pods) == 2 and "cold" in pods
+    assert {p["spec"].get("runtimeClassName") for p in pods.values()} == {"gvisor"}
+    versions = {n: p["metadata"]["resourceVersion"] for n, p in pods.items()}
+    # A spec change syncs the pool (and makes a second pod); the first stays as it was.
+    stack.kubectl("patch", "sandboxwarmpool", POOL, "-n", namespace, "--type=merge",
+                  "-p", '{"spec": {"replicas": 2}}')
+    stack.wait_for("sandboxwarmpool", POOL, pool_ready(2), namespace=namespace, timeout=90)
+    for name, version in versions.items():
+        assert stack.get("pod", name, namespace)["metadata"]["resourceVersion"] == version, name

@@ -191,7 +191,8 @@ def test_status_reports_the_observed_pod():
     parent = make_sandbox()
     first = sandbox.sync(sync_request(parent), now=NOW)
     assert ready(first)["status"] == "False"
-    settings = {"cluster_domain": "corp.example", "warm_pod_grace_seconds": 5.0}
+    settings = {**DEFAULT_SETTINGS, "cluster_domain": "corp.example",
+                "warm_pod_grace_seconds": 5.0}
     got = sandbox.sync(
         sync_request(parent, applied(parent, first, pod_ready=True)), now=NOW, settings=settings
     )
