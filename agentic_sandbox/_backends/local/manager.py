@@ -26,6 +26,7 @@ from agentic_sandbox._backends.local.runsc import (
     PLATFORM_ENV,
     RUNSC_TIMEOUT_S,
     default_state_dir,
+    private_state,
     runsc_binary,
 )
 from agentic_sandbox._backends.local.sandbox import LocalSandbox
@@ -124,9 +125,7 @@ class Manager:
         self.closing = False
         self.idle = IdleWatcher(state_dir.name)
         self.cgroups = True
-        for sub in ("", "runsc", "sandboxes", "workspaces"):
-            (state_dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(state_dir, 0o700)
+        private_state(state_dir, "runsc", "sandboxes", "workspaces")
         compile_runtime()
         clean_stale(state_dir, self.runsc)
         atexit.register(self.shutdown)
