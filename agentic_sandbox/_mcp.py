@@ -14,6 +14,12 @@ lifespan exits), or SIGTERM, SIGINT or SIGHUP arrives (the handler closes it, th
 the signal). Only SIGKILL can leave one behind: the local backend removes it the next time it
 starts; a Kubernetes claim stays until deleted.
 
+Stdin passes through a guard (guard_stdin) before the SDK reads it: a line the SDK cannot
+read would get no answer from it, and a client waiting on that request would wait forever, so
+the guard turns every such request that carries an id into one the SDK answers with an
+error; and no line longer than MAX_MESSAGE reaches the SDK, which reads whole lines into
+memory.
+
 This module must never write to stdout (it is the protocol's channel), and no traceback may
 reach the model: sandbox errors become tool errors with one line of text.
 """
@@ -22,6 +28,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
+import json
+import logging
 import os
 import signal
 import threading
@@ -29,13 +38,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import FrameType
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import IO, Annotated, Any, Final, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
+from mcp.types import ToolAnnotations, jsonrpc_message_adapter
 from pydantic import Field
 from typing_extensions import TypedDict  # pydantic reads these natively on 3.11
 
@@ -43,9 +52,11 @@ from agentic_sandbox import __version__, _ops
 from agentic_sandbox._client import SandboxClient
 from agentic_sandbox._exceptions import SandboxError
 
-__all__ = ["TOOLS", "SandboxTools", "SessionSandbox", "build_server", "serve"]
+__all__ = ["MAX_MESSAGE", "TOOLS", "SandboxTools", "SessionSandbox", "build_server",
+           "guard_stdin", "serve"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 SERVER_NAME: Final = "agentic-sandbox"
 # The runtime caps each output stream at 1 MiB; a file read is capped the same, so no
@@ -60,6 +71,8 @@ started, at their timeout (default 60 s, at most 600 s). Each output stream is c
 1 MiB and read_file returns at most 1 MiB; the results say when something was cut. The \
 sandbox may have no network access (the local backend has none)."""
 
+# One JSON-RPC message (one line): room for write_file's content of a 24 MiB file in base64.
+MAX_MESSAGE: Final = 32 * 1024 * 1024
 Path_ = Annotated[str, Field(description="a path relative to the workspace, or absolute "
                                          "inside it")]
 
@@ -286,6 +299,81 @@ def build_server(session: SessionSandbox) -> MCPServer[None]:
     return server
 
 
+def _answerable(message: object) -> list[bytes]:
+    """For a message the SDK cannot read: a request it will answer with an error, with the
+    message's id, for each request in it that has a usable id (an integer or a string, as MCP
+    allows). The SDK answers an unknown method with -32601 and the method as the error's
+    data, which here says why the message was refused."""
+    found = []
+    for item in message if isinstance(message, list) else [message]:
+        if not isinstance(item, dict) or "method" not in item:
+            continue
+        ident = item.get("id")
+        if isinstance(ident, bool) or not isinstance(ident, int | str):
+            continue
+        why = "batches are not supported" if isinstance(message, list) else \
+            "not a valid MCP JSON-RPC 2.0 request (its fields or their types)"
+        line = json.dumps({"jsonrpc": "2.0", "id": ident,
+                           "method": f"invalid request: {why}"}) + "\n"
+        try:
+            found.append(line.encode("utf-8"))
+        except UnicodeEncodeError:  # an id holding a lone surrogate: nothing can echo it
+            continue
+    return found
+
+
+def screened(line: bytes) -> list[bytes]:
+    """What the SDK gets for one line from the client: the line itself when it can read it,
+    else the requests that make it answer an error to each id in it (none when there is no
+    id to answer to: not JSON, a notification, a response)."""
+    try:
+        jsonrpc_message_adapter.validate_json(line, by_name=False)
+        return [line]
+    except ValueError:
+        pass
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):
+        message = None
+    answers = _answerable(message)
+    if line.strip():
+        log.warning("refused a message the MCP SDK cannot read (%d bytes%s)", len(line),
+                    "; answered an error" if answers else "; no id to answer to")
+    return answers
+
+
+def _pump(source: IO[bytes], sink: IO[bytes], limit: int) -> None:
+    """Copy the client's lines to the SDK, screened, none longer than `limit`; end the SDK's
+    stdin when the client's ends."""
+    try:
+        with source, sink:
+            while line := source.readline(limit + 1):
+                if len(line) > limit and not line.endswith(b"\n"):
+                    while (rest := source.readline(1 << 20)) and not rest.endswith(b"\n"):
+                        pass  # skip the rest of the line, a MiB at a time
+                    log.warning("dropped a message longer than %d bytes", limit)
+                    continue
+                for screened_line in screened(line):
+                    sink.write(screened_line)
+                    sink.flush()
+    except OSError:  # the SDK stopped reading: the session is over
+        pass
+
+
+def guard_stdin(limit: int = MAX_MESSAGE) -> threading.Thread:
+    """Put a pipe in place of stdin, fed from the real one by a thread that screens each
+    line (screened()) and drops lines over `limit` bytes; the SDK then reads the pipe."""
+    source = os.fdopen(fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3), "rb")
+    read_end, write_end = os.pipe()
+    os.dup2(read_end, 0)
+    os.close(read_end)
+    sink = os.fdopen(write_end, "wb")
+    thread = threading.Thread(target=_pump, args=(source, sink, limit), name="mcp-stdin",
+                              daemon=True)
+    thread.start()
+    return thread
+
+
 def serve(*, template: str, namespace: str = "default", run_timeout: float | None = None,
           client_options: dict[str, Any] | None = None) -> int:
     """Serve one MCP session on stdin/stdout; returns the exit status (0)."""
@@ -310,6 +398,7 @@ def serve(*, template: str, namespace: str = "default", run_timeout: float | Non
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    guard_stdin()
     try:
         build_server(session).run("stdio")
     finally:
