@@ -62,13 +62,17 @@ SERVER_NAME: Final = "agentic-sandbox"
 # The runtime caps each output stream at 1 MiB; a file read is capped the same, so no
 # single answer floods the model's context.
 READ_LIMIT: Final = 1024 * 1024
+# list_directory returns at most this many entries (a folder of 32,757 files with long names
+# was a 20 MB answer); the rest are counted.
+LIST_LIMIT: Final = 1000
 INSTRUCTIONS: Final = """\
 These tools work in one isolated gVisor sandbox, made for this session on the first tool \
 call and deleted, with everything in it, when the session ends. Paths are relative to the \
 sandbox's workspace (or absolute inside it); the file tools refuse anything outside it. \
 Commands run with /bin/sh -c in the workspace and are killed, with every process they \
 started, at their timeout (default 60 s, at most 600 s). Each output stream is capped at \
-1 MiB and read_file returns at most 1 MiB; the results say when something was cut. The \
+1 MiB, read_file returns at most 1 MiB and list_directory at most 1000 entries; the results \
+say when something was cut. The \
 sandbox may have no network access (the local backend has none)."""
 
 # One JSON-RPC message (one line): room for write_file's content of a 24 MiB file in base64.
@@ -112,6 +116,8 @@ class Entry(TypedDict):
 class Listing(TypedDict):
     path: str
     entries: list[Entry]
+    total: int
+    truncated: bool
 
 
 class Existence(TypedDict):
@@ -245,10 +251,13 @@ class SandboxTools:
                                                          "workspace, or absolute inside "
                                                          "it")] = ".") -> Listing:
         """List a directory of the sandbox's workspace: name, type (file, directory,
-        symlink, other) and size of each entry, sorted by name. Symlinks are not followed."""
+        symlink, other) and size of each entry, sorted by name. Symlinks are not followed.
+        At most the first 1000 entries are returned (truncated says so; total counts them
+        all); list larger folders in parts with run_command (ls | sed -n 1001,2000p)."""
         entries = self._call(lambda sandbox: sandbox.list(path))
         return Listing(path=path, entries=[Entry(name=e.name, type=e.type, size=e.size)
-                                           for e in entries])
+                                           for e in entries[:LIST_LIMIT]],
+                       total=len(entries), truncated=len(entries) > LIST_LIMIT)
 
     def path_exists(self, path: Path_) -> Existence:
         """Whether a path exists in the sandbox's workspace."""

@@ -95,7 +95,7 @@ def test_a_session_works_in_one_sandbox_and_leaves_nothing(state):
     assert seen["read"] == {"path": "notes/a.txt", "content": "línea 1\n", "encoding": "utf-8",
                             "size": 9, "truncated": False}
     assert seen["listing"] == {"path": "notes", "entries": [
-        {"name": "a.txt", "type": "file", "size": 9}]}
+        {"name": "a.txt", "type": "file", "size": 9}], "total": 1, "truncated": False}
     assert seen["exists"] == {"path": "notes/a.txt", "exists": True}
     assert seen["shell"]["stdout"] == "línea 1\n"  # type: ignore[index]
     for is_error, text in seen["outside"]:  # type: ignore[attr-defined]
@@ -290,3 +290,27 @@ def test_a_line_longer_than_the_limit_is_dropped_in_bounded_memory(hostile, stat
             assert grown < 64, f"the server grew by {grown:.0f} MiB"  # before: by 145 MiB
         finally:
             assert client.close() == 0
+
+
+def test_a_huge_folder_is_listed_in_part_not_flooding_the_model(hostile, state):
+    """A folder of 32,757 files with 246-character names was one 20 MB answer (finding 45)."""
+    with hostile("mcp", "list_directory of 1,500 files with 200-character names"):
+        client = RawClient(state)
+        try:
+            make = ("mkdir d && cd d && python3 -c \"import os\nfor i in range(1500): "
+                    "open('%04d' % i + 'x' * 196, 'w').close()\"")
+            client.send(request(40, "tools/call", {"name": "run_command", "arguments": {
+                "command": make, "timeout": 120}}))
+            made = client.answer(40, 180)
+            assert made is not None and made["result"]["structuredContent"]["exit_code"] == 0  # type: ignore[index]
+            client.send(request(41, "tools/call", {"name": "list_directory",
+                                                   "arguments": {"path": "d"}}))
+            answer = client.answer(41)
+            assert answer is not None
+            listing = answer["result"]["structuredContent"]  # type: ignore[index]
+            assert (listing["total"], listing["truncated"], len(listing["entries"])) == \
+                (1500, True, 1000)
+            assert listing["entries"][-1]["name"] == "0999" + "x" * 196
+        finally:
+            assert client.close() == 0
+        assert left_behind(state) == []
