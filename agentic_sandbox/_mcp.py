@@ -9,10 +9,11 @@ client feature is a new method and a new row.
 Lifetime: a stdio server serves exactly one session, and that session gets one sandbox,
 opened on the first tool call (not at start: MCP clients start every registered server when
 they start, often for hours, and the initialize handshake must not wait for a sandbox that
-may take a minute on a cluster), and closed when the session ends: stdin closes (the
-lifespan exits), or SIGTERM, SIGINT or SIGHUP arrives (the handler closes it, then dies of
-the signal). Only SIGKILL can leave one behind: the local backend removes it the next time it
-starts; a Kubernetes claim stays until deleted.
+may take a minute on a cluster), and closed when the session ends: stdin closes (the stdin
+guard closes it at once, even mid-call; then the lifespan exits), or SIGTERM, SIGINT or
+SIGHUP arrives (the handler closes it, then dies of the signal). Only SIGKILL can leave one
+behind: the local backend removes it the next time it starts; a Kubernetes claim stays
+until deleted.
 
 Stdin passes through a guard (guard_stdin) before the SDK reads it: a line the SDK cannot
 read would get no answer from it, and a client waiting on that request would wait forever, so
@@ -131,6 +132,8 @@ class SessionSandbox:
     A failed open leaves nothing open and the next tool call tries again. close() may come
     from a signal handler while a tool call is still opening the sandbox: it releases what
     that open acquired (the backend's close is safe mid-open), then waits for it to end.
+    A second close() (stdin's end, the lifespan, a signal) returns only once the first has
+    finished: the process must not exit while another thread is still removing the sandbox.
     """
 
     def __init__(self, factory: Callable[[], SandboxClient]) -> None:
@@ -138,6 +141,7 @@ class SessionSandbox:
         self._lock = threading.Lock()
         self._client: SandboxClient | None = None
         self._opening: SandboxClient | None = None
+        self._closing = threading.RLock()  # reentrant: a signal may arrive mid-close
         self.closing = False
 
     def get(self) -> SandboxClient:
@@ -158,10 +162,11 @@ class SessionSandbox:
         opening = self._opening
         if opening is not None:
             opening.backend.close()
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        with self._closing:
+            with self._lock:
+                client, self._client = self._client, None
+            if client is not None:
+                client.close()
 
 
 class SandboxTools:
@@ -351,9 +356,9 @@ def screened(line: bytes) -> list[bytes]:
     return answers
 
 
-def _pump(source: IO[bytes], sink: IO[bytes], limit: int) -> None:
-    """Copy the client's lines to the SDK, screened, none longer than `limit`; end the SDK's
-    stdin when the client's ends."""
+def _pump(source: IO[bytes], sink: IO[bytes], limit: int, on_end: Callable[[], None]) -> None:
+    """Copy the client's lines to the SDK, screened, none longer than `limit`; when the
+    client's stdin ends, end the SDK's and call `on_end`."""
     try:
         with source, sink:
             while line := source.readline(limit + 1):
@@ -367,17 +372,19 @@ def _pump(source: IO[bytes], sink: IO[bytes], limit: int) -> None:
                     sink.flush()
     except OSError:  # the SDK stopped reading: the session is over
         pass
+    on_end()
 
 
-def guard_stdin(limit: int = MAX_MESSAGE) -> threading.Thread:
+def guard_stdin(on_end: Callable[[], None], limit: int = MAX_MESSAGE) -> threading.Thread:
     """Put a pipe in place of stdin, fed from the real one by a thread that screens each
-    line (screened()) and drops lines over `limit` bytes; the SDK then reads the pipe."""
+    line (screened()) and drops lines over `limit` bytes; the SDK then reads the pipe.
+    `on_end` runs once the client's stdin has ended (its way to end the session)."""
     source = os.fdopen(fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3), "rb")
     read_end, write_end = os.pipe()
     os.dup2(read_end, 0)
     os.close(read_end)
     sink = os.fdopen(write_end, "wb")
-    thread = threading.Thread(target=_pump, args=(source, sink, limit), name="mcp-stdin",
+    thread = threading.Thread(target=_pump, args=(source, sink, limit, on_end), name="mcp-stdin",
                               daemon=True)
     thread.start()
     return thread
@@ -407,7 +414,10 @@ def serve(*, template: str, namespace: str = "default", run_timeout: float | Non
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    guard_stdin()
+    # A closed stdin ends the session (the MCP stdio transport's shutdown): the SDK sends no
+    # answer after it, so a tool call still running is cut short with its sandbox now, not
+    # when its command ends.
+    guard_stdin(on_end=session.close)
     try:
         build_server(session).run("stdio")
     finally:

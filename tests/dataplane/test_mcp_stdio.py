@@ -314,3 +314,22 @@ def test_a_huge_folder_is_listed_in_part_not_flooding_the_model(hostile, state):
         finally:
             assert client.close() == 0
         assert left_behind(state) == []
+
+
+def test_stdin_closed_mid_call_ends_the_command_and_the_sandbox_at_once(hostile, state):
+    """MCP's stdio shutdown is the client closing our stdin. The SDK answers nothing after
+    it, yet the server waited for the running command (18.1 s of a 20 s `sleep`) before it
+    closed the sandbox and exited (finding 47)."""
+    with hostile("mcp", "stdin closed while a 60 s command runs"):
+        client = RawClient(state)
+        client.send(request(50, "tools/call", {"name": "run_command", "arguments": {
+            "command": "sleep 60", "timeout": 300}}))
+        deadline = time.monotonic() + 60
+        while not sandboxes(state) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)  # the command is under way
+        assert len(sandboxes(state)) == 1
+        started = time.monotonic()
+        assert client.close() == 0
+        assert time.monotonic() - started < 20  # before: the command's remaining ~58 s
+        assert left_behind(state) == []
