@@ -33,6 +33,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -313,7 +314,15 @@ def build_server(session: SessionSandbox) -> MCPServer[None]:
     return server
 
 
-def _answerable(message: object) -> list[bytes]:
+# The id of a request whose first members are "jsonrpc", "id" and "method" (as clients write
+# them), read from the start of a line too long to parse: the top-level object's own id, and
+# never a response's (those have no "method").
+LEADING_ID: Final = re.compile(
+    rb'\s*\{\s*(?:"jsonrpc"\s*:\s*"[^"]*"\s*,\s*)?"id"\s*:\s*(-?[0-9]+|"(?:[^"\\]|\\.)*")'
+    rb'\s*,\s*"method"')
+
+
+def _answerable(message: object, why: str = "") -> list[bytes]:
     """For a message the SDK cannot read: a request it will answer with an error, with the
     message's id, for each request in it that has a usable id (an integer or a string, as MCP
     allows). The SDK answers an unknown method with -32601 and the method as the error's
@@ -325,8 +334,8 @@ def _answerable(message: object) -> list[bytes]:
         ident = item.get("id")
         if isinstance(ident, bool) or not isinstance(ident, int | str):
             continue
-        why = "batches are not supported" if isinstance(message, list) else \
-            "not a valid MCP JSON-RPC 2.0 request (its fields or their types)"
+        why = why or ("batches are not supported" if isinstance(message, list) else
+                      "not a valid MCP JSON-RPC 2.0 request (its fields or their types)")
         line = json.dumps({"jsonrpc": "2.0", "id": ident,
                            "method": f"invalid request: {why}"}) + "\n"
         try:
@@ -366,6 +375,12 @@ def _pump(source: IO[bytes], sink: IO[bytes], limit: int, on_end: Callable[[], N
                     while (rest := source.readline(1 << 20)) and not rest.endswith(b"\n"):
                         pass  # skip the rest of the line, a MiB at a time
                     log.warning("dropped a message longer than %d bytes", limit)
+                    found = LEADING_ID.match(line, 0, 4096)
+                    ident = json.loads(found.group(1)) if found else None
+                    for answer in _answerable({"id": ident, "method": ""},
+                                              f"message longer than {limit} bytes"):
+                        sink.write(answer)
+                        sink.flush()
                     continue
                 for screened_line in screened(line):
                     sink.write(screened_line)

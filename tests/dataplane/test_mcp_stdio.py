@@ -286,6 +286,8 @@ def test_a_line_longer_than_the_limit_is_dropped_in_bounded_memory(hostile, stat
             client.send(b'"}}')
             client.send(request(31, "ping"))
             assert client.answer(31) is not None
+            refused = client.answer(30)  # its id, read from the line's start
+            assert refused is not None and "longer than" in refused["error"]["data"]  # type: ignore[index]
             grown = client.rss_mib() - before
             assert grown < 64, f"the server grew by {grown:.0f} MiB"  # before: by 145 MiB
         finally:
