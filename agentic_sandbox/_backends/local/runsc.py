@@ -65,8 +65,9 @@ def private_state(state_dir: Path, *folders: str) -> None:
             raise BackendUnavailableError(
                 f"the local backend's state folder {state_dir} is not private: {folder} "
                 f"{problem}, so another user could replace what is written there as root. "
-                f"Use a folder only you can change ($AGENTIC_SANDBOX_STATE_DIR, or the "
-                f"default ~/.cache/agent-sandbox/local)")
+                f"Set $AGENTIC_SANDBOX_STATE_DIR (or state_dir=) to a folder only you can "
+                f"change, such as /root/.cache/agent-sandbox/local (the default is under "
+                f"$HOME, which sudo may have kept as another user's)")
         if folder in ours:
             os.chmod(folder, 0o700)
 
