@@ -48,6 +48,12 @@ def sub_folder_a_symlink(state: Path) -> Path:
     return state
 
 
+def sub_folder_a_dangling_symlink(state: Path) -> Path:
+    state.mkdir()
+    (state / "runsc").symlink_to(state.parent / "nowhere")
+    return state
+
+
 def under_a_folder_anyone_may_write(state: Path) -> Path:
     state.parent.chmod(0o777)
     return state
@@ -62,6 +68,7 @@ SETUPS: dict[str, Callable[[Path], Path]] = {
     "the state folder belongs to another user": owned_by_other,
     "its sandboxes folder belongs to another user": sub_folder_of_other,
     "its workspaces folder is a symlink": sub_folder_a_symlink,
+    "its runsc folder is a dangling symlink": sub_folder_a_dangling_symlink,
     "it lies in a folder anyone may write (no sticky bit)": under_a_folder_anyone_may_write,
     "it lies in a folder of another user": under_a_folder_of_other,
 }

@@ -50,17 +50,24 @@ def private_state(state_dir: Path, *folders: str) -> None:
     BackendUnavailableError naming the first folder that is not."""
     uid = os.geteuid()
     ours = [state_dir, *(state_dir / name for name in folders)]
-    for path in ours:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Checked from / down before anything is made inside the state folder.
     for folder in (*reversed(state_dir.parents), *ours):
-        info = os.lstat(folder)
         problem = ""
-        if not stat.S_ISDIR(info.st_mode):
-            problem = "is not a folder (a symlink?)"
-        elif info.st_uid != uid and (folder in ours or info.st_uid != 0):
-            problem = f"belongs to uid {info.st_uid}"
-        elif folder not in ours and info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
-            problem = "may be written by other users"
+        try:
+            if folder != state_dir and folder in ours:
+                folder.mkdir(exist_ok=True, mode=0o700)
+            info = os.lstat(folder)
+        except OSError as exc:  # a dangling symlink where a folder should be, say
+            problem = f"cannot be made a folder ({exc.strerror})"
+        else:
+            if not stat.S_ISDIR(info.st_mode):
+                problem = "is not a folder (a symlink?)"
+            elif info.st_uid != uid and (folder in ours or info.st_uid != 0):
+                problem = f"belongs to uid {info.st_uid}"
+            elif folder not in ours and info.st_mode & 0o022 and \
+                    not info.st_mode & stat.S_ISVTX:
+                problem = "may be written by other users"
         if problem:
             raise BackendUnavailableError(
                 f"the local backend's state folder {state_dir} is not private: {folder} "
