@@ -30,6 +30,7 @@ from agentic_sandbox._backends.local.runsc import (
     runsc_binary,
 )
 from agentic_sandbox._backends.local.sandbox import LocalSandbox
+from agentic_sandbox._backends.local.spec import ROOT_DIR, prepare_root
 from agentic_sandbox._backends.local.stale import clean_stale
 from agentic_sandbox._exceptions import BackendUnavailableError, SandboxConnectionError
 from agentic_sandbox._templates import LocalTemplate
@@ -125,7 +126,8 @@ class Manager:
         self.closing = False
         self.idle = IdleWatcher(state_dir.name)
         self.cgroups = True
-        private_state(state_dir, "runsc", "sandboxes", "workspaces")
+        private_state(state_dir, "runsc", "sandboxes", "workspaces", ROOT_DIR)
+        prepare_root(state_dir)
         compile_runtime()
         clean_stale(state_dir, self.runsc)
         atexit.register(self.shutdown)
