@@ -11,6 +11,7 @@ backend or know how a backend reaches its sandbox.
 from __future__ import annotations
 
 import enum
+import math
 import os
 import threading
 import time
@@ -45,6 +46,15 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+def seconds(label: str, value: Any) -> float | None:
+    """A timeout as given (None: no limit), or ValueError unless it is a finite number of
+    seconds above 0 (inf or NaN would open a sandbox, then fail as a JSON error)."""
+    if value is not None and not 0 < value < math.inf:
+        raise ValueError(f"{label} must be a finite number of seconds above 0, or None, "
+                         f"not {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
 class BaseClient:
     """What a sync and an async client share: options, the backend, the lifecycle state."""
 
@@ -72,8 +82,7 @@ class BaseClient:
         for label, value in (("sandbox_ready_timeout", sandbox_ready_timeout),
                              ("request_timeout", request_timeout),
                              ("run_timeout", run_timeout)):
-            if value is not None and not value > 0:
-                raise ValueError(f"{label} must be positive or None, not {value!r}")
+            seconds(label, value)
         idle_timeout_seconds(idle_timeout)  # a bad value fails here, whichever backend
         self.template_name = template_name
         self.namespace = namespace
@@ -118,10 +127,7 @@ class BaseClient:
                             "sandbox:` (or call open())")
 
     def _run_timeout(self, timeout: Timeout) -> float | None:
-        value = self.run_timeout if timeout is DEFAULT else timeout
-        if value is not None and not value > 0:
-            raise ValueError(f"timeout must be positive or None, not {value!r}")
-        return value  # type: ignore[return-value]
+        return seconds("timeout", self.run_timeout if timeout is DEFAULT else timeout)
 
     def _resend_wait(self, call: Call[Any], response: httpx2.Response,
                      started: float) -> float | None:

@@ -9,10 +9,17 @@ client feature is a new method and a new row.
 Lifetime: a stdio server serves exactly one session, and that session gets one sandbox,
 opened on the first tool call (not at start: MCP clients start every registered server when
 they start, often for hours, and the initialize handshake must not wait for a sandbox that
-may take a minute on a cluster), and closed when the session ends: stdin closes (the
-lifespan exits), or SIGTERM, SIGINT or SIGHUP arrives (the handler closes it, then dies of
-the signal). Only SIGKILL can leave one behind: the local backend removes it the next time it
-starts; a Kubernetes claim stays until deleted.
+may take a minute on a cluster), and closed when the session ends: stdin closes (the stdin
+guard closes it at once, even mid-call; then the lifespan exits), or SIGTERM, SIGINT or
+SIGHUP arrives (the handler closes it, then dies of the signal). Only SIGKILL can leave one
+behind: the local backend removes it the next time it starts; a Kubernetes claim stays
+until deleted.
+
+Stdin passes through a guard (guard_stdin) before the SDK reads it: a line the SDK cannot
+read would get no answer from it, and a client waiting on that request would wait forever, so
+the guard turns every such request that carries an id into one the SDK answers with an
+error; and no line longer than MAX_MESSAGE reaches the SDK, which reads whole lines into
+memory.
 
 This module must never write to stdout (it is the protocol's channel), and no traceback may
 reach the model: sandbox errors become tool errors with one line of text.
@@ -22,20 +29,24 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
+import json
+import logging
 import os
+import re
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import FrameType
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import IO, Annotated, Any, Final, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
+from mcp.types import ToolAnnotations, jsonrpc_message_adapter
 from pydantic import Field
 from typing_extensions import TypedDict  # pydantic reads these natively on 3.11
 
@@ -43,23 +54,31 @@ from agentic_sandbox import __version__, _ops
 from agentic_sandbox._client import SandboxClient
 from agentic_sandbox._exceptions import SandboxError
 
-__all__ = ["TOOLS", "SandboxTools", "SessionSandbox", "build_server", "serve"]
+__all__ = ["MAX_MESSAGE", "TOOLS", "SandboxTools", "SessionSandbox", "build_server",
+           "guard_stdin", "serve"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 SERVER_NAME: Final = "agentic-sandbox"
 # The runtime caps each output stream at 1 MiB; a file read is capped the same, so no
 # single answer floods the model's context.
 READ_LIMIT: Final = 1024 * 1024
+# list_directory returns at most this many entries (a folder of 32,757 files with long names
+# was a 20 MB answer); the rest are counted.
+LIST_LIMIT: Final = 1000
 INSTRUCTIONS: Final = """\
 These tools work in one isolated gVisor sandbox, made for this session on the first tool \
 call and deleted, with everything in it, when the session ends. Paths are relative to the \
 sandbox's workspace (or absolute inside it); the file tools refuse anything outside it. \
 Commands run with /bin/sh -c in the workspace and are killed, with every process they \
 started, at their timeout (default 60 s, at most 600 s). Each output stream is capped at \
-1 MiB and read_file returns at most 1 MiB; the results say when something was cut. The \
+1 MiB, read_file returns at most 1 MiB and list_directory at most 1000 entries; the results \
+say when something was cut. The \
 sandbox may have no network access (the local backend has none)."""
 
+# One JSON-RPC message (one line): room for write_file's content of a 24 MiB file in base64.
+MAX_MESSAGE: Final = 32 * 1024 * 1024
 Path_ = Annotated[str, Field(description="a path relative to the workspace, or absolute "
                                          "inside it")]
 
@@ -99,6 +118,8 @@ class Entry(TypedDict):
 class Listing(TypedDict):
     path: str
     entries: list[Entry]
+    total: int
+    truncated: bool
 
 
 class Existence(TypedDict):
@@ -112,6 +133,8 @@ class SessionSandbox:
     A failed open leaves nothing open and the next tool call tries again. close() may come
     from a signal handler while a tool call is still opening the sandbox: it releases what
     that open acquired (the backend's close is safe mid-open), then waits for it to end.
+    A second close() (stdin's end, the lifespan, a signal) returns only once the first has
+    finished: the process must not exit while another thread is still removing the sandbox.
     """
 
     def __init__(self, factory: Callable[[], SandboxClient]) -> None:
@@ -119,6 +142,7 @@ class SessionSandbox:
         self._lock = threading.Lock()
         self._client: SandboxClient | None = None
         self._opening: SandboxClient | None = None
+        self._closing = threading.RLock()  # reentrant: a signal may arrive mid-close
         self.closing = False
 
     def get(self) -> SandboxClient:
@@ -139,10 +163,11 @@ class SessionSandbox:
         opening = self._opening
         if opening is not None:
             opening.backend.close()
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        with self._closing:
+            with self._lock:
+                client, self._client = self._client, None
+            if client is not None:
+                client.close()
 
 
 class SandboxTools:
@@ -232,10 +257,13 @@ class SandboxTools:
                                                          "workspace, or absolute inside "
                                                          "it")] = ".") -> Listing:
         """List a directory of the sandbox's workspace: name, type (file, directory,
-        symlink, other) and size of each entry, sorted by name. Symlinks are not followed."""
+        symlink, other) and size of each entry, sorted by name. Symlinks are not followed.
+        At most the first 1000 entries are returned (truncated says so; total counts them
+        all); list larger folders in parts with run_command (ls | sed -n 1001,2000p)."""
         entries = self._call(lambda sandbox: sandbox.list(path))
         return Listing(path=path, entries=[Entry(name=e.name, type=e.type, size=e.size)
-                                           for e in entries])
+                                           for e in entries[:LIST_LIMIT]],
+                       total=len(entries), truncated=len(entries) > LIST_LIMIT)
 
     def path_exists(self, path: Path_) -> Existence:
         """Whether a path exists in the sandbox's workspace."""
@@ -286,6 +314,97 @@ def build_server(session: SessionSandbox) -> MCPServer[None]:
     return server
 
 
+# The id of a request whose first members are "jsonrpc", "id" and "method" (as clients write
+# them), read from the start of a line too long to parse: the top-level object's own id, and
+# never a response's (those have no "method").
+LEADING_ID: Final = re.compile(
+    rb'\s*\{\s*(?:"jsonrpc"\s*:\s*"[^"]*"\s*,\s*)?"id"\s*:\s*(-?[0-9]+|"(?:[^"\\]|\\.)*")'
+    rb'\s*,\s*"method"')
+
+
+def _answerable(message: object, why: str = "") -> list[bytes]:
+    """For a message the SDK cannot read: a request it will answer with an error, with the
+    message's id, for each request in it that has a usable id (an integer or a string, as MCP
+    allows). The SDK answers an unknown method with -32601 and the method as the error's
+    data, which here says why the message was refused."""
+    found = []
+    for item in message if isinstance(message, list) else [message]:
+        if not isinstance(item, dict) or "method" not in item:
+            continue
+        ident = item.get("id")
+        if isinstance(ident, bool) or not isinstance(ident, int | str):
+            continue
+        why = why or ("batches are not supported" if isinstance(message, list) else
+                      "not a valid MCP JSON-RPC 2.0 request (its fields or their types)")
+        line = json.dumps({"jsonrpc": "2.0", "id": ident,
+                           "method": f"invalid request: {why}"}) + "\n"
+        try:
+            found.append(line.encode("utf-8"))
+        except UnicodeEncodeError:  # an id holding a lone surrogate: nothing can echo it
+            continue
+    return found
+
+
+def screened(line: bytes) -> list[bytes]:
+    """What the SDK gets for one line from the client: the line itself when it can read it,
+    else the requests that make it answer an error to each id in it (none when there is no
+    id to answer to: not JSON, a notification, a response)."""
+    try:
+        jsonrpc_message_adapter.validate_json(line, by_name=False)
+        return [line]
+    except ValueError:
+        pass
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):
+        message = None
+    answers = _answerable(message)
+    if line.strip():
+        log.warning("refused a message the MCP SDK cannot read (%d bytes%s)", len(line),
+                    "; answered an error" if answers else "; no id to answer to")
+    return answers
+
+
+def _pump(source: IO[bytes], sink: IO[bytes], limit: int, on_end: Callable[[], None]) -> None:
+    """Copy the client's lines to the SDK, screened, none longer than `limit`; when the
+    client's stdin ends, end the SDK's and call `on_end`."""
+    try:
+        with source, sink:
+            while line := source.readline(limit + 1):
+                if len(line) > limit and not line.endswith(b"\n"):
+                    while (rest := source.readline(1 << 20)) and not rest.endswith(b"\n"):
+                        pass  # skip the rest of the line, a MiB at a time
+                    log.warning("dropped a message longer than %d bytes", limit)
+                    found = LEADING_ID.match(line, 0, 4096)
+                    ident = json.loads(found.group(1)) if found else None
+                    for answer in _answerable({"id": ident, "method": ""},
+                                              f"message longer than {limit} bytes"):
+                        sink.write(answer)
+                        sink.flush()
+                    continue
+                for screened_line in screened(line):
+                    sink.write(screened_line)
+                    sink.flush()
+    except OSError:  # the SDK stopped reading: the session is over
+        pass
+    on_end()
+
+
+def guard_stdin(on_end: Callable[[], None], limit: int = MAX_MESSAGE) -> threading.Thread:
+    """Put a pipe in place of stdin, fed from the real one by a thread that screens each
+    line (screened()) and drops lines over `limit` bytes; the SDK then reads the pipe.
+    `on_end` runs once the client's stdin has ended (its way to end the session)."""
+    source = os.fdopen(fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3), "rb")
+    read_end, write_end = os.pipe()
+    os.dup2(read_end, 0)
+    os.close(read_end)
+    sink = os.fdopen(write_end, "wb")
+    thread = threading.Thread(target=_pump, args=(source, sink, limit, on_end), name="mcp-stdin",
+                              daemon=True)
+    thread.start()
+    return thread
+
+
 def serve(*, template: str, namespace: str = "default", run_timeout: float | None = None,
           client_options: dict[str, Any] | None = None) -> int:
     """Serve one MCP session on stdin/stdout; returns the exit status (0)."""
@@ -310,6 +429,10 @@ def serve(*, template: str, namespace: str = "default", run_timeout: float | Non
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    # A closed stdin ends the session (the MCP stdio transport's shutdown): the SDK sends no
+    # answer after it, so a tool call still running is cut short with its sandbox now, not
+    # when its command ends.
+    guard_stdin(on_end=session.close)
     try:
         build_server(session).run("stdio")
     finally:

@@ -46,6 +46,7 @@ SURFACES = {
     "router": "Router (`sandbox_router/`)",
     "local": "Local `runsc` backend (`agentic_sandbox/`)",
     "client": "Client SDK facing a hostile sandbox (`agentic_sandbox/`)",
+    "mcp": "MCP stdio server facing a hostile MCP client (`agentic_sandbox/_mcp.py`)",
 }
 
 # Adversarial tests written before this plugin: "path::function" -> surface. Each passing item

@@ -9,8 +9,11 @@ the factory instead of opening a TCP connection. A SandboxError from the factory
 httpx's ConnectError, so the client knows the request never left this process.
 
 One idle connection is kept, for ever (a new one costs a `runsc exec`); a second
-concurrent request gets a channel of its own, closed once there are two idle. No retries
-here: replay is the client's decision alone (agentic_sandbox._protocol).
+concurrent request gets a channel of its own, closed once there are two idle. At most
+MAX_CHANNELS are open at once: a further request waits for one (within its own timeout), since
+each channel past the first is a runtime of its own in the sandbox, about 70-90 of its 1024
+host threads under runsc's ptrace platform (16 concurrent calls once ended the sandbox). No
+retries here: replay is the client's decision alone (agentic_sandbox._protocol).
 
 AsyncChannelTransport is the same over httpcore's async pool, for AsyncSandboxClient: the
 channel is a non-blocking socket read and written through the running asyncio loop
@@ -35,11 +38,13 @@ import httpx2
 from agentic_sandbox._aio import in_thread
 from agentic_sandbox._exceptions import SandboxError
 
-__all__ = ["CHANNEL_URL", "AsyncChannelTransport", "ChannelFactory", "ChannelTransport",
-           "hang_up"]
+__all__ = ["CHANNEL_URL", "MAX_CHANNELS", "AsyncChannelTransport", "ChannelFactory",
+           "ChannelTransport", "hang_up"]
 
 # The base URL of every channel endpoint: the host name is never resolved.
 CHANNEL_URL: Final = "http://sandbox.local"
+# Channels (so runtimes, in a local sandbox) one transport holds at once; see above.
+MAX_CHANNELS: Final = 6
 
 ChannelFactory = Callable[[], socket.socket]
 
@@ -114,7 +119,7 @@ class _ChannelNetwork(httpcore2.NetworkBackend):
 
 def _pool_options() -> dict[str, Any]:
     # One idle channel kept for ever (a new one may cost a `runsc exec`), never a retry.
-    return {"max_connections": None, "max_keepalive_connections": 1,
+    return {"max_connections": MAX_CHANNELS, "max_keepalive_connections": 1,
             "keepalive_expiry": None, "retries": 0}
 
 

@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any, Final
 
+from agentic_sandbox._backends.local.runsc import private_state
 from agentic_sandbox._exceptions import (
     BackendUnavailableError,
     ClaimFailedError,
@@ -79,7 +80,7 @@ def spawn(name: str, *, template: str, namespace: str = "default",
     """Start a holder for `name` and wait until its sandbox is ready; returns the sandbox id."""
     directory = named_dir(state_dir, name)
     root = directory.parent
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_state(root.parent, root.name)
     existing = read_record(directory)
     if existing is not None and holder_running(existing):
         raise ClaimFailedError(f"a local sandbox named {name!r} already exists",

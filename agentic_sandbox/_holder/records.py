@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from agentic_sandbox._backends.local.owner import owner_alive
-from agentic_sandbox._backends.local.runsc import default_state_dir
+from agentic_sandbox._backends.local.runsc import default_state_dir, private_state
 from agentic_sandbox._exceptions import ClaimFailedError
 from agentic_sandbox._named import validate_name
 
@@ -57,7 +57,7 @@ def holder_running(record: dict[str, Any]) -> bool:
 
 @contextlib.contextmanager
 def _locked(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_state(root.parent, root.name)
     with open(root / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield

@@ -10,12 +10,15 @@ Records through `hostile`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from agentic_sandbox import AsyncSandboxClient, SandboxClient
 from agentic_sandbox._exceptions import SandboxError
-from tests.dataplane.conftest import write_template
+from tests.dataplane.conftest import TEMPLATE, write_template
 
 
 def host_processes() -> int:
@@ -118,3 +121,29 @@ def test_a_setsid_escape_does_not_outlive_its_timeout(hostile, sandbox):
         assert not any(b"4243001" in Path(f"/proc/{p}/cmdline").read_bytes()
                        for p in os.listdir("/proc") if p.isdigit()
                        and Path(f"/proc/{p}/cmdline").exists())
+
+
+def test_many_concurrent_calls_on_one_sandbox_are_served_not_fatal(hostile, state_dir):
+    """Each concurrent call needs a channel, and each channel past the first is a runtime of
+    its own in the sandbox (a `runsc exec`, about 70-90 of its 1024 host threads under
+    ptrace): 16 at once took the pids limit and ended the sandbox (finding 44). The
+    transport holds at most MAX_CHANNELS; the rest wait their turn."""
+    count = 24
+    with hostile("local", f"{count} concurrent calls on one sandbox, sync and async"):
+        with SandboxClient(TEMPLATE, backend="local", state_dir=state_dir,
+                           warm_pool=0) as client:
+            def one(i: int) -> str:
+                return client.run(f"sleep 1; echo {i}", timeout=120).stdout
+
+            with ThreadPoolExecutor(count) as pool:
+                assert list(pool.map(one, range(count))) == [f"{i}\n" for i in range(count)]
+            assert client.run("echo alive").stdout == "alive\n"
+
+        async def many() -> list[str]:
+            async with AsyncSandboxClient(TEMPLATE, backend="local", state_dir=state_dir,
+                                          warm_pool=0) as aclient:
+                results = await asyncio.gather(*(aclient.run(f"sleep 1; echo {i}", timeout=120)
+                                                 for i in range(count)))
+                return [r.stdout for r in results] + [(await aclient.run("echo alive")).stdout]
+
+        assert asyncio.run(many()) == [f"{i}\n" for i in range(count)] + ["alive\n"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import httpx2
 import pytest
@@ -259,6 +260,19 @@ def test_caller_mistakes_are_value_and_type_errors():
             sandbox.run("x", timeout=-1)
         with pytest.raises(ValueError):
             sandbox.read("a\x00b")
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, 0, -1])
+def test_a_timeout_that_is_not_a_finite_positive_number_is_refused_before_anything(value):
+    """inf passed `not value > 0`: the CLI's `run --timeout 1e309` opened a sandbox, then
+    failed with "Out of range float values are not JSON compliant" (finding 46)."""
+    for label in ("run_timeout", "request_timeout", "sandbox_ready_timeout"):
+        with pytest.raises(ValueError, match=f"{label} must be"):
+            SandboxClient("tpl", backend=FakeBackend(answers({})), **{label: value})
+    client, backend = client_with(answers({("POST", "/execute"): (200, EXEC_OK)}))
+    with client as sandbox, pytest.raises(ValueError, match="timeout must be"):
+        sandbox.run("true", timeout=value)
+    assert backend.transport.requests == []
 
 
 @pytest.mark.parametrize(("method", "error", "attempt", "again"), [

@@ -89,7 +89,7 @@ def test_oci_spec_is_locked_down(tmp_path):
     (tmp_path / "mine.yaml").write_text(USER_TEMPLATE)
     template = load_template("python-runtime-template", template_dirs(str(tmp_path)))
     spec = local_spec.oci_spec(template, tmp_path / "ws", tmp_path / "state", "agentsbx-1-ab")
-    assert spec["root"] == {"path": "/", "readonly": True}
+    assert spec["root"] == {"path": str(tmp_path / "state" / "rootfs"), "readonly": True}
     process = spec["process"]
     assert process["user"] == {"uid": 65534, "gid": 65534}
     assert all(v == [] for v in process["capabilities"].values())
@@ -98,9 +98,10 @@ def test_oci_spec_is_locked_down(tmp_path):
     mounts = {m["destination"]: m for m in spec["mounts"]}
     assert mounts["/workspace"]["source"] == str(tmp_path / "ws")
     assert "rw" in mounts["/workspace"]["options"]
-    for hidden in ("/root", "/run"):
-        assert mounts[hidden]["type"] == "tmpfs" and "ro" in mounts[hidden]["options"]
-    assert mounts[str((tmp_path / "state").resolve())]["type"] == "tmpfs"
+    # Of the host, only its system folders (and the runtime's own code) are there, read-only.
+    assert mounts["/usr"] == {"destination": "/usr", "type": "bind", "source": "/usr",
+                              "options": ["rbind", "ro"]}
+    assert not {"/root", "/home", "/run", "/var", "/srv", "/opt", "/work"} & set(mounts)
     assert {"type": "network"} in spec["linux"]["namespaces"]
     resources = spec["linux"]["resources"]
     assert resources["memory"]["limit"] == 2**30
@@ -140,7 +141,7 @@ def test_ephemeral_storage_limit_wins_over_the_request(tmp_path):
     assert template.ephemeral_storage_bytes == 100 * 2**20
 
 
-def test_code_under_a_private_or_hidden_folder_is_bound_back_read_only(tmp_path, monkeypatch):
+def test_the_runtime_s_code_is_bound_read_only_wherever_it_lives(tmp_path, monkeypatch):
     """A checkout under /tmp (as CI may use) or /root must still reach the runtime's code."""
     monkeypatch.setattr(local_spec, "visible_paths",
                         lambda: ["/tmp/clone/.venv", "/root/src", "/usr/lib/python3"])
@@ -149,4 +150,4 @@ def test_code_under_a_private_or_hidden_folder_is_bound_back_read_only(tmp_path,
     binds = {m["destination"]: m["options"] for m in spec["mounts"] if m["type"] == "bind"}
     assert binds["/tmp/clone/.venv"] == ["rbind", "ro"]
     assert binds["/root/src"] == ["rbind", "ro"]
-    assert "/usr/lib/python3" not in binds, "visible anyway: the host root is read-only"
+    assert "/usr/lib/python3" not in binds, "visible anyway: /usr is bound read-only"

@@ -132,7 +132,7 @@ def test_files_round_trip_text_and_binary():
     assert results[3].structured_content["encoding"] == "base64"
     assert base64.b64decode(results[3].structured_content["content"]) == binary
     assert results[4].structured_content == {"path": "d", "entries": [
-        {"name": "x", "type": "file", "size": 1}]}
+        {"name": "x", "type": "file", "size": 1}], "total": 1, "truncated": False}
     assert results[5].structured_content == {"path": "t.txt", "exists": True}
 
 

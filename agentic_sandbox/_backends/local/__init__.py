@@ -1,9 +1,9 @@
 """The local backend: each sandbox is a gVisor `runsc` sandbox on this machine, no cluster.
 
 Called by SandboxClient (backend="local", or "auto" without a cluster). Each sandbox is
-`runsc run` (in the foreground, our child) of an OCI bundle written here: the host's root
-filesystem read-only, /root, /home, /run, /mnt, /media and our state folder hidden behind
-empty read-only tmpfs (the Python that runs the runtime is bound back read-only), a private
+`runsc run` (in the foreground, our child) of an OCI bundle written here: an empty root with
+only the host's system folders (/usr, /etc, /bin, /lib, ...) and the Python, packages and
+source that run the runtime bound in read-only (nothing else of the host), a private
 writable workspace at /workspace (its own bounded file system), a private /tmp tmpfs,
 `--network=none`, uid 65534 with no capabilities, the template's CPU and memory in a
 cgroup. Its first process is the runtime (`sandbox-runtime --stdio`, through

@@ -59,8 +59,8 @@ def runtime_argv() -> list[str]:
 
 
 def visible_paths() -> list[str]:
-    """Host paths the runtime needs even when they sit in a hidden folder (the interpreter,
-    the virtualenv, the runtime's source): bound back read-only inside the tmpfs."""
+    """Host paths the runtime needs (the interpreter, the virtualenv, the runtime's source),
+    bound read-only into the sandbox's otherwise empty root unless a system folder has them."""
     spec = importlib.util.find_spec("sandbox_runtime")
     source = Path(spec.origin).resolve().parent.parent if spec and spec.origin else None
     candidates = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(),

@@ -26,9 +26,11 @@ from agentic_sandbox._backends.local.runsc import (
     PLATFORM_ENV,
     RUNSC_TIMEOUT_S,
     default_state_dir,
+    private_state,
     runsc_binary,
 )
 from agentic_sandbox._backends.local.sandbox import LocalSandbox
+from agentic_sandbox._backends.local.spec import ROOT_DIR, prepare_root
 from agentic_sandbox._backends.local.stale import clean_stale
 from agentic_sandbox._exceptions import BackendUnavailableError, SandboxConnectionError
 from agentic_sandbox._templates import LocalTemplate
@@ -124,9 +126,8 @@ class Manager:
         self.closing = False
         self.idle = IdleWatcher(state_dir.name)
         self.cgroups = True
-        for sub in ("", "runsc", "sandboxes", "workspaces"):
-            (state_dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(state_dir, 0o700)
+        private_state(state_dir, "runsc", "sandboxes", "workspaces", ROOT_DIR)
+        prepare_root(state_dir)
         compile_runtime()
         clean_stale(state_dir, self.runsc)
         atexit.register(self.shutdown)

@@ -3,13 +3,16 @@
 Called by LocalSandbox.start() (agentic_sandbox._backends.local.sandbox), which writes
 config.json (`runsc run`) and process.json (`runsc exec`) from these, and by the manager,
 which sets the default CPU quota once a sandbox is ready. What a sandbox may see and use is
-decided here: the host's / read-only, hidden folders behind empty tmpfs, a private /tmp, the
-workspace bound read-write, uid 65534 without capabilities, the template's resources in a
-cgroup. Pure functions of the template and paths, except set_cpu_quota (a cgroup file).
+decided here: of the host, only its system folders (SYSTEM_DIRS) and the runtime's own
+interpreter, packages and source, read-only, on an empty root (`<state>/rootfs`, made by
+prepare_root); a private /tmp, the workspace bound read-write, uid 65534 without
+capabilities, the template's resources in a cgroup. Pure functions of the template and paths,
+except prepare_root (the root folder) and set_cpu_quota (a cgroup file).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -18,8 +21,8 @@ from typing import Any, Final
 from agentic_sandbox._backends.local.launch import WORKSPACE, runtime_argv, visible_paths
 from agentic_sandbox._templates import LocalTemplate, parse_cpu, parse_memory
 
-__all__ = ["CPU_ENV", "MEMORY_ENV", "PIDS_LIMIT", "SANDBOX_UID", "cpu_limit_millis",
-           "exec_process", "oci_spec", "set_cpu_quota"]
+__all__ = ["CPU_ENV", "MEMORY_ENV", "PIDS_LIMIT", "ROOT_DIR", "SANDBOX_UID", "SYSTEM_DIRS",
+           "cpu_limit_millis", "exec_process", "oci_spec", "prepare_root", "set_cpu_quota"]
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +34,32 @@ DEFAULT_CPU_MILLIS: Final = 1000  # when a template sets no CPU limit (nor a lar
 CPU_PERIOD_US: Final = 100_000
 PIDS_LIMIT: Final = 1024  # a fork bomb ends the sandbox, not the host (design section 7)
 TMP_SIZE: Final = "256m"
-HIDDEN_DIRS: Final = ("/root", "/home", "/run", "/mnt", "/media")
+# The host folders a sandbox sees (read-only): the system's programs, libraries and settings.
+# Nothing else of the host is there (its other folders may hold world-readable files with
+# secrets: finding 48 of docs/security.md), except the runtime's own code (visible_paths).
+SYSTEM_DIRS: Final = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ROOT_DIR: Final = "rootfs"  # under the state folder: the sandbox's empty, read-only root
 
 
-def _hidden_dirs(state_dir: Path) -> list[str]:
-    hidden = [d for d in HIDDEN_DIRS if os.path.isdir(d)]
-    state = str(state_dir.resolve())
-    if not any(state == d or state.startswith(d + "/") for d in hidden):
-        hidden.append(state)
-    return hidden
+def prepare_root(state_dir: Path) -> Path:
+    """The sandbox's root, `<state>/rootfs`: the host's top-level symlinks among SYSTEM_DIRS
+    (`/bin -> usr/bin` on a merged-/usr system) and empty folders where the spec mounts
+    something (runsc cannot make them in a read-only root), mode 0755 so the sandbox's user
+    may pass (the state folder above stays 0700). Called by the manager once per state folder
+    and process (it made the folder)."""
+    root = state_dir / ROOT_DIR
+    for folder in SYSTEM_DIRS:
+        link = root / folder.lstrip("/")
+        if os.path.islink(folder) and not os.path.islink(link):
+            with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+                os.symlink(os.readlink(folder), link)
+    points = ["/proc", "/tmp", "/dev", "/sys", WORKSPACE, *visible_paths(),
+              *(d for d in SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d))]
+    for point in points:
+        (root / point.lstrip("/")).mkdir(mode=0o755, parents=True, exist_ok=True)
+    for made in (root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())):
+        os.chmod(made, 0o755)
+    return root
 
 
 def _under(path: str, folder: str) -> bool:
@@ -63,15 +83,14 @@ def oci_spec(template: LocalTemplate, workspace: Path, state_dir: Path, sandbox_
         {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "nodev", f"size={TMP_SIZE}", "mode=1777"]},
     ]
-    hidden = _hidden_dirs(state_dir)
-    for folder in hidden:
-        mounts.append({"destination": folder, "type": "tmpfs", "source": "tmpfs",
-                       "options": ["ro", "nosuid", "nodev", "size=1m", "mode=755"]})
-    # The interpreter and the runtime's code may live under a folder the sandbox gets empty
-    # (a hidden one, or /tmp, which is private): bind them back, read-only.
-    covered = [*hidden, "/tmp"]
+    system = [d for d in SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d)]
+    for folder in system:
+        mounts.append({"destination": folder, "type": "bind", "source": folder,
+                       "options": ["rbind", "ro"]})
+    # The interpreter and the runtime's code may live anywhere (a virtualenv in a checkout, a
+    # pyenv under /root, a clone under /tmp, which is private): bind them, read-only.
     for path in visible_paths():
-        if any(_under(path, folder) for folder in covered):
+        if not any(_under(path, folder) for folder in system):
             mounts.append({"destination": path, "type": "bind", "source": path,
                            "options": ["rbind", "ro"]})
     mounts.append({"destination": WORKSPACE, "type": "bind", "source": str(workspace),
@@ -102,7 +121,7 @@ def oci_spec(template: LocalTemplate, workspace: Path, state_dir: Path, sandbox_
                     "args": argv, "env": [f"{k}={v}" for k, v in env.items()],
                     "cwd": WORKSPACE, "capabilities": no_caps, "noNewPrivileges": True,
                     "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}]},
-        "root": {"path": "/", "readonly": True},
+        "root": {"path": str(state_dir / ROOT_DIR), "readonly": True},
         "hostname": "sandbox",
         "mounts": mounts,
         "linux": linux,
