@@ -78,7 +78,7 @@ def test_no_write_outside_the_workspace_and_host_unchanged(sandbox):
                   "touch /etc/agent-x; mkdir /usr/agent-x; touch /agent-x; "
                   "cat /proc/self/status | grep -i ^CapEff")
         result = sandbox.run(script)
-        # The canary's folder is not even there (finding 48); the system folders are read-only.
+        # The canary's folder is not even there (finding 46); the system folders are read-only.
         assert sum(result.stderr.count(refusal) for refusal in (
             "Read-only file system", "Permission denied", "Directory nonexistent",
             "No such file or directory")) >= 5, result.stderr
@@ -120,7 +120,7 @@ def test_state_folder_is_hidden(sandbox, state_dir):
 
 def test_world_readable_host_files_outside_the_system_folders_are_not_there(sandbox):
     """The host's other folders may hold world-readable secrets (a project's `.env`, notes,
-    logs): before finding 48 of docs/security.md the whole host `/` was there, read-only."""
+    logs): before finding 46 of docs/security.md the whole host `/` was there, read-only."""
     secret = Path("/var/tmp") / f"agent-sandbox-secret-{uuid.uuid4().hex}.txt"
     secret.write_text("s3cr3t\n")
     secret.chmod(0o644)

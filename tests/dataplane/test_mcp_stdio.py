@@ -223,7 +223,7 @@ def request(ident: object, method: str, params: object = None) -> bytes:
     return json.dumps(message).encode()
 
 
-# Requests with an id the SDK cannot read: before finding 43 it answered none of them, and
+# Requests with an id the SDK cannot read: before finding 41 it answered none of them, and
 # the client waited for ever.
 UNREADABLE = {
     "params that are a list": request(11, "tools/call", [1, 2]),
@@ -295,7 +295,7 @@ def test_a_line_longer_than_the_limit_is_dropped_in_bounded_memory(hostile, stat
 
 
 def test_a_huge_folder_is_listed_in_part_not_flooding_the_model(hostile, state):
-    """A folder of 32,757 files with 246-character names was one 20 MB answer (finding 45)."""
+    """A folder of 32,757 files with 246-character names was one 20 MB answer (finding 43)."""
     with hostile("mcp", "list_directory of 1,500 files with 200-character names"):
         client = RawClient(state)
         try:
@@ -321,7 +321,7 @@ def test_a_huge_folder_is_listed_in_part_not_flooding_the_model(hostile, state):
 def test_stdin_closed_mid_call_ends_the_command_and_the_sandbox_at_once(hostile, state):
     """MCP's stdio shutdown is the client closing our stdin. The SDK answers nothing after
     it, yet the server waited for the running command (18.1 s of a 20 s `sleep`) before it
-    closed the sandbox and exited (finding 47)."""
+    closed the sandbox and exited (finding 45)."""
     with hostile("mcp", "stdin closed while a 60 s command runs"):
         client = RawClient(state)
         client.send(request(50, "tools/call", {"name": "run_command", "arguments": {

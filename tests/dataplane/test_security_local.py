@@ -126,7 +126,7 @@ def test_a_setsid_escape_does_not_outlive_its_timeout(hostile, sandbox):
 def test_many_concurrent_calls_on_one_sandbox_are_served_not_fatal(hostile, state_dir):
     """Each concurrent call needs a channel, and each channel past the first is a runtime of
     its own in the sandbox (a `runsc exec`, about 70-90 of its 1024 host threads under
-    ptrace): 16 at once took the pids limit and ended the sandbox (finding 44). The
+    ptrace): 16 at once took the pids limit and ended the sandbox (finding 42). The
     transport holds at most MAX_CHANNELS; the rest wait their turn."""
     count = 24
     with hostile("local", f"{count} concurrent calls on one sandbox, sync and async"):

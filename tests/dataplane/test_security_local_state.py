@@ -3,7 +3,7 @@
 Root writes bundles (the OCI spec runsc runs), owner records and workspace mount points
 under the state folder. A state folder that another user owns or may write, or one under a
 folder that user may write, lets that user swap what root writes for a symlink or a spec of
-their own (finding 42 of docs/security.md: a root-owned file overwritten through a planted
+their own (finding 40 of docs/security.md: a root-owned file overwritten through a planted
 `config.json` symlink). The backend must refuse such a folder before it writes anything, for
 a client's sandbox and for a named one (`agentic-sandbox create`), and still take a private
 folder under a sticky one like /tmp. Records through `hostile`.

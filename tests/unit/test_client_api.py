@@ -265,7 +265,7 @@ def test_caller_mistakes_are_value_and_type_errors():
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, 0, -1])
 def test_a_timeout_that_is_not_a_finite_positive_number_is_refused_before_anything(value):
     """inf passed `not value > 0`: the CLI's `run --timeout 1e309` opened a sandbox, then
-    failed with "Out of range float values are not JSON compliant" (finding 46)."""
+    failed with "Out of range float values are not JSON compliant" (finding 44)."""
     for label in ("run_timeout", "request_timeout", "sandbox_ready_timeout"):
         with pytest.raises(ValueError, match=f"{label} must be"):
             SandboxClient("tpl", backend=FakeBackend(answers({})), **{label: value})

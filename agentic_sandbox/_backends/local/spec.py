@@ -36,7 +36,7 @@ PIDS_LIMIT: Final = 1024  # a fork bomb ends the sandbox, not the host (design s
 TMP_SIZE: Final = "256m"
 # The host folders a sandbox sees (read-only): the system's programs, libraries and settings.
 # Nothing else of the host is there (its other folders may hold world-readable files with
-# secrets: finding 48 of docs/security.md), except the runtime's own code (visible_paths).
+# secrets: finding 46 of docs/security.md), except the runtime's own code (visible_paths).
 SYSTEM_DIRS: Final = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ROOT_DIR: Final = "rootfs"  # under the state folder: the sandbox's empty, read-only root
 
