@@ -297,6 +297,18 @@ def test_a_sandbox_made_directly_starts_its_pod_only_once_its_policy_is_its_own(
         assert policy in answer["children"]
 
 
+def test_a_sandbox_made_before_the_fix_keeps_its_running_pod_and_gets_its_policy():
+    """Upgraded hooks: a direct Sandbox already served by its pod, with no policy yet."""
+    parent = resource("Sandbox", "sbx", {"podTemplate": SEED_POD_TEMPLATE})
+    first = sandbox.sync(sync_request(parent), now=NOW)
+    pod = next(c for c in first["children"] if c["kind"] == "Pod")
+    parent["status"] = {"podName": "sbx"}
+    running = [with_pod_status(owned(pod, parent), ready=True)]
+    answer = sandbox.sync(bare_request(parent, running), now=NOW)
+    assert {c["kind"] for c in answer["children"]} >= {"Pod", "NetworkPolicy"}
+    assert answer["status"]["podName"] == "sbx"
+
+
 @pytest.mark.parametrize("spec", [{"replicas": 0}, {"shutdownTime": "2026-01-01T00:05:00Z"},
                                   {"idleTimeout": "2s"}])
 def test_a_sandbox_made_directly_keeps_its_policy_without_a_pod(spec):
