@@ -92,10 +92,15 @@ def settings_from(config: Mapping[str, Any]) -> HookSettings:
     if runtime_class and (problem := k8srules.RULES["dns1123-subdomain"].problem(runtime_class)):
         # Every pod made with it would be refused by the API server: fail at start instead.
         raise ValueError(f"SANDBOX_HOOKS_RUNTIME_CLASS_NAME: {problem}")
+    router_namespace = str(config["ROUTER_NAMESPACE"])
+    if problem := k8srules.RULES["dns1123-label"].problem(router_namespace):
+        # A policy no API server admits would leave direct Sandboxes without a pod: fail now.
+        raise ValueError(f"SANDBOX_HOOKS_ROUTER_NAMESPACE: {problem}")
     return {
         "cluster_domain": str(config["CLUSTER_DOMAIN"]),
         "warm_pod_grace_seconds": float(config["WARM_POD_GRACE_SECONDS"]),
         "runtime_class_name": runtime_class,
+        "router_namespace": router_namespace,
     }
 
 
@@ -115,6 +120,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         CLUSTER_DOMAIN=DEFAULT_SETTINGS["cluster_domain"],
         WARM_POD_GRACE_SECONDS=DEFAULT_SETTINGS["warm_pod_grace_seconds"],
         RUNTIME_CLASS_NAME=DEFAULT_SETTINGS["runtime_class_name"],
+        ROUTER_NAMESPACE=DEFAULT_SETTINGS["router_namespace"],
         MAX_CONTENT_LENGTH=32 * 1024 * 1024,  # a pool of 1,000 pods is a few MiB
     )
     app.config.from_prefixed_env("SANDBOX_HOOKS")

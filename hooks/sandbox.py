@@ -1,4 +1,4 @@
-"""Sync hook for Sandbox: the desired Pod, headless Service and PVCs of one Sandbox.
+"""Sync hook for Sandbox: the desired Pod, headless Service, PVCs and NetworkPolicy of one Sandbox.
 
 Served at POST /sync/sandbox and /customize/sandbox by hooks/app.py. Pure: the answer depends
 only on the request, `now` and the settings; no API calls, no randomness, no clock in output.
@@ -30,6 +30,11 @@ The router wakes it by writing the Suspended condition's lastTransitionTime into
 its pool again, with the grace counted from the resume, else cold), and only a pod labelled
 with that wake's incarnation serves it: the pod it had before the suspension is being deleted
 and is never taken back.
+
+A Sandbox no SandboxClaim controls (one made directly) gets a NetworkPolicy of its own (the
+template's rules, hooks/fencing.py) selecting its pod by the uid label only the controller may
+set, and starts its pod once that policy is its child. A claim's Sandbox is left to its
+template's policy (no write of its own); a template label alone is never trusted.
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from hooks import lifecycle, objects, schemas
-from hooks.objects import POD, POOL_LABEL, SANDBOX_UID_LABEL
+from hooks import fencing, lifecycle, objects, schemas
+from hooks.objects import NETWORK_POLICY, POD, POOL_LABEL, SANDBOX_UID_LABEL
 from hooks.typedefs import (
     DEFAULT_SETTINGS,
     CustomizeRequest,
@@ -142,6 +147,39 @@ def desired_pvc(claim_template: KubeObject, sandbox: KubeObject) -> KubeObject:
     }
 
 
+def fenced_by_template(sandbox: KubeObject) -> bool:
+    """Whether its pod is left to its template's NetworkPolicy: only a claim's Sandbox, which
+    its claim labels with the template (a Sandbox made directly may carry any label)."""
+    controller = objects.controller_of(sandbox)
+    return (controller is not None and controller[0] == objects.CLAIM_KIND
+            and bool(objects.labels_of(sandbox).get(objects.TEMPLATE_LABEL)))
+
+
+def network_policy_name(sandbox: KubeObject) -> str:
+    return f"{sandbox['metadata']['name']}-sandbox"  # never a template's <template>-sandboxes
+
+
+def desired_network_policy(sandbox: KubeObject, settings: HookSettings) -> KubeObject:
+    """The template's default policy, fencing exactly the pod that serves this Sandbox."""
+    return fencing.fencing_policy(
+        name=network_policy_name(sandbox),
+        namespace=sandbox["metadata"].get("namespace", "default"),
+        labels=objects.binding_labels(sandbox),
+        selector=objects.serving_selector(sandbox),
+        pod_template=sandbox["spec"]["podTemplate"],
+        router_namespace=settings["router_namespace"],
+        allow_cluster_dns=True,
+    )
+
+
+def policy_is_own(request: SyncRequest, sandbox: KubeObject) -> bool:
+    """Whether its NetworkPolicy is among its children, labelled with its uid and not going."""
+    policy = objects.by_name(objects.observed(request, NETWORK_POLICY)).get(
+        network_policy_name(sandbox))
+    return (policy is not None and objects.carries_uid_of(policy, sandbox)
+            and not objects.is_deleting(policy))
+
+
 def service_is_own(request: SyncRequest, sandbox: KubeObject) -> bool:
     """Whether its Service is among its children, labelled with its uid."""
     service = objects.by_name(objects.observed(request, objects.SERVICE)).get(
@@ -228,7 +266,10 @@ def decide(request: SyncRequest, *, now: datetime, settings: HookSettings) -> Sy
         )
 
     name, namespace = meta["name"], meta.get("namespace", "default")
-    children = [desired_pvc(t, sandbox) for t in sandbox["spec"].get("volumeClaimTemplates", [])]
+    fenced = fenced_by_template(sandbox)
+    # Kept while it lives (suspended, scaled to 0 or expired too): it goes with the Sandbox.
+    children = [] if fenced else [desired_network_policy(sandbox, settings)]
+    children += [desired_pvc(t, sandbox) for t in sandbox["spec"].get("volumeClaimTemplates", [])]
     selector = ",".join(f"{k}={v}" for k, v in objects.serving_selector(sandbox).items())
     status: dict[str, Any] = {"replicas": 0, "selector": selector, "podIPs": []}
 
@@ -311,6 +352,11 @@ def decide(request: SyncRequest, *, now: datetime, settings: HookSettings) -> Sy
               f"waiting for PersistentVolumeClaim {', '.join(waiting)} to be this sandbox's own "
               f"before its pod starts: one of that name owned by another (an earlier Sandbox "
               f"of this name, or anyone) is never mounted")
+    elif not fenced and not policy_is_own(request, sandbox):
+        # Code may run as soon as the pod starts: not before the policy that fences it exists.
+        ready(False, objects.POD_NOT_READY,
+              f"waiting for NetworkPolicy {network_policy_name(sandbox)} to be this sandbox's "
+              f"own before its pod starts")
     else:
         children.append(desired_pod(sandbox, settings))
         ready(False, objects.POD_NOT_READY, f"pod {name} is being created")

@@ -10,9 +10,9 @@ read it here rather than watching the pools themselves: a pool's status changes 
 binding, and each change would re-sync every claim that watched it; this list changes only when
 a pool of the template is created or deleted.
 
-The default policy: ingress only from the sandbox-router pods; egress only to public
-addresses (no RFC 1918, carrier-grade NAT, link-local, loopback or IPv6 private ranges),
-plus cluster DNS unless the template turns it off.
+The default policy (hooks/fencing.py): ingress only from the sandbox-router pods; egress only
+to public addresses, plus cluster DNS unless the template turns it off. A Sandbox no claim
+controls gets a policy of its own instead (hooks/sandbox.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from hooks import objects, schemas
+from hooks import fencing, objects, schemas
 from hooks.objects import NETWORK_POLICY, POOL, TEMPLATE_LABEL
 from hooks.typedefs import (
     DEFAULT_SETTINGS,
@@ -33,18 +33,6 @@ from hooks.typedefs import (
 )
 
 KIND = "sandboxtemplate"
-# A key under agents.x-k8s.io: templates cannot set it (objects.user_keys drops such keys), so a
-# sandbox pod can never pose as the router and slip past this policy.
-ROUTER_POD_LABELS = {objects.ROLE_LABEL: "sandbox-router"}
-PRIVATE_IPV4 = [
-    "10.0.0.0/8",
-    "100.64.0.0/10",
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-]
-PRIVATE_IPV6 = ["::1/128", "fc00::/7", "fe80::/10"]
 
 
 def network_policy_name(template: KubeObject) -> str:
@@ -60,66 +48,18 @@ def policy_settings(template: KubeObject) -> dict[str, Any]:
     }
 
 
-def container_ports(template: KubeObject) -> list[KubeObject]:
-    ports = {
-        (p["containerPort"], p.get("protocol", "TCP"))
-        for c in template["spec"]["podTemplate"]["spec"].get("containers", [])
-        for p in c.get("ports") or []
-        if isinstance(p.get("containerPort"), int)
-    }
-    return [{"port": port, "protocol": protocol} for port, protocol in sorted(ports)]
-
-
 def desired_network_policy(template: KubeObject) -> KubeObject:
     settings = policy_settings(template)
     meta = template["metadata"]
-    router = {
-        "namespaceSelector": {
-            "matchLabels": {"kubernetes.io/metadata.name": settings["routerNamespace"]}
-        },
-        "podSelector": {"matchLabels": dict(ROUTER_POD_LABELS)},
-    }
-    ingress: KubeObject = {"from": [router]}
-    ports = container_ports(template)
-    if ports:
-        ingress["ports"] = ports
-    egress: list[KubeObject] = [
-        {
-            "to": [
-                {"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_IPV4}},
-                {"ipBlock": {"cidr": "::/0", "except": PRIVATE_IPV6}},
-            ]
-        }
-    ]
-    if settings["allowClusterDNS"]:
-        egress.append(
-            {
-                "to": [
-                    {
-                        "namespaceSelector": {
-                            "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
-                        },
-                        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
-                    }
-                ],
-                "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
-            }
-        )
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {
-            "name": network_policy_name(template),
-            "namespace": meta.get("namespace", "default"),
-            "labels": {TEMPLATE_LABEL: meta["name"]},
-        },
-        "spec": {
-            "podSelector": {"matchLabels": {TEMPLATE_LABEL: meta["name"]}},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": [ingress],
-            "egress": egress,
-        },
-    }
+    return fencing.fencing_policy(
+        name=network_policy_name(template),
+        namespace=meta.get("namespace", "default"),
+        labels={TEMPLATE_LABEL: meta["name"]},
+        selector={TEMPLATE_LABEL: meta["name"]},
+        pod_template=template["spec"]["podTemplate"],
+        router_namespace=settings["routerNamespace"],
+        allow_cluster_dns=settings["allowClusterDNS"],
+    )
 
 
 def serving_pools(request: SyncRequest) -> list[str]:

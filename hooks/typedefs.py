@@ -50,10 +50,14 @@ class HookSettings(TypedDict):
     # The RuntimeClass of every pod whose template names none (or ""): "" means none at all,
     # the node's default runtime (runc: no gVisor), an operator's deliberate opt-out.
     runtime_class_name: str
+    # The namespace of the sandbox-router pods a Sandbox's own NetworkPolicy admits (a
+    # template's policy names its own: spec.networkPolicy.routerNamespace).
+    router_namespace: str
 
 
 DEFAULT_SETTINGS: HookSettings = {
     "cluster_domain": "cluster.local",
     "warm_pod_grace_seconds": 15.0,
     "runtime_class_name": "gvisor",
+    "router_namespace": "default",
 }

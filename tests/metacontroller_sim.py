@@ -49,7 +49,8 @@ class Controller:
 CONTROLLERS = [
     Controller(
         "Sandbox",
-        {"Pod": "OnDelete", "Service": "InPlace", "PersistentVolumeClaim": "OnDelete"},
+        {"Pod": "OnDelete", "Service": "InPlace", "PersistentVolumeClaim": "OnDelete",
+         "NetworkPolicy": "InPlace"},
         sandbox,
     ),
     Controller("SandboxClaim", {"Sandbox": "InPlace"}, sandboxclaim),

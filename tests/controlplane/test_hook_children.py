@@ -63,11 +63,12 @@ def claim(name: str, **spec: Any) -> dict[str, Any]:
 # over the two answers: a floor that keeps the test from passing on an empty answer; a
 # Sandbox's pod comes in the second, once its PVCs are observed: docs/security.md, finding 33)
 TABLE: list[tuple[str, dict[str, Any], list[dict[str, Any]], bool, set[str]]] = [
-    ("sandbox-new", sandbox("sbx"), [], False, {"Pod", "Service", "PersistentVolumeClaim"}),
+    ("sandbox-new", sandbox("sbx"), [], False,
+     {"Pod", "Service", "PersistentVolumeClaim", "NetworkPolicy"}),
     ("sandbox-scaled-to-zero", sandbox("idle", replicas=0), [], False,
-     {"Service", "PersistentVolumeClaim"}),
+     {"Service", "PersistentVolumeClaim", "NetworkPolicy"}),
     ("sandbox-expired", sandbox("old", shutdownTime="2000-01-01T00:00:00Z"), [], False,
-     {"PersistentVolumeClaim"}),
+     {"PersistentVolumeClaim", "NetworkPolicy"}),
     ("template-seed", copy.deepcopy(TEMPLATE), [], False, {"NetworkPolicy"}),
     ("claim-of-template", claim("my-claim", sandboxTemplateRef={"name": "python-runtime-template"}),
      [TEMPLATE], False, {"Sandbox"}),

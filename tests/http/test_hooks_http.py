@@ -11,6 +11,7 @@ import requests
 from sandbox_common import contract
 from testbed.hookrequests import EXAMPLES, owned, sandbox, sync_request
 from testbed.support import script
+from tests.unit import fenced
 
 
 def test_gunicorn_config_is_valid():
@@ -26,13 +27,21 @@ def test_sync_sandbox_over_tcp(hooks_url: str):
     )
     assert answer.status_code == 200
     body = answer.json()
+    # Its pod waits for its NetworkPolicy to be its own (docs/security.md, finding 39).
     assert sorted(f"{c['kind']}/{c['metadata']['name']}" for c in body["children"]) == [
+        "NetworkPolicy/web-sandbox",
+        "Service/web",
+    ]
+    parent = sandbox("web")
+    body = requests.post(f"{hooks_url}/sync/sandbox", json=sync_request(
+        parent, [owned(c, parent) for c in body["children"]]), timeout=5).json()
+    assert sorted(f"{c['kind']}/{c['metadata']['name']}" for c in body["children"]) == [
+        "NetworkPolicy/web-sandbox",
         "Pod/web",
         "Service/web",
     ]
     # Its Service's name is reported with its pod's, once that Service is observed as its own.
     assert "serviceFQDN" not in body["status"]
-    parent = sandbox("web")
     again = requests.post(f"{hooks_url}/sync/sandbox", json=sync_request(
         parent, [owned(c, parent) for c in body["children"]]), timeout=5)
     assert again.json()["status"]["serviceFQDN"] == "web.default.svc.cluster.local"
@@ -97,12 +106,12 @@ def test_oversized_body_is_413(hooks_url: str):
 
 def test_a_hook_that_crashes_answers_500_never_200(hooks_url: str):
     parent = sandbox("web")
-    pod = next(c for c in requests.post(f"{hooks_url}/sync/sandbox",
-                                        json=sync_request(parent), timeout=5).json()["children"]
-               if c["kind"] == "Pod")
+    first = requests.post(f"{hooks_url}/sync/sandbox", json=fenced.sync_request(parent), timeout=5)
+    pod = next(c for c in first.json()["children"] if c["kind"] == "Pod")
     # Its own pod, whose status.conditions is not a list: the hook cannot read it and must
     # not guess.
-    request = sync_request(parent, [{**owned(pod, parent), "status": {"conditions": "broken"}}])
+    request = fenced.sync_request(
+        parent, [{**owned(pod, parent), "status": {"conditions": "broken"}}])
     answer = requests.post(f"{hooks_url}/sync/sandbox", json=request, timeout=5)
     assert answer.status_code == 500
     assert answer.json() == {"error": "sync hook for sandbox failed; see the hooks' log"}
@@ -146,7 +155,9 @@ def test_answers_are_deterministic_over_the_wire(hooks_url: str):
 
 
 EXPECTED_CHILDREN = {
-    "sandbox-sync.json": ("/sync/sandbox", ["Pod/my-sandbox", "Service/my-sandbox"]),
+    # A Sandbox's first answer: its pod waits for its NetworkPolicy (docs/security.md, 39).
+    "sandbox-sync.json": (
+        "/sync/sandbox", ["NetworkPolicy/my-sandbox-sandbox", "Service/my-sandbox"]),
     "sandboxtemplate-sync.json": (
         "/sync/sandboxtemplate", ["NetworkPolicy/python-runtime-template-sandboxes"]),
     "sandboxclaim-sync.json": ("/sync/sandboxclaim", ["Sandbox/my-claim"]),

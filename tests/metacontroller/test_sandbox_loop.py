@@ -2,7 +2,8 @@
 volume; the test plays the kubelet and the Sandbox turns Ready; scaling to zero removes only
 the Pod; deleting the Sandbox lets the garbage collector remove its children; past its
 shutdownTime it expires (reason SandboxExpired, volumes kept); paused and resumed
-(replicas 1 -> 0 -> 1) it comes back under the same name with its volume's data.
+(replicas 1 -> 0 -> 1) it comes back under the same name with its volume's data. A Sandbox made
+directly is fenced by a NetworkPolicy of its own; a claim's Sandbox is left to its template's.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import requests
 
 from hooks.objects import SANDBOX_EXPIRED, SCALED_TO_ZERO
 from tests.metacontroller.objects import (
+    TEMPLATE,
+    claim,
     is_ready,
     owned_by,
     ready_condition,
     reason,
     rfc3339,
     sandbox,
+    template,
 )
 
 POD_IP = "127.0.0.1"
@@ -146,3 +150,35 @@ def test_pause_and_resume_keep_the_name_and_the_volumes_data(
     assert read.status_code == 200 and read.content == b"kept across a pause\n"
     # It lived in the claim's volume, not in either pod.
     assert (kubelet.volume_dir("workspace-pausable") / "notes" / "state.txt").exists()
+
+
+def selects(policy: dict, pod: dict) -> bool:
+    wanted = policy["spec"]["podSelector"].get("matchLabels", {})
+    return wanted.items() <= (pod["metadata"].get("labels") or {}).items()
+
+
+def test_a_sandbox_made_directly_is_fenced_by_a_network_policy_of_its_own(
+        metacontroller_stack, namespace):
+    """docs/security.md, finding 39: before, no NetworkPolicy selected a direct Sandbox's pod.
+    Now one owned by the Sandbox selects its pod and no other; a claim's Sandbox owns none
+    (its pod is its template's policy's); the policy goes with the Sandbox."""
+    stack = metacontroller_stack
+    stack.apply(template(), namespace)
+    parent = stack.apply(sandbox("direct", volume=False), namespace)
+    stack.apply(claim("claimed"), namespace)
+    pod = stack.wait_for("pod", "direct", None, namespace=namespace)
+    claims_pod = stack.wait_for("pod", "claimed", None, namespace=namespace)
+    stack.wait_for("networkpolicy", f"{TEMPLATE}-sandboxes", None, namespace=namespace)
+    claims_sandbox = stack.get("sandbox", "claimed", namespace)
+    assert claims_sandbox is not None
+    policies = stack.list("networkpolicy", namespace)
+    fencing_direct = [p["metadata"]["name"] for p in policies if selects(p, pod)]
+    fencing_claimed = [p["metadata"]["name"] for p in policies if selects(p, claims_pod)]
+    assert fencing_direct == ["direct-sandbox"], fencing_direct
+    assert fencing_claimed == [f"{TEMPLATE}-sandboxes"], fencing_claimed
+    (own,) = [p for p in policies if p["metadata"]["name"] == "direct-sandbox"]
+    assert owned_by(own, parent)
+    assert not any(owned_by(p, claims_sandbox) for p in policies)
+
+    stack.kubectl("delete", "sandbox", "direct", "-n", namespace)
+    stack.wait_gone("networkpolicy", "direct-sandbox", namespace=namespace)

@@ -1,4 +1,5 @@
-"""Rules every sync hook obeys: deterministic answers, and a bad spec keeps every child."""
+"""Rules every sync hook obeys: deterministic answers, and a bad spec keeps every child; the
+simulator registers the children the manifests do."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+import yaml
 
 from hooks import objects, sandbox, sandboxclaim, sandboxtemplate, sandboxwarmpool
 from hooks.typedefs import DEFAULT_SETTINGS, HookSettings
 from testbed.hookrequests import SEED_POD_TEMPLATE, owned, resource, sync_request, with_pod_status
+from testbed.support import REPO
+from tests.metacontroller_sim import CONTROLLERS, PLURAL_KIND
 
 NOW = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
 # The warm-pod grace the binding tests reason about (a binding window of 4 s).
@@ -183,3 +187,16 @@ def test_a_template_lists_the_valid_live_pools_that_serve_it():
         sync_request(TEMPLATE, related=[POOL, other, going, broken, second]), now=NOW)
     assert got["status"]["warmPools"] == ["a-pool", "pool"]
     assert sandboxtemplate.sync(sync_request(TEMPLATE), now=NOW)["status"]["warmPools"] == []
+
+
+def test_the_simulator_registers_the_children_the_manifests_do():
+    """tests/metacontroller_sim.py plays the registrations in manifests/controllers: the same
+    child kinds and update strategies per parent (a child a hook returns that its registration
+    lacks is never made on a real cluster)."""
+    kinds = {**PLURAL_KIND, "networkpolicies": "NetworkPolicy"}
+    registered = {}
+    for path in sorted((REPO / "manifests" / "controllers").glob("*-controller.yaml")):
+        spec = yaml.safe_load(path.read_text())["spec"]
+        registered[kinds[spec["parentResource"]["resource"]]] = {
+            kinds[c["resource"]]: c["updateStrategy"]["method"] for c in spec["childResources"]}
+    assert registered == {c.parent: c.children for c in CONTROLLERS}

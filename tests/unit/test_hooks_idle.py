@@ -13,9 +13,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from hooks import lifecycle, objects, sandbox
-from testbed.hookrequests import owned, sync_request, with_pod_status
+from testbed.hookrequests import owned, with_pod_status
 from testbed.hookrequests import sandbox as make_sandbox
 from tests.metacontroller_sim import Cluster
+from tests.unit.fenced import sync_request
 from tests.unit.test_hooks_scenarios import claim, pool, ready_reason, template
 
 START = datetime(2026, 1, 1, tzinfo=UTC)

@@ -7,11 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 from hooks import objects, sandbox
 from hooks.typedefs import DEFAULT_SETTINGS
-from testbed.hookrequests import owned, sync_request, with_pod_status
+from testbed.hookrequests import owned, with_pod_status
 from testbed.hookrequests import sandbox as make_sandbox
+from tests.unit.fenced import sync_request
 
 NOW = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
 UID = "uid-sandbox-my-sandbox"  # what testbed.hookrequests gives Sandbox my-sandbox
+POLICY = "NetworkPolicy/my-sandbox-sandbox"  # its own (no claim controls it)
 
 
 def kinds(response: dict) -> dict[str, dict]:
@@ -37,7 +39,7 @@ def applied(parent: dict, response: dict, *, pod_ready: bool | None = None) -> l
 def test_creates_pod_and_headless_service_named_like_the_sandbox():
     parent = make_sandbox("my-sandbox")
     got = kinds(sandbox.sync(sync_request(parent), now=NOW))
-    assert set(got) == {"Pod/my-sandbox", "Service/my-sandbox"}
+    assert set(got) == {"Pod/my-sandbox", "Service/my-sandbox", POLICY}
     service = got["Service/my-sandbox"]
     assert service["spec"]["clusterIP"] == "None"
     # By uid: a Sandbox deleted and made again under this name is another uid.
@@ -143,7 +145,7 @@ def test_volume_claim_templates_become_pvcs_mounted_as_volumes():
     parent["spec"]["podTemplate"]["spec"]["volumes"] = [{"name": "workspace", "emptyDir": {}}]
     first = sandbox.sync(sync_request(parent), now=NOW)
     assert set(kinds(first)) == {"PersistentVolumeClaim/workspace-my-sandbox",
-                                 "Service/my-sandbox"}, "the pod waits for its own PVC"
+                                 "Service/my-sandbox", POLICY}, "the pod waits for its own PVC"
     got = kinds(sandbox.sync(sync_request(parent, applied(parent, first)), now=NOW))
     pvc = got["PersistentVolumeClaim/workspace-my-sandbox"]
     assert pvc["spec"] == vct["spec"]
@@ -163,7 +165,8 @@ def test_replicas_zero_keeps_service_and_pvcs_and_drops_the_pod():
     first = sandbox.sync(sync_request(parent), now=NOW)
     parent["spec"]["replicas"] = 0
     got = sandbox.sync(sync_request(parent, applied(parent, first)), now=NOW)
-    assert set(kinds(got)) == {"Service/my-sandbox", "PersistentVolumeClaim/data-my-sandbox"}
+    assert set(kinds(got)) == {"Service/my-sandbox", "PersistentVolumeClaim/data-my-sandbox",
+                               POLICY}
     assert got["status"]["replicas"] == 0
     assert ready(got)["reason"] == objects.SCALED_TO_ZERO
 
@@ -181,7 +184,7 @@ def test_past_shutdown_time_drops_pod_and_service_but_keeps_pvcs():
     parent = make_sandbox(volumeClaimTemplates=[vct], shutdownTime="2026-01-01T00:05:00Z")
     first = sandbox.sync(sync_request(parent), now=NOW)
     got = sandbox.sync(sync_request(parent, applied(parent, first)), now=NOW)
-    assert set(kinds(got)) == {"PersistentVolumeClaim/data-my-sandbox"}
+    assert set(kinds(got)) == {"PersistentVolumeClaim/data-my-sandbox", POLICY}
     assert ready(got)["status"] == "False"
     assert ready(got)["reason"] == objects.SANDBOX_EXPIRED
     assert "resyncAfterSeconds" not in got
@@ -298,7 +301,7 @@ def test_a_bound_warm_pod_serves_the_sandbox_without_a_pod_of_its_own():
     parent = pool_sandbox()
     related = [warm_pod("pool-abcde", bound_to="my-sandbox"), warm_pod("pool-fghij")]
     got = sandbox.sync(sync_request(parent, related=related), now=NOW)
-    assert set(kinds(got)) == {"Service/my-sandbox"}
+    assert set(kinds(got)) == {"Service/my-sandbox", POLICY}
     assert got["status"]["podName"] == "pool-abcde"
     assert got["status"]["podIPs"] == ["10.0.0.9"]
     assert ready(got)["status"] == "True"
@@ -322,7 +325,7 @@ def test_offers_itself_to_the_pool_for_the_grace_then_goes_cold():
     service = applied(young, sandbox.sync(sync_request(young), now=NOW))
     for related in ([], [warm_pod("pool-x", bound_to="other"), warm_pod("pool-y")]):
         got = sandbox.sync(sync_request(young, service, related), now=NOW)
-        assert set(kinds(got)) == {"Service/my-sandbox"}
+        assert set(kinds(got)) == {"Service/my-sandbox", POLICY}
         assert ready(got)["reason"] == objects.WAITING_FOR_WARM_POD
         assert got["resyncAfterSeconds"] == DEFAULT_SETTINGS["warm_pod_grace_seconds"] - 2
     old = pool_sandbox(created="2026-01-01T00:09:00Z")
@@ -370,7 +373,7 @@ def test_a_sandbox_whose_pod_goes_reports_pod_lost_and_takes_no_other():
     free = warm_pod("p-2")
     for related in ([free], [free, warm_pod("p-1", bound_to="my-sandbox", deleting=True)]):
         got = sandbox.sync(sync_request(parent, related=related), now=NOW)
-        assert set(kinds(got)) == {"Service/my-sandbox"}, "no cold pod, no other warm pod"
+        assert set(kinds(got)) == {"Service/my-sandbox", POLICY}, "no cold pod, no other warm pod"
         assert (ready(got)["status"], ready(got)["reason"]) == ("False", objects.POD_LOST)
         assert "p-1" in ready(got)["message"]
         assert got["status"]["podName"] == "p-1", "the name stays: it is what was lost"

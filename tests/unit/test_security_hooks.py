@@ -20,8 +20,10 @@ from hooks import app as hooks_app
 from hooks import objects, sandbox, sandboxclaim, sandboxtemplate, sandboxwarmpool
 from hooks.objects import CLAIM_LABEL, POOL_LABEL, SANDBOX_LABEL, TEMPLATE_LABEL
 from hooks.typedefs import DEFAULT_SETTINGS
-from testbed.hookrequests import SEED_POD_TEMPLATE, owned, resource, sync_request, with_pod_status
+from testbed.hookrequests import SEED_POD_TEMPLATE, owned, resource, with_pod_status
+from testbed.hookrequests import sync_request as bare_request
 from tests.metacontroller_sim import Cluster
+from tests.unit.fenced import sync_request
 
 NOW = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
 X = "extensions.agents.x-k8s.io/v1alpha1"
@@ -221,19 +223,125 @@ def fencing_policies(cluster: Cluster, pod: dict) -> list[str]:
                    for k, v in p["spec"]["podSelector"].get("matchLabels", {}).items())]
 
 
-@pytest.mark.xfail(strict=True, reason="docs/security.md finding 39 (open): only pods of a "
-                   "template are fenced; a Sandbox made directly gets no NetworkPolicy")
+def policy_rules(policy: dict) -> dict:
+    """What a NetworkPolicy allows, without whom it selects."""
+    return {k: v for k, v in policy["spec"].items() if k != "podSelector"}
+
+
 def test_a_sandbox_made_directly_is_fenced_by_a_network_policy(hostile):
     """Its code could reach the metadata endpoint and other pods (another tenant's unfenced
-    sandbox runtime on :8888, past the router's token); probe on the real loop in finding 39."""
+    sandbox runtime on :8888, past the router's token): docs/security.md, finding 39. It gets
+    a policy of its own, the template's rules, selecting its pod and no other."""
     cluster = Cluster(now=NOW)
     cluster.create(template_obj())
-    cluster.create(kube("Sandbox", "direct", {"podTemplate": hostile_pod_template()},
-                        api=objects.SANDBOX_API))
+    made = cluster.create(kube("Sandbox", "direct", {"podTemplate": hostile_pod_template()},
+                               api=objects.SANDBOX_API))
+    cluster.create(claim_obj("my-claim"))
     cluster.settle()
-    pod = cluster.get("Pod", "direct")
+    pod, claims_pod = cluster.get("Pod", "direct"), cluster.get("Pod", "my-claim")
     with hostile("pods", "a Sandbox made directly is fenced by a NetworkPolicy"):
-        assert fencing_policies(cluster, pod), "no NetworkPolicy selects the pod"
+        assert fencing_policies(cluster, pod) == ["direct-sandbox"], "no policy of its own"
+    policy = cluster.get("NetworkPolicy", "direct-sandbox")
+    assert cluster.owner_uid(policy) == made["metadata"]["uid"]
+    assert policy["spec"]["podSelector"] == {
+        "matchLabels": {objects.SANDBOX_UID_LABEL: made["metadata"]["uid"]}}
+    assert policy_rules(policy) == policy_rules(cluster.get("NetworkPolicy", "tpl-sandboxes"))
+    assert fencing_policies(cluster, claims_pod) == ["tpl-sandboxes"]
+
+
+def test_a_template_label_on_a_sandbox_made_directly_does_not_leave_it_unfenced(hostile):
+    """Anyone may label their own Sandbox with a template's name (admission guards our keys on
+    pods, Services and PVCs only): one of no template, or of one whose policy is off, would
+    be left unfenced if the label were trusted. Only a claim's Sandbox is left to its template."""
+    cluster = Cluster(now=NOW)
+    cluster.create(kube("SandboxTemplate", "open", {"podTemplate": SEED_POD_TEMPLATE,
+                                                    "networkPolicy": {"enabled": False}}))
+    for name, template in (("ghost", "no-such-template"), ("opened", "open")):
+        made = kube("Sandbox", name, {"podTemplate": SEED_POD_TEMPLATE}, api=objects.SANDBOX_API)
+        made["metadata"]["labels"] = {TEMPLATE_LABEL: template}
+        cluster.create(made)
+    cluster.settle()
+    for name in ("ghost", "opened"):
+        with hostile("pods", f"a Sandbox made directly with a template label ({name})"):
+            assert fencing_policies(cluster, cluster.get("Pod", name)) == [f"{name}-sandbox"]
+
+
+def test_a_claims_sandbox_gets_no_policy_of_its_own():
+    """Its template's policy selects its pod: a claim costs no NetworkPolicy write."""
+    cluster = Cluster(now=NOW)
+    cluster.create(template_obj())
+    cluster.create(pool_obj(1))
+    cluster.create(claim_obj("warm"))
+    cluster.create(claim_obj("cold"))
+    cluster.settle()
+    assert [p["metadata"]["name"] for p in cluster.list("NetworkPolicy")] == ["tpl-sandboxes"]
+    for claim in ("warm", "cold"):
+        served = cluster.get("Sandbox", claim)["status"]["podName"]
+        assert fencing_policies(cluster, cluster.get("Pod", served)) == ["tpl-sandboxes"]
+
+
+def test_a_sandbox_made_directly_starts_its_pod_only_once_its_policy_is_its_own():
+    """Its code runs from the pod's start: not before the policy that fences it exists. A
+    policy of that name made by someone else (not labelled with its uid) is not its own."""
+    parent = resource("Sandbox", "sbx", {"podTemplate": SEED_POD_TEMPLATE})
+    first = sandbox.sync(bare_request(parent), now=NOW)
+    (policy,) = [c for c in first["children"] if c["kind"] == "NetworkPolicy"]
+    assert "Pod" not in {c["kind"] for c in first["children"]}
+    assert "waiting for NetworkPolicy sbx-sandbox" in first["status"]["conditions"][0]["message"]
+    assert "resyncAfterSeconds" in first  # the policy is missing: polled for, as a lost event
+    foreign = copy.deepcopy(policy)
+    foreign["metadata"]["labels"] = {"made": "by-someone"}
+    for observed, pod_made in ((foreign, False), (policy, True)):
+        answer = sandbox.sync(bare_request(parent, [owned(observed, parent)]), now=NOW)
+        assert ("Pod" in {c["kind"] for c in answer["children"]}) is pod_made
+        assert policy in answer["children"]
+
+
+def test_a_sandbox_made_before_the_fix_keeps_its_running_pod_and_gets_its_policy():
+    """Upgraded hooks: a direct Sandbox already served by its pod, with no policy yet."""
+    parent = resource("Sandbox", "sbx", {"podTemplate": SEED_POD_TEMPLATE})
+    first = sandbox.sync(sync_request(parent), now=NOW)
+    pod = next(c for c in first["children"] if c["kind"] == "Pod")
+    parent["status"] = {"podName": "sbx"}
+    running = [with_pod_status(owned(pod, parent), ready=True)]
+    answer = sandbox.sync(bare_request(parent, running), now=NOW)
+    assert {c["kind"] for c in answer["children"]} >= {"Pod", "NetworkPolicy"}
+    assert answer["status"]["podName"] == "sbx"
+
+
+@pytest.mark.parametrize("spec", [{"replicas": 0}, {"shutdownTime": "2026-01-01T00:05:00Z"},
+                                  {"idleTimeout": "2s"}])
+def test_a_sandbox_made_directly_keeps_its_policy_without_a_pod(spec):
+    """Scaled to 0, expired or suspended, it keeps its policy (no delete and re-create); the
+    policy goes with the Sandbox (a child: the garbage collector deletes it)."""
+    cluster = Cluster(now=NOW)
+    made = cluster.create(kube("Sandbox", "sbx", {"podTemplate": SEED_POD_TEMPLATE, **spec},
+                               api=objects.SANDBOX_API))
+    cluster.settle()
+    cluster.advance(5)
+    cluster.settle()
+    assert cluster.get("Pod", "sbx") is None
+    assert objects.ready_reason(cluster.get("Sandbox", "sbx")) in (
+        objects.SCALED_TO_ZERO, objects.SANDBOX_EXPIRED, objects.SUSPENDED)
+    assert cluster.owner_uid(cluster.get("NetworkPolicy", "sbx-sandbox")) == made["metadata"]["uid"]
+    cluster.delete("Sandbox", "sbx")
+    cluster.settle()
+    assert cluster.list("NetworkPolicy") == []
+
+
+def test_the_operator_names_the_routers_namespace_for_sandboxes_made_directly(monkeypatch):
+    monkeypatch.setenv("SANDBOX_HOOKS_ROUTER_NAMESPACE", "agent-sandbox-system")
+    client = hooks_app.create_app().test_client()
+    parent = resource("Sandbox", "sbx", {"podTemplate": SEED_POD_TEMPLATE})
+    answer = client.post("/sync/sandbox", json=bare_request(parent))
+    assert answer.status_code == 200, answer.get_json()
+    (policy,) = [c for c in answer.get_json()["children"] if c["kind"] == "NetworkPolicy"]
+    (router,) = policy["spec"]["ingress"][0]["from"]
+    assert router["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "agent-sandbox-system"}}
+    monkeypatch.setenv("SANDBOX_HOOKS_ROUTER_NAMESPACE", "Not_A_Namespace")
+    with pytest.raises(ValueError, match="SANDBOX_HOOKS_ROUTER_NAMESPACE"):
+        hooks_app.create_app()
 
 
 @pytest.mark.parametrize("path", PATHS)
