@@ -1,6 +1,7 @@
-"""Another tenant of the namespace, with only the right to create pods and PVCs, tries to serve
-someone else's claim from a pod of its own, or to have its PVC mounted by someone else's
-Sandbox (docs/security.md, findings 32 and 41).
+"""Another tenant of the namespace, with the right to create pods, PVCs and Sandboxes, tries
+to serve someone else's claim from a pod of its own, or to have its PVC mounted by someone
+else's Sandbox (docs/security.md, findings 32 and 33), or to run a Sandbox of its own unfenced
+under a forged claim owner (finding 39).
 
 Both work through what Kubernetes lets any pod or PVC author write. A pod labelled with a
 Sandbox's uid, claiming that Sandbox's pool as controller and carrying the pool's
@@ -24,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from sandbox_common.contract import EXTENSIONS_API, POOL_KIND
+from sandbox_common.contract import CLAIM_KIND, EXTENSIONS_API, POOL_KIND, SANDBOX_API
 from testbed.kube import REPO
 from testbed.metacontroller import MetacontrollerStack
 from tests.metacontroller.objects import (
@@ -70,14 +71,17 @@ def reserved_keys_policy(metacontroller_stack: MetacontrollerStack) -> Iterator[
 
 @pytest.fixture
 def tenant(metacontroller_stack: MetacontrollerStack, namespace: str) -> str:
-    """A user who may create pods, PVCs and Services and read our objects in the namespace."""
+    """A user who may create pods, PVCs, Services and Sandboxes and read our objects in the
+    namespace."""
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": {"name": "tenant"},
             "rules": [
                 {"apiGroups": [""], "resources": ["pods", "persistentvolumeclaims", "services"],
                  "verbs": ["create", "get", "list", "delete", "patch", "update"]},
                 {"apiGroups": ["agents.x-k8s.io", "extensions.agents.x-k8s.io"],
-                 "resources": ["*"], "verbs": ["get", "list"]}]}
+                 "resources": ["*"], "verbs": ["get", "list"]},
+                {"apiGroups": ["agents.x-k8s.io"], "resources": ["sandboxes"],
+                 "verbs": ["create", "patch", "update"]}]}
     binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                "metadata": {"name": "tenant"},
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
@@ -188,6 +192,32 @@ def test_the_tenant_cannot_take_a_sandbox_pods_binding_labels_off(
         assert "removed by the Agent Sandbox controller only" in removed.stderr
     pod = stack.get("pod", "bound", namespace)
     assert pod is not None and SANDBOX_UID_LABEL in pod["metadata"]["labels"]
+
+
+def test_a_tenants_sandbox_cannot_name_a_claim_as_its_owner(
+        metacontroller_stack, namespace, kubelet, tenant, reserved_keys_policy):
+    """A Sandbox a claim controls is left to its template's NetworkPolicy and gets none of its
+    own (finding 39): one the tenant made naming a claim as controller, with a pod spec of its
+    choosing, would run unfenced. Before: admitted, on create and as a later patch. A Sandbox
+    of the tenant's own without that owner is still admitted and Ready."""
+    stack = metacontroller_stack
+    stack.apply(claim("mine"), namespace)
+    found = stack.wait_for("sandboxclaim", "mine", None,
+                           namespace=namespace, timeout=30)
+    owner = {"apiVersion": SANDBOX_API, "kind": CLAIM_KIND, "name": "mine",
+             "uid": found["metadata"]["uid"], "controller": True}
+    forged = sandbox("forged", volume=False)
+    forged["metadata"]["ownerReferences"] = [owner]
+    made = as_tenant(stack, namespace, "create", "-f", "-", obj=forged)
+    assert made.returncode != 0, "a tenant's Sandbox named a claim as its controller"
+    assert "owner references to Agent Sandbox objects" in made.stderr
+    own = sandbox("own", volume=False)
+    made = as_tenant(stack, namespace, "create", "-f", "-", obj=own)
+    assert made.returncode == 0, made.stderr
+    patch = json.dumps({"metadata": {"ownerReferences": [owner]}})
+    adopted = as_tenant(stack, namespace, "patch", "sandbox", "own", "--type=merge", "-p", patch)
+    assert adopted.returncode != 0, "a tenant's Sandbox was given a claim as its controller"
+    stack.wait_for("sandbox", "own", is_ready, namespace=namespace, timeout=60)
 
 
 def test_a_pvc_a_sandbox_does_not_own_is_never_mounted(metacontroller_stack, namespace,
