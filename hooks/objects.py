@@ -241,9 +241,12 @@ PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
 DEFAULT_UID = 1000
 
 
-def runtime_class_of(pod_spec: KubeObject, default: str) -> str:
-    """The pod's RuntimeClass: the template's, else `default` ("" for none: runc)."""
-    return str(pod_spec.get("runtimeClassName") or default)
+def set_runtime_class(pod_spec: KubeObject, default: str) -> None:
+    """The template's RuntimeClass, else `default`; none if both are "" (API servers refuse "")."""
+    if chosen := str(pod_spec.get("runtimeClassName") or default):
+        pod_spec["runtimeClassName"] = chosen
+    else:
+        pod_spec.pop("runtimeClassName", None)
 
 
 def secure_pod_spec(spec: KubeObject, runtime_class: str) -> None:
@@ -254,11 +257,8 @@ def secure_pod_spec(spec: KubeObject, runtime_class: str) -> None:
     escalation and all capabilities dropped. An explicit value is never changed: a template's
     author may loosen any of these (manifests/admission refuses another RuntimeClass and the
     host's namespaces, privileged containers and host paths; the namespace's Pod Security
-    admission decides the rest). The API server refuses runtimeClassName "": never sent."""
-    if chosen := runtime_class_of(spec, runtime_class):
-        spec["runtimeClassName"] = chosen
-    else:
-        spec.pop("runtimeClassName", None)
+    admission decides the rest)."""
+    set_runtime_class(spec, runtime_class)
     spec.setdefault("automountServiceAccountToken", False)
     containers = [c for g in ("initContainers", "containers") for c in spec.get(g) or []]
     for container in containers:

@@ -55,8 +55,13 @@ def pod_name(pool: KubeObject, index: int) -> str:
     return f"{meta['name']}-{objects.short_hash(meta.get('uid', ''), length=4)}-{index}"
 
 
-def template_hash(template: KubeObject) -> str:
-    return objects.spec_hash(template["spec"]["podTemplate"])
+def template_hash(template: KubeObject, settings: HookSettings) -> str:
+    """The pod template as its pods run it, with the RuntimeClass they get: a free pod made
+    under another class (before gVisor was the default, say) is not one of its pods."""
+    pod_template = template["spec"]["podTemplate"]
+    spec = dict(pod_template.get("spec") or {})
+    objects.set_runtime_class(spec, settings["runtime_class_name"])
+    return objects.spec_hash({**pod_template, "spec": spec})
 
 
 def desired_pod(
@@ -69,7 +74,7 @@ def desired_pod(
         namespace=meta.get("namespace", "default"),
         labels={POOL_LABEL: meta["name"], TEMPLATE_LABEL: template["metadata"]["name"]},
         runtime_class=settings["runtime_class_name"],
-        annotations={objects.TEMPLATE_HASH_ANNOTATION: template_hash(template)},
+        annotations={objects.TEMPLATE_HASH_ANNOTATION: template_hash(template, settings)},
     )
 
 
@@ -196,16 +201,12 @@ def sync(
         }
 
     # Free pods of the current template, Ready first, up to spec.replicas; older ones go.
-    # Pods that finished (Failed, Succeeded) can never warm up again: replace them too. So do
-    # pods of another RuntimeClass than ours now (made before gVisor was the default, say).
-    current = template_hash(template)
-    runtime_class = objects.runtime_class_of(
-        template["spec"]["podTemplate"].get("spec") or {}, settings["runtime_class_name"])
+    # Pods that finished (Failed, Succeeded) can never warm up again: replace them too.
+    current = template_hash(template, settings)
     free = [
         p
         for p in free
         if p["metadata"].get("annotations", {}).get(objects.TEMPLATE_HASH_ANNOTATION) == current
-        and (p.get("spec") or {}).get("runtimeClassName", "") == runtime_class
         and not objects.pod_has_finished(p)
     ]
     free.sort(key=lambda p: (not objects.pod_is_ready(p), p["metadata"]["name"]))

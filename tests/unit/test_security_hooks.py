@@ -176,13 +176,16 @@ def test_free_warm_pods_of_another_runtime_class_are_replaced_and_ours_are_kept(
     silent on it) is replaced, not handed to a claim; a pod made now is kept as it is (no
     update, no replacement: its spec reads back as we asked)."""
     cluster = Cluster(now=NOW)
-    cluster.create(template_obj(pod_template=without_runtime_class(None)))
+    silent = without_runtime_class(None)
+    cluster.create(template_obj(pod_template=silent))
     cluster.create(pool_obj(2))
     cluster.settle()
     old, ours = cluster.list("Pod")
     assert {old["spec"]["runtimeClassName"], ours["spec"]["runtimeClassName"]} == {"gvisor"}
-    # As the previous version made it: no runtimeClassName in the pod nor in last-applied.
+    # As the previous version made it: no runtimeClassName in the pod nor in last-applied, and
+    # the template's hash taken without one.
     old["spec"].pop("runtimeClassName")
+    old["metadata"]["annotations"][objects.TEMPLATE_HASH_ANNOTATION] = objects.spec_hash(silent)
     applied = json.loads(old["metadata"]["annotations"][objects.LAST_APPLIED])
     applied["spec"].pop("runtimeClassName")
     old["metadata"]["annotations"][objects.LAST_APPLIED] = json.dumps(applied, sort_keys=True)
