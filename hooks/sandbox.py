@@ -172,12 +172,15 @@ def desired_network_policy(sandbox: KubeObject, settings: HookSettings) -> KubeO
     )
 
 
-def policy_is_own(request: SyncRequest, sandbox: KubeObject) -> bool:
-    """Whether its NetworkPolicy is among its children, labelled with its uid and not going."""
-    policy = objects.by_name(objects.observed(request, NETWORK_POLICY)).get(
-        network_policy_name(sandbox))
-    return (policy is not None and objects.carries_uid_of(policy, sandbox)
-            and not objects.is_deleting(policy))
+def own_children(request: SyncRequest, kind: str, sandbox: KubeObject) -> set[str]:
+    """Names of its children of `kind` labelled with its uid and not going. Metacontroller
+    swallows AlreadyExists: one of the name it asked for, made by anyone else or left by an
+    earlier Sandbox of this name, is not its own."""
+    return {
+        c["metadata"]["name"]
+        for c in objects.observed(request, kind)
+        if objects.carries_uid_of(c, sandbox) and not objects.is_deleting(c)
+    }
 
 
 def service_is_own(request: SyncRequest, sandbox: KubeObject) -> bool:
@@ -188,14 +191,9 @@ def service_is_own(request: SyncRequest, sandbox: KubeObject) -> bool:
 
 
 def claims_not_owned(request: SyncRequest, sandbox: KubeObject) -> list[str]:
-    """Names of the PVCs its pod would mount that are not yet among its children labelled
-    with its uid. Metacontroller swallows AlreadyExists: a PVC of that name made by someone
-    else, or left by an earlier Sandbox of this name, would otherwise be mounted."""
-    owned = {
-        c["metadata"]["name"]
-        for c in objects.observed(request, objects.PVC)
-        if objects.carries_uid_of(c, sandbox) and not objects.is_deleting(c)
-    }
+    """Names of the PVCs its pod would mount that are not yet its own (own_children): any
+    other PVC of that name would otherwise be mounted."""
+    owned = own_children(request, objects.PVC, sandbox)
     wanted = [pvc_name(t, sandbox) for t in sandbox["spec"].get("volumeClaimTemplates", [])]
     return sorted(n for n in wanted if n not in owned)
 
@@ -352,7 +350,8 @@ def decide(request: SyncRequest, *, now: datetime, settings: HookSettings) -> Sy
               f"waiting for PersistentVolumeClaim {', '.join(waiting)} to be this sandbox's own "
               f"before its pod starts: one of that name owned by another (an earlier Sandbox "
               f"of this name, or anyone) is never mounted")
-    elif not fenced and not policy_is_own(request, sandbox):
+    elif not fenced and network_policy_name(sandbox) not in own_children(
+            request, NETWORK_POLICY, sandbox):
         # Code may run as soon as the pod starts: not before the policy that fences it exists.
         ready(False, objects.POD_NOT_READY,
               f"waiting for NetworkPolicy {network_policy_name(sandbox)} to be this sandbox's "
