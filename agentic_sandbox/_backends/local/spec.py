@@ -53,9 +53,7 @@ def prepare_root(state_dir: Path) -> Path:
         if os.path.islink(folder) and not os.path.islink(link):
             with contextlib.suppress(FileExistsError):  # another process made it meanwhile
                 os.symlink(os.readlink(folder), link)
-    points = ["/proc", "/tmp", "/dev", "/sys", WORKSPACE, *visible_paths(),
-              *(d for d in SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d))]
-    for point in points:
+    for point in ["/proc", "/tmp", "/dev", "/sys", WORKSPACE, *host_binds()]:
         (root / point.lstrip("/")).mkdir(mode=0o755, parents=True, exist_ok=True)
     for made in (root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())):
         os.chmod(made, 0o755)
@@ -64,6 +62,15 @@ def prepare_root(state_dir: Path) -> Path:
 
 def _under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def host_binds() -> list[str]:
+    """The host folders bound read-only into the root: the system folders this host has (real
+    folders; a symlink is copied by prepare_root) and the interpreter and the runtime's code,
+    which may live anywhere (a virtualenv in a checkout, a pyenv under /root, a clone under
+    /tmp, which is private), where no system folder has them."""
+    system = [d for d in SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d)]
+    return system + [p for p in visible_paths() if not any(_under(p, d) for d in system)]
 
 
 def oci_spec(template: LocalTemplate, workspace: Path, state_dir: Path, sandbox_id: str,
@@ -83,16 +90,9 @@ def oci_spec(template: LocalTemplate, workspace: Path, state_dir: Path, sandbox_
         {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "nodev", f"size={TMP_SIZE}", "mode=1777"]},
     ]
-    system = [d for d in SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d)]
-    for folder in system:
-        mounts.append({"destination": folder, "type": "bind", "source": folder,
+    for path in host_binds():
+        mounts.append({"destination": path, "type": "bind", "source": path,
                        "options": ["rbind", "ro"]})
-    # The interpreter and the runtime's code may live anywhere (a virtualenv in a checkout, a
-    # pyenv under /root, a clone under /tmp, which is private): bind them, read-only.
-    for path in visible_paths():
-        if not any(_under(path, folder) for folder in system):
-            mounts.append({"destination": path, "type": "bind", "source": path,
-                           "options": ["rbind", "ro"]})
     mounts.append({"destination": WORKSPACE, "type": "bind", "source": str(workspace),
                    "options": ["rbind", "rw"]})
     no_caps: dict[str, list[str]] = {k: [] for k in
